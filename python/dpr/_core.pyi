@@ -1,0 +1,80 @@
+"""Typed stubs for ``dpr._core``, the Rust extension (built from ``rust/``).
+
+Float inputs (``items``, ``query``, ``queries``): C-contiguous, aligned, native ``float32``
+arrays are used in place, without a copy. Any other real numeric array or array-like
+(float16/float64, integer dtypes, nested lists, Fortran-ordered or strided views, big-endian)
+is converted with ``numpy.ascontiguousarray(x, dtype=numpy.float32)`` first — so float64 is
+rounded to float32, and a large non-float32 ``items`` matrix is copied on every call (convert
+it once yourself). bool, complex, object and string dtypes raise ``TypeError``; a wrong number
+of dimensions or mismatched dimensions raise ``ValueError``.
+
+Ranking order (total and deterministic): higher inner product first; equal scores (``0.0`` and
+``-0.0`` included) go to the lower row id; NaN scores rank after every number, ``-inf``
+included. Scores are computed in float32 with a fixed summation order, so they may differ
+from ``items @ query`` in the last bits.
+
+The computation runs with the GIL released (other Python threads keep running); do not write
+to the input arrays from another thread during a call.
+"""
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+def top_k(
+    items: npt.ArrayLike,
+    query: npt.ArrayLike,
+    k: int,
+    exclude: npt.ArrayLike | Iterable[int] | None = None,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """Exact top-``k`` rows of ``items`` by inner product with ``query``, best first.
+
+    Args:
+        items: ``(N, d)`` item matrix.
+        query: ``(d,)`` query vector.
+        k: number of results wanted, ``>= 0``; larger than the number of eligible rows returns
+            all of them.
+        exclude: row ids never to return (e.g. padding row 0, items already seen): a 1-D
+            integer array or any iterable of ints (list, set, range). Order and duplicates do
+            not matter. ``None`` or empty excludes nothing.
+
+    Returns:
+        ``(ids, scores)``: ``int64`` and ``float32`` arrays of length
+        ``min(k, N - len(set(exclude)))``, sorted by score, best first.
+
+    Raises:
+        ValueError: ``k < 0``; ``items`` not 2-D or ``query`` not 1-D; ``query`` length differs
+            from ``d``; an ``exclude`` id outside ``0 .. N-1``; ``exclude`` not 1-D.
+        TypeError: non-real dtype (bool, complex, object, str) for ``items``/``query``;
+            non-integer ``exclude`` (a boolean mask: pass ``np.flatnonzero(mask)``).
+    """
+
+def top_k_batch(
+    items: npt.ArrayLike,
+    queries: npt.ArrayLike,
+    k: int,
+    exclude: Sequence[npt.ArrayLike | Iterable[int] | None] | None = None,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """:func:`top_k` for every row of ``queries``, run in parallel (rayon) with the GIL released.
+
+    Args:
+        items: ``(N, d)`` item matrix.
+        queries: ``(B, d)`` query matrix.
+        k: number of results wanted per query, ``>= 0``.
+        exclude: ``None``, or exactly one exclusion list per query (each as ``exclude`` in
+            :func:`top_k`, or ``None`` for no exclusions), e.g. each user's seen items.
+
+    Returns:
+        ``(ids, scores)``: ``int64`` and ``float32`` arrays of shape ``(B, min(k, N))``; row
+        ``i`` holds query ``i``'s results, best first. A row with fewer eligible items than
+        that width is padded at its end with id ``-1`` and score ``-inf``; test ``ids >= 0``
+        to find real results (a real score can itself be ``-inf``).
+
+    Raises:
+        ValueError: ``k < 0``; ``items``/``queries`` not 2-D; their ``d`` differ; ``exclude``
+            does not hold one list per query; an ``exclude`` id outside ``0 .. N-1``.
+        TypeError: as for :func:`top_k`.
+    """
