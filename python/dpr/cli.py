@@ -1,4 +1,4 @@
-"""The `dpr` command: quickstart and train."""
+"""The `dpr` command: quickstart, train (all three stages) and evaluate."""
 
 from __future__ import annotations
 
@@ -6,7 +6,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dpr.data import SequenceDataset
+    from dpr.train.steering import SteeringTrainConfig
 
 TRAIN_EXTRA_HINT = 'training needs the train extra: pip install "dpr[train]"'
 
@@ -61,8 +65,34 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     train.add_argument("--no-resume", action="store_true",
                        help="start over even if --out holds a checkpoint")
+    train.add_argument("--backbone-only", action="store_true", help="stop after stage 1")
+    _steering_arguments(train)
     train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("evaluate", help="steering protocols for a trained model")
+    evaluate.add_argument("model", type=Path, help="dpr.pt, or the folder `dpr train` wrote")
+    evaluate.add_argument("--data", type=Path, required=True)
+    evaluate.add_argument("--format", required=True,
+                          choices=["movielens-1m", "movielens-100k", "csv", "synthetic"])
+    evaluate.add_argument("--min-rating", type=float, default=None)
+    evaluate.add_argument("--k-core", type=int, default=5)
+    evaluate.add_argument("--json", type=Path, required=True, help="where to write the results")
+    evaluate.add_argument("--prompts", type=Path, default=None,
+                          help='JSON {"positive": [...], "negative": [...]} evaluation wordings')
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.set_defaults(handler=_evaluate)
     return parser
+
+
+def _steering_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("steering (stages 2 and 3)")
+    group.add_argument("--no-stage2", action="store_true", help="skip the alignment stage")
+    group.add_argument("--no-stage3", action="store_true", help="skip the steering stage")
+    group.add_argument("--steer-epochs", type=int, default=4)
+    group.add_argument("--positions-per-user", type=int, default=40)
+    group.add_argument("--positive-experts", type=int, default=2)
+    group.add_argument("--negative-experts", type=int, default=2)
+    group.add_argument("--router-weight", type=float, default=0.2)
 
 
 def _backbone_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -76,6 +106,7 @@ def _train(args: argparse.Namespace) -> int:
     from dpr.data import load_dataset
     from dpr.train import BackboneTrainConfig
     from dpr.train.experiment import run_backbone_experiment
+    from dpr.train.pipeline import fit_backbone
 
     dataset = load_dataset(args.data, args.format, min_rating=args.min_rating, k_core=args.k_core)
     print(_describe(dataset.report))
@@ -84,35 +115,161 @@ def _train(args: argparse.Namespace) -> int:
                                  max_minutes=args.max_minutes, seed=args.seed, device=args.device)
     if args.no_resume:
         (args.out / "backbone_last.pt").unlink(missing_ok=True)
-    report = run_backbone_experiment(dataset, args.backbone, config, args.out,
-                                     **_backbone_args(args))
+        (args.out / "metrics.json").unlink(missing_ok=True)
+    if args.backbone_only:
+        report = run_backbone_experiment(dataset, args.backbone, config, args.out,
+                                         **_backbone_args(args))
+    else:
+        backbone, report = fit_backbone(dataset, args.backbone, config, args.out,
+                                        **_backbone_args(args))
     print(_table([(args.backbone, report["test"]),
                   ("most popular", report["most_popular"]["test"])]))
-    print(f"{report['training']['epochs']} epochs in {report['training']['seconds']:.0f} s "
-          f"({report['training']['stopped_because']}); written to {args.out}")
+    print(f"stage 1: {report['training']['epochs']} epochs in "
+          f"{report['training']['seconds']:.0f} s ({report['training']['stopped_because']})")
+    if not args.backbone_only:
+        _train_steering(args, dataset, backbone)
+    print(f"written to {args.out}")
     return 0
+
+
+def _steering_config(args: argparse.Namespace) -> SteeringTrainConfig:
+    from dpr.train.steering import SteeringTrainConfig
+
+    return SteeringTrainConfig(stage2=not args.no_stage2, stage3=not args.no_stage3,
+                               epochs=args.steer_epochs,
+                               positions_per_user=args.positions_per_user,
+                               router_weight=args.router_weight, seed=args.seed)
+
+
+def _train_steering(args: argparse.Namespace, dataset: SequenceDataset, backbone: Any) -> None:
+    from dpr.encoder import PromptEncoder
+    from dpr.evaluate.report import write_steering_report
+    from dpr.prompts import HELDOUT_WORDINGS, TRAIN_WORDINGS
+    from dpr.train import distributed
+    from dpr.train.experiment import write_json_atomic
+    from dpr.train.pipeline import evaluate_dpr, fit_steering, save_model
+
+    encoder = PromptEncoder()
+    model, info = fit_steering(dataset, backbone, encoder.encode, _steering_config(args),
+                               positive_experts=args.positive_experts,
+                               negative_experts=args.negative_experts)
+    if not distributed.is_main():
+        return
+    save_model(model, dataset, args.out, {"steering_training": info})
+    print(f"stages 2-3: {info['seconds']['total']:.0f} s")
+    results = {}
+    for name, wordings in (("train_wordings", TRAIN_WORDINGS),
+                           ("heldout_wordings", HELDOUT_WORDINGS)):
+        results[name] = evaluate_dpr({"dpr": model}, dataset, encoder.encode, wordings=wordings,
+                                     seed=args.seed)
+        write_steering_report(results[name], args.out / name,
+                              f"{dataset.name} / {args.backbone}: {name.replace('_', ' ')}")
+    write_json_atomic({"training": info, **results}, args.out / "steering.json")
+    print(_steering_table(results["train_wordings"]))
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from dpr.data import load_dataset
+    from dpr.encoder import PromptEncoder
+    from dpr.evaluate.report import write_steering_report
+    from dpr.models import load_dpr
+    from dpr.prompts import HELDOUT_WORDINGS, load_wordings
+    from dpr.train.experiment import write_json_atomic
+    from dpr.train.pipeline import MODEL_FILE, evaluate_dpr
+
+    path = args.model / MODEL_FILE if args.model.is_dir() else args.model
+    model, extra = load_dpr(path)
+    dataset = load_dataset(args.data, args.format, min_rating=args.min_rating, k_core=args.k_core)
+    if list(dataset.items.ids) != list(extra.get("item_ids", [])):
+        raise ValueError(f"{path} was trained on a different item catalogue than {args.data}")
+    wordings = load_wordings(args.prompts) if args.prompts else HELDOUT_WORDINGS
+    encoder = PromptEncoder()
+    results = evaluate_dpr({"dpr": model}, dataset, encoder.encode, wordings=wordings,
+                           seed=args.seed)
+    results["wordings"] = str(args.prompts) if args.prompts else "built-in held-out wordings"
+    write_json_atomic(results, args.json)
+    write_steering_report(results, args.json.parent / args.json.stem,
+                          f"{dataset.name}: {path}")
+    print(_steering_table(results))
+    return 0
+
+
+def _steering_table(results: dict[str, Any]) -> str:
+    lines = [f"{'protocol':<10}{'method':<16}{'NDCG@10':>9}{'Recall@10':>11}{'genre share':>13}"]
+    for protocol, block in results["protocols"].items():
+        for method, m in block["methods"].items():
+            share = m.get("genre_share@10")
+            lines.append(f"{protocol:<10}{method:<16}{m['ndcg@10']:>9.4f}{m['recall@10']:>11.4f}"
+                         f"{'' if share is None else f'{share:.3f}':>13}")
+    return "\n".join(lines)
 
 
 def _quickstart(args: argparse.Namespace) -> int:
     from dpr.data import synthetic_dataset
+    from dpr.encoder import PromptEncoder
+    from dpr.prompts import TRAIN_WORDINGS
     from dpr.train import BackboneTrainConfig
-    from dpr.train.experiment import run_backbone_experiment
+    from dpr.train.pipeline import evaluate_dpr, fit_backbone, fit_steering, save_model
+    from dpr.train.steering import SteeringTrainConfig
 
     dataset = synthetic_dataset(seed=args.seed)
     print(f"synthetic catalogue: {_describe(dataset.report)}")
     config = BackboneTrainConfig(lr=2e-3, max_epochs=args.max_epochs, patience=5,
                                  seed=args.seed)
-    rows, popular = [], None
-    for kind in ("sasrec", "gru4rec"):
-        print(f"training {kind} ...")
-        report = run_backbone_experiment(dataset, kind, config, args.out / kind, dim=64,
-                                         max_len=50)
-        rows.append((kind, report["test"]))
-        popular = report["most_popular"]["test"]
-    rows.append(("most popular", popular))
-    print(_table(rows))
-    print(f"models, metrics.json and training curves are in {args.out}/")
+    print("stage 1: training the SASRec backbone ...")
+    backbone, report = fit_backbone(dataset, "sasrec", config, args.out, dim=64, max_len=50)
+    print(_table([("sasrec", report["test"]), ("most popular", report["most_popular"]["test"])]))
+
+    print("stages 2-3: aligning prompts and training the steering experts ...")
+    encoder = PromptEncoder()
+    model, info = fit_steering(dataset, backbone, encoder.encode,
+                               SteeringTrainConfig(epochs=3, positions_per_user=20,
+                                                   seed=args.seed))
+    save_model(model, dataset, args.out, {"steering_training": info})
+    results = evaluate_dpr({"dpr": model}, dataset, encoder.encode, wordings=TRAIN_WORDINGS,
+                           seed=args.seed)
+    print(_steering_table(results))
+    print(_before_after(model, dataset, encoder.encode))
+    print(f"model, metrics and training curves are in {args.out}/")
     return 0
+
+
+def _before_after(model: Any, dataset: SequenceDataset, encode: Any, top: int = 5) -> str:
+    """One user's top items with no prompt, a positive prompt and a negative prompt."""
+    import numpy as np
+
+    from dpr.prompts import TRAIN_WORDINGS, Intent, render
+    from dpr.train.pipeline import steering_cases
+
+    cases = steering_cases(model, dataset)
+    user = 0
+    history = cases.histories[user]
+    genres = [g for item in history[-10:] for g in dataset.items.values_of("genre", int(item))]
+    habitual = max(set(genres), key=genres.count)
+    rarely = min(dataset.items.attribute_values("genre"), key=genres.count)
+    rng = np.random.default_rng(0)
+    lines = [f"\nuser {dataset.users[user]}: recent history "
+             + ", ".join(dataset.items.title(int(i)) for i in history[-3:])]
+    for prompt in ("", render(Intent("positive", rarely), TRAIN_WORDINGS, rng),
+                   render(Intent("negative", habitual), TRAIN_WORDINGS, rng)):
+        vector = cases.user_vectors[user:user + 1]
+        if prompt:
+            vector = dpr_vector(model, vector[:, : model.backbone.dim], encode([prompt]))
+        scores = vector[0] @ cases.item_vectors.T
+        scores[0] = -np.inf
+        scores[history] = -np.inf
+        lines.append(f"  prompt {prompt or '(none)'!r}:")
+        for item in np.argsort(-scores, kind="stable")[:top]:
+            lines.append(f"    {dataset.items.title(int(item)):<40} "
+                         f"{'|'.join(dataset.items.values_of('genre', int(item)))}")
+    return "\n".join(lines)
+
+
+def dpr_vector(model: Any, users: Any, prompts: Any) -> Any:
+    import torch
+
+    with torch.inference_mode():
+        return model.steering(torch.from_numpy(users), torch.from_numpy(prompts)).steered.numpy()
 
 
 def _describe(report: dict[str, Any]) -> str:

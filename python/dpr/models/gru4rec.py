@@ -44,6 +44,10 @@ class GRU4Rec(nn.Module):
         outputs, _ = self.gru(self.input_dropout(self.item_embedding(items)))
         return self.output_dropout(outputs)
 
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        """Same as `hidden_states` (so DistributedDataParallel can wrap the module)."""
+        return self.hidden_states(items)
+
     def item_vectors(self) -> torch.Tensor:
         """(N, dim) output embeddings of items 1..N (row r is item r+1)."""
         return self.item_embedding.weight[1:]

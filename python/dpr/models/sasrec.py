@@ -103,6 +103,10 @@ class SASRec(nn.Module):
             x = block(x)
         return self.final_norm(x)
 
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        """Same as `hidden_states` (so DistributedDataParallel can wrap the module)."""
+        return self.hidden_states(items)
+
     def item_vectors(self) -> torch.Tensor:
         """(N, dim) output embeddings of items 1..N (row r is item r+1)."""
         return self.item_embedding.weight[1:]

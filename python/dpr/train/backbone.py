@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from dpr.data.dataset import LeaveOneOutSplit
 from dpr.evaluate.ranking import evaluate_scorer
 from dpr.models.backbone import Backbone, build_backbone
+from dpr.train import distributed
 from dpr.train.batches import bucketed_batches, next_item_batch
 from dpr.train.checkpoint import load_checkpoint, save_atomic
 from dpr.train.config import BackboneTrainConfig, resolve_device
@@ -50,10 +51,13 @@ class BackboneTrainResult:
         return len(self.history)
 
 
-def cross_entropy_loss(backbone: Backbone, inputs: torch.Tensor, targets: torch.Tensor
-                       ) -> torch.Tensor:
-    """Mean next-item cross-entropy over all items, at every labelled position."""
-    hidden = backbone.hidden_states(inputs)
+def cross_entropy_loss(backbone: Backbone, inputs: torch.Tensor, targets: torch.Tensor,
+                       model: torch.nn.Module | None = None) -> torch.Tensor:
+    """Mean next-item cross-entropy over all items, at every labelled position.
+
+    `model` is the backbone as wrapped for training (e.g. by DistributedDataParallel).
+    """
+    hidden = (model or backbone)(inputs)
     labelled = targets > 0
     logits = hidden[labelled] @ backbone.item_vectors().T
     return F.cross_entropy(logits, targets[labelled] - 1)
@@ -68,8 +72,10 @@ def train_backbone(backbone: Backbone, split: LeaveOneOutSplit, config: Backbone
     `backbone_last.pt` after every epoch; a later call with `resume=True` continues from it.
     """
     device = resolve_device(config.device)
+    distributed.init_from_environment(device)
     torch.manual_seed(config.seed)
     backbone.to(device)
+    model = distributed.wrap(backbone)
     optimizer = torch.optim.AdamW(backbone.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay, betas=(0.9, 0.98))
     rng = np.random.default_rng(config.seed)
@@ -89,7 +95,8 @@ def train_backbone(backbone: Backbone, split: LeaveOneOutSplit, config: Backbone
     stopped_because = "max_epochs"
     for epoch in range(state.next_epoch, config.max_epochs):
         epoch_start = time.perf_counter()
-        loss = _train_epoch(backbone, optimizer, split, trainable, rng, config, epoch, progress)
+        loss = _train_epoch(backbone, model, optimizer, split, trainable, rng, config, epoch,
+                            progress and distributed.is_main())
         valid = evaluate_scorer(backbone_scorer(backbone), valid_histories, valid_targets,
                                 batch_size=config.eval_batch_size)
         record = EpochRecord(epoch, loss, valid, time.perf_counter() - epoch_start)
@@ -97,17 +104,17 @@ def train_backbone(backbone: Backbone, split: LeaveOneOutSplit, config: Backbone
         if valid[METRIC] > state.best_valid.get(METRIC, -1.0):
             state.best_valid, state.best_epoch = valid, epoch
             state.best_state = copy.deepcopy(backbone.state_dict())
-            if out is not None:
+            if out is not None and distributed.is_main():
                 save_atomic({"hyper_parameters": backbone.hyper_parameters(),
                              "state_dict": state.best_state, "valid": valid, "epoch": epoch,
                              "config": config.to_dict()}, out / BEST_CHECKPOINT)
-        if progress:
+        if progress and distributed.is_main():
             tqdm.write(f"epoch {epoch:3d}  loss {loss:.4f}  valid ndcg@10 {valid[METRIC]:.4f}  "
                        f"recall@10 {valid['recall@10']:.4f}  best {state.best_valid[METRIC]:.4f}"
                        f" (epoch {state.best_epoch})")
         state.next_epoch = epoch + 1
         state.seconds = time.perf_counter() - started
-        if out is not None:
+        if out is not None and distributed.is_main():
             _save_last(out / LAST_CHECKPOINT, backbone, optimizer, rng, state, config)
         if epoch - state.best_epoch >= config.patience:
             stopped_because = f"no validation gain in {config.patience} epochs"
@@ -140,19 +147,20 @@ class _TrainingState:
     history: list[EpochRecord] = field(default_factory=list)
 
 
-def _train_epoch(backbone: Backbone, optimizer: torch.optim.Optimizer, split: LeaveOneOutSplit,
-                 trainable: np.ndarray, rng: np.random.Generator, config: BackboneTrainConfig,
-                 epoch: int, progress: bool) -> float:
+def _train_epoch(backbone: Backbone, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 split: LeaveOneOutSplit, trainable: np.ndarray, rng: np.random.Generator,
+                 config: BackboneTrainConfig, epoch: int, progress: bool) -> float:
     backbone.train()
     device = next(backbone.parameters()).device
     lengths = np.fromiter((min(len(s), backbone.max_len + 1) for s in split.train), dtype=np.int64,
                           count=len(split.train))
-    batches = bucketed_batches(trainable, lengths, config.batch_size, rng)
+    batches = distributed.shard_batches(
+        bucketed_batches(trainable, lengths, config.batch_size, rng))
     total, count = 0.0, 0
     bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not progress, unit="batch")
     for users in bar:
         inputs, targets = next_item_batch([split.train[u] for u in users], backbone.max_len)
-        loss = cross_entropy_loss(backbone, inputs.to(device), targets.to(device))
+        loss = cross_entropy_loss(backbone, inputs.to(device), targets.to(device), model)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

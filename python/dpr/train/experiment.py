@@ -14,6 +14,7 @@ import torch
 from dpr.data.dataset import SequenceDataset
 from dpr.evaluate.ranking import evaluate_popularity, evaluate_scorer
 from dpr.models.backbone import BACKBONES, Backbone
+from dpr.train import distributed
 from dpr.train.backbone import BackboneTrainResult, train_backbone
 from dpr.train.config import BackboneTrainConfig
 from dpr.train.scoring import backbone_scorer
@@ -54,7 +55,7 @@ def run_backbone_experiment(dataset: SequenceDataset, kind: str, config: Backbon
         "curve": [{"epoch": r.epoch, "loss": r.loss, "valid_ndcg@10": r.valid["ndcg@10"],
                    "seconds": r.seconds} for r in result.history],
     }
-    if out_dir is not None:
+    if out_dir is not None and distributed.is_main():
         write_json_atomic(report, Path(out_dir) / REPORT)
         plot_training_curve(result, Path(out_dir) / "training_curve.png")
     return report

@@ -1,0 +1,185 @@
+"""Steering results as a markdown table per protocol and a bar chart (PNG)."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from dpr.evaluate.protocols import BASELINES, ratios
+
+_NOTES = {
+    "standard": "Empty prompt (method name alone) and a neutral prompt; should match the backbone.",
+    "positive": "The prompt asks for a genre of the held-out item; genre_share = share of the "
+                "top-k in that genre (higher is better).",
+    "negative": "The prompt forbids a genre the held-out item lacks; genre_share = share of the "
+                "top-k in the forbidden genre (lower is better).",
+    "compound": "The prompt asks for one genre and forbids another; genre_share = share in the "
+                "asked genre (higher is better), avoid_share = share in the forbidden one "
+                "(lower is better).",
+}
+
+
+def write_steering_report(results: dict[str, Any], out_dir: str | os.PathLike, title: str
+                          ) -> tuple[Path, Path]:
+    """Write `<slug of title>.md` and `.png` into `out_dir` (created if needed); return both paths.
+
+    The markdown has one table per protocol (methods x metrics, plus NDCG ratios against each
+    baseline present); the PNG shows NDCG@k per method per protocol and, below, the genre
+    shares. Files are written atomically (temp file + rename).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "steering"
+    markdown_path, png_path = out / f"{slug}.md", out / f"{slug}.png"
+    text = steering_markdown(results, title)
+    _atomic_write(markdown_path, "w", lambda f: f.write(text))
+    _atomic_write(png_path, "wb", lambda f: _plot(results, title, f))
+    return markdown_path, png_path
+
+
+def steering_markdown(results: dict[str, Any], title: str) -> str:
+    """The markdown report of `evaluate_steering` results."""
+    k = results["k"]
+    lines = [f"# {title}", "",
+             f"Full ranking, k = {k}; history {'masked' if results['history_masked'] else 'kept'}"
+             f"; post-filter depth {results['post_filter_depth']}"
+             + (f"; attribute {results['attribute']!r}" if "attribute" in results else "")
+             + (f"; seed {results['seed']}" if "seed" in results else "") + ".", ""]
+    for protocol, block in results["protocols"].items():
+        lines += [f"## {protocol}", "", f"{block['cases']} cases, {block['skipped']} skipped. "
+                  + _NOTES.get(protocol, ""), ""]
+        if block["examples"]:
+            lines += ["Example prompts:", ""]
+            lines += [f"- {_example_text(e)}" for e in block["examples"]]
+            lines.append("")
+        methods = block["methods"]
+        if not methods:
+            lines += ["(no cases)", ""]
+            continue
+        lines += [*_table(results, protocol, methods, k), ""]
+    return "\n".join(lines)
+
+
+def _example_text(example: Any) -> str:
+    """One example prompt, with its intent when recorded."""
+    if not isinstance(example, dict):
+        return f"“{example}”"
+    # a negative intent carries its forbidden genre in `genre` (dpr.prompts' convention)
+    ask, avoid = example.get("genre"), example.get("avoid")
+    if example.get("polarity") == "negative":
+        ask, avoid = None, ask
+    intent = ", ".join(f"{word} {value}" for word, value in (("asks", ask), ("forbids", avoid))
+                       if value)
+    return f"“{example['prompt']}”" + (f" ({intent})" if intent else "")
+
+
+def _table(results: dict[str, Any], protocol: str, methods: dict[str, dict[str, float]], k: int
+           ) -> list[str]:
+    """Markdown table rows: one per method; metric columns, then NDCG ratios to the baselines."""
+    metrics: list[str] = []
+    for values in methods.values():
+        metrics += [m for m in values if m not in metrics]
+    ndcg = f"ndcg@{k}"
+    baselines = [b for b in BASELINES if b in methods and ndcg in methods[b]]
+    header = ["method", *metrics, *(f"{ndcg} ÷ {b}" for b in baselines)]
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, values in methods.items():
+        cells = [method, *(_number(values.get(m), 4) for m in metrics)]
+        cells += [_number(ratios(results, protocol, method, b, ndcg), 2) for b in baselines]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def _number(value: float | None, digits: int) -> str:
+    if value is None or math.isnan(value):
+        return "—"
+    return "∞" if math.isinf(value) else f"{value:.{digits}f}"
+
+
+def _plot(results: dict[str, Any], title: str, file: IO[bytes]) -> None:
+    """Grouped bars: NDCG@k per method per protocol (top), top-k genre shares (bottom)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # training extra: import late
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    k = results["k"]
+    ndcg_groups, share_groups = [], []
+    for protocol, block in results["protocols"].items():
+        methods = block["methods"]
+        if not methods:
+            continue
+        ndcg_groups.append((protocol, {m: v[f"ndcg@{k}"] for m, v in methods.items()}))
+        for metric, label in ((f"genre_share@{k}", protocol), (f"avoid_share@{k}",
+                                                                 f"{protocol} (avoid)")):
+            shares = {m: v[metric] for m, v in methods.items() if metric in v}
+            if shares:
+                share_groups.append((label, shares))
+    seen = list(dict.fromkeys(m for _, group in ndcg_groups for m in group))
+    names = [b for b in BASELINES if b in seen] + [m for m in seen if m not in BASELINES]
+    widest = max((len(group) for _, group in ndcg_groups), default=1)
+    figure = Figure(figsize=(min(16.0, 3.0 + 0.3 * widest * max(len(ndcg_groups), 1)), 8.0))
+    FigureCanvasAgg(figure)
+    colour = _colours(names)
+    top, bottom = figure.subplots(2, 1)
+    _bars(top, ndcg_groups, colour)
+    top.set_ylabel(f"NDCG@{k}")
+    top.set_title(title)
+    _bars(bottom, share_groups, colour)
+    bottom.set_ylabel(f"share of top-{k} in genre")
+    bottom.set_ylim(0.0, 1.05)
+    figure.legend(handles=[Patch(color=colour[n], label=n) for n in names], loc="center right",
+                  fontsize="small", frameon=False)
+    figure.subplots_adjust(right=0.78, hspace=0.3)
+    figure.savefig(file, format="png", dpi=120)
+
+
+def _colours(names: list[str]) -> dict[str, Any]:
+    """A fixed colour per method: baselines in greys; one hue per steerer, dark for its plain and
+    soft modes, light for neutral and hybrid."""
+    from matplotlib import colormaps
+
+    greys = colormaps["Greys"]
+    palette = colormaps["tab20"]
+    hue: dict[str, int] = {}
+    out: dict[str, Any] = {}
+    for name in names:
+        if name in BASELINES:
+            out[name] = greys(0.3 + 0.15 * BASELINES.index(name))
+            continue
+        steerer, _, mode = name.rpartition(" ")
+        if mode not in ("neutral", "soft", "hybrid"):
+            steerer, mode = name, ""
+        index = hue.setdefault(steerer, len(hue))
+        out[name] = palette((2 * index + (mode in ("neutral", "hybrid"))) % 20)
+    return out
+
+
+def _bars(axes: Any, groups: list[tuple[str, dict[str, float]]], colour: dict[str, Any]) -> None:
+    """One cluster of bars per group, one bar per method present in it."""
+    width = 0.8 / max((len(g) for _, g in groups), default=1)
+    for x, (_, values) in enumerate(groups):
+        offset = x - 0.4 + width / 2
+        for i, (method, value) in enumerate(values.items()):
+            height = 0.0 if math.isnan(value) else value
+            axes.bar(offset + i * width, height, width=width * 0.95, color=colour[method])
+    axes.set_xticks(range(len(groups)), [label for label, _ in groups])
+    axes.grid(axis="y", alpha=0.3)
+
+
+def _atomic_write(path: Path, mode: str, write: Callable[[IO[Any]], object]) -> None:
+    """Write through a temp file in the same folder, then rename over `path`."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
+            write(f)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for reading
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
