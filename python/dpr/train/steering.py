@@ -40,11 +40,12 @@ class SteeringTrainConfig:
     positions_per_user: int | None = 40
     prompts_per_genre: int = 12
     prompts_per_pair: int = 2
+    prompt_noise: float = 0.0
     batch_size: int = 512
     lr: float = 2e-3
     projector_lr_scale: float = 0.3
     router_weight: float = 0.2
-    suppression_weight: float = 1.0
+    suppression_weight: float = 3.0
     neutral_weight: float = 1.0
     preserve_weight: float = 0.2
     max_minutes: float | None = None
@@ -229,14 +230,14 @@ def _stage3(steering: DPRSteering, backbone: Backbone, split: LeaveOneOutSplit,
             user = states[offsets[episodes.user[batch]] + episodes.position[batch] - 1]
             keys = zip(episodes.polarity[batch].tolist(), episodes.genre[batch].tolist(),
                        episodes.avoid[batch].tolist(), strict=True)
-            prompts = pool.sample(list(keys), prompt_rng)
+            prompts = _jitter(pool.sample(list(keys), prompt_rng), config.prompt_noise)
             losses = steering_losses(model, steering, user, prompts, episodes, batch, items,
                                      genre_matrix, config)
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
             optimizer.step()
             for name, value in losses.items():
-                totals[name] = totals.get(name, 0.0) + float(value)
+                totals[name] = totals.get(name, 0.0) + float(value.detach())
             bar.set_postfix(loss=f"{float(losses['total']):.3f}")
         steps = max(len(order), 1)
         curve.append({"stage": 3, "epoch": epoch, **{k: v / steps for k, v in totals.items()}})
@@ -246,6 +247,20 @@ def _stage3(steering: DPRSteering, backbone: Backbone, split: LeaveOneOutSplit,
         if config.max_minutes and time.perf_counter() - started > 60 * config.max_minutes:
             break
     return curve
+
+
+def _jitter(prompts: torch.Tensor, noise: float) -> torch.Tensor:
+    """Random unit-sphere perturbation of prompt embeddings (keeps empty prompts empty).
+
+    Training wordings are few; noise makes the router and experts answer for a neighbourhood
+    of each wording rather than its exact point, which helps on unseen wordings.
+    """
+    if noise <= 0:
+        return prompts
+    has_prompt = prompts.abs().sum(-1, keepdim=True) > 0
+    moved = F.normalize(prompts + noise * torch.randn_like(prompts) / prompts.shape[1] ** 0.5,
+                        dim=-1)
+    return torch.where(has_prompt, moved, prompts)
 
 
 def steering_losses(model: torch.nn.Module, steering: DPRSteering, user: torch.Tensor,
@@ -275,16 +290,8 @@ def steering_losses(model: torch.nn.Module, steering: DPRSteering, user: torch.T
     allowed_logits = logits.masked_fill(forbidden, -torch.inf)
     target_loss = F.cross_entropy(allowed_logits, target)
 
-    log_probs = torch.log_softmax(logits, dim=-1)
-    forbidden_mass = (log_probs.exp() * forbidden).sum(-1).clamp(max=1 - 1e-6)
-    suppression = -(torch.log1p(-forbidden_mass) * has_avoid).sum() / has_avoid.sum().clamp(min=1)
-
-    with torch.no_grad():
-        base_logits = user @ items[:, : user.shape[1]].T
-        base = torch.softmax(base_logits.masked_fill(forbidden, -torch.inf), dim=-1)
-    steered_allowed = torch.log_softmax(allowed_logits, dim=-1).masked_fill(forbidden, 0.0)
-    kl = (base * (torch.log(base.clamp(min=1e-12)) - steered_allowed)).sum(-1)
-    preserve = (kl * has_avoid).sum() / has_avoid.sum().clamp(min=1)
+    suppression, preserve = _avoidance_losses(logits[has_avoid], allowed_logits[has_avoid],
+                                              forbidden[has_avoid], user[has_avoid], items)
 
     is_neutral = polarity == NEUTRAL
     relative_shift = out.shift[:, : user.shape[1]].pow(2).sum(-1) / user.pow(2).sum(-1).clamp(
@@ -297,6 +304,23 @@ def steering_losses(model: torch.nn.Module, steering: DPRSteering, user: torch.T
              + config.router_weight * router)
     return {"total": total, "target": target_loss.detach(), "suppression": suppression.detach(),
             "preserve": preserve.detach(), "neutral": neutral.detach(), "router": router.detach()}
+
+
+def _avoidance_losses(logits: torch.Tensor, allowed_logits: torch.Tensor,
+                      forbidden: torch.Tensor, user: torch.Tensor, items: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Suppression and preservation losses over the rows whose prompt forbids a genre."""
+    if len(logits) == 0:
+        zero = logits.new_zeros(())
+        return zero, zero
+    forbidden_mass = (torch.softmax(logits, dim=-1) * forbidden).sum(-1).clamp(max=1 - 1e-6)
+    suppression = -torch.log1p(-forbidden_mass).mean()
+    with torch.no_grad():
+        base_logits = user @ items[:, : user.shape[1]].T
+        base = torch.softmax(base_logits.masked_fill(forbidden, -torch.inf), dim=-1)
+    steered_allowed = torch.log_softmax(allowed_logits, dim=-1).masked_fill(forbidden, 0.0)
+    preserve = (base * (torch.log(base.clamp(min=1e-12)) - steered_allowed)).sum(-1).mean()
+    return suppression, preserve
 
 
 def _router_loss(steering: DPRSteering, gates: torch.Tensor, polarity: torch.Tensor

@@ -1,0 +1,80 @@
+"""Backbone quality on real data: SASRec and GRU4Rec on ML-1M (ratings >= 4) and ML-100k.
+
+Trains each (or reuses a finished run in --runs), then writes benches/results/backbones.{md,json}
+with test NDCG@10 / Recall@10, the most-popular baseline, epochs and wall time.
+
+    python benches/backbones.py --data-root ../shared/data --runs runs --max-minutes 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+DATASETS = {"ml-1m": "movielens-1m", "ml-100k": "movielens-100k"}
+BACKBONES = ("sasrec", "gru4rec")
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data-root", type=Path, required=True)
+    parser.add_argument("--runs", type=Path, default=Path("runs"))
+    parser.add_argument("--max-minutes", type=float, default=30.0)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--collect-only", action="store_true",
+                        help="only tabulate runs that already finished")
+    args = parser.parse_args()
+    rows = []
+    for folder, data_format in DATASETS.items():
+        for kind in BACKBONES:
+            out = args.runs / f"{folder.replace('-', '')}-{kind}"
+            if not (out / "metrics.json").is_file() and not args.collect_only:
+                subprocess.run(["dpr", "train", "--data", str(args.data_root / folder),
+                                "--format", data_format, "--backbone", kind, "--out", str(out),
+                                "--lr", str(args.lr), "--max-minutes", str(args.max_minutes),
+                                "--backbone-only"], check=True)
+            if (out / "metrics.json").is_file():
+                rows.append(_row(folder, kind, out))
+    _write(rows)
+
+
+def _row(dataset: str, kind: str, out: Path) -> dict:
+    report = json.loads((out / "metrics.json").read_text())
+    training = report["training"]
+    return {"dataset": dataset, "backbone": kind, "run": str(out),
+            "test": report["test"], "valid": report["valid"],
+            "most_popular": report["most_popular"],
+            "epochs": training["epochs"], "best_epoch": training["best_epoch"],
+            "seconds": training["seconds"], "stopped_because": training["stopped_because"],
+            "lr": training["lr"], "hyper_parameters": report["backbone"],
+            "data": {k: report["dataset"][k] for k in ("users", "items", "interactions")}}
+
+
+def _write(rows: list[dict]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    machine = {"machine": platform.machine(), "cpus": os.cpu_count()}
+    (RESULTS / "backbones.json").write_text(json.dumps({"machine": machine, "runs": rows},
+                                                       indent=2) + "\n")
+    lines = ["# Backbones: test metrics (leave-one-out, full ranking, history masked)", "",
+             "| dataset | backbone | NDCG@10 | Recall@10 | most-popular NDCG@10 | "
+             "most-popular Recall@10 | epochs (best) | wall time | stopped |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        pop = r["most_popular"]["test"]
+        lines.append(f"| {r['dataset']} | {r['backbone']} | {r['test']['ndcg@10']:.4f} | "
+                     f"{r['test']['recall@10']:.4f} | {pop['ndcg@10']:.4f} | "
+                     f"{pop['recall@10']:.4f} | {r['epochs']} ({r['best_epoch']}) | "
+                     f"{r['seconds'] / 60:.1f} min | {r['stopped_because']} |")
+    lines += ["", f"Machine: {machine['cpus']} CPUs ({machine['machine']}). Produced by "
+              "`python benches/backbones.py --data-root ../shared/data --runs runs`."]
+    (RESULTS / "backbones.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Steering quality on real data: DPR and its ablations on a trained backbone, all protocols.
+
+Reuses the backbone a `dpr train` run left in --run (backbone.pt), trains the steering head for
+each variant (full DPR; no stage 2; no MoE = one shared expert; no router loss), evaluates every
+protocol with the training wordings and the held-out wordings, and writes
+benches/results/steering-<name>.{md,json,png}.
+
+    python benches/steering.py --data ../shared/data/ml-1m --format movielens-1m \
+        --run runs/ml1m-sasrec --name ml1m-sasrec
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from dpr.data import load_dataset
+from dpr.encoder import PromptEncoder
+from dpr.evaluate.report import write_steering_report
+from dpr.prompts import HELDOUT_WORDINGS, TRAIN_WORDINGS
+from dpr.train import load_backbone
+from dpr.train.pipeline import evaluate_dpr, fit_steering
+from dpr.train.steering import SteeringTrainConfig
+
+RESULTS = Path(__file__).parent / "results"
+VARIANTS = {
+    "dpr": ({}, {}),
+    "no stage 2": ({"stage2": False}, {}),
+    "no MoE": ({}, {"positive_experts": 1, "negative_experts": 0}),
+    "no router loss": ({"router_weight": 0.0}, {}),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--format", required=True)
+    parser.add_argument("--run", type=Path, required=True, help="folder holding backbone.pt")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--positions-per-user", type=int, default=40)
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    args = parser.parse_args()
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+
+    dataset = load_dataset(args.data, args.format)
+    backbone = load_backbone(args.run / "backbone.pt")
+    encoder = PromptEncoder()
+    models, timings = {}, {}
+    for name in args.variants:
+        config_changes, model_changes = VARIANTS[name]
+        config = SteeringTrainConfig(epochs=args.epochs,
+                                     positions_per_user=args.positions_per_user,
+                                     **config_changes)
+        started = time.perf_counter()
+        models[name], info = fit_steering(dataset, backbone, encoder.encode, config,
+                                          **model_changes)
+        timings[name] = {"seconds": time.perf_counter() - started, **info["seconds"],
+                         "config": config.to_dict(), "curve": info["curve"]}
+        print(f"{name}: stages 2-3 in {timings[name]['seconds']:.0f} s")
+
+    report = {"dataset": dataset.name, "backbone": backbone.hyper_parameters(),
+              "training": timings}
+    for wordings_name, wordings in (("train_wordings", TRAIN_WORDINGS),
+                                    ("heldout_wordings", HELDOUT_WORDINGS)):
+        results = evaluate_dpr(models, dataset, encoder.encode, wordings=wordings)
+        report[wordings_name] = results
+        write_steering_report(results, RESULTS, f"steering {args.name} {wordings_name}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"steering-{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
