@@ -223,7 +223,7 @@ def _quickstart(args: argparse.Namespace) -> int:
     print("stages 2-3: aligning prompts and training the steering experts ...")
     encoder = PromptEncoder()
     model, info = fit_steering(dataset, backbone, encoder.encode,
-                               SteeringTrainConfig(epochs=3, positions_per_user=20,
+                               SteeringTrainConfig(epochs=6, positions_per_user=None,
                                                    seed=args.seed))
     save_model(model, dataset, args.out, {"steering_training": info})
     results = evaluate_dpr({"dpr": model}, dataset, encoder.encode, wordings=TRAIN_WORDINGS,
