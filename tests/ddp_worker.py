@@ -1,4 +1,4 @@
-"""Run by tests/test_distributed.py under torchrun: stage 1 and stage 3 with DDP on the gloo backend.
+"""Run under torchrun by tests/test_distributed.py: stages 1 and 3 with DDP on gloo.
 
 Each rank writes the checksums of its trained parameters; DDP must keep them identical.
 """

@@ -238,7 +238,7 @@ def _stage3(steering: DPRSteering, backbone: Backbone, split: LeaveOneOutSplit,
             optimizer.step()
             for name, value in losses.items():
                 totals[name] = totals.get(name, 0.0) + float(value.detach())
-            bar.set_postfix(loss=f"{float(losses['total']):.3f}")
+            bar.set_postfix(loss=f"{losses['total'].item():.3f}")
         steps = max(len(order), 1)
         curve.append({"stage": 3, "epoch": epoch, **{k: v / steps for k, v in totals.items()}})
         if progress:
