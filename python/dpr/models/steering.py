@@ -38,28 +38,16 @@ class SteeringOutput:
     prompt: torch.Tensor
 
 
-class PromptProjector(nn.Module):
-    """Maps a sentence embedding into the backbone's item space: Linear-ReLU-Linear."""
+class MLP(nn.Module):
+    """Linear-ReLU-Linear: the prompt projector (384 -> d) and the router ([e, h] -> K)."""
 
-    def __init__(self, prompt_dim: int, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.hidden_layer = nn.Linear(prompt_dim, hidden)
-        self.output_layer = nn.Linear(hidden, dim)
-
-    def forward(self, prompt: torch.Tensor) -> torch.Tensor:
-        return self.output_layer(F.relu(self.hidden_layer(prompt)))
-
-
-class Router(nn.Module):
-    """Gate logits over the experts from [prompt embedding, user vector]: Linear-ReLU-Linear."""
-
-    def __init__(self, in_dim: int, hidden: int, num_experts: int) -> None:
+    def __init__(self, in_dim: int, hidden: int, out_dim: int) -> None:
         super().__init__()
         self.hidden_layer = nn.Linear(in_dim, hidden)
-        self.output_layer = nn.Linear(hidden, num_experts)
+        self.output_layer = nn.Linear(hidden, out_dim)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.output_layer(F.relu(self.hidden_layer(features)))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output_layer(F.relu(self.hidden_layer(x)))
 
 
 class Experts(nn.Module):
@@ -99,8 +87,8 @@ class DPRSteering(nn.Module):
         self.projector_hidden = projector_hidden
         self.expert_hidden = expert_hidden
         self.router_hidden = router_hidden
-        self.projector = PromptProjector(prompt_dim, dim, projector_hidden)
-        self.router = Router(prompt_dim + dim, router_hidden, self.num_experts)
+        self.projector = MLP(prompt_dim, projector_hidden, dim)
+        self.router = MLP(prompt_dim + dim, router_hidden, self.num_experts)
         self.experts = Experts(self.num_experts, 3 * dim, expert_hidden, dim + attribute_dim)
         scale = torch.ones(dim + attribute_dim)
         scale[dim:] = attribute_scale
