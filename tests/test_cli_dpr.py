@@ -32,6 +32,10 @@ def test_train_then_evaluate_with_custom_wordings(tmp_path, capsys):
                  "--steer-epochs", "1", "--positions-per-user", "4"])
     assert code == 0
     assert (out / "dpr.pt").is_file()
+    assert (out / "bundle" / "dpr.json").is_file()
+    assert main(["export", str(out), "--out", str(tmp_path / "b2"), "--encoder-dtype",
+                 "float32"]) == 0
+    assert json.loads((tmp_path / "b2" / "dpr.json").read_text())["format"] == "dpr-bundle"
     steering = json.loads((out / "steering.json").read_text())
     assert {"train_wordings", "heldout_wordings", "training"} <= set(steering)
     assert "dpr soft" in steering["train_wordings"]["protocols"]["positive"]["methods"]

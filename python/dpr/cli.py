@@ -81,7 +81,23 @@ def _parser() -> argparse.ArgumentParser:
                           help='JSON {"positive": [...], "negative": [...]} evaluation wordings')
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.set_defaults(handler=_evaluate)
+
+    export = commands.add_parser("export", help="write a serving bundle from a trained model")
+    export.add_argument("model", type=Path, help="dpr.pt, or the folder `dpr train` wrote")
+    export.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    export.add_argument("--encoder-dtype", choices=["float16", "float32"], default="float16")
+    export.set_defaults(handler=_export)
     return parser
+
+
+def _export(args: argparse.Namespace) -> int:
+    from dpr.export import export_from_checkpoint
+    from dpr.train.pipeline import MODEL_FILE
+
+    path = args.model / MODEL_FILE if args.model.is_dir() else args.model
+    bundle = export_from_checkpoint(path, args.out, encoder_dtype=args.encoder_dtype)
+    print(f"bundle written to {bundle}")
+    return 0
 
 
 def _steering_arguments(parser: argparse.ArgumentParser) -> None:
@@ -155,8 +171,11 @@ def _train_steering(args: argparse.Namespace, dataset: SequenceDataset, backbone
                                negative_experts=args.negative_experts)
     if not distributed.is_main():
         return
-    save_model(model, dataset, args.out, {"steering_training": info})
+    model_path = save_model(model, dataset, args.out, {"steering_training": info})
     print(f"stages 2-3: {info['seconds']['total']:.0f} s")
+    from dpr.export import export_from_checkpoint
+
+    print(f"bundle written to {export_from_checkpoint(model_path, args.out / 'bundle')}")
     results = {}
     for name, wordings in (("train_wordings", TRAIN_WORDINGS),
                            ("heldout_wordings", HELDOUT_WORDINGS)):
