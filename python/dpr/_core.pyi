@@ -78,3 +78,64 @@ def top_k_batch(
             does not hold one list per query; an ``exclude`` id outside ``0 .. N-1``.
         TypeError: as for :func:`top_k`.
     """
+
+class PromptEncoder:
+    """Sentence encoder for prompts (all-MiniLM-L6-v2 by default), with an LRU cache.
+
+    The folder holds ``config.json``, ``tokenizer.json`` and ``model.safetensors`` (floats
+    stored as float16, bfloat16 or float32; computed in float32) — a bundle's
+    ``prompt_encoder/``. A prompt is tokenized ([CLS] … [SEP], truncated to ``max_tokens``
+    tokens), run through the encoder, mean-pooled over its tokens and L2-normalised, as
+    ``dpr.encoder.PromptEncoder`` does. A blank prompt (empty after stripping whitespace) is
+    the zero vector ("no steering"). Vectors are cached by the exact prompt string.
+
+    One encoder may be shared by many threads; encoding runs with the GIL released.
+    """
+
+    def __init__(self, path: str, max_tokens: int = 256, cache_capacity: int = 4096) -> None:
+        """Load the encoder from the folder ``path`` (a ``pathlib.Path`` works too).
+
+        Args:
+            path: the encoder folder.
+            max_tokens: truncation length in tokens, [CLS] and [SEP] included; at most the
+                model's ``max_position_embeddings`` (512 for MiniLM).
+            cache_capacity: number of prompt vectors kept (least recently used evicted);
+                ``0`` disables the cache.
+
+        Raises:
+            FileNotFoundError: the folder or one of the three files is missing.
+            ValueError: a malformed file (bad JSON, not a BERT config, unreadable or truncated
+                safetensors, a missing or mis-shaped tensor, NaN/Inf weights), or
+                ``max_tokens``/``cache_capacity`` out of range.
+        """
+
+    def encode(self, prompt: str) -> npt.NDArray[np.float32]:
+        """The prompt's vector: ``float32`` of shape ``(dim,)``, unit norm, or zeros if blank.
+
+        Raises:
+            ValueError: the tokenizer cannot encode the prompt.
+            RuntimeError: the model run failed (a bug).
+        """
+
+    def encode_many(self, prompts: list[str]) -> npt.NDArray[np.float32]:
+        """The vectors of many prompts: ``float32`` of shape ``(len(prompts), dim)``.
+
+        Distinct uncached prompts are encoded once each, in padded batches (faster than one
+        by one; rows agree with :meth:`encode` to about 1e-7).
+
+        Raises:
+            TypeError: ``prompts`` is not a list (or sequence) of ``str``.
+            ValueError, RuntimeError: as for :meth:`encode`.
+        """
+
+    @property
+    def dim(self) -> int:
+        """Width of a prompt vector (the encoder's hidden size, 384 for MiniLM)."""
+
+    @property
+    def max_tokens(self) -> int:
+        """Truncation length in tokens, [CLS] and [SEP] included."""
+
+    @property
+    def cache_len(self) -> int:
+        """Number of prompt vectors currently cached."""

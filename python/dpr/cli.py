@@ -1,4 +1,4 @@
-"""The `dpr` command: quickstart, train (all three stages) and evaluate."""
+"""The `dpr` command: quickstart, train (all three stages), evaluate, export and query."""
 
 from __future__ import annotations
 
@@ -87,7 +87,56 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     export.add_argument("--encoder-dtype", choices=["float16", "float32"], default="float16")
     export.set_defaults(handler=_export)
+
+    query = commands.add_parser("query", help="recommend from a bundle (no torch needed)")
+    query.add_argument("bundle", type=Path, nargs="?", default=None,
+                       help="bundle directory (default: the demo bundle in the package)")
+    query.add_argument("--history", default="", help="item ids, oldest first: 1193,661,914")
+    query.add_argument("--prompt", default="")
+    query.add_argument("-k", type=int, default=10)
+    query.add_argument("--strength", type=float, default=None)
+    query.add_argument("--include", action="append", default=[], metavar="ATTR=VALUE",
+                       help="keep only items with this value (repeatable)")
+    query.add_argument("--exclude", action="append", default=[], metavar="ATTR=VALUE",
+                       help="drop items with this value (repeatable)")
+    query.add_argument("--mode", choices=["soft", "hard", "hybrid"], default=None)
+    query.add_argument("--ignore-unknown", action="store_true",
+                       help="drop unknown history ids instead of failing")
+    query.set_defaults(handler=_query)
     return parser
+
+
+def _filters(pairs: list[str], flag: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ValueError(f"{flag} takes ATTR=VALUE, got {pair!r}")
+        out.setdefault(name, []).append(value)
+    return out
+
+
+def _history_ids(text: str) -> list[int | str]:
+    ids: list[int | str] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        ids.append(int(part) if part.lstrip("-").isdigit() else part)
+    return ids
+
+
+def _query(args: argparse.Namespace) -> int:
+    from dpr.recommender import Recommender
+
+    rec = Recommender.load(args.bundle)
+    hits = rec.query(_history_ids(args.history), args.prompt, k=args.k, strength=args.strength,
+                     include=_filters(args.include, "--include") or None,
+                     exclude=_filters(args.exclude, "--exclude") or None, mode=args.mode,
+                     unknown="ignore" if args.ignore_unknown else "error")
+    print(f"{'#':>3}  {'item':>8}  {'score':>8}  {'title':<44} attributes")
+    for rank, hit in enumerate(hits, 1):
+        attributes = "; ".join(f"{k}: {'|'.join(v)}" for k, v in hit.attributes.items())
+        print(f"{rank:>3}  {hit.item_id!s:>8}  {hit.score:8.3f}  {hit.title[:44]:<44} "
+              f"{attributes}")
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -226,9 +275,10 @@ def _steering_table(results: dict[str, Any]) -> str:
 def _quickstart(args: argparse.Namespace) -> int:
     from dpr.data import synthetic_dataset
     from dpr.encoder import PromptEncoder
+    from dpr.export import export_from_checkpoint
     from dpr.prompts import TRAIN_WORDINGS
     from dpr.train import BackboneTrainConfig
-    from dpr.train.pipeline import evaluate_dpr, fit_backbone, fit_steering, save_model
+    from dpr.train.pipeline import MODEL_FILE, evaluate_dpr, fit_backbone, fit_steering, save_model
     from dpr.train.steering import SteeringTrainConfig
 
     dataset = synthetic_dataset(seed=args.seed)
@@ -248,47 +298,37 @@ def _quickstart(args: argparse.Namespace) -> int:
     results = evaluate_dpr({"dpr": model}, dataset, encoder.encode, wordings=TRAIN_WORDINGS,
                            seed=args.seed)
     print(_steering_table(results))
-    print(_before_after(model, dataset, encoder.encode))
-    print(f"model, metrics and training curves are in {args.out}/")
+    bundle = export_from_checkpoint(args.out / MODEL_FILE, args.out / "bundle")
+    print(_before_after(bundle, dataset))
+    print(f"model, metrics, training curves and the serving bundle are in {args.out}/")
     return 0
 
 
-def _before_after(model: Any, dataset: SequenceDataset, encode: Any, top: int = 5) -> str:
-    """One user's top items with no prompt, a positive prompt and a negative prompt."""
+def _before_after(bundle: Path, dataset: SequenceDataset, top: int = 5) -> str:
+    """One user's top items from the served bundle (Rust, no torch): no prompt, a positive
+    prompt for a genre the user rarely watches, a negative one for their habitual genre."""
     import numpy as np
 
     from dpr.prompts import TRAIN_WORDINGS, Intent, render
-    from dpr.train.pipeline import steering_cases
+    from dpr.recommender import Recommender
 
-    cases = steering_cases(model, dataset)
+    rec = Recommender.load(bundle)
+    split = dataset.split()
     user = 0
-    history = cases.histories[user]
-    genres = [g for item in history[-10:] for g in dataset.items.values_of("genre", int(item))]
+    history = [dataset.items.ids[int(i) - 1] for i in split.train[user]]
+    genres = [g for item in split.train[user][-10:]
+              for g in dataset.items.values_of("genre", int(item))]
     habitual = max(set(genres), key=genres.count)
     rarely = min(dataset.items.attribute_values("genre"), key=genres.count)
     rng = np.random.default_rng(0)
-    lines = [f"\nuser {dataset.users[user]}: recent history "
-             + ", ".join(dataset.items.title(int(i)) for i in history[-3:])]
+    lines = [f"\nuser {dataset.users[user]} (served from {bundle}): recent history "
+             + ", ".join(dataset.items.title(int(i)) for i in split.train[user][-3:])]
     for prompt in ("", render(Intent("positive", rarely), TRAIN_WORDINGS, rng),
                    render(Intent("negative", habitual), TRAIN_WORDINGS, rng)):
-        vector = cases.user_vectors[user:user + 1]
-        if prompt:
-            vector = dpr_vector(model, vector[:, : model.backbone.dim], encode([prompt]))
-        scores = vector[0] @ cases.item_vectors.T
-        scores[0] = -np.inf
-        scores[history] = -np.inf
         lines.append(f"  prompt {prompt or '(none)'!r}:")
-        for item in np.argsort(-scores, kind="stable")[:top]:
-            lines.append(f"    {dataset.items.title(int(item)):<40} "
-                         f"{'|'.join(dataset.items.values_of('genre', int(item)))}")
+        for hit in rec.query(history, prompt, k=top):
+            lines.append(f"    {hit.title:<40} {'|'.join(hit.attributes['genre'])}")
     return "\n".join(lines)
-
-
-def dpr_vector(model: Any, users: Any, prompts: Any) -> Any:
-    import torch
-
-    with torch.inference_mode():
-        return model.steering(torch.from_numpy(users), torch.from_numpy(prompts)).steered.numpy()
 
 
 def _describe(report: dict[str, Any]) -> str:

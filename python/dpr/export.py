@@ -423,3 +423,39 @@ def load_bundle_tensors(path: str | Path) -> tuple[dict[str, Any], dict[str, np.
         raise ValueError(f"{WEIGHTS_FILE}: unexpected tensors {extra[:5]}")
     _check_finite(tensors)
     return config, tensors
+
+
+def model_from_bundle(path: str | Path) -> tuple[DPR, dict[str, Any]]:
+    """The PyTorch `DPR` a bundle holds (attribute scale unfolded) and its `dpr.json`.
+
+    The inverse of `export_bundle` for the model part: the reference that serving parity is
+    checked against, for any bundle (needs torch).
+    """
+    import torch
+
+    from dpr.models.backbone import build_backbone
+    from dpr.models.steering import DPRSteering
+
+    config, tensors = load_bundle_tensors(path)
+    backbone = build_backbone(config["backbone"])
+    state = {("item_embedding.weight" if name == "items.embedding"
+              else name.removeprefix("backbone.")): torch.from_numpy(array.copy())
+             for name, array in tensors.items()
+             if name == "items.embedding" or name.startswith("backbone.")}
+    backbone.load_state_dict(state)
+    steer = config["steer"]
+    params = {key: steer[key] for key in ("attribute_dim", "prompt_dim", "positive_experts",
+                                          "negative_experts", "projector_hidden",
+                                          "expert_hidden", "router_hidden", "attribute_scale")}
+    steering = DPRSteering(int(config["dim"]), **params)
+    steering_state = {name.removeprefix("steer."): torch.from_numpy(array.copy())
+                      for name, array in tensors.items() if name.startswith("steer.")}
+    d, a = steering.dim, steering.attribute_dim
+    if a:
+        scale = np.float32(steering.attribute_scale)
+        steering_state["experts.out_weight"][:, d:d + a, :] /= scale
+        steering_state["experts.out_bias"][:, d:d + a] /= scale
+    steering.load_state_dict(steering_state)
+    model = DPR(backbone, steering, attribute=steer.get("attribute") or "genre",
+                values=steer.get("values") or [])
+    return model.eval(), config

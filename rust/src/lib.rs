@@ -12,7 +12,15 @@
 //! `catch_unwind`, so a bug surfaces as a `RuntimeError`, never as pyo3's `PanicException`
 //! (a `BaseException` that `except Exception` would not catch).
 
+pub mod backbone;
+pub mod bundle;
+pub mod linalg;
+pub mod model;
+pub mod prompt;
+mod py_model;
+mod py_prompt;
 pub mod retrieve;
+pub mod steer;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -35,7 +43,7 @@ fn value_error(err: RetrieveError) -> PyErr {
 }
 
 /// Runs `f` with the GIL released, turning a panic (a bug) into a `RuntimeError`.
-fn detached<T, F>(py: Python<'_>, what: &str, f: F) -> PyResult<T>
+pub(crate) fn detached<T, F>(py: Python<'_>, what: &str, f: F) -> PyResult<T>
 where
     F: FnOnce() -> T + Send,
     T: Send,
@@ -287,5 +295,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(top_k, m)?)?;
     m.add_function(wrap_pyfunction!(top_k_batch, m)?)?;
+    py_prompt::register(m)?;
+    py_model::register(m)?;
     Ok(())
 }

@@ -25,6 +25,9 @@ use std::fmt;
 
 use rayon::prelude::*;
 
+/// An optional row predicate: rows for which it returns `false` are never returned.
+pub type Keep<'k> = Option<&'k (dyn Fn(usize) -> bool + Sync)>;
+
 /// Below this many multiply-adds (`N × d × queries`), a scan stays on one thread:
 /// splitting costs more than it saves.
 const PAR_MIN_WORK: usize = 1 << 18;
@@ -118,6 +121,11 @@ impl<'a> Matrix<'a> {
 
     pub fn cols(&self) -> usize {
         self.cols
+    }
+
+    /// The `rows × cols` values, row-major (for indexes that keep their own copy, e.g. HNSW).
+    pub fn as_slice(&self) -> &'a [f32] {
+        self.data
     }
 
     /// Row `i`; callers keep `i < rows`, which with the checked shape keeps the slice in bounds.
@@ -279,6 +287,7 @@ fn scan(
     lo: usize,
     hi: usize,
     k: usize,
+    keep: Keep<'_>,
 ) -> Vec<Vec<Hit>> {
     if k == 0 || lo >= hi {
         return vec![Vec::new(); queries.len()];
@@ -297,6 +306,9 @@ fn scan(
         })
         .collect();
     for row in lo..hi {
+        if keep.is_some_and(|keep| !keep(row)) {
+            continue;
+        }
         let values = items.row(row);
         for b in best.iter_mut() {
             if b.skip.peek() == Some(&row) {
@@ -342,13 +354,14 @@ fn search(
     excluded: &[&[usize]],
     k: usize,
     split_rows: bool,
+    keep: Keep<'_>,
 ) -> Vec<Vec<Hit>> {
     let rows = items.rows();
     let work = rows
         .saturating_mul(items.cols().max(1))
         .saturating_mul(queries.len());
     if !split_rows || work < PAR_MIN_WORK {
-        return scan(items, queries, excluded, 0, rows, k);
+        return scan(items, queries, excluded, 0, rows, k, keep);
     }
     let tasks = (work / PAR_MIN_CHUNK_WORK)
         .clamp(1, 4 * rayon::current_num_threads())
@@ -358,7 +371,7 @@ fn search(
         .into_par_iter()
         .map(|t| {
             let lo = t * chunk;
-            scan(items, queries, excluded, lo, rows.min(lo + chunk), k)
+            scan(items, queries, excluded, lo, rows.min(lo + chunk), k, keep)
         })
         .reduce(
             || vec![Vec::new(); queries.len()],
@@ -376,6 +389,19 @@ pub fn top_k(
     k: usize,
     exclude: &[usize],
 ) -> Result<Vec<Hit>, RetrieveError> {
+    top_k_where(items, query, k, exclude, None, true)
+}
+
+/// [`top_k`] restricted to the rows for which `keep` holds (when given); `parallel: false`
+/// keeps the scan on the calling thread (for callers that parallelise across queries).
+pub fn top_k_where(
+    items: Matrix<'_>,
+    query: &[f32],
+    k: usize,
+    exclude: &[usize],
+    keep: Keep<'_>,
+    parallel: bool,
+) -> Result<Vec<Hit>, RetrieveError> {
     if query.len() != items.cols() {
         return Err(RetrieveError::QueryDim {
             expected: items.cols(),
@@ -383,7 +409,7 @@ pub fn top_k(
         });
     }
     let excluded = sorted_exclusions(exclude, items.rows(), None)?;
-    let mut hits = search(items, &[query], &[&excluded], k, true);
+    let mut hits = search(items, &[query], &[&excluded], k, parallel, keep);
     Ok(hits.pop().unwrap_or_default())
 }
 
@@ -427,7 +453,7 @@ where
     let per_group: Vec<Vec<Vec<Hit>>> = queries
         .par_chunks(GROUP)
         .zip(excluded.par_chunks(GROUP))
-        .map(|(qs, ex)| search(items, qs, ex, k, split_rows))
+        .map(|(qs, ex)| search(items, qs, ex, k, split_rows, None))
         .collect();
     Ok(per_group.into_iter().flatten().collect())
 }
@@ -658,7 +684,7 @@ mod tests {
         let exclude: Vec<usize> = (0..500).map(|_| (rng.next() as usize) % n).collect();
         let excluded = sorted_exclusions(&exclude, n, None).unwrap();
         for k in [1, 10, 100, n] {
-            let single = scan(items, &[&query], &[&excluded], 0, n, k);
+            let single = scan(items, &[&query], &[&excluded], 0, n, k, None);
             assert_eq!(
                 top_k(items, &query, k, &exclude).unwrap(),
                 single[0],

@@ -1,0 +1,189 @@
+"""`Recommender`: prompted recommendations from a model bundle, served by the Rust core.
+
+Needs only numpy and the `dpr._core` extension (no torch). A `Recommender` is immutable once
+loaded and safe to share between threads; every call releases the GIL while it computes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from dpr._core import BundleFormatError, Engine
+
+__all__ = ["BundleFormatError", "Hit", "Recommender"]
+
+Mode = Literal["soft", "hard", "hybrid"]
+Filters = Mapping[str, str | Iterable[str]]
+ItemId = int | str
+
+DEMO_BUNDLE = Path(__file__).with_name("demo_bundle")
+"""The small demo model shipped in the wheel (trained on the synthetic catalogue)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One recommended item: its dataset id, score, title and attribute values."""
+
+    item_id: ItemId
+    score: float
+    title: str
+    attributes: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _filter_pairs(filters: Filters | None, name: str) -> list[tuple[str, list[str]]]:
+    """`{"genre": ["Comedy"]}` (or `{"genre": "Comedy"}`) → `[("genre", ["Comedy"])]`."""
+    if filters is None:
+        return []
+    if not isinstance(filters, Mapping):
+        raise TypeError(f"{name} must be a mapping of attribute -> values, e.g. "
+                        f"{{'genre': ['Comedy']}}, got {type(filters).__name__}")
+    pairs = []
+    for attribute, values in filters.items():
+        if isinstance(values, str):
+            values = [values]
+        values = list(values)
+        if not all(isinstance(v, str) for v in values):
+            raise TypeError(f"{name}[{attribute!r}] must hold strings, got {values!r}")
+        pairs.append((str(attribute), values))
+    return pairs
+
+
+class Recommender:
+    """A loaded bundle: `query` for one user, `query_batch` for many, `user_vector` for
+    your own index, `encode_prompt` for the prompt embedding."""
+
+    def __init__(self, engine: Engine, path: Path) -> None:
+        self._engine = engine
+        self.path = path
+        ids = engine.item_ids()
+        self._int_ids = all(isinstance(i, int) for i in ids)
+        pad: ItemId | None = -1 if self._int_ids else None
+        # Row r of the model is item r; row -1 (padding in batch results) maps to `pad`.
+        self._ids = np.array([pad, *ids, pad], dtype=np.int64 if self._int_ids else object)
+        self._titles = ["", *engine.titles()]
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None, *, verify: bool = True,
+             prompt_cache: int = 4096) -> Recommender:
+        """Load the bundle directory at `path` (no argument: the demo bundle in the wheel).
+
+        `verify` checks every file against the sha256 sums in `dpr.json`; `prompt_cache` is how
+        many prompt embeddings to keep (least recently used are dropped).
+
+        Raises FileNotFoundError (missing directory or file) or `BundleFormatError` (a
+        `ValueError`: damaged file or a field that disagrees; the message names both).
+        """
+        root = DEMO_BUNDLE if path is None else Path(path)
+        return cls(Engine(str(root), verify, prompt_cache), root)
+
+    # ------------------------------------------------------------------------------------
+    # Properties
+
+    @property
+    def num_items(self) -> int:
+        """Items in the catalogue."""
+        return self._engine.num_items
+
+    @property
+    def attributes(self) -> dict[str, list[str]]:
+        """Attribute name -> its values, as `include`/`exclude` filters accept them."""
+        return self._engine.attribute_values()
+
+    @property
+    def max_history(self) -> int:
+        """Longest history the model reads; longer histories keep their most recent items."""
+        return self._engine.max_len
+
+    def __repr__(self) -> str:
+        return f"Recommender({str(self.path)!r}, items={self.num_items})"
+
+    # ------------------------------------------------------------------------------------
+    # Queries
+
+    def _strength(self, strength: float | None) -> float:
+        return self._engine.strength_default if strength is None else float(strength)
+
+    def query(self, history: Sequence[ItemId] | npt.ArrayLike, prompt: str = "", k: int = 10,
+              strength: float | None = None, exclude_seen: bool = True,
+              include: Filters | None = None, exclude: Filters | None = None,
+              mode: Mode | None = None, unknown: Literal["error", "ignore"] = "error",
+              ) -> list[Hit]:
+        """The top-`k` items for a user with `history` (dataset item ids, oldest first),
+        steered by `prompt`.
+
+        - `strength` scales the steering (default: the bundle's, 1.0); 0 or an empty prompt
+          gives exactly the backbone's ranking.
+        - `include`/`exclude` are hard filters, e.g. `include={"genre": ["Comedy"]}` keeps
+          items with at least one listed value per attribute; `exclude` drops items with any.
+        - `mode`: "soft" steers only (no filters allowed), "hard" ranks with the unsteered
+          backbone and applies the filters (the prompt is ignored), "hybrid" steers and
+          filters. Default: "hybrid" when filters are given, else "soft".
+        - Items already in `history` are left out unless `exclude_seen=False`.
+        - Unknown ids raise KeyError, or are dropped with `unknown="ignore"`.
+
+        Returns up to `k` hits, best first (fewer only when fewer items pass the filters).
+        """
+        include_pairs = _filter_pairs(include, "include")
+        exclude_pairs = _filter_pairs(exclude, "exclude")
+        has_filters = bool(include_pairs or exclude_pairs)
+        if mode is None:
+            mode = "hybrid" if has_filters else "soft"
+        if mode not in ("soft", "hard", "hybrid"):
+            raise ValueError(f"mode must be 'soft', 'hard' or 'hybrid', got {mode!r}")
+        if mode == "soft" and has_filters:
+            raise ValueError("mode='soft' applies no filters; use mode='hybrid' (steer and "
+                             "filter) or mode='hard' (filter only) with include/exclude")
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+        if isinstance(k, bool) or not isinstance(k, int | np.integer):
+            raise TypeError(f"k must be an int, got {type(k).__name__}")
+        rows, _ = self._engine.rows(history, unknown)
+        found, scores = self._engine.query(
+            rows, prompt, int(k), self._strength(strength), mode != "hard", exclude_seen,
+            include_pairs, exclude_pairs)
+        return [Hit(self._ids[r].item() if self._int_ids else self._ids[r], float(s),
+                    self._titles[r], self._engine.item_attributes(int(r)))
+                for r, s in zip(found.tolist(), scores.tolist(), strict=True)]
+
+    def query_batch(self, histories: Sequence[Sequence[ItemId]], prompts: str | Sequence[str] = "",
+                    k: int = 10, strength: float | None = None, exclude_seen: bool = True,
+                    unknown: Literal["error", "ignore"] = "error",
+                    ) -> tuple[npt.NDArray[np.generic], npt.NDArray[np.float32]]:
+        """`query` (soft mode) for many users at once, in parallel across cores.
+
+        `prompts` is one prompt per history or a single prompt for all. Returns
+        `(item_ids, scores)` of shape `(len(histories), min(k, num_items))`, best first;
+        where fewer items are eligible a row is padded with id -1 (None for string ids) and
+        score -inf.
+        """
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if not all(isinstance(p, str) for p in prompts):
+            raise TypeError("prompts must be strings")
+        if isinstance(k, bool) or not isinstance(k, int | np.integer):
+            raise TypeError(f"k must be an int, got {type(k).__name__}")
+        rows = [self._engine.rows(h, unknown)[0] for h in histories]
+        found, scores = self._engine.query_batch(rows, prompts, int(k),
+                                                 self._strength(strength), exclude_seen)
+        return self._ids[found], scores
+
+    def user_vector(self, history: Sequence[ItemId] | npt.ArrayLike, prompt: str = "",
+                    strength: float | None = None,
+                    unknown: Literal["error", "ignore"] = "error") -> npt.NDArray[np.float32]:
+        """The steered user vector `h'` (`d + A` floats): items score `[E_i, A_i] · h'`."""
+        rows, _ = self._engine.rows(history, unknown)
+        return self._engine.user_vector(rows, prompt, self._strength(strength))
+
+    def encode_prompt(self, prompt: str) -> npt.NDArray[np.float32]:
+        """The prompt's sentence embedding (384 floats, L2-normalised; blank → zeros)."""
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+        return self._engine.encode_prompt(prompt)

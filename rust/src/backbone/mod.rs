@@ -1,0 +1,88 @@
+//! Backbone forward passes: a history of internal item rows in, the user vector `h` out.
+//!
+//! Both follow `docs/bundle.md` exactly (the PyTorch modules in `python/dpr/models/` are the
+//! reference; tests check parity to 1e-4). A history longer than `max_len` keeps its most
+//! recent `max_len` items; an empty history is run as the single padding item (row 0), which
+//! is what the PyTorch model computes for a sequence of length 0.
+
+mod gru4rec;
+mod sasrec;
+
+pub(crate) use sasrec::linear as sasrec_linear;
+
+pub use gru4rec::Gru4Rec;
+pub use sasrec::SasRec;
+
+use crate::bundle::{BackboneConfig, Bundle, BundleError};
+
+/// A loaded backbone (the item embedding table is shared, passed in at each call).
+#[derive(Debug)]
+pub enum Backbone {
+    SasRec(SasRec),
+    Gru4Rec(Gru4Rec),
+}
+
+impl Backbone {
+    /// Takes the backbone's tensors out of `bundle`.
+    pub fn from_bundle(bundle: &mut Bundle) -> Result<Backbone, BundleError> {
+        match bundle.backbone.clone() {
+            BackboneConfig::Sasrec {
+                max_len,
+                num_blocks,
+                num_heads,
+                ffn_dim,
+            } => Ok(Backbone::SasRec(SasRec::from_bundle(
+                bundle, max_len, num_blocks, num_heads, ffn_dim,
+            )?)),
+            BackboneConfig::Gru4rec {
+                max_len,
+                num_layers,
+            } => Ok(Backbone::Gru4Rec(Gru4Rec::from_bundle(
+                bundle, max_len, num_layers,
+            )?)),
+        }
+    }
+
+    pub fn max_len(&self) -> usize {
+        match self {
+            Backbone::SasRec(m) => m.max_len,
+            Backbone::Gru4Rec(m) => m.max_len,
+        }
+    }
+
+    /// The user vector (`dim` floats) after `history` (internal rows, oldest first, each in
+    /// `0..embedding.rows`), written to `out`.
+    pub fn user_vector(&self, embedding: Rows<'_>, history: &[u32], out: &mut [f32]) {
+        const PADDING: [u32; 1] = [0];
+        let history = if history.is_empty() {
+            &PADDING[..]
+        } else {
+            &history[history.len().saturating_sub(self.max_len())..]
+        };
+        match self {
+            Backbone::SasRec(m) => m.user_vector(embedding, history, out),
+            Backbone::Gru4Rec(m) => m.user_vector(embedding, history, out),
+        }
+    }
+}
+
+/// A float tensor's data, taken out of the bundle.
+pub(crate) fn take(bundle: &mut Bundle, name: &str) -> Result<Vec<f32>, BundleError> {
+    Ok(bundle.take(name)?.data)
+}
+
+/// The item embedding rows as the backbone reads them: the first `width` floats of each
+/// `stride`-float row (the serving table stores `[embedding, attributes]` per item).
+#[derive(Clone, Copy, Debug)]
+pub struct Rows<'a> {
+    pub data: &'a [f32],
+    pub stride: usize,
+    pub width: usize,
+}
+
+impl<'a> Rows<'a> {
+    #[inline]
+    pub fn row(&self, i: usize) -> &'a [f32] {
+        &self.data[i * self.stride..i * self.stride + self.width]
+    }
+}

@@ -1,0 +1,210 @@
+//! SASRec inference: pre-norm causal self-attention blocks, user vector at the last position.
+
+use super::{take, Rows};
+use crate::bundle::{Bundle, BundleError};
+use crate::linalg::{dot, layer_norm, relu, softmax, Linear};
+
+#[derive(Debug)]
+struct Norm {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+#[derive(Debug)]
+struct Block {
+    attention_norm: Norm,
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    out: Linear,
+    ffn_norm: Norm,
+    ffn_in: Linear,
+    ffn_out: Linear,
+}
+
+/// The SASRec weights (see `docs/bundle.md`).
+#[derive(Debug)]
+pub struct SasRec {
+    pub max_len: usize,
+    dim: usize,
+    num_heads: usize,
+    eps: f32,
+    position: Vec<f32>,
+    blocks: Vec<Block>,
+    final_norm: Norm,
+}
+
+fn norm(bundle: &mut Bundle, prefix: &str) -> Result<Norm, BundleError> {
+    Ok(Norm {
+        weight: take(bundle, &format!("{prefix}.weight"))?,
+        bias: take(bundle, &format!("{prefix}.bias"))?,
+    })
+}
+
+pub(crate) fn linear(
+    bundle: &mut Bundle,
+    prefix: &str,
+    out_dim: usize,
+    in_dim: usize,
+) -> Result<Linear, BundleError> {
+    let weight = take(bundle, &format!("{prefix}.weight"))?;
+    let bias = take(bundle, &format!("{prefix}.bias"))?;
+    Linear::new(weight, bias, out_dim, in_dim).ok_or_else(|| BundleError::Invalid {
+        file: crate::bundle::WEIGHTS_FILE.into(),
+        message: format!("tensor '{prefix}' has the wrong size"),
+    })
+}
+
+impl SasRec {
+    pub fn from_bundle(
+        bundle: &mut Bundle,
+        max_len: usize,
+        num_blocks: usize,
+        num_heads: usize,
+        ffn_dim: usize,
+    ) -> Result<SasRec, BundleError> {
+        let d = bundle.dim;
+        let eps = bundle.steer.layer_norm_eps;
+        let position = take(bundle, "backbone.position_embedding.weight")?;
+        let blocks = (0..num_blocks)
+            .map(|b| {
+                let p = format!("backbone.blocks.{b}");
+                Ok(Block {
+                    attention_norm: norm(bundle, &format!("{p}.attention_norm"))?,
+                    query: linear(bundle, &format!("{p}.attention.query"), d, d)?,
+                    key: linear(bundle, &format!("{p}.attention.key"), d, d)?,
+                    value: linear(bundle, &format!("{p}.attention.value"), d, d)?,
+                    out: linear(bundle, &format!("{p}.attention.out"), d, d)?,
+                    ffn_norm: norm(bundle, &format!("{p}.ffn_norm"))?,
+                    ffn_in: linear(bundle, &format!("{p}.ffn_in"), ffn_dim, d)?,
+                    ffn_out: linear(bundle, &format!("{p}.ffn_out"), d, ffn_dim)?,
+                })
+            })
+            .collect::<Result<Vec<_>, BundleError>>()?;
+        let final_norm = norm(bundle, "backbone.final_norm")?;
+        Ok(SasRec {
+            max_len,
+            dim: d,
+            num_heads,
+            eps,
+            position,
+            blocks,
+            final_norm,
+        })
+    }
+
+    /// `history`: 1..=max_len internal rows. Writes the final-norm state of the last position.
+    pub fn user_vector(&self, embedding: Rows<'_>, history: &[u32], out: &mut [f32]) {
+        let (n, d) = (history.len(), self.dim);
+        let scale = (d as f32).sqrt();
+        let mut x = vec![0.0f32; n * d];
+        for (t, (&item, row)) in history.iter().zip(x.chunks_exact_mut(d)).enumerate() {
+            let e = embedding.row(item as usize);
+            let p = &self.position[t * d..(t + 1) * d];
+            for ((v, e), p) in row.iter_mut().zip(e).zip(p) {
+                *v = e * scale + p;
+            }
+        }
+        let mut normed = vec![0.0f32; n * d];
+        let mut q = vec![0.0f32; n * d];
+        let mut k = vec![0.0f32; n * d];
+        let mut v = vec![0.0f32; n * d];
+        let mut attended = vec![0.0f32; n * d];
+        let mut projected = vec![0.0f32; n * d];
+        let ffn_dim = self.blocks.first().map_or(0, |b| b.ffn_in.out_dim);
+        let mut hidden = vec![0.0f32; n * ffn_dim];
+        let mut weights = vec![0.0f32; n];
+        let last = self.blocks.len().saturating_sub(1);
+        // Every block needs all positions' keys and values, but the output is read only at
+        // the last position, so the final block computes queries onward for that row alone.
+        let mut first_row = 0;
+        for (b, block) in self.blocks.iter().enumerate() {
+            normed.copy_from_slice(&x);
+            layer_norm(
+                &mut normed,
+                d,
+                &block.attention_norm.weight,
+                &block.attention_norm.bias,
+                self.eps,
+            );
+            if b == last {
+                first_row = n - 1;
+            }
+            let rows = n - first_row;
+            block.key.apply(&normed, n, &mut k);
+            block.value.apply(&normed, n, &mut v);
+            block.query.apply(&normed[first_row * d..], rows, &mut q);
+            self.attend(
+                &q[..rows * d],
+                &k,
+                &v,
+                first_row,
+                &mut weights,
+                &mut attended,
+            );
+            block.out.apply(&attended, rows, &mut projected);
+            let xs = &mut x[first_row * d..];
+            for (xv, pv) in xs.iter_mut().zip(&projected[..rows * d]) {
+                *xv += pv;
+            }
+            let normed_rows = &mut normed[..rows * d];
+            normed_rows.copy_from_slice(xs);
+            layer_norm(
+                normed_rows,
+                d,
+                &block.ffn_norm.weight,
+                &block.ffn_norm.bias,
+                self.eps,
+            );
+            block.ffn_in.apply(normed_rows, rows, &mut hidden);
+            relu(&mut hidden[..rows * ffn_dim]);
+            block.ffn_out.apply(&hidden, rows, &mut projected);
+            for (xv, pv) in xs.iter_mut().zip(&projected[..rows * d]) {
+                *xv += pv;
+            }
+        }
+        out.copy_from_slice(&x[(n - 1) * d..n * d]);
+        layer_norm(
+            out,
+            d,
+            &self.final_norm.weight,
+            &self.final_norm.bias,
+            self.eps,
+        );
+    }
+
+    /// Causal multi-head attention for query rows `first_row..n` (`q` holds just those rows).
+    fn attend(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        first_row: usize,
+        weights: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let d = self.dim;
+        let head = d / self.num_heads;
+        let scale = 1.0 / (head as f32).sqrt();
+        for (r, q_row) in q.chunks_exact(d).enumerate() {
+            let t = first_row + r;
+            let out_row = &mut out[r * d..(r + 1) * d];
+            out_row.iter_mut().for_each(|o| *o = 0.0);
+            for h in 0..self.num_heads {
+                let cols = h * head..(h + 1) * head;
+                let qh = &q_row[cols.clone()];
+                let w = &mut weights[..=t];
+                for (j, wj) in w.iter_mut().enumerate() {
+                    *wj = dot(qh, &k[j * d + cols.start..j * d + cols.end]) * scale;
+                }
+                softmax(w);
+                let oh = &mut out_row[cols.clone()];
+                for (j, &wj) in w.iter().enumerate() {
+                    for (o, vv) in oh.iter_mut().zip(&v[j * d + cols.start..j * d + cols.end]) {
+                        *o += wj * vv;
+                    }
+                }
+            }
+        }
+    }
+}

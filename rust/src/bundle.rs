@@ -1,0 +1,719 @@
+//! Reading and validating a model bundle (format: `docs/bundle.md`, writer: `dpr.export`).
+//!
+//! `Bundle::open` reads `dpr.json`, checks the format and version, optionally checks every
+//! file against its sha256, memory-maps `weights.safetensors`, checks that every tensor the
+//! configuration implies is present with its shape and dtype (and no other), that no float is
+//! NaN/Inf, and that `items.json` agrees with the weights. Every error names the file and the
+//! field. Nothing here panics on any input.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+pub const FORMAT: &str = "dpr-bundle";
+pub const VERSION: i64 = 1;
+pub const CONFIG_FILE: &str = "dpr.json";
+pub const WEIGHTS_FILE: &str = "weights.safetensors";
+
+/// What is wrong with a bundle, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BundleError {
+    /// A file the bundle needs is not there.
+    Missing { file: PathBuf, why: String },
+    /// A file is there but its content is wrong.
+    Invalid { file: String, message: String },
+}
+
+impl BundleError {
+    fn invalid(file: &str, message: impl Into<String>) -> Self {
+        BundleError::Invalid {
+            file: file.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for BundleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BundleError::Missing { file, why } => write!(f, "{}: {why}", file.display()),
+            BundleError::Invalid { file, message } => write!(f, "{file}: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for BundleError {}
+
+/// The backbone's hyper-parameters (`dpr.json` `backbone`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum BackboneConfig {
+    Sasrec {
+        max_len: usize,
+        num_blocks: usize,
+        num_heads: usize,
+        ffn_dim: usize,
+    },
+    Gru4rec {
+        max_len: usize,
+        num_layers: usize,
+    },
+}
+
+impl BackboneConfig {
+    pub fn max_len(&self) -> usize {
+        match self {
+            BackboneConfig::Sasrec { max_len, .. } | BackboneConfig::Gru4rec { max_len, .. } => {
+                *max_len
+            }
+        }
+    }
+}
+
+/// The steering head's hyper-parameters (`dpr.json` `steer`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SteerConfig {
+    pub attribute_dim: usize,
+    pub prompt_dim: usize,
+    pub positive_experts: usize,
+    pub negative_experts: usize,
+    pub projector_hidden: usize,
+    pub expert_hidden: usize,
+    pub router_hidden: usize,
+    #[serde(default)]
+    pub attribute: Option<String>,
+    #[serde(default)]
+    pub values: Vec<String>,
+    #[serde(default = "one")]
+    pub strength_default: f32,
+    #[serde(default = "layer_norm_eps")]
+    pub layer_norm_eps: f32,
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+fn layer_norm_eps() -> f32 {
+    1e-5
+}
+
+/// How prompts are encoded (`dpr.json` `prompt_encoder`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct EncoderConfig {
+    pub dir: String,
+    pub max_tokens: usize,
+    pub dim: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct ItemsConfig {
+    file: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct RawConfig {
+    backbone: BackboneConfig,
+    dim: usize,
+    num_items: usize,
+    steer: SteerConfig,
+    prompt_encoder: EncoderConfig,
+    items: ItemsConfig,
+    files: BTreeMap<String, String>,
+}
+
+/// An item's external id, as the dataset spells it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ItemId {
+    Int(i64),
+    Str(String),
+}
+
+/// One item attribute: its values (column order) and, per row, the value indices it has.
+#[derive(Debug, Clone)]
+pub struct Attribute {
+    pub name: String,
+    pub values: Vec<String>,
+    /// `(N+1) × values.len()` 0/1 matrix, row 0 (padding) all zero.
+    pub matrix: Vec<u8>,
+}
+
+impl Attribute {
+    pub fn width(&self) -> usize {
+        self.values.len()
+    }
+
+    /// The value indices item `row` has.
+    pub fn values_of(&self, row: usize) -> impl Iterator<Item = usize> + '_ {
+        let w = self.width();
+        self.matrix[row * w..(row + 1) * w]
+            .iter()
+            .enumerate()
+            .filter(|(_, &v)| v != 0)
+            .map(|(j, _)| j)
+    }
+
+    pub fn has(&self, row: usize, value: usize) -> bool {
+        self.matrix[row * self.width() + value] != 0
+    }
+}
+
+/// A float32 tensor copied out of the safetensors file (aligned, owned).
+#[derive(Debug, Clone)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// A validated bundle, everything in memory.
+#[derive(Debug)]
+pub struct Bundle {
+    pub root: PathBuf,
+    pub backbone: BackboneConfig,
+    pub dim: usize,
+    pub num_items: usize,
+    pub steer: SteerConfig,
+    pub encoder: EncoderConfig,
+    /// External ids of rows 1..=N (index 0 ↔ row 1).
+    pub ids: Vec<ItemId>,
+    pub titles: Vec<String>,
+    pub attributes: Vec<Attribute>,
+    pub tensors: HashMap<String, Tensor>,
+}
+
+impl Bundle {
+    /// Reads and validates the bundle directory at `root`; `verify_checksums` also hashes
+    /// every file against `dpr.json` `files`.
+    pub fn open(root: &Path, verify_checksums: bool) -> Result<Bundle, BundleError> {
+        if !root.is_dir() {
+            return Err(BundleError::Missing {
+                file: root.to_path_buf(),
+                why: "no such bundle directory".into(),
+            });
+        }
+        let config_text = read_text(root, CONFIG_FILE)?;
+        let raw = parse_config(&config_text)?;
+        for (name, digest) in &raw.files {
+            let path = root.join(name);
+            if !path.is_file() {
+                return Err(BundleError::Missing {
+                    file: path,
+                    why: format!("missing (listed in {CONFIG_FILE} files)"),
+                });
+            }
+            if verify_checksums && &sha256_of(&path, name)? != digest {
+                return Err(BundleError::invalid(
+                    name,
+                    format!("sha256 differs from {CONFIG_FILE} files[\"{name}\"] (truncated or modified)"),
+                ));
+            }
+        }
+        for required in [WEIGHTS_FILE, raw.items.file.as_str()] {
+            if !raw.files.contains_key(required) {
+                return Err(BundleError::invalid(
+                    CONFIG_FILE,
+                    format!("files has no entry for {required}"),
+                ));
+            }
+        }
+        let items = read_items(root, &raw)?;
+        let weights = read_weights(root, &raw, &items)?;
+        let encoder_dir = root.join(&raw.prompt_encoder.dir);
+        if !encoder_dir.is_dir() {
+            return Err(BundleError::Missing {
+                file: encoder_dir,
+                why: "the prompt encoder folder is missing".into(),
+            });
+        }
+        let attributes = items
+            .attributes
+            .into_iter()
+            .map(|(name, a)| {
+                let matrix = weights.attributes.get(&name).cloned().unwrap_or_default();
+                Attribute {
+                    name,
+                    values: a.values,
+                    matrix,
+                }
+            })
+            .collect();
+        Ok(Bundle {
+            root: root.to_path_buf(),
+            backbone: raw.backbone,
+            dim: raw.dim,
+            num_items: raw.num_items,
+            steer: raw.steer,
+            encoder: raw.prompt_encoder,
+            ids: items.ids,
+            titles: items.titles,
+            attributes,
+            tensors: weights.floats,
+        })
+    }
+
+    /// The folder holding the prompt encoder's files.
+    pub fn encoder_dir(&self) -> PathBuf {
+        self.root.join(&self.encoder.dir)
+    }
+
+    pub fn attribute(&self, name: &str) -> Option<&Attribute> {
+        self.attributes.iter().find(|a| a.name == name)
+    }
+
+    /// Takes tensor `name` out of the bundle (validated to exist by `open`).
+    pub fn take(&mut self, name: &str) -> Result<Tensor, BundleError> {
+        self.tensors
+            .remove(name)
+            .ok_or_else(|| BundleError::invalid(WEIGHTS_FILE, format!("missing tensor '{name}'")))
+    }
+}
+
+fn read_text(root: &Path, name: &str) -> Result<String, BundleError> {
+    let path = root.join(name);
+    let mut text = String::new();
+    File::open(&path)
+        .and_then(|mut f| f.read_to_string(&mut text))
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => BundleError::Missing {
+                file: path.clone(),
+                why: "missing (not a bundle, or an unfinished one)".into(),
+            },
+            std::io::ErrorKind::InvalidData => BundleError::invalid(name, "not valid UTF-8 text"),
+            _ => BundleError::invalid(name, format!("cannot read: {e}")),
+        })?;
+    Ok(text)
+}
+
+fn parse_config(text: &str) -> Result<RawConfig, BundleError> {
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| BundleError::invalid(CONFIG_FILE, format!("not valid JSON ({e})")))?;
+    let format = value.get("format").and_then(|f| f.as_str());
+    if format != Some(FORMAT) {
+        return Err(BundleError::invalid(
+            CONFIG_FILE,
+            format!("format {:?} is not \"{FORMAT}\"", value.get("format")),
+        ));
+    }
+    match value.get("version").and_then(|v| v.as_i64()) {
+        Some(VERSION) => {}
+        other => {
+            return Err(BundleError::invalid(
+                CONFIG_FILE,
+                format!("version {other:?} is not supported (this reader knows {VERSION})"),
+            ))
+        }
+    }
+    let raw: RawConfig = serde_json::from_value(value)
+        .map_err(|e| BundleError::invalid(CONFIG_FILE, e.to_string()))?;
+    let check = |ok: bool, msg: &str| {
+        if ok {
+            Ok(())
+        } else {
+            Err(BundleError::invalid(CONFIG_FILE, msg))
+        }
+    };
+    check(raw.dim > 0, "dim must be positive")?;
+    check(raw.num_items > 0, "num_items must be positive")?;
+    check(
+        raw.backbone.max_len() > 0,
+        "backbone.max_len must be positive",
+    )?;
+    if let BackboneConfig::Sasrec { num_heads, .. } = raw.backbone {
+        check(
+            num_heads > 0 && raw.dim.is_multiple_of(num_heads),
+            "backbone.num_heads must divide dim",
+        )?;
+    }
+    let s = &raw.steer;
+    check(
+        s.positive_experts + s.negative_experts > 0,
+        "steer: at least one expert",
+    )?;
+    check(
+        s.prompt_dim == raw.prompt_encoder.dim,
+        "steer.prompt_dim differs from prompt_encoder.dim",
+    )?;
+    check(
+        s.values.len() == s.attribute_dim,
+        "steer.values must hold steer.attribute_dim values",
+    )?;
+    check(
+        s.attribute_dim == 0 || s.attribute.is_some(),
+        "steer.attribute is required when steer.attribute_dim > 0",
+    )?;
+    check(
+        s.strength_default.is_finite(),
+        "steer.strength_default must be finite",
+    )?;
+    check(
+        s.layer_norm_eps.is_finite() && s.layer_norm_eps > 0.0,
+        "steer.layer_norm_eps must be positive",
+    )?;
+    Ok(raw)
+}
+
+fn sha256_of(path: &Path, name: &str) -> Result<String, BundleError> {
+    let file = File::open(path).map_err(|e| BundleError::invalid(name, e.to_string()))?;
+    let mut hasher = Sha256::new();
+    if file.metadata().map(|m| m.len()).unwrap_or(0) > 0 {
+        // SAFETY: the bundle is read-only while served; a concurrent writer would at worst
+        // change the digest, which is then reported as a mismatch.
+        let map =
+            unsafe { Mmap::map(&file) }.map_err(|e| BundleError::invalid(name, e.to_string()))?;
+        hasher.update(&map[..]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+#[derive(Deserialize)]
+struct RawAttribute {
+    values: Vec<String>,
+    items: Vec<Vec<usize>>,
+}
+
+#[derive(Deserialize)]
+struct RawItems {
+    ids: Vec<serde_json::Value>,
+    titles: Vec<String>,
+    #[serde(default)]
+    attributes: BTreeMap<String, RawAttribute>,
+}
+
+struct Items {
+    ids: Vec<ItemId>,
+    titles: Vec<String>,
+    attributes: BTreeMap<String, RawAttribute>,
+}
+
+fn read_items(root: &Path, raw: &RawConfig) -> Result<Items, BundleError> {
+    let name = raw.items.file.as_str();
+    let text = read_text(root, name)?;
+    let items: RawItems =
+        serde_json::from_str(&text).map_err(|e| BundleError::invalid(name, e.to_string()))?;
+    let n = raw.num_items;
+    for (field, len) in [("ids", items.ids.len()), ("titles", items.titles.len())] {
+        if len != n {
+            return Err(BundleError::invalid(
+                name,
+                format!("{field} has {len} entries, {CONFIG_FILE} num_items={n}"),
+            ));
+        }
+    }
+    let mut ids = Vec::with_capacity(n);
+    let mut seen = std::collections::HashSet::with_capacity(n);
+    for (i, v) in items.ids.iter().enumerate() {
+        let id = match v {
+            serde_json::Value::String(s) => ItemId::Str(s.clone()),
+            serde_json::Value::Number(x) if x.as_i64().is_some() => {
+                ItemId::Int(x.as_i64().unwrap_or_default())
+            }
+            other => {
+                return Err(BundleError::invalid(
+                    name,
+                    format!("ids[{i}] is {other}, not a string or integer"),
+                ))
+            }
+        };
+        if !seen.insert(id.clone()) {
+            return Err(BundleError::invalid(
+                name,
+                format!("ids[{i}] = {v} is a duplicate"),
+            ));
+        }
+        ids.push(id);
+    }
+    for (attr, a) in &items.attributes {
+        if a.items.len() != n {
+            return Err(BundleError::invalid(
+                name,
+                format!(
+                    "attributes.{attr}.items has {} rows, num_items={n}",
+                    a.items.len()
+                ),
+            ));
+        }
+        if let Some((row, bad)) = a
+            .items
+            .iter()
+            .enumerate()
+            .find_map(|(r, vs)| vs.iter().find(|&&v| v >= a.values.len()).map(|&v| (r, v)))
+        {
+            return Err(BundleError::invalid(
+                name,
+                format!(
+                    "attributes.{attr}.items[{row}] holds value index {bad}, beyond its {} values",
+                    a.values.len()
+                ),
+            ));
+        }
+    }
+    let steer = &raw.steer;
+    if let Some(attr) = steer
+        .attribute
+        .as_deref()
+        .filter(|_| steer.attribute_dim > 0)
+    {
+        let values = items.attributes.get(attr).map(|a| &a.values);
+        if values != Some(&steer.values) {
+            return Err(BundleError::invalid(
+                name,
+                format!("attributes.{attr}.values differ from {CONFIG_FILE} steer.values"),
+            ));
+        }
+    }
+    Ok(Items {
+        ids,
+        titles: items.titles,
+        attributes: items.attributes,
+    })
+}
+
+struct Weights {
+    floats: HashMap<String, Tensor>,
+    attributes: HashMap<String, Vec<u8>>,
+}
+
+/// Name → shape of every float tensor `dpr.json` implies.
+pub fn expected_float_shapes(
+    backbone: &BackboneConfig,
+    d: usize,
+    n: usize,
+    steer: &SteerConfig,
+) -> BTreeMap<String, Vec<usize>> {
+    let mut s: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    s.insert("items.embedding".into(), vec![n + 1, d]);
+    match *backbone {
+        BackboneConfig::Sasrec {
+            max_len,
+            num_blocks,
+            ffn_dim,
+            ..
+        } => {
+            s.insert(
+                "backbone.position_embedding.weight".into(),
+                vec![max_len, d],
+            );
+            for b in 0..num_blocks {
+                let p = format!("backbone.blocks.{b}.");
+                for norm in ["attention_norm", "ffn_norm"] {
+                    s.insert(format!("{p}{norm}.weight"), vec![d]);
+                    s.insert(format!("{p}{norm}.bias"), vec![d]);
+                }
+                for proj in ["query", "key", "value", "out"] {
+                    s.insert(format!("{p}attention.{proj}.weight"), vec![d, d]);
+                    s.insert(format!("{p}attention.{proj}.bias"), vec![d]);
+                }
+                s.insert(format!("{p}ffn_in.weight"), vec![ffn_dim, d]);
+                s.insert(format!("{p}ffn_in.bias"), vec![ffn_dim]);
+                s.insert(format!("{p}ffn_out.weight"), vec![d, ffn_dim]);
+                s.insert(format!("{p}ffn_out.bias"), vec![d]);
+            }
+            s.insert("backbone.final_norm.weight".into(), vec![d]);
+            s.insert("backbone.final_norm.bias".into(), vec![d]);
+        }
+        BackboneConfig::Gru4rec { num_layers, .. } => {
+            for l in 0..num_layers {
+                for k in ["ih", "hh"] {
+                    s.insert(format!("backbone.gru.weight_{k}_l{l}"), vec![3 * d, d]);
+                    s.insert(format!("backbone.gru.bias_{k}_l{l}"), vec![3 * d]);
+                }
+            }
+        }
+    }
+    let (e, a) = (steer.prompt_dim, steer.attribute_dim);
+    let k = steer.positive_experts + steer.negative_experts;
+    let (ph, rh, eh) = (
+        steer.projector_hidden,
+        steer.router_hidden,
+        steer.expert_hidden,
+    );
+    for (name, shape) in [
+        ("steer.projector.hidden_layer.weight", vec![ph, e]),
+        ("steer.projector.hidden_layer.bias", vec![ph]),
+        ("steer.projector.output_layer.weight", vec![d, ph]),
+        ("steer.projector.output_layer.bias", vec![d]),
+        ("steer.router.hidden_layer.weight", vec![rh, e + d]),
+        ("steer.router.hidden_layer.bias", vec![rh]),
+        ("steer.router.output_layer.weight", vec![k, rh]),
+        ("steer.router.output_layer.bias", vec![k]),
+        ("steer.experts.in_weight", vec![k, eh, 3 * d]),
+        ("steer.experts.in_bias", vec![k, eh]),
+        ("steer.experts.out_weight", vec![k, d + a, eh]),
+        ("steer.experts.out_bias", vec![k, d + a]),
+    ] {
+        s.insert(name.into(), shape);
+    }
+    s
+}
+
+fn shape_str(shape: &[usize]) -> String {
+    let parts: Vec<String> = shape.iter().map(|s| s.to_string()).collect();
+    if parts.len() == 1 {
+        format!("({},)", parts[0])
+    } else {
+        format!("({})", parts.join(", "))
+    }
+}
+
+fn read_weights(root: &Path, raw: &RawConfig, items: &Items) -> Result<Weights, BundleError> {
+    let path = root.join(WEIGHTS_FILE);
+    let file = File::open(&path).map_err(|e| BundleError::Missing {
+        file: path.clone(),
+        why: e.to_string(),
+    })?;
+    // SAFETY: the file is only read; a bundle must not be rewritten in place while loaded
+    // (the exporter replaces whole directories, never files).
+    let map = unsafe { Mmap::map(&file) }
+        .map_err(|e| BundleError::invalid(WEIGHTS_FILE, format!("cannot map: {e}")))?;
+    let st = SafeTensors::deserialize(&map).map_err(|e| {
+        BundleError::invalid(WEIGHTS_FILE, format!("not a valid safetensors file ({e})"))
+    })?;
+    let mut expected = expected_float_shapes(&raw.backbone, raw.dim, raw.num_items, &raw.steer);
+    let attribute_shapes: BTreeMap<String, Vec<usize>> = items
+        .attributes
+        .iter()
+        .map(|(name, a)| {
+            (
+                format!("items.attributes.{name}"),
+                vec![raw.num_items + 1, a.values.len()],
+            )
+        })
+        .collect();
+    let mut floats = HashMap::new();
+    let mut attributes = HashMap::new();
+    let mut names: Vec<String> = st.names().into_iter().map(str::to_owned).collect();
+    names.sort();
+    for name in &names {
+        let view = st
+            .tensor(name)
+            .map_err(|e| BundleError::invalid(WEIGHTS_FILE, format!("tensor '{name}': {e}")))?;
+        let shape = view.shape().to_vec();
+        if let Some(want) = expected.remove(name) {
+            if view.dtype() != Dtype::F32 {
+                return Err(BundleError::invalid(
+                    WEIGHTS_FILE,
+                    format!("tensor '{name}' has dtype {:?}, expected F32", view.dtype()),
+                ));
+            }
+            if shape != want {
+                return Err(BundleError::invalid(
+                    WEIGHTS_FILE,
+                    format!(
+                        "tensor '{name}' has shape {}, {CONFIG_FILE} implies {}",
+                        shape_str(&shape),
+                        shape_str(&want)
+                    ),
+                ));
+            }
+            let data: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+                return Err(BundleError::invalid(
+                    WEIGHTS_FILE,
+                    format!("tensor '{name}' holds NaN or Inf (flat index {i})"),
+                ));
+            }
+            floats.insert(name.clone(), Tensor { shape, data });
+        } else if let Some(want) = attribute_shapes.get(name) {
+            if view.dtype() != Dtype::U8 {
+                return Err(BundleError::invalid(
+                    WEIGHTS_FILE,
+                    format!("tensor '{name}' has dtype {:?}, expected U8", view.dtype()),
+                ));
+            }
+            if &shape != want {
+                return Err(BundleError::invalid(
+                    WEIGHTS_FILE,
+                    format!(
+                        "tensor '{name}' has shape {}, {} implies {}",
+                        shape_str(&shape),
+                        raw.items.file,
+                        shape_str(want)
+                    ),
+                ));
+            }
+            attributes.insert(
+                name.trim_start_matches("items.attributes.").to_owned(),
+                view.data().to_vec(),
+            );
+        } else {
+            return Err(BundleError::invalid(
+                WEIGHTS_FILE,
+                format!("unexpected tensor '{name}'"),
+            ));
+        }
+    }
+    if let Some(name) = expected.keys().next() {
+        return Err(BundleError::invalid(
+            WEIGHTS_FILE,
+            format!("missing tensor '{name}'"),
+        ));
+    }
+    for (attr, a) in &items.attributes {
+        let matrix = attributes.get(attr).ok_or_else(|| {
+            BundleError::invalid(
+                WEIGHTS_FILE,
+                format!(
+                    "missing tensor 'items.attributes.{attr}' ({} lists it)",
+                    raw.items.file
+                ),
+            )
+        })?;
+        check_attribute_matrix(attr, a, matrix, &raw.items.file)?;
+    }
+    let embedding = &floats["items.embedding"].data;
+    if embedding[..raw.dim].iter().any(|&x| x != 0.0) {
+        return Err(BundleError::invalid(
+            WEIGHTS_FILE,
+            "tensor 'items.embedding' row 0 (padding) is not zero",
+        ));
+    }
+    Ok(Weights { floats, attributes })
+}
+
+/// The uint8 matrix must say exactly what `items.json` says, row by row.
+fn check_attribute_matrix(
+    attr: &str,
+    a: &RawAttribute,
+    matrix: &[u8],
+    items_file: &str,
+) -> Result<(), BundleError> {
+    let w = a.values.len();
+    let mut want = vec![0u8; w];
+    if matrix[..w].iter().any(|&x| x != 0) {
+        return Err(BundleError::invalid(
+            WEIGHTS_FILE,
+            format!("tensor 'items.attributes.{attr}' row 0 (padding) is not zero"),
+        ));
+    }
+    for (i, values) in a.items.iter().enumerate() {
+        want.iter_mut().for_each(|x| *x = 0);
+        for &v in values {
+            want[v] = 1;
+        }
+        let row = i + 1;
+        if matrix[row * w..(row + 1) * w] != want[..] {
+            return Err(BundleError::invalid(
+                WEIGHTS_FILE,
+                format!(
+                    "tensor 'items.attributes.{attr}' row {row} disagrees with {items_file} attributes.{attr}.items[{i}]"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,352 @@
+//! A loaded model: bundle + backbone + steering + prompt encoder + retrieval, queried by
+//! internal item rows. Item-id mapping and result decoration live in the bindings / Python.
+//!
+//! Scoring follows `docs/bundle.md`: items are scored by `[E_i, A_i] · h'`. The serving table
+//! stores each item's `[E_i, A_i]` as one row (`d + A` floats), so a query is one inner-product
+//! search; the backbone reads the first `d` floats of the same rows as its input embedding.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::backbone::{Backbone, Rows};
+use crate::bundle::{Attribute, Bundle, BundleError, ItemId};
+use crate::prompt::{PromptEncoder, PromptError};
+use crate::retrieve::{self, Hit, Matrix};
+use crate::steer::Steering;
+
+/// Why a load or a query failed.
+#[derive(Debug)]
+pub enum ModelError {
+    Bundle(BundleError),
+    Prompt(PromptError),
+    /// A bad argument (Python `ValueError`).
+    Argument(String),
+    /// An unknown key: item id, attribute or attribute value (Python `KeyError`).
+    Key(String),
+}
+
+impl fmt::Display for ModelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ModelError::Bundle(e) => e.fmt(f),
+            ModelError::Prompt(e) => e.fmt(f),
+            ModelError::Argument(m) | ModelError::Key(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for ModelError {}
+
+impl From<BundleError> for ModelError {
+    fn from(e: BundleError) -> Self {
+        ModelError::Bundle(e)
+    }
+}
+
+impl From<PromptError> for ModelError {
+    fn from(e: PromptError) -> Self {
+        ModelError::Prompt(e)
+    }
+}
+
+/// Hard attribute constraints: an item passes if, for every `include` attribute, it has at
+/// least one of the listed values, and it has none of the `exclude` values.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// (attribute index, value indices)
+    pub include: Vec<(usize, Vec<usize>)>,
+    pub exclude: Vec<(usize, Vec<usize>)>,
+}
+
+impl Filter {
+    pub fn is_empty(&self) -> bool {
+        self.include.is_empty() && self.exclude.is_empty()
+    }
+}
+
+/// How one query runs.
+#[derive(Debug, Clone)]
+pub struct QueryOptions {
+    pub k: usize,
+    pub strength: f32,
+    /// Apply the prompt to the user vector (false: the plain backbone vector, `mode="hard"`).
+    pub steer: bool,
+    pub exclude_seen: bool,
+    pub filter: Filter,
+}
+
+/// A model ready to answer queries. Immutable after load, so `&Model` is shared freely
+/// between threads (the prompt cache has its own lock).
+pub struct Model {
+    pub dim: usize,
+    pub num_items: usize,
+    pub ids: Vec<ItemId>,
+    pub titles: Vec<String>,
+    pub attributes: Vec<Attribute>,
+    pub strength_default: f32,
+    id_rows: HashMap<ItemId, u32>,
+    /// `(N+1) × (d+A)`: row i is `[E_i, A_i]`; row 0 (padding) is zero and never returned.
+    table: Vec<f32>,
+    width: usize,
+    backbone: Backbone,
+    steering: Steering,
+    encoder: PromptEncoder,
+}
+
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    shared::<Model>();
+};
+
+impl Model {
+    /// Loads and validates the bundle at `path` (see [`Bundle::open`]).
+    pub fn load(
+        path: &Path,
+        verify_checksums: bool,
+        cache_capacity: usize,
+    ) -> Result<Model, ModelError> {
+        let mut bundle = Bundle::open(path, verify_checksums)?;
+        let backbone = Backbone::from_bundle(&mut bundle)?;
+        let steering = Steering::from_bundle(&mut bundle)?;
+        let encoder_dir = bundle.encoder_dir();
+        let encoder = PromptEncoder::load(&encoder_dir, bundle.encoder.max_tokens, cache_capacity)?;
+        if encoder.dim() != steering.prompt_dim() {
+            return Err(ModelError::Bundle(BundleError::Invalid {
+                file: format!("{}/config.json", bundle.encoder.dir),
+                message: format!(
+                    "the encoder's hidden size {} differs from steer.prompt_dim {}",
+                    encoder.dim(),
+                    steering.prompt_dim()
+                ),
+            }));
+        }
+        let (d, n) = (bundle.dim, bundle.num_items);
+        let width = steering.output_dim();
+        let embedding = bundle.take("items.embedding")?.data;
+        let steer_attribute = bundle
+            .steer
+            .attribute
+            .as_deref()
+            .filter(|_| bundle.steer.attribute_dim > 0)
+            .and_then(|name| bundle.attribute(name));
+        let mut table = vec![0.0f32; (n + 1) * width];
+        for (row, (out, e)) in table
+            .chunks_exact_mut(width)
+            .zip(embedding.chunks_exact(d))
+            .enumerate()
+        {
+            out[..d].copy_from_slice(e);
+            if let Some(attr) = steer_attribute {
+                for v in attr.values_of(row) {
+                    out[d + v] = 1.0;
+                }
+            }
+        }
+        drop(embedding);
+        let id_rows = bundle
+            .ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), i as u32 + 1))
+            .collect();
+        Ok(Model {
+            dim: d,
+            num_items: n,
+            ids: std::mem::take(&mut bundle.ids),
+            titles: std::mem::take(&mut bundle.titles),
+            attributes: std::mem::take(&mut bundle.attributes),
+            strength_default: bundle.steer.strength_default,
+            id_rows,
+            table,
+            width,
+            backbone,
+            steering,
+            encoder,
+        })
+    }
+
+    /// Width of a steered user vector (`d + A`).
+    pub fn vector_dim(&self) -> usize {
+        self.width
+    }
+
+    pub fn prompt_dim(&self) -> usize {
+        self.steering.prompt_dim()
+    }
+
+    pub fn max_len(&self) -> usize {
+        self.backbone.max_len()
+    }
+
+    pub fn encoder(&self) -> &PromptEncoder {
+        &self.encoder
+    }
+
+    /// The internal row of an external id.
+    pub fn row_of(&self, id: &ItemId) -> Option<u32> {
+        self.id_rows.get(id).copied()
+    }
+
+    /// The prompt's embedding (cached; blank → zeros).
+    pub fn encode_prompt(&self, prompt: &str) -> Result<Arc<[f32]>, ModelError> {
+        Ok(self.encoder.encode(prompt)?)
+    }
+
+    fn check_history(&self, history: &[u32]) -> Result<(), ModelError> {
+        match history
+            .iter()
+            .find(|&&r| r == 0 || r as usize > self.num_items)
+        {
+            Some(r) => Err(ModelError::Argument(format!(
+                "history row {r} is not an item row (1..={})",
+                self.num_items
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// `[h, 0] + strength · shift`: the backbone's vector after `history`, steered by the
+    /// prompt embedding (`steer == false` or a zero prompt leaves it unsteered).
+    pub fn user_vector(
+        &self,
+        history: &[u32],
+        prompt: &[f32],
+        strength: f32,
+        steer: bool,
+    ) -> Result<Vec<f32>, ModelError> {
+        self.check_history(history)?;
+        if prompt.len() != self.prompt_dim() {
+            return Err(ModelError::Argument(format!(
+                "prompt embedding has {} floats, the model expects {}",
+                prompt.len(),
+                self.prompt_dim()
+            )));
+        }
+        if !strength.is_finite() {
+            return Err(ModelError::Argument(format!(
+                "strength must be finite, got {strength}"
+            )));
+        }
+        let rows = Rows {
+            data: &self.table,
+            stride: self.width,
+            width: self.dim,
+        };
+        let mut h = vec![0.0f32; self.dim];
+        self.backbone.user_vector(rows, history, &mut h);
+        let mut out = vec![0.0f32; self.width];
+        let mut gates = vec![0.0f32; self.steering.num_experts()];
+        let strength = if steer { strength } else { 0.0 };
+        self.steering
+            .steer(&h, prompt, strength, &mut out, &mut gates);
+        Ok(out)
+    }
+
+    fn passes(&self, filter: &Filter, row: usize) -> bool {
+        filter
+            .include
+            .iter()
+            .all(|(a, values)| values.iter().any(|&v| self.attributes[*a].has(row, v)))
+            && !filter
+                .exclude
+                .iter()
+                .any(|(a, values)| values.iter().any(|&v| self.attributes[*a].has(row, v)))
+    }
+
+    /// The best `k` items for `vector` (a steered user vector), never row 0, never a row in
+    /// `seen` when `exclude_seen`, only rows passing `filter`. `parallel` lets one large scan
+    /// use every core; batch callers parallelise across queries instead.
+    pub fn search(
+        &self,
+        vector: &[f32],
+        seen: &[u32],
+        options: &QueryOptions,
+        parallel: bool,
+    ) -> Result<Vec<Hit>, ModelError> {
+        let mut exclude: Vec<usize> = Vec::with_capacity(1 + seen.len());
+        exclude.push(0);
+        if options.exclude_seen {
+            exclude.extend(seen.iter().map(|&r| r as usize));
+        }
+        let items = Matrix::new(&self.table, self.num_items + 1, self.width)
+            .map_err(|e| ModelError::Argument(e.to_string()))?;
+        let filter = &options.filter;
+        let keep = |row: usize| self.passes(filter, row);
+        let keep: retrieve::Keep<'_> = if filter.is_empty() { None } else { Some(&keep) };
+        retrieve::top_k_where(items, vector, options.k, &exclude, keep, parallel)
+            .map_err(|e| ModelError::Argument(e.to_string()))
+    }
+
+    /// One query: history rows + prompt embedding → hits (internal rows, best first).
+    pub fn query(
+        &self,
+        history: &[u32],
+        prompt: &[f32],
+        options: &QueryOptions,
+        parallel: bool,
+    ) -> Result<Vec<Hit>, ModelError> {
+        let vector = self.user_vector(history, prompt, options.strength, options.steer)?;
+        self.search(&vector, history, options, parallel)
+    }
+
+    /// Many queries in parallel (rayon); prompt `i` goes with history `i`.
+    pub fn query_batch(
+        &self,
+        histories: &[Vec<u32>],
+        prompts: &[Arc<[f32]>],
+        options: &QueryOptions,
+    ) -> Result<Vec<Vec<Hit>>, ModelError> {
+        if histories.len() != prompts.len() {
+            return Err(ModelError::Argument(format!(
+                "{} histories but {} prompts",
+                histories.len(),
+                prompts.len()
+            )));
+        }
+        histories
+            .par_iter()
+            .zip(prompts.par_iter())
+            .map(|(history, prompt)| self.query(history, prompt, options, false))
+            .collect()
+    }
+
+    /// Encodes every distinct prompt once (cached), in order.
+    pub fn encode_prompts(&self, prompts: &[&str]) -> Result<Vec<Arc<[f32]>>, ModelError> {
+        Ok(self.encoder.encode_many(prompts)?)
+    }
+
+    /// Resolves `(attribute, values)` names to indices; unknown names are `ModelError::Key`.
+    pub fn resolve(
+        &self,
+        attribute: &str,
+        values: &[String],
+    ) -> Result<(usize, Vec<usize>), ModelError> {
+        let (index, attr) = self
+            .attributes
+            .iter()
+            .enumerate()
+            .find(|(_, a)| a.name == attribute)
+            .ok_or_else(|| {
+                let known: Vec<&str> = self.attributes.iter().map(|a| a.name.as_str()).collect();
+                ModelError::Key(format!(
+                    "unknown attribute {attribute:?} (known: {known:?})"
+                ))
+            })?;
+        let values = values
+            .iter()
+            .map(|v| {
+                attr.values.iter().position(|x| x == v).ok_or_else(|| {
+                    ModelError::Key(format!(
+                        "attribute {attribute:?} has no value {v:?} (values: {:?})",
+                        attr.values
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((index, values))
+    }
+}

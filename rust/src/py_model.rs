@@ -1,0 +1,414 @@
+//! The `Engine` class: a loaded bundle, queried by internal rows. `dpr.Recommender` wraps it
+//! with external ids, hit objects and argument defaults; this layer only converts, checks,
+//! releases the GIL and maps errors:
+//! missing file → `FileNotFoundError`; a damaged bundle → `dpr._core.BundleError` (a
+//! `ValueError`); an unknown id, attribute or value → `KeyError`; a bad argument →
+//! `ValueError`/`TypeError`; a bug → `RuntimeError` (never a panic across the boundary).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use numpy::ndarray::Array2;
+use numpy::{IntoPyArray, PyArray1, PyArray2};
+use pyo3::create_exception;
+use pyo3::exceptions::{
+    PyFileNotFoundError, PyKeyError, PyRuntimeError, PyTypeError, PyValueError,
+};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
+
+use crate::bundle::{BundleError, ItemId};
+use crate::detached;
+use crate::model::{Filter, Model, ModelError, QueryOptions};
+use crate::prompt::PromptErrorKind;
+use crate::retrieve::Hit;
+
+/// `(rows, scores)` as handed back to Python.
+type Found<'py, A, B> = PyResult<(Bound<'py, A>, Bound<'py, B>)>;
+
+create_exception!(
+    _core,
+    BundleFormatError,
+    PyValueError,
+    "A bundle file is damaged or disagrees with dpr.json (the message names the file and field)."
+);
+
+pub(crate) fn model_error(err: ModelError) -> PyErr {
+    match err {
+        ModelError::Bundle(BundleError::Missing { .. }) => {
+            PyFileNotFoundError::new_err(err.to_string())
+        }
+        ModelError::Bundle(BundleError::Invalid { .. }) => {
+            BundleFormatError::new_err(err.to_string())
+        }
+        ModelError::Prompt(ref e) => match e.kind {
+            PromptErrorKind::NotFound => PyFileNotFoundError::new_err(err.to_string()),
+            PromptErrorKind::Invalid => BundleFormatError::new_err(err.to_string()),
+            PromptErrorKind::Prompt => PyValueError::new_err(err.to_string()),
+            PromptErrorKind::Model => PyRuntimeError::new_err(err.to_string()),
+        },
+        ModelError::Argument(m) => PyValueError::new_err(m),
+        ModelError::Key(m) => PyKeyError::new_err(m),
+    }
+}
+
+fn non_negative(value: i64, name: &str) -> PyResult<usize> {
+    usize::try_from(value)
+        .map_err(|_| PyValueError::new_err(format!("{name} must be >= 0, got {value}")))
+}
+
+fn finite_strength(strength: f64) -> PyResult<f32> {
+    if strength.is_finite() && strength >= 0.0 {
+        Ok(strength as f32)
+    } else {
+        Err(PyValueError::new_err(format!(
+            "strength must be a finite number >= 0, got {strength}"
+        )))
+    }
+}
+
+/// `[(attribute, [values])]` → indices.
+fn resolve_filter(
+    model: &Model,
+    pairs: Vec<(String, Vec<String>)>,
+) -> PyResult<Vec<(usize, Vec<usize>)>> {
+    pairs
+        .into_iter()
+        .map(|(attr, values)| model.resolve(&attr, &values).map_err(model_error))
+        .collect()
+}
+
+fn id_to_py(py: Python<'_>, id: &ItemId) -> PyResult<Py<PyAny>> {
+    Ok(match id {
+        ItemId::Int(i) => i.into_pyobject(py)?.into_any().unbind(),
+        ItemId::Str(s) => PyString::new(py, s).into_any().unbind(),
+    })
+}
+
+/// A loaded bundle. Thread-safe: every method takes `&self`, compute runs without the GIL.
+#[pyclass(frozen, module = "dpr._core")]
+pub struct Engine {
+    model: Arc<Model>,
+}
+
+#[pymethods]
+impl Engine {
+    /// Loads and validates the bundle directory at `path`.
+    #[new]
+    #[pyo3(signature = (path, verify_checksums=true, cache_capacity=4096))]
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        verify_checksums: bool,
+        cache_capacity: i64,
+    ) -> PyResult<Self> {
+        let cache_capacity = non_negative(cache_capacity, "cache_capacity")?;
+        let model = detached(py, "Engine", || {
+            Model::load(&path, verify_checksums, cache_capacity)
+        })?
+        .map_err(model_error)?;
+        Ok(Engine {
+            model: Arc::new(model),
+        })
+    }
+
+    /// Internal rows of the external ids in `history` and the number dropped as unknown.
+    /// `unknown`: "error" (`KeyError` on the first unknown id) or "ignore".
+    #[pyo3(signature = (history, unknown="error"))]
+    fn rows(&self, history: &Bound<'_, PyAny>, unknown: &str) -> PyResult<(Vec<u32>, usize)> {
+        let ignore = match unknown {
+            "error" => false,
+            "ignore" => true,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "unknown must be 'error' or 'ignore', got {other:?}"
+                )))
+            }
+        };
+        if history.is_instance_of::<PyString>() {
+            return Err(PyTypeError::new_err(
+                "history must be a sequence of item ids, not a string",
+            ));
+        }
+        let iter = history.try_iter().map_err(|_| {
+            PyTypeError::new_err(
+                "history must be a sequence (list, tuple, numpy array) of item ids",
+            )
+        })?;
+        let mut rows = Vec::new();
+        let mut dropped = 0usize;
+        for item in iter {
+            let item = item?;
+            let id = if item.is_instance_of::<PyBool>() || item.is_instance_of::<PyFloat>() {
+                None
+            } else if let Ok(s) = item.cast::<PyString>() {
+                Some(ItemId::Str(s.to_str()?.to_owned()))
+            } else if item.is_instance_of::<PyInt>() || item.hasattr("__index__")? {
+                match item.extract::<i64>() {
+                    Ok(i) => Some(ItemId::Int(i)),
+                    Err(_) => {
+                        if ignore {
+                            dropped += 1;
+                            continue;
+                        }
+                        return Err(PyKeyError::new_err(format!("unknown item id {item}")));
+                    }
+                }
+            } else {
+                None
+            };
+            let Some(id) = id else {
+                let name = item
+                    .get_type()
+                    .name()
+                    .map_or_else(|_| "?".into(), |n| n.to_string());
+                return Err(PyTypeError::new_err(format!(
+                    "item ids must be int or str, got {name} ({item})"
+                )));
+            };
+            match self.model.row_of(&id) {
+                Some(r) => rows.push(r),
+                None if ignore => dropped += 1,
+                None => {
+                    return Err(PyKeyError::new_err(format!("unknown item id {item}")));
+                }
+            }
+        }
+        Ok((rows, dropped))
+    }
+
+    /// Top-`k` rows and scores for one query. `steer=False` ranks with the plain backbone
+    /// vector; `include`/`exclude` are `[(attribute, [values])]` hard filters.
+    #[pyo3(signature = (rows, prompt, k=10, strength=1.0, steer=true, exclude_seen=true, include=Vec::new(), exclude=Vec::new(), parallel=true))]
+    #[allow(clippy::too_many_arguments)]
+    fn query<'py>(
+        &self,
+        py: Python<'py>,
+        rows: Vec<u32>,
+        prompt: &str,
+        k: i64,
+        strength: f64,
+        steer: bool,
+        exclude_seen: bool,
+        include: Vec<(String, Vec<String>)>,
+        exclude: Vec<(String, Vec<String>)>,
+        parallel: bool,
+    ) -> Found<'py, PyArray1<i64>, PyArray1<f32>> {
+        let options = QueryOptions {
+            k: non_negative(k, "k")?,
+            strength: finite_strength(strength)?,
+            steer,
+            exclude_seen,
+            filter: Filter {
+                include: resolve_filter(&self.model, include)?,
+                exclude: resolve_filter(&self.model, exclude)?,
+            },
+        };
+        let model = &self.model;
+        let hits = detached(py, "Engine.query", || -> Result<Vec<Hit>, ModelError> {
+            let embedding = if steer {
+                model.encode_prompt(prompt)?
+            } else {
+                vec![0.0f32; model.prompt_dim()].into()
+            };
+            model.query(&rows, &embedding, &options, parallel)
+        })?
+        .map_err(model_error)?;
+        let ids: Vec<i64> = hits.iter().map(|h| h.row as i64).collect();
+        let scores: Vec<f32> = hits.iter().map(|h| h.score).collect();
+        Ok((ids.into_pyarray(py), scores.into_pyarray(py)))
+    }
+
+    /// Top-`k` for many queries, in parallel: `(rows (B, k) int64, scores (B, k) float32)`,
+    /// padded with row -1 / score -inf where fewer than `k` items are eligible. `prompts` has
+    /// one prompt per history, or a single prompt for all.
+    #[pyo3(signature = (histories, prompts, k=10, strength=1.0, exclude_seen=true))]
+    fn query_batch<'py>(
+        &self,
+        py: Python<'py>,
+        histories: Vec<Vec<u32>>,
+        prompts: Vec<String>,
+        k: i64,
+        strength: f64,
+        exclude_seen: bool,
+    ) -> Found<'py, PyArray2<i64>, PyArray2<f32>> {
+        let k = non_negative(k, "k")?;
+        let options = QueryOptions {
+            k,
+            strength: finite_strength(strength)?,
+            steer: true,
+            exclude_seen,
+            filter: Filter::default(),
+        };
+        let b = histories.len();
+        if prompts.len() != b && prompts.len() != 1 {
+            return Err(PyValueError::new_err(format!(
+                "prompts must hold one prompt per history ({b}) or a single prompt, got {}",
+                prompts.len()
+            )));
+        }
+        let model = &self.model;
+        let width = k.min(model.num_items);
+        let (ids, scores) = detached(py, "Engine.query_batch", || -> Result<_, ModelError> {
+            let texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+            let encoded = model.encode_prompts(&texts)?;
+            let per_query: Vec<Arc<[f32]>> = if encoded.len() == 1 {
+                vec![encoded[0].clone(); b]
+            } else {
+                encoded
+            };
+            let hits = model.query_batch(&histories, &per_query, &options)?;
+            let mut ids = vec![-1i64; b * width];
+            let mut scores = vec![f32::NEG_INFINITY; b * width];
+            for (q, row_hits) in hits.iter().enumerate() {
+                for (j, hit) in row_hits.iter().take(width).enumerate() {
+                    ids[q * width + j] = hit.row as i64;
+                    scores[q * width + j] = hit.score;
+                }
+            }
+            Ok((ids, scores))
+        })?
+        .map_err(model_error)?;
+        let to_err = |e: numpy::ndarray::ShapeError| PyRuntimeError::new_err(e.to_string());
+        let ids = Array2::from_shape_vec((b, width), ids).map_err(to_err)?;
+        let scores = Array2::from_shape_vec((b, width), scores).map_err(to_err)?;
+        Ok((ids.into_pyarray(py), scores.into_pyarray(py)))
+    }
+
+    /// The (steered) user vector, `d + A` floats.
+    #[pyo3(signature = (rows, prompt="", strength=1.0, steer=true))]
+    fn user_vector<'py>(
+        &self,
+        py: Python<'py>,
+        rows: Vec<u32>,
+        prompt: &str,
+        strength: f64,
+        steer: bool,
+    ) -> PyResult<Bound<'py, PyArray1<f32>>> {
+        let strength = finite_strength(strength)?;
+        let model = &self.model;
+        let vector = detached(
+            py,
+            "Engine.user_vector",
+            || -> Result<Vec<f32>, ModelError> {
+                let embedding = model.encode_prompt(prompt)?;
+                model.user_vector(&rows, &embedding, strength, steer)
+            },
+        )?
+        .map_err(model_error)?;
+        Ok(vector.into_pyarray(py))
+    }
+
+    /// The user vector for an explicit prompt embedding (`prompt_dim` floats).
+    #[pyo3(signature = (rows, embedding, strength=1.0))]
+    fn user_vector_for<'py>(
+        &self,
+        py: Python<'py>,
+        rows: Vec<u32>,
+        embedding: Vec<f32>,
+        strength: f64,
+    ) -> PyResult<Bound<'py, PyArray1<f32>>> {
+        let strength = finite_strength(strength)?;
+        let model = &self.model;
+        let vector = detached(py, "Engine.user_vector_for", || {
+            model.user_vector(&rows, &embedding, strength, true)
+        })?
+        .map_err(model_error)?;
+        Ok(vector.into_pyarray(py))
+    }
+
+    /// The prompt's embedding (`prompt_dim` floats; blank → zeros), cached.
+    fn encode_prompt<'py>(
+        &self,
+        py: Python<'py>,
+        prompt: &str,
+    ) -> PyResult<Bound<'py, PyArray1<f32>>> {
+        let model = &self.model;
+        let vector = detached(py, "Engine.encode_prompt", || model.encode_prompt(prompt))?
+            .map_err(model_error)?;
+        Ok(vector.to_vec().into_pyarray(py))
+    }
+
+    /// External ids of rows 1..=N, in row order.
+    fn item_ids<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let ids = self
+            .model
+            .ids
+            .iter()
+            .map(|id| id_to_py(py, id))
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, ids)
+    }
+
+    /// Titles of rows 1..=N, in row order.
+    fn titles(&self) -> Vec<String> {
+        self.model.titles.clone()
+    }
+
+    /// `{attribute: [values]}` of the catalogue.
+    fn attribute_values<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let out = PyDict::new(py);
+        for a in &self.model.attributes {
+            out.set_item(&a.name, &a.values)?;
+        }
+        Ok(out)
+    }
+
+    /// `{attribute: [values]}` of item `row`.
+    fn item_attributes<'py>(&self, py: Python<'py>, row: i64) -> PyResult<Bound<'py, PyDict>> {
+        let n = self.model.num_items;
+        let row = usize::try_from(row)
+            .ok()
+            .filter(|&r| (1..=n).contains(&r))
+            .ok_or_else(|| {
+                PyValueError::new_err(format!("row {row} is not an item row (1..={n})"))
+            })?;
+        let out = PyDict::new(py);
+        for a in &self.model.attributes {
+            let values: Vec<&str> = a.values_of(row).map(|v| a.values[v].as_str()).collect();
+            out.set_item(&a.name, values)?;
+        }
+        Ok(out)
+    }
+
+    #[getter]
+    fn num_items(&self) -> usize {
+        self.model.num_items
+    }
+
+    #[getter]
+    fn dim(&self) -> usize {
+        self.model.dim
+    }
+
+    #[getter]
+    fn vector_dim(&self) -> usize {
+        self.model.vector_dim()
+    }
+
+    #[getter]
+    fn prompt_dim(&self) -> usize {
+        self.model.prompt_dim()
+    }
+
+    #[getter]
+    fn max_len(&self) -> usize {
+        self.model.max_len()
+    }
+
+    #[getter]
+    fn strength_default(&self) -> f32 {
+        self.model.strength_default
+    }
+
+    #[getter]
+    fn prompt_cache_len(&self) -> usize {
+        self.model.encoder().cache_len()
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Engine>()?;
+    m.add("BundleFormatError", m.py().get_type::<BundleFormatError>())?;
+    Ok(())
+}

@@ -1,0 +1,275 @@
+"""Serving parity and API: the Rust core against the PyTorch model on the same bundle."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import dpr
+from dpr import Recommender
+from dpr.encoder import PromptEncoder
+from dpr.export import export_bundle, model_from_bundle
+from dpr.models.backbone import user_vectors
+from dpr.models.dpr import DPR
+from dpr.models.gru4rec import GRU4Rec
+from dpr.models.sasrec import SASRec
+from dpr.models.steering import DPRSteering
+from dpr.train.batches import history_batch
+
+GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance"]
+N = 300
+MAX_LEN = 24
+PROMPTS = ["", "something funny tonight", "no horror please", "a romantic drama",
+           "I want action, but nothing too scary", "anything"]
+
+
+def _model(kind: str) -> DPR:
+    torch.manual_seed(3 if kind == "sasrec" else 4)
+    backbone = (SASRec(N, dim=32, max_len=MAX_LEN, num_blocks=2, num_heads=2, ffn_dim=48)
+                if kind == "sasrec" else GRU4Rec(N, dim=32, max_len=MAX_LEN, num_layers=2))
+    steering = DPRSteering(32, attribute_dim=len(GENRES), projector_hidden=64,
+                           expert_hidden=48, router_hidden=32, positive_experts=2,
+                           negative_experts=2, attribute_scale=10.0)
+    with torch.no_grad():  # larger than the init so that steering visibly moves rankings
+        steering.experts.out_weight.normal_(std=0.3)
+        steering.experts.out_bias.normal_(std=0.1)
+    return DPR(backbone, steering, attribute="genre", values=GENRES).eval()
+
+
+def _catalogue() -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    genres = [sorted({GENRES[i % 5], *rng.choice(GENRES, size=rng.integers(0, 2))})
+              for i in range(N)]
+    return {"item_ids": [1000 + 7 * i for i in range(N)],
+            "titles": [f"Film {i}" for i in range(N)],
+            "attributes": {"genre": genres,
+                           "decade": [["1990s" if i % 3 else "2000s"] for i in range(N)]}}
+
+
+@pytest.fixture(scope="module", params=["sasrec", "gru4rec"])
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+           ) -> tuple[DPR, Recommender, dict[str, Any]]:
+    kind = request.param
+    model = _model(kind)
+    catalogue = _catalogue()
+    path = export_bundle(model, catalogue, tmp_path_factory.mktemp(kind) / "bundle",
+                         encoder_dtype="float32")
+    return model, Recommender.load(path), catalogue
+
+
+@pytest.fixture(scope="module")
+def torch_encoder() -> PromptEncoder:
+    return PromptEncoder()
+
+
+def _histories(rng: np.random.Generator, count: int) -> list[list[int]]:
+    lengths = [0, 1, 2, MAX_LEN - 1, MAX_LEN, MAX_LEN + 7, 3 * MAX_LEN]
+    lengths += list(rng.integers(1, 2 * MAX_LEN, size=count - len(lengths)))
+    return [list(rng.choice(np.arange(1, N + 1), size=n, replace=False)) for n in lengths]
+
+
+def _torch_steered(model: DPR, rows: list[list[int]], prompts: np.ndarray,
+                   strength: float = 1.0) -> np.ndarray:
+    # An empty history is served as the lone padding item (what PyTorch computes for length 0).
+    items, lengths = history_batch([np.array(r or [0], dtype=np.int64) for r in rows], MAX_LEN)
+    with torch.inference_mode():
+        h = user_vectors(model.backbone, items, lengths)
+        return model.steering(h, torch.from_numpy(prompts), strength).steered.numpy()
+
+
+def _item_table(model: DPR, catalogue: dict[str, Any]) -> np.ndarray:
+    attributes = np.zeros((N, len(GENRES)), dtype=np.float32)
+    for i, genres in enumerate(catalogue["attributes"]["genre"]):
+        attributes[i, [GENRES.index(g) for g in genres]] = 1
+    with torch.no_grad():
+        return model.item_vectors(torch.from_numpy(attributes)).numpy()
+
+
+def test_user_vectors_match_pytorch(served: tuple[DPR, Recommender, dict[str, Any]],
+                                    torch_encoder: PromptEncoder) -> None:
+    model, rec, catalogue = served
+    rng = np.random.default_rng(1)
+    histories = _histories(rng, 24)
+    ids = catalogue["item_ids"]
+    worst = 0.0
+    for prompt in PROMPTS:
+        embedding = torch_encoder.encode([prompt])
+        for strength in (0.0, 0.5, 1.0, 2.0):
+            expected = _torch_steered(model, histories, np.repeat(embedding, len(histories), 0),
+                                      strength)
+            for history, want in zip(histories, expected, strict=True):
+                rows, _ = rec._engine.rows([ids[r - 1] for r in history])
+                got = rec._engine.user_vector_for(rows, embedding[0], strength)
+                worst = max(worst, float(np.abs(got - want).max()))
+    assert worst < 1e-4, f"max |rust - torch| = {worst}"
+
+
+def test_empty_prompt_is_exactly_the_backbone(served: tuple[DPR, Recommender, dict[str, Any]]
+                                              ) -> None:
+    _, rec, catalogue = served
+    history = catalogue["item_ids"][:10]
+    plain = rec.user_vector(history, "")
+    steered_zero = rec.user_vector(history, "no horror please", strength=0.0)
+    assert np.array_equal(plain, steered_zero)
+    assert np.all(plain[32:] == 0.0)
+    hits = rec.query(history, "", k=10)
+    hard = rec.query(history, "no horror please", k=10, mode="hard", exclude={"decade": []})
+    assert [h.item_id for h in hits] == [h.item_id for h in hard]
+
+
+def test_prompt_vectors_match_pytorch(served: tuple[DPR, Recommender, dict[str, Any]],
+                                      torch_encoder: PromptEncoder) -> None:
+    _, rec, _ = served
+    prompts = [p for p in PROMPTS if p] + ["Sci-Fi", "kids movies!!", "No ROMANCE."]
+    want = torch_encoder.encode(prompts)
+    got = np.stack([rec.encode_prompt(p) for p in prompts])
+    cosine = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cosine.min() >= 0.9999, cosine
+    assert np.array_equal(rec.encode_prompt("   "), np.zeros(384, dtype=np.float32))
+
+
+def _same_up_to_ties(got: list[int], scores: np.ndarray, want: list[int], tol: float) -> bool:
+    """Lists agree, except where the reference scores of the differing items tie within tol."""
+    if got == want:
+        return True
+    if len(got) != len(want):
+        return False
+    for g, w in zip(got, want, strict=True):
+        if g != w and abs(scores[g] - scores[w]) > tol:
+            return False
+    return abs(scores[got].min() - scores[want].min()) <= tol
+
+
+def test_top_k_matches_pytorch(served: tuple[DPR, Recommender, dict[str, Any]],
+                               torch_encoder: PromptEncoder) -> None:
+    model, rec, catalogue = served
+    rng = np.random.default_rng(2)
+    table = _item_table(model, catalogue)
+    ids = catalogue["item_ids"]
+    histories = _histories(rng, 20)
+    for prompt in PROMPTS:
+        embedding = torch_encoder.encode([prompt])
+        steered = _torch_steered(model, histories, np.repeat(embedding, len(histories), 0))
+        for history, vector in zip(histories, steered, strict=True):
+            scores = table @ vector
+            seen = np.array(history, dtype=np.int64) - 1
+            masked = scores.copy()
+            masked[seen] = -np.inf
+            want = list(np.argsort(-masked, kind="stable")[:10])
+            hits = rec.query([ids[r - 1] for r in history], prompt, k=10)
+            got = [ids.index(h.item_id) for h in hits]
+            assert _same_up_to_ties(got, scores, want, 1e-4), (prompt, got, want)
+            np.testing.assert_allclose([h.score for h in hits], scores[got], atol=1e-4)
+
+
+def test_filters_and_modes(served: tuple[DPR, Recommender, dict[str, Any]]) -> None:
+    _, rec, catalogue = served
+    history = catalogue["item_ids"][20:40]
+    hybrid = rec.query(history, "something funny", k=15, include={"genre": ["Comedy"]},
+                       exclude={"decade": "2000s"})
+    assert len(hybrid) == 15
+    for hit in hybrid:
+        assert "Comedy" in hit.attributes["genre"] and hit.attributes["decade"] == ["1990s"]
+        assert hit.item_id not in history
+    hard = rec.query(history, "something funny", k=15, include={"genre": ["Comedy"]},
+                     mode="hard")
+    plain = [h for h in rec.query(history, "", k=N) if "Comedy" in h.attributes["genre"]]
+    assert [h.item_id for h in hard] == [h.item_id for h in plain[:15]]
+    with pytest.raises(ValueError, match="soft"):
+        rec.query(history, "x", include={"genre": ["Comedy"]}, mode="soft")
+    with pytest.raises(KeyError, match="unknown attribute"):
+        rec.query(history, "x", include={"mood": ["happy"]})
+    with pytest.raises(KeyError, match="no value"):
+        rec.query(history, "x", exclude={"genre": ["Western"]})
+    # A filter that matches nothing gives no hits, not an error.
+    nothing = rec.query(history, "", include={"genre": ["Comedy"]}, exclude={"genre": ["Comedy"]})
+    assert nothing == []
+
+
+def test_ids_titles_and_unknown_ids(served: tuple[DPR, Recommender, dict[str, Any]]) -> None:
+    _, rec, catalogue = served
+    hits = rec.query(catalogue["item_ids"][:5], "", k=3)
+    assert len(hits) == 3
+    for hit in hits:
+        row = catalogue["item_ids"].index(hit.item_id)
+        assert hit.title == catalogue["titles"][row]
+        assert isinstance(hit.item_id, int) and isinstance(hit.score, float)
+    with pytest.raises(KeyError, match="unknown item id 5"):
+        rec.query([catalogue["item_ids"][0], 5], "")
+    ignored = rec.query([catalogue["item_ids"][0], 5], "", unknown="ignore")
+    assert [h.item_id for h in ignored] == [
+        h.item_id for h in rec.query([catalogue["item_ids"][0]], "")]
+    with pytest.raises(TypeError):
+        rec.query([1.5], "")
+    with pytest.raises(ValueError, match="k must be"):
+        rec.query([], "", k=-1)
+    with pytest.raises(ValueError, match="strength"):
+        rec.query([], "x", strength=float("nan"))
+
+
+def test_query_batch_matches_single_queries(served: tuple[DPR, Recommender, dict[str, Any]]
+                                            ) -> None:
+    _, rec, catalogue = served
+    rng = np.random.default_rng(5)
+    ids = catalogue["item_ids"]
+    histories = [[ids[r - 1] for r in h] for h in _histories(rng, 30)]
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(len(histories))]
+    found, scores = rec.query_batch(histories, prompts, k=10)
+    assert found.shape == scores.shape == (len(histories), 10)
+    assert found.dtype == np.int64 and scores.dtype == np.float32
+    for i, (history, prompt) in enumerate(zip(histories, prompts, strict=True)):
+        hits = rec.query(history, prompt, k=10)
+        assert list(found[i]) == [h.item_id for h in hits]
+        np.testing.assert_array_equal(scores[i], np.array([h.score for h in hits], np.float32))
+    one_prompt, _ = rec.query_batch(histories[:3], "no horror please", k=5)
+    for i in range(3):
+        assert list(one_prompt[i]) == [h.item_id for h in
+                                       rec.query(histories[i], "no horror please", k=5)]
+    padded, padded_scores = rec.query_batch([ids[:N - 2]], "", k=5)
+    assert list(padded[0][2:]) == [-1, -1, -1] and np.isneginf(padded_scores[0][2:]).all()
+
+
+def test_shared_between_threads(served: tuple[DPR, Recommender, dict[str, Any]]) -> None:
+    _, rec, catalogue = served
+    rng = np.random.default_rng(6)
+    ids = catalogue["item_ids"]
+    cases = [([ids[r - 1] for r in h], PROMPTS[i % len(PROMPTS)])
+             for i, h in enumerate(_histories(rng, 40))]
+    serial = [[h.item_id for h in rec.query(h, p)] for h, p in cases]
+    results: dict[int, list[list[Any]]] = {}
+
+    def work(worker: int) -> None:
+        results[worker] = [[h.item_id for h in rec.query(h, p)] for h, p in cases]
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(results[w] == serial for w in range(8))
+
+
+def test_load_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        Recommender.load(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"dpr\.json"):
+        Recommender.load(tmp_path / "empty")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "dpr.json").write_text('{"format": "dpr-bundle", "version": 99}')
+    with pytest.raises(dpr.BundleFormatError, match="version"):
+        Recommender.load(tmp_path / "bad")
+
+
+def test_reference_model_round_trip(served: tuple[DPR, Recommender, dict[str, Any]]) -> None:
+    model, rec, _ = served
+    rebuilt, config = model_from_bundle(rec.path)
+    for (name, a), (_, b) in zip(model.state_dict().items(), rebuilt.state_dict().items(),
+                                 strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)
+    assert config["backbone"]["kind"] == model.backbone.kind
