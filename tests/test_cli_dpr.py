@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from dpr.cli import main
 
@@ -71,3 +72,13 @@ def test_evaluate_refuses_another_catalogue(tmp_path, capsys):
                  "--json", str(tmp_path / "r.json")])
     assert code == 2
     assert "different item catalogue" in capsys.readouterr().err
+
+
+def test_query_prints_hits_from_the_demo_bundle(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["query", "--history", "1001,1002,1003", "--prompt", "something scary",
+                     "-k", "4", "--exclude", "genre=Romance"]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert len(rows) == 5  # header + 4 hits
+    assert all("Romance" not in row for row in rows[1:])
+    assert main(["query", "--history", "1,2"]) == 2
+    assert "unknown item id 1" in capsys.readouterr().err

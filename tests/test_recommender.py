@@ -273,3 +273,39 @@ def test_reference_model_round_trip(served: tuple[DPR, Recommender, dict[str, An
                                  strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)
     assert config["backbone"]["kind"] == model.backbone.kind
+
+
+def test_hnsw_index_agrees_with_exact(served: tuple[DPR, Recommender, dict[str, Any]],
+                                      tmp_path: Path) -> None:
+    _, exact, catalogue = served
+    graph = Recommender.load(exact.path, index="hnsw")
+    assert graph.uses_hnsw and not exact.uses_hnsw
+    rng = np.random.default_rng(7)
+    ids = catalogue["item_ids"]
+    histories = [[ids[r - 1] for r in h] for h in _histories(rng, 40)]
+    overlap = []
+    for i, history in enumerate(histories):
+        prompt = PROMPTS[i % len(PROMPTS)]
+        want = {h.item_id for h in exact.query(history, prompt, k=10)}
+        got = graph.query(history, prompt, k=10)
+        assert not {h.item_id for h in got} & set(history)
+        overlap.append(len(want & {h.item_id for h in got}) / max(len(want), 1))
+        filtered = graph.query(history, prompt, k=10, include={"genre": ["Horror"]})
+        assert all("Horror" in h.attributes["genre"] for h in filtered)
+        assert len(filtered) == min(10, sum("Horror" in g and 1000 + 7 * j not in history
+                                            for j, g in enumerate(
+                                                catalogue["attributes"]["genre"])))
+    assert np.mean(overlap) >= 0.98, np.mean(overlap)
+    saved = graph.save_index(tmp_path / "index.usearch")
+    assert saved.is_file() and saved.stat().st_size > 0
+
+
+def test_demo_bundle_loads_and_steers() -> None:
+    rec = Recommender.load()
+    ids = rec._engine.item_ids()
+    history = ids[:8]
+    plain = rec.query(history, "", k=10)
+    steered = rec.query(history, "I want a horror movie", k=10)
+    assert len(plain) == len(steered) == 10
+    share = sum("Horror" in h.attributes["genre"] for h in steered) / 10
+    assert share > sum("Horror" in h.attributes["genre"] for h in plain) / 10

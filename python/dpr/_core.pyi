@@ -79,6 +79,75 @@ def top_k_batch(
         TypeError: as for :func:`top_k`.
     """
 
+class BundleFormatError(ValueError):
+    """A bundle file is damaged or disagrees with dpr.json (the message names file and field)."""
+
+class Engine:
+    """A loaded model bundle, queried by internal item rows (1..N; 0 is padding).
+
+    ``dpr.Recommender`` wraps it with the dataset's item ids; use that. Thread-safe: every
+    method releases the GIL while it computes.
+    """
+
+    def __init__(self, path: str, verify_checksums: bool = True,
+                 cache_capacity: int = 4096, index: str = "auto") -> None:
+        """Load and validate the bundle at ``path``; ``index`` is "auto", "exact" or "hnsw".
+
+        Raises:
+            FileNotFoundError: the directory or a file it needs is missing.
+            BundleFormatError: a file is damaged or disagrees with ``dpr.json``.
+        """
+    def rows(self, history: Iterable[int | str], unknown: str = "error"
+             ) -> tuple[list[int], int]:
+        """Internal rows of external ids and how many unknown ids were dropped.
+
+        Raises KeyError on an unknown id (``unknown="error"``), TypeError on a non-id value.
+        """
+    def query(self, rows: Sequence[int], prompt: str, k: int = 10, strength: float = 1.0,
+              steer: bool = True, exclude_seen: bool = True,
+              include: Sequence[tuple[str, Sequence[str]]] = (),
+              exclude: Sequence[tuple[str, Sequence[str]]] = (), parallel: bool = True,
+              ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """Best-first ``(rows, scores)`` of one query (at most ``k``)."""
+    def query_batch(self, histories: Sequence[Sequence[int]], prompts: Sequence[str],
+                    k: int = 10, strength: float = 1.0, exclude_seen: bool = True,
+                    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """``(B, min(k, N))`` rows and scores, padded with -1 / -inf; run in parallel."""
+    def user_vector(self, rows: Sequence[int], prompt: str = "", strength: float = 1.0,
+                    steer: bool = True) -> npt.NDArray[np.float32]:
+        """The steered user vector (``vector_dim`` floats)."""
+    def user_vector_for(self, rows: Sequence[int], embedding: npt.ArrayLike,
+                        strength: float = 1.0) -> npt.NDArray[np.float32]:
+        """The steered user vector for an explicit prompt embedding (``prompt_dim`` floats)."""
+    def encode_prompt(self, prompt: str) -> npt.NDArray[np.float32]:
+        """The prompt's embedding (cached; blank gives zeros)."""
+    def item_ids(self) -> list[int | str]:
+        """External ids of rows 1..N."""
+    def titles(self) -> list[str]:
+        """Titles of rows 1..N."""
+    def attribute_values(self) -> dict[str, list[str]]:
+        """Attribute name -> its values."""
+    def item_attributes(self, row: int) -> dict[str, list[str]]:
+        """Attribute name -> the values item ``row`` has."""
+    def save_index(self, path: str) -> None:
+        """Write the HNSW graph (built if needed) to ``path``."""
+    @property
+    def uses_hnsw(self) -> bool: ...
+    @property
+    def num_items(self) -> int: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def vector_dim(self) -> int: ...
+    @property
+    def prompt_dim(self) -> int: ...
+    @property
+    def max_len(self) -> int: ...
+    @property
+    def strength_default(self) -> float: ...
+    @property
+    def prompt_cache_len(self) -> int: ...
+
 class PromptEncoder:
     """Sentence encoder for prompts (all-MiniLM-L6-v2 by default), with an LRU cache.
 

@@ -71,17 +71,28 @@ class Recommender:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, *, verify: bool = True,
-             prompt_cache: int = 4096) -> Recommender:
+             prompt_cache: int = 4096, index: Literal["auto", "exact", "hnsw"] = "auto",
+             ) -> Recommender:
         """Load the bundle directory at `path` (no argument: the demo bundle in the wheel).
 
         `verify` checks every file against the sha256 sums in `dpr.json`; `prompt_cache` is how
-        many prompt embeddings to keep (least recently used are dropped).
+        many prompt embeddings to keep (least recently used are dropped). `index`: "auto"
+        scans all items exactly below 50,000 items and searches an HNSW graph from there on
+        (read from the bundle's `index.usearch` if saved with `save_index`, else built now);
+        "exact" or "hnsw" force one. Selective filters are always answered exactly.
 
         Raises FileNotFoundError (missing directory or file) or `BundleFormatError` (a
         `ValueError`: damaged file or a field that disagrees; the message names both).
         """
         root = DEMO_BUNDLE if path is None else Path(path)
-        return cls(Engine(str(root), verify, prompt_cache), root)
+        return cls(Engine(str(root), verify, prompt_cache, index), root)
+
+    def save_index(self, path: str | os.PathLike[str] | None = None) -> Path:
+        """Save the HNSW graph (built if needed) so later loads read it instead of building;
+        default location: the bundle's `index.usearch`. Returns the file written."""
+        target = self.path / "index.usearch" if path is None else Path(path)
+        self._engine.save_index(str(target))
+        return target
 
     # ------------------------------------------------------------------------------------
     # Properties
@@ -95,6 +106,11 @@ class Recommender:
     def attributes(self) -> dict[str, list[str]]:
         """Attribute name -> its values, as `include`/`exclude` filters accept them."""
         return self._engine.attribute_values()
+
+    @property
+    def uses_hnsw(self) -> bool:
+        """Whether unfiltered queries search the HNSW graph (else the exact scan)."""
+        return self._engine.uses_hnsw
 
     @property
     def max_history(self) -> int:

@@ -14,9 +14,11 @@
 
 pub mod backbone;
 pub mod bundle;
+pub mod hnsw;
 pub mod linalg;
 pub mod model;
 pub mod prompt;
+mod py_hnsw;
 mod py_model;
 mod py_prompt;
 pub mod retrieve;
@@ -290,12 +292,44 @@ fn top_k_batch<'py>(
     Ok((ids.into_pyarray(py), scores.into_pyarray(py)))
 }
 
+static GIL_PROBE: (std::sync::Mutex<bool>, std::sync::Condvar) =
+    (std::sync::Mutex::new(false), std::sync::Condvar::new());
+
+/// For tests of GIL release: waits inside [`detached`] (the wrapper of every compute entry
+/// point) up to `timeout_s` for another Python thread to call [`_gil_probe_signal`]. That
+/// thread can only run Python code if the GIL is free, so the result is `true` exactly when
+/// the GIL was released.
+#[pyfunction]
+fn _gil_probe_wait(py: Python<'_>, timeout_s: f64) -> PyResult<bool> {
+    let timeout = std::time::Duration::from_secs_f64(timeout_s.clamp(0.0, 600.0));
+    detached(py, "_gil_probe_wait", || {
+        let (lock, signal) = &GIL_PROBE;
+        let mut seen = lock.lock().unwrap_or_else(|e| e.into_inner());
+        *seen = false;
+        let (mut seen, _) = signal
+            .wait_timeout_while(seen, timeout, |seen| !*seen)
+            .unwrap_or_else(|e| e.into_inner());
+        std::mem::replace(&mut *seen, false)
+    })
+}
+
+/// The other half of [`_gil_probe_wait`].
+#[pyfunction]
+fn _gil_probe_signal() {
+    let (lock, signal) = &GIL_PROBE;
+    *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    signal.notify_all();
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(top_k, m)?)?;
     m.add_function(wrap_pyfunction!(top_k_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(_gil_probe_wait, m)?)?;
+    m.add_function(wrap_pyfunction!(_gil_probe_signal, m)?)?;
     py_prompt::register(m)?;
     py_model::register(m)?;
+    py_hnsw::register(m)?;
     Ok(())
 }

@@ -8,12 +8,13 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rayon::prelude::*;
 
 use crate::backbone::{Backbone, Rows};
 use crate::bundle::{Attribute, Bundle, BundleError, ItemId};
+use crate::hnsw::{HnswIndex, HnswParams};
 use crate::prompt::{PromptEncoder, PromptError};
 use crate::retrieve::{self, Hit, Matrix};
 use crate::steer::Steering;
@@ -68,6 +69,25 @@ impl Filter {
     }
 }
 
+/// Which search answers queries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retrieval {
+    /// The exact scan below [`HNSW_MIN_ITEMS`] items, the HNSW index from there on.
+    Auto,
+    Exact,
+    Hnsw,
+}
+
+/// From this many items on, `Retrieval::Auto` searches the HNSW graph.
+pub const HNSW_MIN_ITEMS: usize = 50_000;
+
+/// A filter expected to pass fewer than this share of the items is answered by the exact scan:
+/// a graph walk would visit mostly rejected nodes.
+const SELECTIVE_FILTER_SHARE: f64 = 0.05;
+
+/// The saved graph inside a bundle (optional; built at load time when absent).
+pub const INDEX_FILE: &str = "index.usearch";
+
 /// How one query runs.
 #[derive(Debug, Clone)]
 pub struct QueryOptions {
@@ -95,6 +115,10 @@ pub struct Model {
     backbone: Backbone,
     steering: Steering,
     encoder: PromptEncoder,
+    /// Items having each value of each attribute (for filter selectivity).
+    value_counts: Vec<Vec<usize>>,
+    retrieval: Retrieval,
+    index: OnceLock<HnswIndex>,
 }
 
 const _: () = {
@@ -108,6 +132,7 @@ impl Model {
         path: &Path,
         verify_checksums: bool,
         cache_capacity: usize,
+        retrieval: Retrieval,
     ) -> Result<Model, ModelError> {
         let mut bundle = Bundle::open(path, verify_checksums)?;
         let backbone = Backbone::from_bundle(&mut bundle)?;
@@ -153,12 +178,23 @@ impl Model {
             .enumerate()
             .map(|(i, id)| (id.clone(), i as u32 + 1))
             .collect();
-        Ok(Model {
+        let attributes = std::mem::take(&mut bundle.attributes);
+        let value_counts = attributes
+            .iter()
+            .map(|a| {
+                let mut counts = vec![0usize; a.width()];
+                for row in 1..=n {
+                    a.values_of(row).for_each(|v| counts[v] += 1);
+                }
+                counts
+            })
+            .collect();
+        let model = Model {
             dim: d,
             num_items: n,
             ids: std::mem::take(&mut bundle.ids),
             titles: std::mem::take(&mut bundle.titles),
-            attributes: std::mem::take(&mut bundle.attributes),
+            attributes,
             strength_default: bundle.steer.strength_default,
             id_rows,
             table,
@@ -166,7 +202,85 @@ impl Model {
             backbone,
             steering,
             encoder,
-        })
+            value_counts,
+            retrieval,
+            index: OnceLock::new(),
+        };
+        if model.uses_index() {
+            let index = model.open_index(&path.join(INDEX_FILE))?;
+            let _ = model.index.set(index);
+        }
+        Ok(model)
+    }
+
+    fn uses_index(&self) -> bool {
+        match self.retrieval {
+            Retrieval::Exact => false,
+            Retrieval::Hnsw => true,
+            Retrieval::Auto => self.num_items >= HNSW_MIN_ITEMS,
+        }
+    }
+
+    fn matrix(&self) -> Result<Matrix<'_>, ModelError> {
+        Matrix::new(&self.table, self.num_items + 1, self.width)
+            .map_err(|e| ModelError::Argument(e.to_string()))
+    }
+
+    /// The saved graph at `file` if there is one, else a new one over rows 1..=N.
+    fn open_index(&self, file: &Path) -> Result<HnswIndex, ModelError> {
+        let items = self.matrix()?;
+        let index_error = |e: crate::hnsw::HnswError| {
+            ModelError::Bundle(BundleError::Invalid {
+                file: INDEX_FILE.into(),
+                message: e.to_string(),
+            })
+        };
+        if file.is_file() {
+            let index = HnswIndex::load(file, items).map_err(index_error)?;
+            if index.rows() != (1..self.num_items + 1) || index.dim() != self.width {
+                return Err(ModelError::Bundle(BundleError::Invalid {
+                    file: INDEX_FILE.into(),
+                    message: "the saved index does not cover this bundle's items".into(),
+                }));
+            }
+            return Ok(index);
+        }
+        HnswIndex::build(items, 1..self.num_items + 1, &HnswParams::default()).map_err(index_error)
+    }
+
+    /// Saves the HNSW graph (building it first if needed) to `file`.
+    pub fn save_index(&self, file: &Path) -> Result<(), ModelError> {
+        let index = match self.index.get() {
+            Some(index) => index,
+            None => {
+                let built = self.open_index(Path::new(""))?;
+                self.index.get_or_init(|| built)
+            }
+        };
+        index
+            .save(file)
+            .map_err(|e| ModelError::Argument(e.to_string()))
+    }
+
+    /// Whether queries use the HNSW graph (when the filter is not too selective).
+    pub fn has_index(&self) -> bool {
+        self.index.get().is_some()
+    }
+
+    /// An upper bound on the share of items passing `filter`.
+    fn filter_share(&self, filter: &Filter) -> f64 {
+        let n = self.num_items.max(1) as f64;
+        filter
+            .include
+            .iter()
+            .map(|(a, values)| {
+                values
+                    .iter()
+                    .map(|&v| self.value_counts[*a][v])
+                    .sum::<usize>() as f64
+                    / n
+            })
+            .fold(1.0, f64::min)
     }
 
     /// Width of a steered user vector (`d + A`).
@@ -272,9 +386,22 @@ impl Model {
         if options.exclude_seen {
             exclude.extend(seen.iter().map(|&r| r as usize));
         }
-        let items = Matrix::new(&self.table, self.num_items + 1, self.width)
-            .map_err(|e| ModelError::Argument(e.to_string()))?;
+        let items = self.matrix()?;
         let filter = &options.filter;
+        if let Some(index) = self
+            .index
+            .get()
+            .filter(|_| self.filter_share(filter) >= SELECTIVE_FILTER_SHARE)
+        {
+            exclude.sort_unstable();
+            let allowed = |row: usize| {
+                exclude.binary_search(&row).is_err()
+                    && (filter.is_empty() || self.passes(filter, row))
+            };
+            return index
+                .search(vector, options.k, 0, Some(&allowed))
+                .map_err(|e| ModelError::Argument(e.to_string()));
+        }
         let keep = |row: usize| self.passes(filter, row);
         let keep: retrieve::Keep<'_> = if filter.is_empty() { None } else { Some(&keep) };
         retrieve::top_k_where(items, vector, options.k, &exclude, keep, parallel)

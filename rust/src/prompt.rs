@@ -9,11 +9,15 @@
 //! 4. mean-pool the last hidden states over the tokens whose attention mask is 1;
 //! 5. L2-normalise.
 //!
-//! Threads: candle's matmul (gemm) splits work over rayon's global pool, sized by
-//! `RAYON_NUM_THREADS` or the number of physical cores. We leave that as it is: for one prompt
-//! gemm stays single-threaded below its own work threshold, and the lower per-prompt latency we
-//! measured with `RAYON_NUM_THREADS=1` is in the noise of a busy 2-core machine (see the timing
-//! test `timing_single_prompt`, run with `--ignored --nocapture`).
+//! Threads: candle's matmul (gemm) splits a product over rayon's *global* pool once it is big
+//! enough (already the 384×1536 feed-forward of a 9-token prompt), and candle sizes that split
+//! from `RAYON_NUM_THREADS`, or else by re-reading `/proc/cpuinfo` on *every* matmul (~50 µs
+//! each, ~50 matmuls a forward). The only switch is that process-wide variable, which also
+//! sizes the rayon pool the rest of the crate uses, so this module leaves threading to the
+//! process. Measured on a busy 2-core machine, single uncached prompts took ~10–15 ms with
+//! `RAYON_NUM_THREADS=1` and ~12–21 ms by default, 16 prompts batched ~60 ms vs ~75–140 ms:
+//! a server answering many concurrent queries on few cores should set `RAYON_NUM_THREADS=1`.
+//! (Timing test: `timing_single_prompt`, run with `--ignored --nocapture`.)
 
 use std::collections::HashMap;
 use std::fmt;
@@ -681,6 +685,69 @@ mod tests {
         }
         let tiny = PromptEncoder::load(tmp.path(), 3, 8).unwrap();
         tiny.encode("one token survives truncation").unwrap();
+    }
+
+    /// A copy of the model folder with the weights renamed by `rename` and stored as `dtype`.
+    fn converted_copy(dtype: DType, rename: impl Fn(&str) -> String) -> tempfile::TempDir {
+        let src = model_dir();
+        let tmp = tempfile::tempdir().unwrap();
+        for file in [CONFIG_FILE, TOKENIZER_FILE] {
+            std::fs::copy(src.join(file), tmp.path().join(file)).unwrap();
+        }
+        let tensors = candle_core::safetensors::load(src.join(WEIGHTS_FILE), &Device::Cpu).unwrap();
+        let converted: HashMap<String, Tensor> = tensors
+            .into_iter()
+            .map(|(name, t)| {
+                let t = if t.dtype().is_float() {
+                    t.to_dtype(dtype).unwrap()
+                } else {
+                    t
+                };
+                (rename(&name), t)
+            })
+            .collect();
+        candle_core::safetensors::save(&converted, tmp.path().join(WEIGHTS_FILE)).unwrap();
+        tmp
+    }
+
+    #[test]
+    fn prompt_weights_stored_as_f16_bf16_or_with_bert_prefix() {
+        let prompts = ["a funny movie", "no horror, please", "我想看一部有趣的喜剧"];
+        let reference: Vec<Arc<[f32]>> = prompts
+            .iter()
+            .map(|p| encoder().encode(p).unwrap())
+            .collect();
+        let cases = [
+            (DType::F32, "bert.", 0.999_999),
+            (DType::F16, "", 0.9999),
+            (DType::BF16, "bert.", 0.999),
+        ];
+        for (dtype, prefix, min_cosine) in cases {
+            let dir = converted_copy(dtype, |name| format!("{prefix}{name}"));
+            let enc = PromptEncoder::load(dir.path(), 256, 8).unwrap();
+            for (p, want) in prompts.iter().zip(&reference) {
+                let got = enc.encode(p).unwrap();
+                let cosine = dot(&got, want);
+                assert!(
+                    cosine >= min_cosine,
+                    "{dtype:?} {prefix:?} {p:?}: cosine {cosine}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn prompt_nan_weights_are_rejected() {
+        let dir = converted_copy(DType::F32, str::to_owned);
+        let path = dir.path().join(WEIGHTS_FILE);
+        let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+        let name = "encoder.layer.0.output.dense.bias";
+        let poisoned = Tensor::full(f32::NAN, tensors[name].shape(), &Device::Cpu).unwrap();
+        tensors.insert(name.to_owned(), poisoned);
+        candle_core::safetensors::save(&tensors, &path).unwrap();
+        let err = PromptEncoder::load(dir.path(), 256, 8).err().unwrap();
+        assert_eq!(err.kind, PromptErrorKind::Invalid);
+        assert!(err.to_string().contains(name), "{err}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
 
 use crate::bundle::{BundleError, ItemId};
 use crate::detached;
-use crate::model::{Filter, Model, ModelError, QueryOptions};
+use crate::model::{Filter, Model, ModelError, QueryOptions, Retrieval};
 use crate::prompt::PromptErrorKind;
 use crate::retrieve::Hit;
 
@@ -93,18 +93,31 @@ pub struct Engine {
 
 #[pymethods]
 impl Engine {
-    /// Loads and validates the bundle directory at `path`.
+    /// Loads and validates the bundle directory at `path`. `index`: "auto" (exact scan below
+    /// 50k items, HNSW from there), "exact" or "hnsw"; the HNSW graph is read from the bundle's
+    /// `index.usearch` or built at load.
     #[new]
-    #[pyo3(signature = (path, verify_checksums=true, cache_capacity=4096))]
+    #[pyo3(signature = (path, verify_checksums=true, cache_capacity=4096, index="auto"))]
     fn new(
         py: Python<'_>,
         path: PathBuf,
         verify_checksums: bool,
         cache_capacity: i64,
+        index: &str,
     ) -> PyResult<Self> {
         let cache_capacity = non_negative(cache_capacity, "cache_capacity")?;
+        let retrieval = match index {
+            "auto" => Retrieval::Auto,
+            "exact" => Retrieval::Exact,
+            "hnsw" => Retrieval::Hnsw,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "index must be 'auto', 'exact' or 'hnsw', got {other:?}"
+                )))
+            }
+        };
         let model = detached(py, "Engine", || {
-            Model::load(&path, verify_checksums, cache_capacity)
+            Model::load(&path, verify_checksums, cache_capacity, retrieval)
         })?
         .map_err(model_error)?;
         Ok(Engine {
@@ -369,6 +382,18 @@ impl Engine {
             out.set_item(&a.name, values)?;
         }
         Ok(out)
+    }
+
+    /// Writes the HNSW graph to `path` (e.g. `BUNDLE/index.usearch`), building it if needed.
+    fn save_index(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        let model = &self.model;
+        detached(py, "Engine.save_index", || model.save_index(&path))?.map_err(model_error)
+    }
+
+    /// Whether queries search the HNSW graph (else the exact scan).
+    #[getter]
+    fn uses_hnsw(&self) -> bool {
+        self.model.has_index()
     }
 
     #[getter]

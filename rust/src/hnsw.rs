@@ -1,0 +1,902 @@
+//! Approximate top-k by inner product: an HNSW graph (the `usearch` crate, inner-product
+//! metric) with row filters, an exact fallback, and exact scores.
+//!
+//! Why `usearch` and why the inner-product metric: see `benches/results/hnsw-crates.md`. In
+//! short, item vectors are not normalised; `hnsw_rs`'s `DistDot` asserts unit vectors and its
+//! search asserts non-negative distances, and the usual MIPS→L2 transform (an extra coordinate
+//! `sqrt(M² - |x|²)`) made recall collapse on catalogues whose norms vary, in both crates.
+//!
+//! What this module adds on top of the graph:
+//!
+//! * **Exact scores and order.** The graph proposes `max(k, ef)` candidates; each is rescored
+//!   with [`crate::retrieve::dot`] on this index's own copy of the rows, and the best `k` are
+//!   ranked exactly as [`crate::retrieve::top_k`] ranks them (higher score first, ties to the
+//!   lower row, NaN last). A score therefore equals the exact scan's score bit for bit.
+//! * **Filters that keep their promise.** A row for which `allowed` is false is never returned,
+//!   and `min(k, allowed rows)` hits come back whenever that many rows are allowed: a filter
+//!   estimated (from a sample of rows) to keep few rows goes straight to the exact scan over the
+//!   allowed rows, which is cheaper than a graph walk that must skip most of what it visits; a
+//!   graph search that still comes back short falls back to the same scan. (Known bugs in this
+//!   area: usearch #751 returned fewer than k, hnsw_rs #27 returned filtered-out items.)
+//! * **Safe concurrency.** usearch searches need one of a fixed number of per-thread contexts
+//!   reserved up front, and fail when all are taken; a small semaphore makes a caller wait
+//!   for a free context instead, so any number of threads may search one index at once.
+//! * **No panics across the FFI boundary.** The filter runs inside usearch's C++ search; a panic
+//!   in it is caught there and resumed after the search returns.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::cmp::Ordering;
+use std::fmt;
+use std::ops::Range;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
+
+use rayon::prelude::*;
+use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
+
+use crate::retrieve::{self, Hit, Matrix};
+
+/// Concurrent searches (and inserts) per index; more callers wait for a free context. Each
+/// context costs a visited-set and two heaps of `ef` entries, so this can be generous.
+const CONTEXTS: usize = 64;
+
+/// Rows sampled to estimate how many rows a filter keeps.
+const FILTER_SAMPLE: usize = 256;
+
+/// Whether a filter that keeps a fraction `f` of the rows is answered by the exact scan over the
+/// kept rows rather than the graph: the scan costs a predicate call per row plus `f·N`
+/// dot products, a filtered graph walk visits about `ef / f` rows and scores their `2M`
+/// neighbours, so the scan wins while `f² < FLAT_COST · 2M · ef / N`. `FLAT_COST` is the
+/// measured constant (`benches/results/hnsw-crates.md`: at N = 50k, d = 64, M = 16, ef = 64 the
+/// two cost the same near f = 0.3); the scan is exact, so ties go to it.
+const FLAT_COST: f64 = 2.0;
+
+/// Largest accepted `connectivity` (usearch stores neighbour counts compactly; hnswlib's
+/// documentation recommends 2..100).
+const MAX_CONNECTIVITY: usize = 1024;
+
+/// Graph construction and search settings, named as in hnswlib/usearch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HnswParams {
+    /// `M`: neighbours kept per node and layer (twice that on the bottom layer).
+    pub connectivity: usize,
+    /// `ef_construction`: candidate list length while inserting.
+    pub expansion_add: usize,
+    /// Default `ef` for [`HnswIndex::search`] (used when a call passes `ef = 0`).
+    pub expansion_search: usize,
+}
+
+impl Default for HnswParams {
+    fn default() -> Self {
+        Self {
+            connectivity: 16,
+            expansion_add: 128,
+            expansion_search: 64,
+        }
+    }
+}
+
+/// Why an index could not be built, searched, saved or loaded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HnswError {
+    /// A query's length differs from the items' dimension.
+    QueryDim { expected: usize, got: usize },
+    /// The rows to index do not lie inside the item matrix.
+    RowRange {
+        start: usize,
+        end: usize,
+        rows: usize,
+    },
+    /// Items of dimension zero cannot be indexed.
+    ZeroDim,
+    /// A parameter is out of range.
+    Param { name: &'static str, message: String },
+    /// An item holds a NaN or an infinity (the graph cannot place it).
+    NonFinite { row: usize },
+    /// The HNSW library reported an error.
+    Backend(String),
+    /// Saving or loading failed; `path` names the file.
+    File { path: PathBuf, message: String },
+}
+
+impl fmt::Display for HnswError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::QueryDim { expected, got } => write!(
+                f,
+                "query has {got} values but items have dimension {expected}"
+            ),
+            Self::RowRange { start, end, rows } => write!(
+                f,
+                "rows {start}..{end} are not a range inside the {rows} rows of items"
+            ),
+            Self::ZeroDim => write!(f, "items have dimension 0; nothing to index"),
+            Self::Param { name, message } => write!(f, "{name}: {message}"),
+            Self::NonFinite { row } => write!(f, "item row {row} holds a NaN or an infinity"),
+            Self::Backend(message) => write!(f, "HNSW index error: {message}"),
+            Self::File { path, message } => write!(f, "{}: {message}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for HnswError {}
+
+fn backend(err: impl fmt::Display) -> HnswError {
+    HnswError::Backend(err.to_string())
+}
+
+/// A counting semaphore over usearch's per-thread search contexts.
+struct Contexts {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+/// Holds one context until dropped.
+struct ContextGuard<'a>(&'a Contexts);
+
+impl Contexts {
+    fn new(count: usize) -> Self {
+        Self {
+            free: Mutex::new(count),
+            freed: Condvar::new(),
+        }
+    }
+
+    fn acquire(&self) -> ContextGuard<'_> {
+        // A poisoned lock only means another thread panicked while counting; the count is intact.
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(|e| e.into_inner());
+        }
+        *free -= 1;
+        ContextGuard(self)
+    }
+}
+
+impl Drop for ContextGuard<'_> {
+    fn drop(&mut self) {
+        let mut free = self.0.free.lock().unwrap_or_else(|e| e.into_inner());
+        *free += 1;
+        self.0.freed.notify_one();
+    }
+}
+
+/// An HNSW graph over rows `start..start + len` of an item matrix, searched by inner product.
+pub struct HnswIndex {
+    graph: Index,
+    /// The indexed rows, copied: exact rescoring and the exact fallback read them.
+    vectors: Vec<f32>,
+    start: usize,
+    len: usize,
+    dim: usize,
+    connectivity: usize,
+    expansion_search: usize,
+    contexts: Contexts,
+}
+
+/// Searches from many threads at once are part of the contract.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<HnswIndex>()
+};
+
+/// The rank of a score, as in `retrieve.rs`: NaN below everything, `-0.0` equal to `0.0`.
+fn rank_key(score: f32) -> i32 {
+    let canonical = if score.is_nan() {
+        f32::from_bits(0xFFC0_0000)
+    } else {
+        score + 0.0
+    };
+    let bits = canonical.to_bits() as i32;
+    bits ^ (((bits >> 31) as u32) >> 1) as i32
+}
+
+/// `Less` means `a` ranks before `b` (the order of [`retrieve::top_k`]).
+fn rank_order(a: &Hit, b: &Hit) -> Ordering {
+    rank_key(b.score)
+        .cmp(&rank_key(a.score))
+        .then_with(|| a.row.cmp(&b.row))
+}
+
+fn options(dim: usize, connectivity: usize, expansion_add: usize) -> IndexOptions {
+    IndexOptions {
+        dimensions: dim,
+        metric: MetricKind::IP,
+        quantization: ScalarKind::F32,
+        connectivity,
+        expansion_add,
+        // A search asks usearch for `max(k, ef)` results and usearch explores
+        // `max(expansion_search, count)`: 1 lets every call choose its own `ef`.
+        expansion_search: 1,
+        multi: false,
+    }
+}
+
+fn check_params(params: &HnswParams) -> Result<(), HnswError> {
+    let bad = |name, message: &str| {
+        Err(HnswError::Param {
+            name,
+            message: message.to_owned(),
+        })
+    };
+    if !(2..=MAX_CONNECTIVITY).contains(&params.connectivity) {
+        return bad(
+            "connectivity",
+            &format!(
+                "must be in 2..={MAX_CONNECTIVITY}, got {}",
+                params.connectivity
+            ),
+        );
+    }
+    if params.expansion_add == 0 {
+        return bad("expansion_add", "must be >= 1, got 0");
+    }
+    if params.expansion_search == 0 {
+        return bad("expansion_search", "must be >= 1, got 0");
+    }
+    Ok(())
+}
+
+/// Copies rows `range` of `items` out, checking that they are finite.
+fn copy_rows(items: Matrix<'_>, range: &Range<usize>) -> Result<Vec<f32>, HnswError> {
+    if range.start > range.end || range.end > items.rows() {
+        return Err(HnswError::RowRange {
+            start: range.start,
+            end: range.end,
+            rows: items.rows(),
+        });
+    }
+    let d = items.cols();
+    let out = items.as_slice()[range.start * d..range.end * d].to_vec();
+    if let Some(bad) = out.iter().position(|v| !v.is_finite()) {
+        return Err(HnswError::NonFinite {
+            row: range.start + bad / d,
+        });
+    }
+    Ok(out)
+}
+
+impl HnswIndex {
+    /// Indexes rows `rows` of `items` (for example `1..N` when row 0 is padding); results name
+    /// rows of `items`. Inserts run in parallel on rayon's pool.
+    pub fn build(
+        items: Matrix<'_>,
+        rows: Range<usize>,
+        params: &HnswParams,
+    ) -> Result<Self, HnswError> {
+        check_params(params)?;
+        if items.cols() == 0 {
+            return Err(HnswError::ZeroDim);
+        }
+        let vectors = copy_rows(items, &rows)?;
+        let dim = items.cols();
+        let graph = Index::new(&options(dim, params.connectivity, params.expansion_add))
+            .map_err(backend)?;
+        let threads = CONTEXTS.max(rayon::current_num_threads());
+        graph
+            .reserve_capacity_and_threads(rows.len(), threads)
+            .map_err(backend)?;
+        let index = Self {
+            graph,
+            vectors,
+            start: rows.start,
+            len: rows.len(),
+            dim,
+            connectivity: params.connectivity,
+            expansion_search: params.expansion_search,
+            contexts: Contexts::new(threads),
+        };
+        index
+            .vectors
+            .par_chunks_exact(dim)
+            .enumerate()
+            .try_for_each(|(i, row)| {
+                let _context = index.contexts.acquire();
+                index.graph.add((index.start + i) as u64, row)
+            })
+            .map_err(backend)?;
+        Ok(index)
+    }
+
+    /// Number of indexed rows.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The items' dimension.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The indexed rows of the item matrix.
+    pub fn rows(&self) -> Range<usize> {
+        self.start..self.start + self.len
+    }
+
+    /// The default `ef` (used when a search passes `ef = 0`).
+    pub fn expansion_search(&self) -> usize {
+        self.expansion_search
+    }
+
+    /// The indexed rows as a matrix whose row `i` is item row `start + i`.
+    fn matrix(&self) -> Matrix<'_> {
+        // The shape holds by construction (`len * dim` values copied in `copy_rows`).
+        Matrix::new(&self.vectors, self.len, self.dim)
+            .unwrap_or_else(|_| unreachable!("vectors hold len x dim values"))
+    }
+
+    fn vector(&self, row: usize) -> &[f32] {
+        let i = row - self.start;
+        &self.vectors[i * self.dim..(i + 1) * self.dim]
+    }
+
+    /// The (about) `k` best indexed rows by inner product with `query`, best first, among rows
+    /// for which `allowed` (if given) holds; `ef` is the search breadth (0: the index default;
+    /// it is raised to `k`). Scores are exact inner products, ordered as
+    /// [`retrieve::top_k`] orders them. Returns exactly `min(k, allowed rows)` hits.
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        allowed: Option<&(dyn Fn(usize) -> bool + Sync)>,
+    ) -> Result<Vec<Hit>, HnswError> {
+        if query.len() != self.dim {
+            return Err(HnswError::QueryDim {
+                expected: self.dim,
+                got: query.len(),
+            });
+        }
+        if k == 0 || self.len == 0 {
+            return Ok(Vec::new());
+        }
+        let ef = if ef == 0 { self.expansion_search } else { ef }.max(k);
+        // The graph cannot rank a non-finite query, and cannot beat a scan when every row is
+        // wanted or when the filter keeps few rows.
+        let exact = k >= self.len
+            || !query.iter().all(|v| v.is_finite())
+            || allowed.is_some_and(|keep| self.keeps_few(keep, ef));
+        if exact {
+            return Ok(self.exact(query, k, allowed));
+        }
+        let hits = self.graph_search(query, k, ef, allowed)?;
+        if hits.len() < k {
+            // Short: either fewer than k rows are allowed, or the walk missed some. The scan
+            // tells the two apart and returns the right answer in both cases.
+            return Ok(self.exact(query, k, allowed));
+        }
+        Ok(hits)
+    }
+
+    /// Whether `keep`, judged on evenly spaced sample rows, keeps so few rows that the exact
+    /// scan over them is cheaper than a graph walk with breadth `ef` (see [`FLAT_COST`]).
+    fn keeps_few(&self, keep: &(dyn Fn(usize) -> bool + Sync), ef: usize) -> bool {
+        let samples = self.len.min(FILTER_SAMPLE);
+        let kept = (0..samples)
+            .filter(|&s| keep(self.start + s * self.len / samples))
+            .count();
+        let fraction = kept as f64 / samples as f64;
+        let walk = FLAT_COST * (2 * self.connectivity) as f64 * ef as f64 / self.len as f64;
+        fraction * fraction < walk
+    }
+
+    /// Exact top-k over the indexed rows that `allowed` keeps.
+    fn exact(
+        &self,
+        query: &[f32],
+        k: usize,
+        allowed: Option<&(dyn Fn(usize) -> bool + Sync)>,
+    ) -> Vec<Hit> {
+        let start = self.start;
+        let shifted = allowed.map(|keep| move |i: usize| keep(start + i));
+        let keep = shifted
+            .as_ref()
+            .map(|f| f as &(dyn Fn(usize) -> bool + Sync));
+        // The query length was checked against `dim`, the only error `top_k_where` reports.
+        let hits =
+            retrieve::top_k_where(self.matrix(), query, k, &[], keep, true).unwrap_or_default();
+        hits.into_iter()
+            .map(|h| Hit {
+                row: h.row + start,
+                score: h.score,
+            })
+            .collect()
+    }
+
+    /// Asks the graph for `count` candidates, rescores them exactly and keeps the best `k`.
+    fn graph_search(
+        &self,
+        query: &[f32],
+        k: usize,
+        count: usize,
+        allowed: Option<&(dyn Fn(usize) -> bool + Sync)>,
+    ) -> Result<Vec<Hit>, HnswError> {
+        let rows = self.rows();
+        let matches = {
+            let _context = self.contexts.acquire();
+            match allowed {
+                None => self.graph.search(query, count),
+                Some(keep) => {
+                    // The predicate is called from C++: a panic must not unwind through it.
+                    let panic: RefCell<Option<Box<dyn Any + Send>>> = RefCell::new(None);
+                    let predicate = |key: u64| {
+                        let row = key as usize;
+                        if panic.borrow().is_some() || !rows.contains(&row) {
+                            return false;
+                        }
+                        match catch_unwind(AssertUnwindSafe(|| keep(row))) {
+                            Ok(kept) => kept,
+                            Err(payload) => {
+                                *panic.borrow_mut() = Some(payload);
+                                false
+                            }
+                        }
+                    };
+                    let found = self.graph.filtered_search(query, count, predicate);
+                    if let Some(payload) = panic.into_inner() {
+                        resume_unwind(payload);
+                    }
+                    found
+                }
+            }
+            .map_err(backend)?
+        };
+        let mut hits: Vec<Hit> = matches
+            .keys
+            .iter()
+            .map(|&key| key as usize)
+            // Never trust the graph with the filter's promise, nor with the row range.
+            .filter(|&row| rows.contains(&row) && allowed.is_none_or(|keep| keep(row)))
+            .map(|row| Hit {
+                row,
+                score: retrieve::dot(self.vector(row), query),
+            })
+            .collect();
+        hits.sort_unstable_by(rank_order);
+        hits.dedup_by_key(|h| h.row);
+        hits.truncate(k);
+        Ok(hits)
+    }
+
+    /// Writes the graph (with its copy of the vectors) to `path` in usearch's format.
+    pub fn save(&self, path: &Path) -> Result<(), HnswError> {
+        let file_err = |message: String| HnswError::File {
+            path: path.to_owned(),
+            message,
+        };
+        let name = path
+            .to_str()
+            .ok_or_else(|| file_err("path is not valid UTF-8".into()))?;
+        self.graph
+            .save(name)
+            .map_err(|e| file_err(format!("cannot save HNSW index: {e}")))
+    }
+
+    /// Reads an index written by [`HnswIndex::save`] for the same `items`. The file must be an
+    /// inner-product float32 index of the items' dimension whose keys are a range of rows of
+    /// `items`, and sampled rows must equal the stored vectors (a catalogue that changed since
+    /// the index was saved is refused). The default `ef` is [`HnswParams::default`]'s.
+    pub fn load(path: &Path, items: Matrix<'_>) -> Result<Self, HnswError> {
+        let file_err = |message: String| HnswError::File {
+            path: path.to_owned(),
+            message,
+        };
+        let name = path
+            .to_str()
+            .ok_or_else(|| file_err("path is not valid UTF-8".into()))?;
+        if !path.is_file() {
+            return Err(file_err("no such file".into()));
+        }
+        let meta = Index::metadata(name)
+            .map_err(|e| file_err(format!("not a usearch HNSW index: {e}")))?;
+        if meta.metric != MetricKind::IP || meta.quantization != ScalarKind::F32 || meta.multi {
+            return Err(file_err(format!(
+                "expected an inner-product float32 index, found metric {:?}, scalars {:?}",
+                meta.metric, meta.quantization
+            )));
+        }
+        if meta.dimensions != items.cols() as u64 {
+            return Err(file_err(format!(
+                "index has dimension {} but items have dimension {}",
+                meta.dimensions,
+                items.cols()
+            )));
+        }
+        if items.cols() == 0 {
+            return Err(HnswError::ZeroDim);
+        }
+        let graph = Index::new(&options(items.cols(), 16, 128)).map_err(backend)?;
+        graph
+            .load(name)
+            .map_err(|e| file_err(format!("cannot load HNSW index: {e}")))?;
+        graph.change_expansion_search(1);
+        let index_connectivity = graph.connectivity();
+        let len = graph.size();
+        // Keys are a contiguous range of rows; find where it starts.
+        let start = (0..items.rows())
+            .find(|&r| graph.contains(r as u64))
+            .unwrap_or(0);
+        let end = start + len;
+        if end > items.rows() || (len > 0 && !graph.contains((end - 1) as u64)) {
+            return Err(file_err(format!(
+                "index holds {len} rows from row {start}, which items ({} rows) do not match",
+                items.rows()
+            )));
+        }
+        let vectors = copy_rows(items, &(start..end))?;
+        let threads = CONTEXTS.max(rayon::current_num_threads());
+        graph
+            .reserve_capacity_and_threads(len, threads)
+            .map_err(backend)?;
+        let index = Self {
+            graph,
+            vectors,
+            start,
+            len,
+            dim: items.cols(),
+            connectivity: index_connectivity,
+            expansion_search: HnswParams::default().expansion_search,
+            contexts: Contexts::new(threads),
+        };
+        index.check_vectors().map_err(file_err)?;
+        Ok(index)
+    }
+
+    /// Compares the graph's stored vectors with the items at evenly spaced rows.
+    fn check_vectors(&self) -> Result<(), String> {
+        let mut stored = vec![0.0f32; self.dim];
+        let samples = self.len.min(64);
+        for s in 0..samples {
+            let row = self.start + s * self.len / samples;
+            let found = self
+                .graph
+                .get(row as u64, &mut stored)
+                .map_err(|e| e.to_string())?;
+            if found != 1 || stored != self.vector(row) {
+                return Err(format!(
+                    "stored vector of row {row} differs from the items: the index was built \
+                     for another catalogue"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for HnswIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HnswIndex")
+            .field("rows", &self.rows())
+            .field("dim", &self.dim)
+            .field("expansion_search", &self.expansion_search)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+
+    /// xorshift64* with Box-Muller, so tests need no extra crate.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn uniform(&mut self) -> f32 {
+            ((self.next() >> 40) as f32 + 0.5) / (1u64 << 24) as f32
+        }
+        fn gauss(&mut self) -> f32 {
+            let (u, v) = (self.uniform(), self.uniform());
+            (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+        }
+        fn gauss_vec(&mut self, n: usize) -> Vec<f32> {
+            (0..n).map(|_| self.gauss()).collect()
+        }
+    }
+
+    /// `n × d` gaussian rows with log-normal norms (inner product differs from cosine).
+    fn catalogue(n: usize, d: usize, seed: u64) -> Vec<f32> {
+        let mut rng = Rng(seed);
+        let mut out = Vec::with_capacity(n * d);
+        for _ in 0..n {
+            let scale = (0.5 * rng.gauss()).exp() / (d as f32).sqrt();
+            out.extend((0..d).map(|_| rng.gauss() * scale));
+        }
+        out
+    }
+
+    fn rows_of(hits: &[Hit]) -> Vec<usize> {
+        hits.iter().map(|h| h.row).collect()
+    }
+
+    fn recall(found: &[Vec<Hit>], truth: &[Vec<Hit>]) -> f64 {
+        let (mut hit, mut total) = (0, 0);
+        for (f, t) in found.iter().zip(truth) {
+            let t = rows_of(t);
+            hit += f.iter().filter(|h| t.contains(&h.row)).count();
+            total += t.len();
+        }
+        hit as f64 / total.max(1) as f64
+    }
+
+    fn mask_filter(mask: &[bool]) -> impl Fn(usize) -> bool + Sync + '_ {
+        move |row| mask[row]
+    }
+
+    #[test]
+    fn recall_at_10_with_default_params_on_20k_items() {
+        let (n, d) = (20_000, 32);
+        let data = catalogue(n, d, 1);
+        let items = Matrix::new(&data, n, d).unwrap();
+        let index = HnswIndex::build(items, 0..n, &HnswParams::default()).unwrap();
+        assert_eq!((index.len(), index.dim()), (n, d));
+        let mut rng = Rng(2);
+        let queries: Vec<Vec<f32>> = (0..100).map(|_| rng.gauss_vec(d)).collect();
+        let found: Vec<Vec<Hit>> = queries
+            .iter()
+            .map(|q| index.search(q, 10, 0, None).unwrap())
+            .collect();
+        let truth: Vec<Vec<Hit>> = queries
+            .iter()
+            .map(|q| retrieve::top_k(items, q, 10, &[]).unwrap())
+            .collect();
+        let r = recall(&found, &truth);
+        println!("recall@10 at default params: {r:.4}");
+        assert!(r >= 0.98, "recall@10 = {r}");
+        for (f, q) in found.iter().zip(&queries) {
+            assert_eq!(f.len(), 10);
+            for h in f {
+                assert_eq!(h.score, retrieve::dot(&data[h.row * d..(h.row + 1) * d], q));
+            }
+            assert!(f
+                .windows(2)
+                .all(|w| rank_order(&w[0], &w[1]) == Ordering::Less));
+        }
+    }
+
+    #[test]
+    fn rank_order_is_the_exact_scan_order() {
+        // One-dimensional rows scored against [1.0]: each score is the row's value, exactly.
+        let values = [
+            1.0,
+            f32::NAN,
+            -0.0,
+            2.0,
+            0.0,
+            f32::NEG_INFINITY,
+            2.0,
+            f32::INFINITY,
+            -1.0,
+            f32::NAN,
+            0.0,
+        ];
+        let items = Matrix::new(&values, values.len(), 1).unwrap();
+        let expected = retrieve::top_k(items, &[1.0], values.len(), &[]).unwrap();
+        let mut hits: Vec<Hit> = values
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(row, &score)| Hit { row, score })
+            .collect();
+        hits.sort_unstable_by(rank_order);
+        assert_eq!(rows_of(&hits), rows_of(&expected));
+    }
+
+    #[test]
+    fn filters_never_leak_and_never_come_back_short() {
+        let (n, d) = (5_000, 16);
+        let data = catalogue(n, d, 3);
+        let items = Matrix::new(&data, n, d).unwrap();
+        let index = HnswIndex::build(items, 0..n, &HnswParams::default()).unwrap();
+        let mut rng = Rng(4);
+        for per_mille in [0u64, 1, 10, 100, 300, 500, 1000] {
+            let mask: Vec<bool> = (0..n).map(|_| rng.next() % 1000 < per_mille).collect();
+            let allowed = mask.iter().filter(|&&m| m).count();
+            let keep = mask_filter(&mask);
+            for k in [1, 10, 64] {
+                for _ in 0..10 {
+                    let q = rng.gauss_vec(d);
+                    let hits = index.search(&q, k, 0, Some(&keep)).unwrap();
+                    assert_eq!(hits.len(), k.min(allowed), "{per_mille}‰, k = {k}");
+                    assert!(hits.iter().all(|h| mask[h.row]), "{per_mille}‰ leaked");
+                    let exact =
+                        retrieve::top_k_where(items, &q, k, &[], Some(&keep), false).unwrap();
+                    for h in &hits {
+                        assert_eq!(h.score, retrieve::dot(&data[h.row * d..][..d], &q));
+                    }
+                    if per_mille <= 10 {
+                        // Selective filters take the exact scan.
+                        assert_eq!(hits, exact);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn indexes_a_row_range_and_reports_rows_of_items() {
+        let (n, d) = (1_000, 8);
+        let mut data = catalogue(n, d, 5);
+        data[..d].fill(100.0); // row 0: padding that would win every query
+        let items = Matrix::new(&data, n, d).unwrap();
+        let index = HnswIndex::build(items, 1..n, &HnswParams::default()).unwrap();
+        assert_eq!((index.len(), index.rows()), (n - 1, 1..n));
+        let q = vec![1.0; d];
+        let all = index.search(&q, n, 0, None).unwrap();
+        assert_eq!(all.len(), n - 1);
+        assert!(all.iter().all(|h| h.row >= 1));
+        let exact = retrieve::top_k(items, &q, n, &[0]).unwrap();
+        assert_eq!(all, exact);
+        let hits = index.search(&q, 10, 0, None).unwrap();
+        assert!(hits.iter().all(|h| h.row >= 1));
+        let even = |row: usize| row.is_multiple_of(2);
+        let hits = index.search(&q, 10, 0, Some(&even)).unwrap();
+        assert!(hits.iter().all(|h| h.row >= 2 && h.row.is_multiple_of(2)));
+    }
+
+    #[test]
+    fn bad_input_is_an_error() {
+        let data = catalogue(100, 4, 6);
+        let items = Matrix::new(&data, 100, 4).unwrap();
+        let params = HnswParams::default();
+        let index = HnswIndex::build(items, 0..100, &params).unwrap();
+        assert_eq!(
+            index.search(&[1.0; 5], 3, 0, None),
+            Err(HnswError::QueryDim {
+                expected: 4,
+                got: 5
+            })
+        );
+        assert_eq!(index.search(&[1.0; 4], 0, 0, None), Ok(Vec::new()));
+        assert!(matches!(
+            HnswIndex::build(items, 50..101, &params),
+            Err(HnswError::RowRange { .. })
+        ));
+        let empty = Matrix::new(&[], 3, 0).unwrap();
+        assert!(matches!(
+            HnswIndex::build(empty, 0..3, &params),
+            Err(HnswError::ZeroDim)
+        ));
+        for bad in [
+            HnswParams {
+                connectivity: 1,
+                ..HnswParams::default()
+            },
+            HnswParams {
+                connectivity: MAX_CONNECTIVITY + 1,
+                ..HnswParams::default()
+            },
+            HnswParams {
+                expansion_add: 0,
+                ..HnswParams::default()
+            },
+            HnswParams {
+                expansion_search: 0,
+                ..HnswParams::default()
+            },
+        ] {
+            assert!(matches!(
+                HnswIndex::build(items, 0..100, &bad),
+                Err(HnswError::Param { .. })
+            ));
+        }
+        let mut nan = data.clone();
+        nan[4 * 37 + 2] = f32::NAN;
+        let with_nan = Matrix::new(&nan, 100, 4).unwrap();
+        assert_eq!(
+            HnswIndex::build(with_nan, 0..100, &params).unwrap_err(),
+            HnswError::NonFinite { row: 37 }
+        );
+        // A non-finite query is answered by the exact scan.
+        let q = [f32::NAN, 1.0, 0.0, 0.0];
+        assert_eq!(index.search(&q, 5, 0, None).unwrap().len(), 5);
+        // An empty range is a valid, empty index.
+        let none = HnswIndex::build(items, 7..7, &params).unwrap();
+        assert!(none.is_empty());
+        assert_eq!(none.search(&[1.0; 4], 3, 0, None), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn many_threads_get_the_serial_results() {
+        let (n, d) = (2_000, 16);
+        let data = catalogue(n, d, 7);
+        let items = Matrix::new(&data, n, d).unwrap();
+        let index = HnswIndex::build(items, 0..n, &HnswParams::default()).unwrap();
+        let mut rng = Rng(8);
+        let queries: Vec<Vec<f32>> = (0..40).map(|_| rng.gauss_vec(d)).collect();
+        let odd = |row: usize| !row.is_multiple_of(3);
+        let serial: Vec<Vec<Hit>> = queries
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                index
+                    .search(q, 10, 0, (i % 2 == 1).then_some(&odd as _))
+                    .unwrap()
+            })
+            .collect();
+        // More threads than reserved search contexts: callers wait, none fails.
+        std::thread::scope(|s| {
+            for t in 0..CONTEXTS + 16 {
+                let (index, queries, serial) = (&index, &queries, &serial);
+                s.spawn(move || {
+                    for j in 0..queries.len() {
+                        let i = (j + t) % queries.len();
+                        let keep = (i % 2 == 1).then_some(&odd as _);
+                        assert_eq!(index.search(&queries[i], 10, 0, keep).unwrap(), serial[i]);
+                    }
+                });
+            }
+        });
+    }
+
+    #[test]
+    fn a_panicking_filter_unwinds_to_the_caller() {
+        let (n, d) = (3_000, 8);
+        let data = catalogue(n, d, 9);
+        let items = Matrix::new(&data, n, d).unwrap();
+        let index = HnswIndex::build(items, 0..n, &HnswParams::default()).unwrap();
+        let calls = AtomicUsize::new(0);
+        // Passes the sampling (256 calls), then panics inside usearch's search.
+        let keep = |_row: usize| {
+            if calls.fetch_add(1, AtomicOrdering::Relaxed) > FILTER_SAMPLE + 10 {
+                panic!("filter failed");
+            }
+            true
+        };
+        let q = vec![1.0; d];
+        let result = catch_unwind(AssertUnwindSafe(|| index.search(&q, 10, 0, Some(&keep))));
+        assert!(result.is_err());
+        assert!(calls.load(AtomicOrdering::Relaxed) > FILTER_SAMPLE + 10);
+        // The index is still usable (its search context was released).
+        assert_eq!(index.search(&q, 10, 0, None).unwrap().len(), 10);
+    }
+
+    #[test]
+    fn save_and_load_round_trip() {
+        let (n, d) = (2_000, 12);
+        let data = catalogue(n, d, 10);
+        let items = Matrix::new(&data, n, d).unwrap();
+        let params = HnswParams {
+            connectivity: 8,
+            ..HnswParams::default()
+        };
+        let index = HnswIndex::build(items, 1..n, &params).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("items.usearch");
+        index.save(&path).unwrap();
+        let back = HnswIndex::load(&path, items).unwrap();
+        assert_eq!((back.rows(), back.dim()), (1..n, d));
+        let mut rng = Rng(11);
+        for _ in 0..20 {
+            let q = rng.gauss_vec(d);
+            assert_eq!(
+                back.search(&q, 10, 0, None).unwrap(),
+                index.search(&q, 10, 0, None).unwrap()
+            );
+        }
+        let mut other = data.clone();
+        other.iter_mut().for_each(|v| *v *= 2.0);
+        let changed = Matrix::new(&other, n, d).unwrap();
+        let err = HnswIndex::load(&path, changed).unwrap_err();
+        assert!(err.to_string().contains("items.usearch"), "{err}");
+        let missing = dir.path().join("missing.usearch");
+        let err = HnswIndex::load(&missing, items).unwrap_err();
+        assert!(err.to_string().contains("missing.usearch"), "{err}");
+        let narrow = Matrix::new(&data[..n * 6], n, 6).unwrap();
+        assert!(HnswIndex::load(&path, narrow).is_err());
+        let fewer = Matrix::new(&data[..(n / 2) * d], n / 2, d).unwrap();
+        assert!(HnswIndex::load(&path, fewer).is_err());
+    }
+}

@@ -1,0 +1,298 @@
+//! `dpr._core.HnswIndex`: the Python face of [`crate::hnsw`]. Thin: check and convert
+//! arguments (the float input policy of `lib.rs`), release the GIL, map errors to exceptions.
+
+use std::path::PathBuf;
+
+use numpy::ndarray::{Array2, Dimension, Ix1, Ix2};
+use numpy::{
+    IntoPyArray, PyArray, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArray, PyUntypedArray,
+    PyUntypedArrayMethods,
+};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use rayon::prelude::*;
+
+use crate::detached;
+use crate::hnsw::{self, HnswError, HnswParams};
+use crate::retrieve::{Hit, Matrix};
+
+/// `(ids, scores)` as handed back to Python.
+type Hits<'py, D> = (Bound<'py, PyArray<i64, D>>, Bound<'py, PyArray<f32, D>>);
+
+fn hnsw_error(err: HnswError) -> PyErr {
+    match err {
+        HnswError::Backend(_) => PyRuntimeError::new_err(err.to_string()),
+        HnswError::File { .. } => PyOSError::new_err(err.to_string()),
+        _ => PyValueError::new_err(err.to_string()),
+    }
+}
+
+/// A read-only, C-contiguous float32 view of `obj` (the input policy of `lib.rs`).
+fn f32_array<'py, D: Dimension>(
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+) -> PyResult<PyReadonlyArray<'py, f32, D>> {
+    let py = obj.py();
+    let ndim = D::NDIM.unwrap_or(0);
+    let numpy = py.import("numpy")?;
+    let arr = match obj.cast::<PyUntypedArray>() {
+        Ok(arr) => arr.clone(),
+        Err(_) => numpy
+            .call_method1("asarray", (obj,))?
+            .cast_into::<PyUntypedArray>()?,
+    };
+    let dtype = arr.dtype();
+    if !matches!(dtype.kind(), b'f' | b'i' | b'u') {
+        return Err(PyTypeError::new_err(format!(
+            "{name} must hold real numbers (float32 preferred), got dtype {}",
+            dtype.str()?
+        )));
+    }
+    if arr.ndim() != ndim {
+        let what = if ndim == 1 { "1-D (d,)" } else { "2-D (n, d)" };
+        return Err(PyValueError::new_err(format!(
+            "{name} must be {what}, got shape {:?}",
+            arr.shape()
+        )));
+    }
+    let ready = match arr.cast::<PyArray<f32, D>>() {
+        Ok(a) if a.is_c_contiguous() && a.is_aligned() => a.clone(),
+        _ => numpy
+            .call_method1("ascontiguousarray", (arr, numpy.getattr("float32")?))?
+            .cast_into::<PyArray<f32, D>>()?,
+    };
+    Ok(ready.try_readonly()?)
+}
+
+/// A 1-D boolean mask of length `rows`, C-contiguous.
+fn bool_mask<'py>(
+    obj: &Bound<'py, PyAny>,
+    rows: usize,
+) -> PyResult<PyReadonlyArray<'py, bool, Ix1>> {
+    let numpy = obj.py().import("numpy")?;
+    let arr = match obj.cast::<PyUntypedArray>() {
+        Ok(arr) => arr.clone(),
+        Err(_) => numpy
+            .call_method1("asarray", (obj,))?
+            .cast_into::<PyUntypedArray>()?,
+    };
+    if arr.dtype().kind() != b'b' {
+        return Err(PyTypeError::new_err(format!(
+            "allowed must be a boolean mask (dtype bool), got dtype {}",
+            arr.dtype().str()?
+        )));
+    }
+    if arr.ndim() != 1 || arr.len() != rows {
+        return Err(PyValueError::new_err(format!(
+            "allowed must be a 1-D mask of length {rows} (one flag per item row), got shape {:?}",
+            arr.shape()
+        )));
+    }
+    let ready = match arr.cast::<PyArray<bool, Ix1>>() {
+        Ok(a) if a.is_c_contiguous() => a.clone(),
+        _ => numpy
+            .call_method1("ascontiguousarray", (arr,))?
+            .cast_into::<PyArray<bool, Ix1>>()?,
+    };
+    Ok(ready.try_readonly()?)
+}
+
+fn positive(value: i64, name: &str) -> PyResult<usize> {
+    usize::try_from(value)
+        .ok()
+        .filter(|&v| v > 0)
+        .ok_or_else(|| PyValueError::new_err(format!("{name} must be >= 1, got {value}")))
+}
+
+fn non_negative_k(k: i64) -> PyResult<usize> {
+    usize::try_from(k).map_err(|_| PyValueError::new_err(format!("k must be >= 0, got {k}")))
+}
+
+/// `ef=None` is the index default (0 for [`hnsw::HnswIndex::search`]).
+fn ef_arg(ef: Option<i64>) -> PyResult<usize> {
+    ef.map_or(Ok(0), |ef| positive(ef, "ef"))
+}
+
+fn check_dim(expected: usize, got: usize, what: &str) -> PyResult<()> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(PyValueError::new_err(format!(
+            "{what} has dimension {got} but the index has dimension {expected}"
+        )))
+    }
+}
+
+/// Lays per-query hits out as `(B, width)` arrays padded with id -1 and score -inf.
+fn pad(hits: &[Vec<Hit>], width: usize) -> (Vec<i64>, Vec<f32>) {
+    let mut ids = vec![-1i64; hits.len() * width];
+    let mut scores = vec![f32::NEG_INFINITY; hits.len() * width];
+    for (q, row_hits) in hits.iter().enumerate() {
+        for (j, hit) in row_hits.iter().take(width).enumerate() {
+            ids[q * width + j] = hit.row as i64;
+            scores[q * width + j] = hit.score;
+        }
+    }
+    (ids, scores)
+}
+
+/// Approximate top-k by inner product over the rows of an item matrix (HNSW, usearch).
+/// See `_core.pyi` for the contract.
+#[pyclass(frozen, name = "HnswIndex", module = "dpr._core")]
+pub struct PyHnswIndex {
+    index: hnsw::HnswIndex,
+    /// Rows of the item matrix the index was built from (the length of an `allowed` mask).
+    items: usize,
+}
+
+#[pymethods]
+impl PyHnswIndex {
+    #[new]
+    #[pyo3(signature = (items, connectivity=16, expansion_add=128, expansion_search=64, skip_first_row=false))]
+    fn new(
+        py: Python<'_>,
+        items: &Bound<'_, PyAny>,
+        connectivity: i64,
+        expansion_add: i64,
+        expansion_search: i64,
+        skip_first_row: bool,
+    ) -> PyResult<Self> {
+        let params = HnswParams {
+            connectivity: positive(connectivity, "connectivity")?,
+            expansion_add: positive(expansion_add, "expansion_add")?,
+            expansion_search: positive(expansion_search, "expansion_search")?,
+        };
+        let items = f32_array::<Ix2>(items, "items")?;
+        let (n, d) = (items.shape()[0], items.shape()[1]);
+        let start = usize::from(skip_first_row);
+        if start > n {
+            return Err(PyValueError::new_err(
+                "skip_first_row=True needs at least one item row",
+            ));
+        }
+        let matrix = Matrix::new(items.as_slice()?, n, d)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let index = detached(py, "HnswIndex", || {
+            hnsw::HnswIndex::build(matrix, start..n, &params)
+        })?
+        .map_err(hnsw_error)?;
+        Ok(Self { index, items: n })
+    }
+
+    /// Reads an index written by `save`, for the same `items` (checked).
+    #[staticmethod]
+    fn load(py: Python<'_>, path: PathBuf, items: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let items = f32_array::<Ix2>(items, "items")?;
+        let (n, d) = (items.shape()[0], items.shape()[1]);
+        let matrix = Matrix::new(items.as_slice()?, n, d)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let index = detached(py, "HnswIndex.load", || {
+            hnsw::HnswIndex::load(&path, matrix)
+        })?
+        .map_err(hnsw_error)?;
+        Ok(Self { index, items: n })
+    }
+
+    fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        detached(py, "HnswIndex.save", || self.index.save(&path))?.map_err(hnsw_error)
+    }
+
+    #[pyo3(signature = (query, k, ef=None, allowed=None))]
+    fn search<'py>(
+        &self,
+        py: Python<'py>,
+        query: &Bound<'py, PyAny>,
+        k: i64,
+        ef: Option<i64>,
+        allowed: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Hits<'py, Ix1>> {
+        let k = non_negative_k(k)?;
+        let ef = ef_arg(ef)?;
+        let query = f32_array::<Ix1>(query, "query")?;
+        check_dim(self.index.dim(), query.shape()[0], "query")?;
+        let mask = match allowed {
+            Some(a) if !a.is_none() => Some(bool_mask(a, self.items)?),
+            _ => None,
+        };
+        let query = query.as_slice()?;
+        let mask = mask.as_ref().map(|m| m.as_slice()).transpose()?;
+        let hits = detached(py, "HnswIndex.search", || {
+            // Rows lie in 0..items (the mask's length), so the lookup stays in bounds.
+            let keep = mask.map(|m| move |row: usize| m.get(row).copied().unwrap_or(false));
+            let keep = keep.as_ref().map(|f| f as &(dyn Fn(usize) -> bool + Sync));
+            self.index.search(query, k, ef, keep)
+        })?
+        .map_err(hnsw_error)?;
+        let ids: Vec<i64> = hits.iter().map(|h| h.row as i64).collect();
+        let scores: Vec<f32> = hits.iter().map(|h| h.score).collect();
+        Ok((ids.into_pyarray(py), scores.into_pyarray(py)))
+    }
+
+    #[pyo3(signature = (queries, k, ef=None))]
+    fn search_batch<'py>(
+        &self,
+        py: Python<'py>,
+        queries: &Bound<'py, PyAny>,
+        k: i64,
+        ef: Option<i64>,
+    ) -> PyResult<Hits<'py, Ix2>> {
+        let k = non_negative_k(k)?;
+        let ef = ef_arg(ef)?;
+        let queries = f32_array::<Ix2>(queries, "queries")?;
+        let (b, d) = (queries.shape()[0], queries.shape()[1]);
+        check_dim(self.index.dim(), d, "queries")?;
+        let queries = queries.as_slice()?;
+        let width = k.min(self.index.len());
+        let (ids, scores) = detached(py, "HnswIndex.search_batch", || {
+            let hits = if d == 0 {
+                Ok(vec![Vec::new(); b])
+            } else {
+                queries
+                    .par_chunks_exact(d)
+                    .map(|q| self.index.search(q, k, ef, None))
+                    .collect::<Result<Vec<_>, _>>()
+            };
+            hits.map(|hits| pad(&hits, width))
+        })?
+        .map_err(hnsw_error)?;
+        let to_err = |e: numpy::ndarray::ShapeError| PyRuntimeError::new_err(e.to_string());
+        let ids = Array2::from_shape_vec((b, width), ids).map_err(to_err)?;
+        let scores = Array2::from_shape_vec((b, width), scores).map_err(to_err)?;
+        Ok((ids.into_pyarray(py), scores.into_pyarray(py)))
+    }
+
+    fn __len__(&self) -> usize {
+        self.index.len()
+    }
+
+    #[getter]
+    fn dim(&self) -> usize {
+        self.index.dim()
+    }
+
+    /// First indexed row (1 when built with `skip_first_row=True`).
+    #[getter]
+    fn first_row(&self) -> usize {
+        self.index.rows().start
+    }
+
+    #[getter]
+    fn expansion_search(&self) -> usize {
+        self.index.expansion_search()
+    }
+
+    fn __repr__(&self) -> String {
+        let rows = self.index.rows();
+        format!(
+            "HnswIndex(rows={}..{}, dim={}, expansion_search={})",
+            rows.start,
+            rows.end,
+            self.index.dim(),
+            self.index.expansion_search()
+        )
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyHnswIndex>()
+}

@@ -1,0 +1,71 @@
+"""The built wheel serves queries in a fresh virtual environment that has no torch."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+import venv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+QUERY_SCRIPT = textwrap.dedent("""
+    import importlib.util, json, sys
+    assert importlib.util.find_spec("torch") is None, "torch must not be importable here"
+    import dpr
+    rec = dpr.Recommender.load()
+    ids = rec._engine.item_ids()
+    hits = rec.query(ids[:5], "something funny, but no romance", k=5)
+    assert len(hits) == 5, hits
+    assert "torch" not in sys.modules
+    print(json.dumps({"items": rec.num_items, "top": [h.title for h in hits],
+                      "module": dpr.__file__}))
+""")
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("maturin") is None:
+        pytest.fail("maturin is needed to build the wheel (pip install maturin)")
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(["maturin", "build", "--release", "--quiet", "--out", str(out)], cwd=ROOT,
+                   check=True, capture_output=True)
+    wheels = list(out.glob("dpr-*.whl"))
+    assert len(wheels) == 1, wheels
+    return wheels[0]
+
+
+def _numpy_only_site(tmp_path: Path) -> Path:
+    """A folder exposing this interpreter's numpy (the wheel's one dependency) and nothing else,
+    so the fresh environment installs offline and cannot see torch."""
+    site = tmp_path / "numpy-only"
+    site.mkdir()
+    numpy_dir = Path(np.__file__).parent
+    (site / "numpy").symlink_to(numpy_dir)
+    libs = numpy_dir.parent / "numpy.libs"
+    if libs.is_dir():
+        (site / "numpy.libs").symlink_to(libs)
+    return site
+
+
+def test_wheel_serves_without_torch(wheel: Path, tmp_path: Path) -> None:
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=False, system_site_packages=False).create(env_dir)
+    python = env_dir / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()"
+                           "['purelib'])"], check=True, capture_output=True, text=True)
+    (Path(site.stdout.strip()) / "numpy_only.pth").write_text(str(_numpy_only_site(tmp_path)))
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+                    "--target", site.stdout.strip(), str(wheel)], check=True,
+                   capture_output=True)
+    result = subprocess.run([str(python), "-c", QUERY_SCRIPT], check=False, capture_output=True,
+                            text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert str(env_dir) in result.stdout, "dpr was imported from outside the fresh environment"
+    size_mb = wheel.stat().st_size / 2**20
+    print(f"wheel {wheel.name}: {size_mb:.1f} MiB; {result.stdout.strip()}")
