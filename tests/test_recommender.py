@@ -309,3 +309,17 @@ def test_demo_bundle_loads_and_steers() -> None:
     assert len(plain) == len(steered) == 10
     share = sum("Horror" in h.attributes["genre"] for h in steered) / 10
     assert share > sum("Horror" in h.attributes["genre"] for h in plain) / 10
+
+
+def test_filtered_queries_never_return_seen_items(
+        served: tuple[DPR, Recommender, dict[str, Any]]) -> None:
+    _, rec, catalogue = served
+    ids, genres = catalogue["item_ids"], catalogue["attributes"]["genre"]
+    # Seen items both passing and failing the filter, interleaved in row order.
+    history = ids[:60]
+    for mode in ("hard", "hybrid"):
+        hits = rec.query(history, "something funny", k=50, exclude={"genre": ["Horror"]},
+                         mode=mode)
+        assert len(hits) == 50
+        assert not {h.item_id for h in hits} & set(history)
+        assert all("Horror" not in genres[ids.index(h.item_id)] for h in hits)

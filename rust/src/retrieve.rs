@@ -306,13 +306,15 @@ fn scan(
         })
         .collect();
     for row in lo..hi {
-        if keep.is_some_and(|keep| !keep(row)) {
-            continue;
-        }
+        // Every query's exclusion cursor must pass each row, kept or not.
+        let kept = keep.is_none_or(|keep| keep(row));
         let values = items.row(row);
         for b in best.iter_mut() {
             if b.skip.peek() == Some(&row) {
                 b.skip.next();
+                continue;
+            }
+            if !kept {
                 continue;
             }
             let score = dot(values, b.query);
@@ -496,6 +498,16 @@ mod tests {
         fn vec(&mut self, n: usize) -> Vec<f32> {
             (0..n).map(|_| self.small()).collect()
         }
+    }
+
+    #[test]
+    fn predicate_and_exclusions_combine() {
+        // Rows 2 and 5 are excluded; the predicate rejects row 2 (excluded too) and row 3.
+        let data: Vec<f32> = (0..8).map(|i| i as f32).collect();
+        let items = Matrix::new(&data, 8, 1).unwrap();
+        let keep = |row: usize| row != 2 && row != 3;
+        let hits = top_k_where(items, &[1.0], 8, &[5, 2], Some(&keep), false).unwrap();
+        assert_eq!(rows_of(&hits), vec![7, 6, 4, 1, 0]);
     }
 
     #[test]
