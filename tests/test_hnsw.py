@@ -90,6 +90,8 @@ def test_ef_raises_recall(data, index):
     print(f"\nrecall@10 ef=10: {low:.4f}  ef=256: {high:.4f}")
     assert high >= low
     assert high >= 0.99
+    # A breadth beyond the catalogue is clamped, not allocated.
+    assert len(index.search(queries[0], K, ef=10**12)[0]) == K
 
 
 @pytest.mark.parametrize("fraction", [0.001, 0.01, 0.1, 0.5])
@@ -105,7 +107,9 @@ def test_filtered_search_keeps_its_promise(data, index, fraction):
             assert mask[ids].all(), "a disallowed row was returned"
             assert len(ids) == min(k, allowed)
             assert len(set(ids.tolist())) == len(ids)
-            np.testing.assert_allclose(scores, items[ids].astype(np.float64) @ q, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(
+                scores, items[ids].astype(np.float64) @ q, rtol=1e-5, atol=1e-5
+            )
             if k == K:
                 found.append(ids)
                 truth.append(exact(items, q, k, mask))
@@ -115,7 +119,7 @@ def test_filtered_search_keeps_its_promise(data, index, fraction):
 
 
 def test_filter_edge_cases(data, index):
-    items, queries = data
+    _, queries = data
     q = queries[0]
     none = np.zeros(N, dtype=bool)
     ids, scores = index.search(q, K, allowed=none)

@@ -208,3 +208,118 @@ class PromptEncoder:
     @property
     def cache_len(self) -> int:
         """Number of prompt vectors currently cached."""
+
+class HnswIndex:
+    """Approximate top-k by inner product over the rows of an item matrix (HNSW graph, usearch).
+
+    Vectors need not be normalised: the graph uses the inner-product metric, and every
+    returned score is the exact float32 inner product, computed and ranked as :func:`top_k`
+    does (so a score equals :func:`top_k`'s score for the same row bit for bit). The index
+    keeps its own copy of the items. Searches run with the GIL released, and one index may be
+    searched from many threads at once.
+
+    Filters keep their promise: a row whose ``allowed`` flag is False is never returned, and
+    ``min(k, allowed rows)`` results come back. A filter that keeps few rows (judged from a
+    sample of rows) is answered by an exact scan over the allowed rows, and so is a graph
+    search that comes back short.
+    """
+
+    def __init__(
+        self,
+        items: npt.ArrayLike,
+        connectivity: int = 16,
+        expansion_add: int = 128,
+        expansion_search: int = 64,
+        skip_first_row: bool = False,
+    ) -> None:
+        """Build the graph over the rows of ``items`` (in parallel, GIL released).
+
+        Args:
+            items: ``(N, d)`` item matrix, ``d >= 1``, finite values.
+            connectivity: ``M``, neighbours per node and layer (2..1024; hnswlib's ``M``).
+            expansion_add: ``ef_construction``, candidate list length while inserting.
+            expansion_search: default ``ef`` of :meth:`search` / :meth:`search_batch`.
+            skip_first_row: leave row 0 (padding) out; results are still rows of ``items``.
+
+        Raises:
+            ValueError: ``items`` not 2-D or ``d == 0``; a NaN or infinity in ``items`` (the
+                message names the row); a parameter out of range.
+            TypeError: non-real dtype.
+        """
+
+    @staticmethod
+    def load(path: str, items: npt.ArrayLike) -> HnswIndex:
+        """Read an index written by :meth:`save` (a ``pathlib.Path`` works too).
+
+        ``items`` must be the matrix the index was built from: its dimension, row count and
+        sampled rows are checked against the file. The default ``ef`` is 64.
+
+        Raises:
+            OSError: missing or unreadable file, not an index, or an index of other items
+                (the message names the file).
+        """
+
+    def save(self, path: str) -> None:
+        """Write the graph and its vectors to ``path`` (usearch's format).
+
+        Raises:
+            OSError: the file cannot be written.
+        """
+
+    def search(
+        self,
+        query: npt.ArrayLike,
+        k: int,
+        ef: int | None = None,
+        allowed: npt.NDArray[np.bool_] | None = None,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """The ``k`` best rows for ``query`` by inner product (approximately), best first.
+
+        Args:
+            query: ``(d,)`` vector.
+            k: number of results wanted, ``>= 0``.
+            ef: search breadth (``>= 1``; raised to ``k``); ``None`` uses ``expansion_search``.
+                Larger is slower and more accurate.
+            allowed: optional boolean mask of length ``N`` (one flag per row of ``items``,
+                the skipped row 0 included); only rows flagged True are returned.
+
+        Returns:
+            ``(ids, scores)``: ``int64`` row ids and ``float32`` exact inner products, of
+            length ``min(k, number of indexed rows allowed)``.
+
+        Raises:
+            ValueError: ``k < 0``, ``ef < 1``, ``query`` not 1-D or of another dimension,
+                ``allowed`` of the wrong length or not 1-D.
+            TypeError: non-real ``query`` dtype; ``allowed`` not boolean.
+        """
+
+    def search_batch(
+        self,
+        queries: npt.ArrayLike,
+        k: int,
+        ef: int | None = None,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """:meth:`search` for every row of ``queries`` (``(B, d)``), in parallel (rayon).
+
+        Returns:
+            ``(ids, scores)`` of shape ``(B, min(k, len(self)))``, padded (never in practice
+            without a filter) with id ``-1`` and score ``-inf``.
+
+        Raises:
+            ValueError, TypeError: as for :meth:`search`.
+        """
+
+    def __len__(self) -> int:
+        """Number of indexed rows (``N``, or ``N - 1`` with ``skip_first_row``)."""
+
+    @property
+    def dim(self) -> int:
+        """The items' dimension ``d``."""
+
+    @property
+    def first_row(self) -> int:
+        """First indexed row: 1 with ``skip_first_row``, else 0."""
+
+    @property
+    def expansion_search(self) -> int:
+        """The default ``ef``."""

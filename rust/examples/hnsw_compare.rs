@@ -286,6 +286,9 @@ impl Ann for HnswRs {
     }
 }
 
+/// Builds one index under test (timed by the caller).
+type Builder<'a> = Box<dyn Fn() -> Box<dyn Ann> + 'a>;
+
 struct Row {
     ef: usize,
     recall: f64,
@@ -363,8 +366,8 @@ fn main() {
             .map(|q| exact(&data.items, data.dim, q, K, &all))
             .collect();
         // A 10% filter (a hash of the row, so it is unrelated to the vectors) and a 1% one.
-        let f10 = |r: usize| (r.wrapping_mul(2_654_435_761) >> 7) % 10 == 0;
-        let f1 = |r: usize| (r.wrapping_mul(2_654_435_761) >> 7) % 100 == 0;
+        let f10 = |r: usize| (r.wrapping_mul(2_654_435_761) >> 7).is_multiple_of(10);
+        let f1 = |r: usize| (r.wrapping_mul(2_654_435_761) >> 7).is_multiple_of(100);
         let truth10: Vec<Vec<usize>> = data
             .queries
             .par_chunks_exact(data.dim)
@@ -375,7 +378,7 @@ fn main() {
             .par_chunks_exact(data.dim)
             .map(|q| exact(&data.items, data.dim, q, K, &f1))
             .collect();
-        let builders: Vec<(&str, Box<dyn Fn() -> Box<dyn Ann>>)> = vec![
+        let builders: Vec<(&str, Builder<'_>)> = vec![
             (
                 "usearch ip",
                 Box::new(|| Box::new(USearch::build(&data.items, data.dim, false))),

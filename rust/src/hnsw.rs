@@ -356,7 +356,10 @@ impl HnswIndex {
         if k == 0 || self.len == 0 {
             return Ok(Vec::new());
         }
-        let ef = if ef == 0 { self.expansion_search } else { ef }.max(k);
+        // A breadth beyond the row count explores nothing more (and would only allocate).
+        let ef = if ef == 0 { self.expansion_search } else { ef }
+            .max(k)
+            .min(self.len);
         // The graph cannot rank a non-finite query, and cannot beat a scan when every row is
         // wanted or when the filter keeps few rows.
         let exact = k >= self.len
@@ -760,6 +763,11 @@ mod tests {
             })
         );
         assert_eq!(index.search(&[1.0; 4], 0, 0, None), Ok(Vec::new()));
+        // A huge ef is clamped to the row count.
+        assert_eq!(
+            index.search(&[1.0; 4], 3, usize::MAX, None).unwrap().len(),
+            3
+        );
         assert!(matches!(
             HnswIndex::build(items, 50..101, &params),
             Err(HnswError::RowRange { .. })
