@@ -53,7 +53,7 @@ def test_shape_and_defaults(index):
     assert len(index) == N
     assert index.dim == D
     assert index.first_row == 0
-    assert index.expansion_search == 64
+    assert index.expansion_search == 128
     assert "HnswIndex" in repr(index)
 
 
@@ -62,7 +62,7 @@ def test_recall_at_10_default_params(data, index):
     found = [index.search(q, K)[0] for q in queries]
     truth = [exact(items, q, K) for q in queries]
     r = recall(found, truth)
-    print(f"\nrecall@10 at default params (M=16, ef_add=128, ef=64): {r:.4f}")
+    print(f"\nrecall@10 at default params (M=16, ef_add=128, ef=128): {r:.4f}")
     assert r >= 0.98
 
 

@@ -229,7 +229,7 @@ class HnswIndex:
         items: npt.ArrayLike,
         connectivity: int = 16,
         expansion_add: int = 128,
-        expansion_search: int = 64,
+        expansion_search: int = 128,
         skip_first_row: bool = False,
     ) -> None:
         """Build the graph over the rows of ``items`` (in parallel, GIL released).

@@ -73,7 +73,7 @@ impl Default for HnswParams {
         Self {
             connectivity: 16,
             expansion_add: 128,
-            expansion_search: 64,
+            expansion_search: 128,
         }
     }
 }

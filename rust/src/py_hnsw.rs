@@ -148,7 +148,7 @@ pub struct PyHnswIndex {
 #[pymethods]
 impl PyHnswIndex {
     #[new]
-    #[pyo3(signature = (items, connectivity=16, expansion_add=128, expansion_search=64, skip_first_row=false))]
+    #[pyo3(signature = (items, connectivity=16, expansion_add=128, expansion_search=128, skip_first_row=false))]
     fn new(
         py: Python<'_>,
         items: &Bound<'_, PyAny>,
