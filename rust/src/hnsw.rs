@@ -36,7 +36,7 @@ use std::sync::{Condvar, Mutex};
 use rayon::prelude::*;
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
-use crate::retrieve::{self, Hit, Matrix};
+use crate::retrieve::{self, rank_key, Hit, Matrix};
 
 /// Concurrent searches (and inserts) per index; more callers wait for a free context. Each
 /// context costs a visited-set and two heaps of `ef` entries, so this can be generous.
@@ -181,17 +181,6 @@ const _: () = {
     const fn send_sync<T: Send + Sync>() {}
     send_sync::<HnswIndex>()
 };
-
-/// The rank of a score, as in `retrieve.rs`: NaN below everything, `-0.0` equal to `0.0`.
-fn rank_key(score: f32) -> i32 {
-    let canonical = if score.is_nan() {
-        f32::from_bits(0xFFC0_0000)
-    } else {
-        score + 0.0
-    };
-    let bits = canonical.to_bits() as i32;
-    bits ^ (((bits >> 31) as u32) >> 1) as i32
-}
 
 /// `Less` means `a` ranks before `b` (the order of [`retrieve::top_k`]).
 fn rank_order(a: &Hit, b: &Hit) -> Ordering {

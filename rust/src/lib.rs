@@ -76,7 +76,7 @@ fn shape_str(shape: &[usize]) -> String {
 }
 
 /// A read-only, C-contiguous float32 view of `obj`, converted per the module's input policy.
-fn f32_array<'py, D: Dimension>(
+pub(crate) fn f32_array<'py, D: Dimension>(
     obj: &Bound<'py, PyAny>,
     name: &str,
 ) -> PyResult<PyReadonlyArray<'py, f32, D>> {

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use numpy::ndarray::{Array2, Dimension, Ix1, Ix2};
+use numpy::ndarray::{Array2, Ix1, Ix2};
 use numpy::{
     IntoPyArray, PyArray, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArray, PyUntypedArray,
     PyUntypedArrayMethods,
@@ -12,9 +12,9 @@ use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use rayon::prelude::*;
 
-use crate::detached;
 use crate::hnsw::{self, HnswError, HnswParams};
 use crate::retrieve::{Hit, Matrix};
+use crate::{detached, f32_array};
 
 /// `(ids, scores)` as handed back to Python.
 type Hits<'py, D> = (Bound<'py, PyArray<i64, D>>, Bound<'py, PyArray<f32, D>>);
@@ -25,43 +25,6 @@ fn hnsw_error(err: HnswError) -> PyErr {
         HnswError::File { .. } => PyOSError::new_err(err.to_string()),
         _ => PyValueError::new_err(err.to_string()),
     }
-}
-
-/// A read-only, C-contiguous float32 view of `obj` (the input policy of `lib.rs`).
-fn f32_array<'py, D: Dimension>(
-    obj: &Bound<'py, PyAny>,
-    name: &str,
-) -> PyResult<PyReadonlyArray<'py, f32, D>> {
-    let py = obj.py();
-    let ndim = D::NDIM.unwrap_or(0);
-    let numpy = py.import("numpy")?;
-    let arr = match obj.cast::<PyUntypedArray>() {
-        Ok(arr) => arr.clone(),
-        Err(_) => numpy
-            .call_method1("asarray", (obj,))?
-            .cast_into::<PyUntypedArray>()?,
-    };
-    let dtype = arr.dtype();
-    if !matches!(dtype.kind(), b'f' | b'i' | b'u') {
-        return Err(PyTypeError::new_err(format!(
-            "{name} must hold real numbers (float32 preferred), got dtype {}",
-            dtype.str()?
-        )));
-    }
-    if arr.ndim() != ndim {
-        let what = if ndim == 1 { "1-D (d,)" } else { "2-D (n, d)" };
-        return Err(PyValueError::new_err(format!(
-            "{name} must be {what}, got shape {:?}",
-            arr.shape()
-        )));
-    }
-    let ready = match arr.cast::<PyArray<f32, D>>() {
-        Ok(a) if a.is_c_contiguous() && a.is_aligned() => a.clone(),
-        _ => numpy
-            .call_method1("ascontiguousarray", (arr, numpy.getattr("float32")?))?
-            .cast_into::<PyArray<f32, D>>()?,
-    };
-    Ok(ready.try_readonly()?)
 }
 
 /// A 1-D boolean mask of length `rows`, C-contiguous.

@@ -148,7 +148,7 @@ pub struct Hit {
 /// `0.0` (so that zeros tie and fall back to the row index). An integer compare keeps the
 /// scan's hot path, rejecting a row that cannot enter the top k, to one instruction.
 #[inline]
-fn rank_key(score: f32) -> i32 {
+pub(crate) fn rank_key(score: f32) -> i32 {
     let canonical = if score.is_nan() {
         f32::from_bits(0xFFC0_0000)
     } else {
