@@ -1,6 +1,7 @@
 """`dpr train` runs all three stages; `dpr evaluate` reads the model back with custom wordings."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,11 +75,16 @@ def test_evaluate_refuses_another_catalogue(tmp_path, capsys):
     assert "different item catalogue" in capsys.readouterr().err
 
 
-def test_query_prints_hits_from_the_demo_bundle(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["query", "--history", "1001,1002,1003", "--prompt", "something scary",
+def test_query_prints_hits_from_a_bundle(capsys: pytest.CaptureFixture[str],
+                                        tmp_path: Path) -> None:
+    from dpr.export import export_bundle
+    from test_recommender import _catalogue, _model
+
+    bundle = str(export_bundle(_model("sasrec"), _catalogue(), tmp_path / "bundle"))
+    assert main(["query", bundle, "--history", "1000,1007,1014", "--prompt", "something scary",
                      "-k", "4", "--exclude", "genre=Romance"]) == 0
     rows = capsys.readouterr().out.strip().splitlines()
     assert len(rows) == 5  # header + 4 hits
     assert all("Romance" not in row for row in rows[1:])
-    assert main(["query", "--history", "1,2"]) == 2
+    assert main(["query", bundle, "--history", "1,2"]) == 2
     assert "unknown item id 1" in capsys.readouterr().err

@@ -18,7 +18,7 @@ QUERY_SCRIPT = textwrap.dedent("""
     import importlib.util, json, sys
     assert importlib.util.find_spec("torch") is None, "torch must not be importable here"
     import dpr
-    rec = dpr.Recommender.load()
+    rec = dpr.Recommender.load(sys.argv[1])
     ids = rec._engine.item_ids()
     hits = rec.query(ids[:5], "something funny, but no romance", k=5)
     assert len(hits) == 5, hits
@@ -53,6 +53,14 @@ def _numpy_only_site(tmp_path: Path) -> Path:
     return site
 
 
+def _tiny_bundle(out: Path) -> Path:
+    """A small exported model (random weights, the real f16 prompt encoder)."""
+    from dpr.export import export_bundle
+    from test_recommender import _catalogue, _model
+
+    return export_bundle(_model("sasrec"), _catalogue(), out)
+
+
 def test_wheel_serves_without_torch(wheel: Path, tmp_path: Path) -> None:
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False, system_site_packages=False).create(env_dir)
@@ -63,7 +71,9 @@ def test_wheel_serves_without_torch(wheel: Path, tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
                     "--target", site.stdout.strip(), str(wheel)], check=True,
                    capture_output=True)
-    result = subprocess.run([str(python), "-c", QUERY_SCRIPT], check=False, capture_output=True,
+    bundle = _tiny_bundle(tmp_path / "bundle")
+    result = subprocess.run([str(python), "-c", QUERY_SCRIPT, str(bundle)], check=False,
+                            capture_output=True,
                             text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert str(env_dir) in result.stdout, "dpr was imported from outside the fresh environment"

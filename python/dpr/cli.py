@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
 
     query = commands.add_parser("query", help="recommend from a bundle (no torch needed)")
     query.add_argument("bundle", type=Path, nargs="?", default=None,
-                       help="bundle directory (default: the demo bundle in the package)")
+                       help="bundle directory (default: the demo bundle, if this install has one)")
     query.add_argument("--history", default="", help="item ids, oldest first: 1193,661,914")
     query.add_argument("--prompt", default="")
     query.add_argument("-k", type=int, default=10)

@@ -24,7 +24,8 @@ Filters = Mapping[str, str | Iterable[str]]
 ItemId = int | str
 
 DEMO_BUNDLE = Path(__file__).with_name("demo_bundle")
-"""The small demo model shipped in the wheel (trained on the synthetic catalogue)."""
+"""Where a demo model goes when a wheel is built with one (`dpr quickstart` trains it; copy its
+`bundle/` here before `maturin build`). Not kept in the repository: it is a build output."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +74,7 @@ class Recommender:
     def load(cls, path: str | os.PathLike[str] | None = None, *, verify: bool = True,
              prompt_cache: int = 4096, index: Literal["auto", "exact", "hnsw"] = "auto",
              ) -> Recommender:
-        """Load the bundle directory at `path` (no argument: the demo bundle in the wheel).
+        """Load the bundle directory at `path` (no argument: the demo bundle, if the wheel has one).
 
         `verify` checks every file against the sha256 sums in `dpr.json`; `prompt_cache` is how
         many prompt embeddings to keep (least recently used are dropped). `index`: "auto"
@@ -84,6 +85,10 @@ class Recommender:
         Raises FileNotFoundError (missing directory or file) or `BundleFormatError` (a
         `ValueError`: damaged file or a field that disagrees; the message names both).
         """
+        if path is None and not (DEMO_BUNDLE / "dpr.json").is_file():
+            raise FileNotFoundError(
+                f"{DEMO_BUNDLE}: this install has no demo bundle; pass a bundle path, or train "
+                "one with `dpr quickstart --out runs/demo` and load runs/demo/bundle")
         root = DEMO_BUNDLE if path is None else Path(path)
         return cls(Engine(str(root), verify, prompt_cache, index), root)
 
