@@ -21,6 +21,10 @@ pub const FORMAT: &str = "dpr-bundle";
 pub const VERSION: i64 = 1;
 pub const CONFIG_FILE: &str = "dpr.json";
 pub const WEIGHTS_FILE: &str = "weights.safetensors";
+/// The largest dimension or count `dpr.json` may state (items are addressed by u32 rows).
+pub const MAX_SIZE: usize = (u32::MAX - 1) as usize;
+/// The most SASRec blocks or GRU layers a bundle may have.
+pub const MAX_LAYERS: usize = 1024;
 
 /// What is wrong with a bundle, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -319,23 +323,78 @@ fn parse_config(text: &str) -> Result<RawConfig, BundleError> {
             Err(BundleError::invalid(CONFIG_FILE, msg))
         }
     };
-    check(raw.dim > 0, "dim must be positive")?;
-    check(raw.num_items > 0, "num_items must be positive")?;
+    // Sizes index u32 rows and multiply into shapes: bounding them keeps every product in
+    // range, and a layer count is bounded because each layer needs tensors in the file.
+    let s = &raw.steer;
+    let (layers, layer_field) = match raw.backbone {
+        BackboneConfig::Sasrec { num_blocks, .. } => (num_blocks, "backbone.num_blocks"),
+        BackboneConfig::Gru4rec { num_layers, .. } => (num_layers, "backbone.num_layers"),
+    };
+    let mut sizes = vec![
+        ("dim", raw.dim),
+        ("num_items", raw.num_items),
+        ("backbone.max_len", raw.backbone.max_len()),
+        ("steer.prompt_dim", s.prompt_dim),
+        ("steer.projector_hidden", s.projector_hidden),
+        ("steer.expert_hidden", s.expert_hidden),
+        ("steer.router_hidden", s.router_hidden),
+    ];
+    match raw.backbone {
+        BackboneConfig::Sasrec {
+            num_heads, ffn_dim, ..
+        } => sizes.extend([
+            ("backbone.num_heads", num_heads),
+            ("backbone.ffn_dim", ffn_dim),
+        ]),
+        BackboneConfig::Gru4rec { num_layers, .. } => {
+            sizes.push(("backbone.num_layers", num_layers))
+        }
+    }
+    for (field, value) in sizes {
+        check(value > 0, &format!("{field} must be positive, got {value}"))?;
+        check(
+            value <= MAX_SIZE,
+            &format!("{field} = {value} is beyond the largest size a bundle may have ({MAX_SIZE})"),
+        )?;
+    }
     check(
-        raw.backbone.max_len() > 0,
-        "backbone.max_len must be positive",
+        layers <= MAX_LAYERS,
+        &format!("{layer_field} = {layers} is more than {MAX_LAYERS}"),
     )?;
+    for (field, value) in [
+        ("steer.attribute_dim", s.attribute_dim),
+        ("steer.positive_experts", s.positive_experts),
+        ("steer.negative_experts", s.negative_experts),
+    ] {
+        check(
+            value <= MAX_SIZE,
+            &format!("{field} = {value} is beyond the largest size a bundle may have ({MAX_SIZE})"),
+        )?;
+    }
     if let BackboneConfig::Sasrec { num_heads, .. } = raw.backbone {
         check(
-            num_heads > 0 && raw.dim.is_multiple_of(num_heads),
+            raw.dim.is_multiple_of(num_heads),
             "backbone.num_heads must divide dim",
         )?;
     }
-    let s = &raw.steer;
     check(
         s.positive_experts + s.negative_experts > 0,
         "steer: at least one expert",
     )?;
+    for (field, path) in raw
+        .files
+        .keys()
+        .map(|name| ("files", name.as_str()))
+        .chain([
+            ("items.file", raw.items.file.as_str()),
+            ("prompt_encoder.dir", raw.prompt_encoder.dir.as_str()),
+        ])
+    {
+        check(
+            inside_bundle(path),
+            &format!("{field}: {path:?} is not a relative path inside the bundle"),
+        )?;
+    }
     check(
         s.prompt_dim == raw.prompt_encoder.dim,
         "steer.prompt_dim differs from prompt_encoder.dim",
@@ -357,6 +416,14 @@ fn parse_config(text: &str) -> Result<RawConfig, BundleError> {
         "steer.layer_norm_eps must be positive",
     )?;
     Ok(raw)
+}
+
+/// A relative path with no `..`, no root and no drive: it cannot leave the bundle directory.
+fn inside_bundle(path: &str) -> bool {
+    !path.is_empty()
+        && Path::new(path)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
 }
 
 fn sha256_of(path: &Path, name: &str) -> Result<String, BundleError> {

@@ -321,6 +321,18 @@ fn _gil_probe_signal() {
     signal.notify_all();
 }
 
+/// For tests of the panic boundary: panics inside [`detached`], which must surface in Python
+/// as a `RuntimeError` naming the panic, not a `PanicException` or an abort (an empty
+/// `message` returns normally).
+#[pyfunction]
+fn _panic_probe(py: Python<'_>, message: &str) -> PyResult<()> {
+    detached(py, "_panic_probe", || {
+        if !message.is_empty() {
+            panic!("{message}");
+        }
+    })
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -328,6 +340,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(top_k_batch, m)?)?;
     m.add_function(wrap_pyfunction!(_gil_probe_wait, m)?)?;
     m.add_function(wrap_pyfunction!(_gil_probe_signal, m)?)?;
+    m.add_function(wrap_pyfunction!(_panic_probe, m)?)?;
     py_prompt::register(m)?;
     py_model::register(m)?;
     py_hnsw::register(m)?;

@@ -1,0 +1,470 @@
+//! Fuzzing the bundle reader: a valid small bundle (SASRec or GRU4Rec) is damaged in random
+//! ways, byte-wise (truncated, overwritten, bits flipped, bytes inserted) and structurally
+//! (a JSON node of `dpr.json`, `items.json` or the safetensors header replaced, perturbed or
+//! removed), and `Bundle::open` — then the backbone built from whatever it accepts, and one
+//! forward pass — must return `Ok` or an `Err` naming a file, never panic.
+//!
+//! `cargo test --release` runs `DPR_FUZZ_CASES` cases (default 1000, seeded: the same every
+//! run). `DPR_FUZZ_SECONDS=600` keeps running fresh randomly seeded batches for that long;
+//! the number of inputs tried is printed (`--nocapture` to see it).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use _core::backbone::{Backbone, Rows};
+use _core::bundle::{expected_float_shapes, BackboneConfig, Bundle, SteerConfig};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const N: usize = 7;
+const D: usize = 4;
+const GENRES: [&str; 3] = ["Comedy", "Drama", "Horror"];
+const FILES: [&str; 3] = ["dpr.json", "items.json", "weights.safetensors"];
+
+/// The three files of a valid bundle, as bytes.
+#[derive(Clone)]
+struct Files([Vec<u8>; 3]);
+
+fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Deterministic small floats, all finite.
+fn values(count: usize, seed: usize) -> Vec<f32> {
+    (0..count)
+        .map(|i| (((i * 7919 + seed * 104_729) % 2001) as f32 - 1000.0) / 4000.0)
+        .collect()
+}
+
+fn valid_bundle(kind: &str) -> Files {
+    let backbone = if kind == "sasrec" {
+        json!({"kind": "sasrec", "num_items": N, "dim": D, "max_len": 5, "dropout": 0.1,
+               "num_blocks": 1, "num_heads": 2, "ffn_dim": 6})
+    } else {
+        json!({"kind": "gru4rec", "num_items": N, "dim": D, "max_len": 5, "dropout": 0.1,
+               "num_layers": 2})
+    };
+    let steer = json!({"dim": D, "attribute_dim": 3, "attribute_scale": 10.0, "prompt_dim": 8,
+                       "positive_experts": 1, "negative_experts": 1, "projector_hidden": 5,
+                       "expert_hidden": 3, "router_hidden": 4, "attribute": "genre",
+                       "values": GENRES, "strength_default": 1.0, "activation": "relu",
+                       "layer_norm_eps": 1e-5});
+    let genre_items: Vec<Vec<usize>> = (0..N).map(|i| vec![i % 3]).collect();
+    let items = json!({
+        "ids": (0..N).map(|i| 100 + i).collect::<Vec<_>>(),
+        "titles": (0..N).map(|i| format!("Film {i}")).collect::<Vec<_>>(),
+        "attributes": {
+            "genre": {"values": GENRES, "items": genre_items},
+            "decade": {"values": ["1990s", "2000s"],
+                       "items": (0..N).map(|i| vec![i % 2]).collect::<Vec<_>>()},
+        }
+    });
+    let backbone_config: BackboneConfig = serde_json::from_value(backbone.clone()).unwrap();
+    let steer_config: SteerConfig = serde_json::from_value(steer.clone()).unwrap();
+    let shapes = expected_float_shapes(&backbone_config, D, N, &steer_config);
+    let mut raw: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (seed, (name, shape)) in shapes.iter().enumerate() {
+        let mut data = values(shape.iter().product(), seed);
+        if name == "items.embedding" {
+            data[..D].iter_mut().for_each(|x| *x = 0.0);
+        }
+        let bytes = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+        raw.push((name.clone(), Dtype::F32, shape.clone(), bytes));
+    }
+    for (name, width, of) in [("genre", 3, 3usize), ("decade", 2, 2)] {
+        let mut matrix = vec![0u8; (N + 1) * width];
+        for i in 0..N {
+            matrix[(i + 1) * width + i % of] = 1;
+        }
+        raw.push((
+            format!("items.attributes.{name}"),
+            Dtype::U8,
+            vec![N + 1, width],
+            matrix,
+        ));
+    }
+    let views: Vec<(String, TensorView<'_>)> = raw
+        .iter()
+        .map(|(name, dtype, shape, data)| {
+            (
+                name.clone(),
+                TensorView::new(*dtype, shape.clone(), data).unwrap(),
+            )
+        })
+        .collect();
+    let weights = safetensors::serialize(views, None).unwrap();
+    let items = serde_json::to_vec(&items).unwrap();
+    let config = json!({
+        "format": "dpr-bundle", "version": 1, "backbone": backbone, "dim": D, "num_items": N,
+        "steer": steer,
+        "prompt_encoder": {"dir": "prompt_encoder", "pooling": "mean", "normalize": true,
+                           "max_tokens": 16, "dim": 8, "dtype": "float32"},
+        "items": {"file": "items.json", "attributes": ["decade", "genre"]},
+        "training": {},
+        "files": {"items.json": sha256_hex(&items), "weights.safetensors": sha256_hex(&weights)},
+    });
+    Files([serde_json::to_vec_pretty(&config).unwrap(), items, weights])
+}
+
+/// Replacement JSON values: type confusion, edge integers, path tricks.
+fn json_value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        prop::sample::select(vec![
+            -1i64,
+            0,
+            1,
+            2,
+            3,
+            8,
+            255,
+            1 << 31,
+            (1 << 32) + 1,
+            1 << 53,
+            i64::MAX,
+            i64::MIN
+        ])
+        .prop_map(|x| json!(x)),
+        Just(json!(u64::MAX)),
+        prop::sample::select(vec![0.5f64, -0.0, 1e300, -1e300, 3.5e38]).prop_map(|x| json!(x)),
+        prop::sample::select(vec![
+            "",
+            "F16",
+            "F64",
+            "BF16",
+            "U8",
+            "I64",
+            "sasrec",
+            "gru4rec",
+            "dpr-bundle",
+            "../x",
+            "/",
+            "dpr.json",
+            "items.json",
+            "weights.safetensors",
+            "prompt_encoder",
+            "genre"
+        ])
+        .prop_map(|s| json!(s)),
+        Just(json!([])),
+        Just(json!([0])),
+        Just(json!([1, 2])),
+        Just(json!([u64::MAX, 2])),
+        Just(json!({})),
+    ]
+}
+
+#[derive(Debug, Clone)]
+enum Mutation {
+    Truncate {
+        file: usize,
+        at: f64,
+    },
+    Overwrite {
+        file: usize,
+        at: f64,
+        bytes: Vec<u8>,
+    },
+    Insert {
+        file: usize,
+        at: f64,
+        bytes: Vec<u8>,
+    },
+    FlipBit {
+        file: usize,
+        at: f64,
+        bit: u8,
+    },
+    /// `file` 2 is the safetensors header.
+    JsonReplace {
+        file: usize,
+        node: usize,
+        value: Value,
+    },
+    JsonPerturb {
+        file: usize,
+        node: usize,
+        delta: i64,
+    },
+    JsonRemove {
+        file: usize,
+        node: usize,
+    },
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    let file = 0usize..3;
+    let at = 0.0f64..1.0;
+    let bytes = prop::collection::vec(any::<u8>(), 1..16);
+    prop_oneof![
+        (file.clone(), at.clone()).prop_map(|(file, at)| Mutation::Truncate { file, at }),
+        (file.clone(), at.clone(), bytes.clone())
+            .prop_map(|(file, at, bytes)| Mutation::Overwrite { file, at, bytes }),
+        (file.clone(), at.clone(), bytes).prop_map(|(file, at, bytes)| Mutation::Insert {
+            file,
+            at,
+            bytes
+        }),
+        (file.clone(), at, 0u8..8).prop_map(|(file, at, bit)| Mutation::FlipBit { file, at, bit }),
+        (file.clone(), any::<usize>(), json_value())
+            .prop_map(|(file, node, value)| Mutation::JsonReplace { file, node, value }),
+        (file.clone(), any::<usize>(), -3i64..=3)
+            .prop_map(|(file, node, delta)| Mutation::JsonPerturb { file, node, delta }),
+        (file, any::<usize>()).prop_map(|(file, node)| Mutation::JsonRemove { file, node }),
+    ]
+}
+
+/// JSON pointers of every node below the root, depth first.
+fn pointers(value: &Value, prefix: &str, out: &mut Vec<String>) {
+    let children: Vec<(String, &Value)> = match value {
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| (k.replace('~', "~0").replace('/', "~1"), v))
+            .collect(),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i.to_string(), v))
+            .collect(),
+        _ => return,
+    };
+    for (key, child) in children {
+        let pointer = format!("{prefix}/{key}");
+        out.push(pointer.clone());
+        pointers(child, &pointer, out);
+    }
+}
+
+/// Applies `edit` to the JSON of `file` (the header, for the safetensors file); files that do
+/// not parse (already damaged) are left alone.
+fn edit_json(files: &mut Files, file: usize, edit: impl FnOnce(&mut Value, &[String])) {
+    let bytes = &mut files.0[file];
+    let (json_bytes, rest) = if file == 2 {
+        let Some(len) = bytes
+            .get(..8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+        else {
+            return;
+        };
+        let Some(end) = usize::try_from(len).ok().and_then(|l| l.checked_add(8)) else {
+            return;
+        };
+        if end > bytes.len() {
+            return;
+        }
+        (&bytes[8..end], bytes[end..].to_vec())
+    } else {
+        (&bytes[..], Vec::new())
+    };
+    let Ok(mut value) = serde_json::from_slice::<Value>(json_bytes) else {
+        return;
+    };
+    let mut all = Vec::new();
+    pointers(&value, "", &mut all);
+    edit(&mut value, &all);
+    let text = serde_json::to_vec(&value).unwrap();
+    *bytes = if file == 2 {
+        let mut out = (text.len() as u64).to_le_bytes().to_vec();
+        out.extend(text);
+        out.extend(rest);
+        out
+    } else {
+        text
+    };
+}
+
+fn pick(all: &[String], node: usize) -> Option<&str> {
+    (!all.is_empty()).then(|| all[node % all.len()].as_str())
+}
+
+fn apply(files: &mut Files, m: &Mutation) {
+    let offset = |len: usize, at: f64| ((len as f64 * at) as usize).min(len);
+    match m {
+        Mutation::Truncate { file, at } => {
+            let f = &mut files.0[*file];
+            f.truncate(offset(f.len(), *at));
+        }
+        Mutation::Overwrite { file, at, bytes } => {
+            let f = &mut files.0[*file];
+            let start = offset(f.len(), *at);
+            for (i, b) in bytes.iter().enumerate() {
+                if let Some(x) = f.get_mut(start + i) {
+                    *x = *b;
+                }
+            }
+        }
+        Mutation::Insert { file, at, bytes } => {
+            let f = &mut files.0[*file];
+            let start = offset(f.len(), *at);
+            f.splice(start..start, bytes.iter().copied());
+        }
+        Mutation::FlipBit { file, at, bit } => {
+            let f = &mut files.0[*file];
+            let i = offset(f.len(), *at);
+            if let Some(x) = f.get_mut(i) {
+                *x ^= 1 << bit;
+            }
+        }
+        Mutation::JsonReplace { file, node, value } => edit_json(files, *file, |root, all| {
+            if let Some(target) = pick(all, *node).and_then(|p| root.pointer_mut(p)) {
+                *target = value.clone();
+            }
+        }),
+        Mutation::JsonPerturb { file, node, delta } => edit_json(files, *file, |root, all| {
+            if let Some(target) = pick(all, *node).and_then(|p| root.pointer_mut(p)) {
+                if let Some(x) = target.as_i64() {
+                    *target = json!(x.saturating_add(*delta));
+                }
+            }
+        }),
+        Mutation::JsonRemove { file, node } => edit_json(files, *file, |root, all| {
+            let Some(pointer) = pick(all, *node) else {
+                return;
+            };
+            let (parent, key) = pointer.rsplit_once('/').unwrap_or(("", pointer));
+            match root.pointer_mut(parent) {
+                Some(Value::Object(map)) => {
+                    map.remove(&key.replace("~1", "/").replace("~0", "~"));
+                }
+                Some(Value::Array(items)) => {
+                    if let Ok(i) = key.parse::<usize>() {
+                        if i < items.len() {
+                            items.remove(i);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }),
+    }
+}
+
+/// Opens the bundle at `root` and, if it is accepted, builds the backbone and runs it.
+fn open_and_use(root: &Path, verify: bool) -> Result<(), String> {
+    let mut bundle = Bundle::open(root, verify).map_err(|e| e.to_string())?;
+    let backbone = Backbone::from_bundle(&mut bundle).map_err(|e| e.to_string())?;
+    let table = bundle.take("items.embedding").map_err(|e| e.to_string())?;
+    let rows = Rows {
+        data: &table.data,
+        stride: bundle.dim,
+        width: bundle.dim,
+    };
+    let history: Vec<u32> = (1..=bundle.num_items.min(9) as u32).collect();
+    let mut h = vec![0.0f32; bundle.dim];
+    backbone.user_vector(rows, &history, &mut h);
+    if h.iter().all(|x| x.is_finite()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: the backbone's user vector is not finite",
+            root.display()
+        ))
+    }
+}
+
+type Case = (bool, Vec<Mutation>, bool);
+
+/// Damaged bundles the reader accepted (a harmless change, e.g. a title or an unused field).
+static ACCEPTED: AtomicU64 = AtomicU64::new(0);
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        any::<bool>(),
+        prop::collection::vec(mutation(), 1..4),
+        prop::bool::weighted(0.1),
+    )
+}
+
+fn check(
+    bundles: &[Files; 2],
+    dir: &Path,
+    (gru, mutations, verify): &Case,
+) -> Result<(), TestCaseError> {
+    let mut files = bundles[usize::from(*gru)].clone();
+    for m in mutations {
+        apply(&mut files, m);
+    }
+    let root = dir.join("bundle");
+    std::fs::create_dir_all(root.join("prompt_encoder")).unwrap();
+    for (name, data) in FILES.iter().zip(&files.0) {
+        std::fs::write(root.join(name), data).unwrap();
+    }
+    match open_and_use(&root, *verify) {
+        Ok(()) => {
+            ACCEPTED.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(message) => {
+            let names_a_file = FILES.iter().any(|f| message.contains(f))
+                || message.contains(&*root.to_string_lossy());
+            prop_assert!(names_a_file, "error names no file: {message}");
+        }
+    }
+    Ok(())
+}
+
+fn env_number(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn valid_bundles_open() {
+    let dir = tempfile::tempdir().unwrap();
+    for gru in [false, true] {
+        let files = valid_bundle(if gru { "gru4rec" } else { "sasrec" });
+        for (name, data) in FILES.iter().zip(&files.0) {
+            std::fs::create_dir_all(dir.path().join("prompt_encoder")).unwrap();
+            std::fs::write(dir.path().join(name), data).unwrap();
+        }
+        open_and_use(dir.path(), true).unwrap();
+    }
+}
+
+#[test]
+fn damaged_bundles_are_errors_not_panics() {
+    let bundles = [valid_bundle("sasrec"), valid_bundle("gru4rec")];
+    let dir = tempfile::tempdir().unwrap();
+    let cases = env_number("DPR_FUZZ_CASES").unwrap_or(1000) as u32;
+    let budget = env_number("DPR_FUZZ_SECONDS").map(Duration::from_secs);
+    let config = Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    };
+    let start = Instant::now();
+    let mut tried = 0u64;
+    for batch in 0u64.. {
+        // Batch 0 is seeded (reproducible in CI); later batches (only with a time budget) are
+        // seeded from the clock.
+        let seed = if batch == 0 {
+            0x5eed
+        } else {
+            start.elapsed().as_nanos() as u64 ^ batch
+        };
+        let mut seed_bytes = [0u8; 32];
+        seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
+        let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes);
+        let mut runner = TestRunner::new_with_rng(config.clone(), rng);
+        let result = runner.run(&case(), |c| check(&bundles, dir.path(), &c));
+        if let Err(e) = result {
+            panic!("{e}");
+        }
+        tried += u64::from(cases);
+        if budget.is_none_or(|b| start.elapsed() >= b) {
+            break;
+        }
+    }
+    println!(
+        "fuzz_bundle: {tried} damaged bundles tried in {:.1} s, {} accepted, the rest errors",
+        start.elapsed().as_secs_f64(),
+        ACCEPTED.load(Ordering::Relaxed)
+    );
+}
