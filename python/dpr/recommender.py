@@ -6,9 +6,11 @@ loaded and safe to share between threads; every call releases the GIL while it c
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from numbers import Real
 from pathlib import Path
 from typing import Literal
 
@@ -129,7 +131,23 @@ class Recommender:
     # Queries
 
     def _strength(self, strength: float | None) -> float:
-        return self._engine.strength_default if strength is None else float(strength)
+        if strength is None:
+            return self._engine.strength_default
+        if isinstance(strength, bool) or not isinstance(strength, Real):
+            raise TypeError(f"strength must be a number, got {type(strength).__name__}")
+        value = float(strength)
+        if not (math.isfinite(value) and 0.0 <= value <= _MAX_STRENGTH):
+            raise ValueError(f"strength must be a finite number >= 0 (at most {_MAX_STRENGTH:g})"
+                             f", got {strength!r}")
+        return value
+
+    def _k(self, k: int) -> int:
+        """`k` checked; anything beyond the catalogue means "every eligible item"."""
+        if isinstance(k, bool) or not isinstance(k, int | np.integer):
+            raise TypeError(f"k must be an int, got {type(k).__name__}")
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        return min(int(k), self.num_items)
 
     def query(self, history: Sequence[ItemId] | npt.ArrayLike, prompt: str = "", k: int = 10,
               strength: float | None = None, exclude_seen: bool = True,
@@ -139,8 +157,8 @@ class Recommender:
         """The top-`k` items for a user with `history` (dataset item ids, oldest first),
         steered by `prompt`.
 
-        - `strength` scales the steering (default: the bundle's, 1.0); 0 or an empty prompt
-          gives exactly the backbone's ranking.
+        - `strength` scales the steering (default: the bundle's, 1.0; finite, 0 to 1e6); 0 or
+          a blank prompt gives exactly the backbone's ranking.
         - `include`/`exclude` are hard filters, e.g. `include={"genre": ["Comedy"]}` keeps
           items with at least one listed value per attribute; `exclude` drops items with any.
         - `mode`: "soft" steers only (no filters allowed), "hard" ranks with the unsteered
@@ -149,7 +167,9 @@ class Recommender:
         - Items already in `history` are left out unless `exclude_seen=False`.
         - Unknown ids raise KeyError, or are dropped with `unknown="ignore"`.
 
-        Returns up to `k` hits, best first (fewer only when fewer items pass the filters).
+        Returns up to `k` hits, best first (fewer only when fewer items pass the filters;
+        a `k` beyond the catalogue returns every eligible item). Bad arguments raise
+        TypeError/ValueError/KeyError as listed in docs/errors.md.
         """
         include_pairs = _filter_pairs(include, "include")
         exclude_pairs = _filter_pairs(exclude, "exclude")
@@ -161,14 +181,16 @@ class Recommender:
         if mode == "soft" and has_filters:
             raise ValueError("mode='soft' applies no filters; use mode='hybrid' (steer and "
                              "filter) or mode='hard' (filter only) with include/exclude")
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
-        if isinstance(k, bool) or not isinstance(k, int | np.integer):
-            raise TypeError(f"k must be an int, got {type(k).__name__}")
+        _check_prompt(prompt)
+        if not isinstance(exclude_seen, bool | np.bool_):
+            raise TypeError(f"exclude_seen must be a bool, got {type(exclude_seen).__name__}")
+        k = self._k(k)
+        strength = self._strength(strength)
         rows, _ = self._engine.rows(history, unknown)
         found, scores = self._engine.query(
-            rows, prompt, int(k), self._strength(strength), mode != "hard", exclude_seen,
+            rows, prompt, k, strength, mode != "hard", bool(exclude_seen),
             include_pairs, exclude_pairs)
+        _check_finite(scores, strength)
         return [Hit(self._ids[r].item() if self._int_ids else self._ids[r], float(s),
                     self._titles[r], self._engine.item_attributes(int(r)))
                 for r, s in zip(found.tolist(), scores.tolist(), strict=True)]
@@ -186,25 +208,62 @@ class Recommender:
         """
         if isinstance(prompts, str):
             prompts = [prompts]
+        if isinstance(prompts, bytes) or not isinstance(prompts, Iterable):
+            raise TypeError(f"prompts must be a str or a sequence of str, got "
+                            f"{type(prompts).__name__}")
         prompts = list(prompts)
-        if not all(isinstance(p, str) for p in prompts):
-            raise TypeError("prompts must be strings")
-        if isinstance(k, bool) or not isinstance(k, int | np.integer):
-            raise TypeError(f"k must be an int, got {type(k).__name__}")
+        for i, prompt in enumerate(prompts):
+            _check_prompt(prompt, f"prompts[{i}]")
+        if isinstance(histories, str | bytes) or not isinstance(histories, Iterable):
+            raise TypeError(f"histories must be a sequence of histories, got "
+                            f"{type(histories).__name__}")
+        if not isinstance(exclude_seen, bool | np.bool_):
+            raise TypeError(f"exclude_seen must be a bool, got {type(exclude_seen).__name__}")
+        k = self._k(k)
+        strength = self._strength(strength)
         rows = [self._engine.rows(h, unknown)[0] for h in histories]
-        found, scores = self._engine.query_batch(rows, prompts, int(k),
-                                                 self._strength(strength), exclude_seen)
+        found, scores = self._engine.query_batch(rows, prompts, k, strength, bool(exclude_seen))
+        _check_finite(scores[found >= 0], strength)
         return self._ids[found], scores
 
     def user_vector(self, history: Sequence[ItemId] | npt.ArrayLike, prompt: str = "",
                     strength: float | None = None,
                     unknown: Literal["error", "ignore"] = "error") -> npt.NDArray[np.float32]:
         """The steered user vector `h'` (`d + A` floats): items score `[E_i, A_i] · h'`."""
+        _check_prompt(prompt)
+        strength = self._strength(strength)
         rows, _ = self._engine.rows(history, unknown)
-        return self._engine.user_vector(rows, prompt, self._strength(strength))
+        vector = self._engine.user_vector(rows, prompt, strength)
+        _check_finite(vector, strength)
+        return vector
 
     def encode_prompt(self, prompt: str) -> npt.NDArray[np.float32]:
         """The prompt's sentence embedding (384 floats, L2-normalised; blank → zeros)."""
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+        _check_prompt(prompt)
         return self._engine.encode_prompt(prompt)
+
+
+_MAX_STRENGTH = 1e6
+"""Far beyond any useful steering (the model is trained at 1.0); a bound keeps the float32
+user vector and its scores finite."""
+
+
+def _check_prompt(prompt: object, name: str = "prompt") -> None:
+    """A prompt is a str that encodes as UTF-8 (no lone surrogates, e.g. from undecodable
+    bytes read with errors="surrogateescape")."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"{name} must be a str, got {type(prompt).__name__}")
+    if not prompt.isascii():
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"{name} is not valid text: {e.reason} at position {e.start} "
+                             f"({prompt[e.start:e.end]!r}); decode bytes as UTF-8 first"
+                             ) from None
+
+
+def _check_finite(values: npt.NDArray[np.float32], strength: float) -> None:
+    """Scores or vectors that overflowed float32 are an error, never returned."""
+    if not np.isfinite(values).all():
+        raise ValueError(f"the steered scores are not finite at strength={strength}; "
+                         "use a smaller strength")
