@@ -80,20 +80,7 @@ fn catalogue(name: &'static str, n: usize, q: usize, d: usize, attrs: usize, see
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (xa, xb) in ca.zip(cb) {
-        for ((s, x), y) in acc.iter_mut().zip(xa).zip(xb) {
-            *s += x * y;
-        }
-    }
-    acc.iter().sum::<f32>() + tail
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// Squared L2 with the same accumulator shape, for hnsw_rs (its own DistL2 is a scalar fold).

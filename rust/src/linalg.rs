@@ -3,8 +3,11 @@
 //! Weights follow PyTorch's `nn.Linear` layout (`out × in`, `y = x Wᵀ + b`). Matrix products
 //! go through `matrixmultiply::sgemm` (cache-blocked, SIMD); a single row uses the fixed-order
 //! [`dot`] so its result does not depend on the batch it came in.
-
-pub use crate::retrieve::dot;
+//!
+//! [`dot`] and [`axpy`] carry the per-query hot loops (single-row layers, attention, the exact
+//! scan). The portable build targets baseline x86-64 (SSE2), so on x86-64 they switch at run
+//! time to AVX2 + FMA kernels where the CPU has them; the choice is made once per process, so
+//! a given machine always computes the same result for the same inputs.
 
 /// A fully connected layer, `y = x Wᵀ + b`.
 #[derive(Debug, Clone)]
@@ -31,12 +34,14 @@ impl Linear {
     #[inline]
     pub fn apply_row(&self, x: &[f32], out: &mut [f32]) {
         debug_assert_eq!(x.len(), self.in_dim);
-        for ((o, w), b) in out
-            .iter_mut()
-            .zip(self.weight.chunks_exact(self.in_dim))
-            .zip(&self.bias)
-        {
-            *o = dot(w, x) + b;
+        gemv(
+            &self.weight,
+            self.in_dim,
+            &x[..self.in_dim],
+            &mut out[..self.out_dim],
+        );
+        for (o, b) in out.iter_mut().zip(&self.bias) {
+            *o += b;
         }
     }
 
@@ -76,13 +81,30 @@ impl Linear {
 /// Layer normalisation over each row of `x` (`rows × dim`), in place: biased variance.
 pub fn layer_norm(x: &mut [f32], dim: usize, weight: &[f32], bias: &[f32], eps: f32) {
     for row in x.chunks_exact_mut(dim) {
-        let mean = row.iter().sum::<f32>() / dim as f32;
-        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
+        let mean = lane_sum(row, |v| v) / dim as f32;
+        let var = lane_sum(row, |v| (v - mean) * (v - mean)) / dim as f32;
         let inv = 1.0 / (var + eps).sqrt();
         for ((v, w), b) in row.iter_mut().zip(weight).zip(bias) {
             *v = (*v - mean) * inv * w + b;
         }
     }
+}
+
+/// `Σ f(x_i)` over eight interleaved partial sums, which the compiler keeps in SIMD lanes
+/// (a plain left-to-right float sum cannot be vectorised).
+#[inline]
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += f(v);
+        }
+    }
+    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
+        + tail
 }
 
 #[inline]
@@ -111,11 +133,186 @@ pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
-/// `y += a * x`.
+/// `a · b` over the common length.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
+        return unsafe { x86::dot(a, b) };
+    }
+    dot_portable(a, b)
+}
+
+/// `y += a * x` over the common length.
 #[inline]
 pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2_fma() {
+        // SAFETY: as in `dot`.
+        return unsafe { x86::axpy(a, x, y) };
+    }
     for (yi, xi) in y.iter_mut().zip(x) {
         *yi += a * xi;
+    }
+}
+
+/// `out[r] = rows[r·stride ..][..x.len()] · x` for every `r < out.len()`: a matrix-vector
+/// product over rows that sit `stride` floats apart (a column block of a wider matrix).
+///
+/// # Panics
+/// If `rows` is too short for `out.len()` rows.
+#[inline]
+pub fn gemv(rows: &[f32], stride: usize, x: &[f32], out: &mut [f32]) {
+    if let Some(last) = out.len().checked_sub(1) {
+        assert!(
+            last * stride + x.len() <= rows.len(),
+            "gemv: matrix too short"
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2_fma() {
+        // SAFETY: AVX2 and FMA are present; the bound is checked above.
+        return unsafe { x86::gemv(rows, stride, x, out) };
+    }
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = dot_portable(&rows[r * stride..r * stride + x.len()], x);
+    }
+}
+
+/// `out += Σ_j weights[j] · rows[j·stride ..][..out.len()]`: the transposed product.
+///
+/// # Panics
+/// If `rows` is too short for `weights.len()` rows.
+#[inline]
+pub fn gemv_transposed(weights: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+    if let Some(last) = weights.len().checked_sub(1) {
+        assert!(
+            last * stride + out.len() <= rows.len(),
+            "gemv_transposed: matrix too short"
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2_fma() {
+        // SAFETY: AVX2 and FMA are present; the bound is checked above.
+        return unsafe { x86::gemv_transposed(weights, rows, stride, out) };
+    }
+    let width = out.len();
+    for (j, &w) in weights.iter().enumerate() {
+        for (o, v) in out.iter_mut().zip(&rows[j * stride..j * stride + width]) {
+            *o += w * v;
+        }
+    }
+}
+
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let ca = a.chunks_exact(8);
+    let cb = b.chunks_exact(8);
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (xa, xb) in ca.zip(cb) {
+        for ((s, x), y) in acc.iter_mut().zip(xa).zip(xb) {
+            *s += x * y;
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+    use std::sync::OnceLock;
+
+    pub fn has_avx2_fma() -> bool {
+        static DETECTED: OnceLock<bool> = OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+        })
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; `rows` holds `out.len()` rows of `x.len()` floats
+    /// at `stride`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gemv(rows: &[f32], stride: usize, x: &[f32], out: &mut [f32]) {
+        let width = x.len();
+        for (r, o) in out.iter_mut().enumerate() {
+            *o = dot(rows.get_unchecked(r * stride..r * stride + width), x);
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; `rows` holds `weights.len()` rows of `out.len()`
+    /// floats at `stride`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gemv_transposed(weights: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+        let width = out.len();
+        for (j, &w) in weights.iter().enumerate() {
+            axpy(w, rows.get_unchecked(j * stride..j * stride + width), out);
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let mut i = 0;
+        // SAFETY (all loads): i + 16 <= n, resp. i + 8 <= n, bounds both slices.
+        while i + 16 <= n {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+            acc1 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i + 8)),
+                _mm256_loadu_ps(pb.add(i + 8)),
+                acc1,
+            );
+            i += 16;
+        }
+        if i + 8 <= n {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+            i += 8;
+        }
+        let acc = _mm256_add_ps(acc0, acc1);
+        let quad = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+        let single = _mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1));
+        let mut sum = _mm_cvtss_f32(single);
+        while i < n {
+            sum += a[i] * b[i];
+            i += 1;
+        }
+        sum
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+        let n = x.len().min(y.len());
+        let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+        let va = _mm256_set1_ps(a);
+        let mut i = 0;
+        // SAFETY: i + 8 <= n bounds both slices.
+        while i + 8 <= n {
+            let v = _mm256_fmadd_ps(va, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i)));
+            _mm256_storeu_ps(py.add(i), v);
+            i += 8;
+        }
+        while i < n {
+            y[i] += a * x[i];
+            i += 1;
+        }
     }
 }
 
@@ -147,6 +344,47 @@ mod tests {
                 assert!((out[r * out_dim + o] - naive).abs() < 1e-5);
                 assert!((single[o] - naive).abs() < 1e-5);
             }
+        }
+    }
+
+    #[test]
+    fn dot_and_axpy_match_naive_at_every_length() {
+        for n in 0..70 {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            assert!((dot(&a, &b) - naive).abs() < 1e-5, "dot, n = {n}");
+            assert!(
+                (dot_portable(&a, &b) - naive).abs() < 1e-5,
+                "portable dot, n = {n}"
+            );
+            let mut y = b.clone();
+            axpy(0.5, &a, &mut y);
+            for i in 0..n {
+                assert!((y[i] - (b[i] + 0.5 * a[i])).abs() < 1e-6, "axpy, n = {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn gemv_and_its_transpose_match_naive_on_strided_rows() {
+        let (rows, stride, width) = (7, 45, 37);
+        let data: Vec<f32> = (0..rows * stride)
+            .map(|i| (i as f32 * 0.13).sin())
+            .collect();
+        let x: Vec<f32> = (0..width).map(|i| (i as f32 * 0.7).cos()).collect();
+        let mut out = vec![0.0; rows];
+        gemv(&data, stride, &x, &mut out);
+        let w: Vec<f32> = (0..rows).map(|i| i as f32 - 2.5).collect();
+        let mut back = vec![1.0; width];
+        gemv_transposed(&w, &data, stride, &mut back);
+        for r in 0..rows {
+            let naive: f32 = (0..width).map(|c| data[r * stride + c] * x[c]).sum();
+            assert!((out[r] - naive).abs() < 1e-5);
+        }
+        for c in 0..width {
+            let naive: f32 = 1.0 + (0..rows).map(|r| w[r] * data[r * stride + c]).sum::<f32>();
+            assert!((back[c] - naive).abs() < 1e-4);
         }
     }
 

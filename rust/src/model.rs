@@ -136,7 +136,7 @@ impl Model {
     ) -> Result<Model, ModelError> {
         let mut bundle = Bundle::open(path, verify_checksums)?;
         let backbone = Backbone::from_bundle(&mut bundle)?;
-        let steering = Steering::from_bundle(&mut bundle)?;
+        let steering = Steering::from_bundle(&mut bundle, cache_capacity)?;
         let encoder_dir = bundle.encoder_dir();
         let encoder = PromptEncoder::load(&encoder_dir, bundle.encoder.max_tokens, cache_capacity)?;
         if encoder.dim() != steering.prompt_dim() {
@@ -355,8 +355,13 @@ impl Model {
         let mut out = vec![0.0f32; self.width];
         let mut gates = vec![0.0f32; self.steering.num_experts()];
         let strength = if steer { strength } else { 0.0 };
-        self.steering
-            .steer(&h, prompt, strength, &mut out, &mut gates);
+        if strength != 0.0 {
+            let prepared = self.steering.prepare(prompt);
+            self.steering
+                .steer(&h, &prepared, strength, &mut out, &mut gates);
+        } else {
+            out[..self.dim].copy_from_slice(&h);
+        }
         Ok(out)
     }
 

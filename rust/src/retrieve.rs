@@ -196,26 +196,11 @@ impl Ord for Ranked {
     }
 }
 
-/// Inner product with eight independent accumulators, a shape the compiler turns into SIMD.
-/// The sum order is fixed, so a given pair of vectors always scores the same.
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let ca = a.chunks_exact(8);
-    let cb = b.chunks_exact(8);
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (xa, xb) in ca.zip(cb) {
-        for ((s, x), y) in acc.iter_mut().zip(xa).zip(xb) {
-            *s += x * y;
-        }
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
-}
+pub use crate::linalg::dot;
+use crate::linalg::gemv;
+
+/// Rows scored per matrix-vector product in a scan.
+const SCORE_BLOCK: usize = 64;
 
 /// Excluded rows, sorted and deduplicated, so a scan in row order skips them with a cursor.
 fn sorted_exclusions<'e>(
@@ -305,20 +290,32 @@ fn scan(
             }
         })
         .collect();
-    for row in lo..hi {
-        // Every query's exclusion cursor must pass each row, kept or not.
-        let kept = keep.is_none_or(|keep| keep(row));
-        let values = items.row(row);
+    // Rows go by blocks: a block's scores for one query come from one matrix-vector product
+    // while the block sits in L1, then feed that query's heap in row order.
+    let mut kept = [true; SCORE_BLOCK];
+    let mut scores = [0.0f32; SCORE_BLOCK];
+    for start in (lo..hi).step_by(SCORE_BLOCK) {
+        let end = hi.min(start + SCORE_BLOCK);
+        let kept = &mut kept[..end - start];
+        if let Some(keep) = keep {
+            for (flag, row) in kept.iter_mut().zip(start..end) {
+                *flag = keep(row);
+            }
+        }
+        let block = &items.data[start * items.cols..end * items.cols];
         for b in best.iter_mut() {
-            if b.skip.peek() == Some(&row) {
-                b.skip.next();
-                continue;
+            let scores = &mut scores[..end - start];
+            gemv(block, items.cols, b.query, scores);
+            for ((row, &score), &kept) in (start..end).zip(scores.iter()).zip(kept.iter()) {
+                // Every query's exclusion cursor must pass each row, kept or not.
+                if b.skip.peek() == Some(&row) {
+                    b.skip.next();
+                    continue;
+                }
+                if kept {
+                    b.offer(Hit { row, score }, k);
+                }
             }
-            if !kept {
-                continue;
-            }
-            let score = dot(values, b.query);
-            b.offer(Hit { row, score }, k);
         }
     }
     best.into_iter().map(Best::into_sorted).collect()

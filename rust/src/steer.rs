@@ -1,26 +1,119 @@
 //! The steering head: prompt projector, fusion, router and experts, and the modulation
 //! `h' = [h, 0_A] + strength · Σ_k g_k Δ_k` (formulas in `docs/bundle.md`).
+//!
+//! Most of the head's arithmetic depends on the prompt alone: the projector, the prompt's half
+//! of the router's first layer, and the `p` third of every expert's first layer. Those parts are
+//! computed once per distinct prompt ([`PreparedPrompt`], kept in a small LRU cache), so a query
+//! with a known prompt only pays for the parts that read `h`:
+//!
+//! ```text
+//! router:  relu(R_e e + b_r  +  R_h h)                      (R_e e + b_r cached)
+//! expert:  relu(W_p p + b_k  +  [W_h | W_hp] · [h, h ⊙ p])   (W_p p + b_k cached)
+//! ```
+
+use std::hash::{Hash, Hasher};
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
 
 use crate::backbone::sasrec_linear as linear;
 use crate::bundle::{Bundle, BundleError};
-use crate::linalg::{axpy, relu, softmax, Linear};
+use crate::linalg::{axpy, gemv, relu, softmax, Linear};
+
+/// A dense `rows × cols` matrix without bias, applied to one vector at a time.
+#[derive(Debug)]
+struct Dense {
+    weight: Vec<f32>,
+    cols: usize,
+}
+
+impl Dense {
+    /// Columns `from..to` of a PyTorch-layout (`out × in`) weight.
+    fn columns(weight: &[f32], in_dim: usize, from: usize, to: usize) -> Dense {
+        let weight = weight
+            .chunks_exact(in_dim)
+            .flat_map(|row| &row[from..to])
+            .copied()
+            .collect();
+        Dense {
+            weight,
+            cols: to - from,
+        }
+    }
+
+    /// `out = W x + plus`.
+    fn apply_plus(&self, x: &[f32], plus: &[f32], out: &mut [f32]) {
+        gemv(&self.weight, self.cols, x, out);
+        for (o, p) in out.iter_mut().zip(plus) {
+            *o += p;
+        }
+    }
+}
+
+/// One expert: `Δ = W_out relu(W_in [h, p, h ⊙ p] + b_in) + b_out`, with `W_in` split into its
+/// prompt columns (`prompt`) and its `[h, h ⊙ p]` columns (`state`).
+#[derive(Debug)]
+struct Expert {
+    prompt: Dense,
+    bias: Vec<f32>,
+    state: Dense,
+    output: Linear,
+}
 
 /// The steering weights.
-#[derive(Debug)]
 pub struct Steering {
     dim: usize,
     attribute_dim: usize,
     prompt_dim: usize,
     projector_hidden: Linear,
     projector_output: Linear,
-    router_hidden: Linear,
+    router_prompt: Dense,
+    router_bias: Vec<f32>,
+    router_state: Dense,
     router_output: Linear,
-    experts_in: Vec<Linear>,
-    experts_out: Vec<Linear>,
+    experts: Vec<Expert>,
+    prepared: Option<Mutex<LruCache<u64, Arc<PreparedPrompt>>>>,
+}
+
+impl std::fmt::Debug for Steering {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Steering")
+            .field("dim", &self.dim)
+            .field("attribute_dim", &self.attribute_dim)
+            .field("prompt_dim", &self.prompt_dim)
+            .field("experts", &self.experts.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The prompt-only part of the steering for one prompt embedding.
+#[derive(Debug)]
+pub struct PreparedPrompt {
+    embedding: Vec<f32>,
+    /// A zero embedding (the empty prompt): no steering at all.
+    is_zero: bool,
+    /// `p`, the prompt in the collaborative space (`d`).
+    projected: Vec<f32>,
+    /// `R_e e + b_r` (router hidden width).
+    router: Vec<f32>,
+    /// `W_p p + b_in` per expert (expert hidden width each).
+    experts: Vec<Vec<f32>>,
+}
+
+fn invalid(message: String) -> BundleError {
+    BundleError::Invalid {
+        file: crate::bundle::WEIGHTS_FILE.into(),
+        message,
+    }
 }
 
 impl Steering {
-    pub fn from_bundle(bundle: &mut Bundle) -> Result<Steering, BundleError> {
+    /// Reads the head; up to `cache_capacity` prepared prompts are kept (0: none).
+    pub fn from_bundle(
+        bundle: &mut Bundle,
+        cache_capacity: usize,
+    ) -> Result<Steering, BundleError> {
         let d = bundle.dim;
         let s = bundle.steer.clone();
         let k = s.positive_experts + s.negative_experts;
@@ -43,30 +136,53 @@ impl Steering {
         let in_bias = bundle.take("steer.experts.in_bias")?.data;
         let out_weight = bundle.take("steer.experts.out_weight")?.data;
         let out_bias = bundle.take("steer.experts.out_bias")?.data;
-        let split = |w: &[f32], b: &[f32], out_dim: usize, in_dim: usize| -> Vec<Linear> {
-            w.chunks_exact(out_dim * in_dim)
-                .zip(b.chunks_exact(out_dim))
-                .filter_map(|(w, b)| Linear::new(w.to_vec(), b.to_vec(), out_dim, in_dim))
-                .collect()
-        };
-        let experts_in = split(&in_weight, &in_bias, h, 3 * d);
-        let experts_out = split(&out_weight, &out_bias, d + a, h);
-        if experts_in.len() != k || experts_out.len() != k {
-            return Err(BundleError::Invalid {
-                file: crate::bundle::WEIGHTS_FILE.into(),
-                message: format!("steer.experts: expected {k} experts"),
-            });
+        if in_weight.len() != k * h * 3 * d
+            || in_bias.len() != k * h
+            || out_weight.len() != k * (d + a) * h
+            || out_bias.len() != k * (d + a)
+        {
+            return Err(invalid(format!("steer.experts: expected {k} experts")));
         }
+        let experts = (0..k)
+            .map(|i| {
+                let w = &in_weight[i * h * 3 * d..(i + 1) * h * 3 * d];
+                // Columns of W_in: [h | p | h ⊙ p]; `state` gathers the h and h ⊙ p columns.
+                let state = w
+                    .chunks_exact(3 * d)
+                    .flat_map(|row| row[..d].iter().chain(&row[2 * d..]))
+                    .copied()
+                    .collect();
+                let output = Linear::new(
+                    out_weight[i * (d + a) * h..(i + 1) * (d + a) * h].to_vec(),
+                    out_bias[i * (d + a)..(i + 1) * (d + a)].to_vec(),
+                    d + a,
+                    h,
+                )
+                .ok_or_else(|| invalid("steer.experts.out_weight has the wrong size".into()))?;
+                Ok(Expert {
+                    prompt: Dense::columns(w, 3 * d, d, 2 * d),
+                    bias: in_bias[i * h..(i + 1) * h].to_vec(),
+                    state: Dense {
+                        weight: state,
+                        cols: 2 * d,
+                    },
+                    output,
+                })
+            })
+            .collect::<Result<Vec<_>, BundleError>>()?;
+        let router_width = e + d;
         Ok(Steering {
             dim: d,
             attribute_dim: a,
             prompt_dim: e,
             projector_hidden,
             projector_output,
-            router_hidden,
+            router_prompt: Dense::columns(&router_hidden.weight, router_width, 0, e),
+            router_state: Dense::columns(&router_hidden.weight, router_width, e, router_width),
+            router_bias: router_hidden.bias,
             router_output,
-            experts_in,
-            experts_out,
+            experts,
+            prepared: NonZeroUsize::new(cache_capacity).map(|c| Mutex::new(LruCache::new(c))),
         })
     }
 
@@ -80,7 +196,62 @@ impl Steering {
     }
 
     pub fn num_experts(&self) -> usize {
-        self.experts_in.len()
+        self.experts.len()
+    }
+
+    /// The prompt-only part of the steering for `prompt` (`prompt_dim` floats), from the cache
+    /// when this embedding was seen recently.
+    pub fn prepare(&self, prompt: &[f32]) -> Arc<PreparedPrompt> {
+        let Some(cache) = &self.prepared else {
+            return Arc::new(self.compute(prompt));
+        };
+        let key = embedding_key(prompt);
+        let cached = {
+            let mut cache = cache
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            cache.get(&key).cloned()
+        };
+        // The key is a hash: a hit counts only when the stored embedding is the same.
+        if let Some(prepared) = cached.filter(|p| p.embedding == prompt) {
+            return prepared;
+        }
+        let prepared = Arc::new(self.compute(prompt));
+        cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .put(key, Arc::clone(&prepared));
+        prepared
+    }
+
+    fn compute(&self, prompt: &[f32]) -> PreparedPrompt {
+        let is_zero = prompt.iter().all(|&x| x == 0.0);
+        let mut hidden = vec![0.0f32; self.projector_hidden.out_dim];
+        self.projector_hidden.apply_row(prompt, &mut hidden);
+        relu(&mut hidden);
+        let mut projected = vec![0.0f32; self.dim];
+        self.projector_output.apply_row(&hidden, &mut projected);
+        let mut router = vec![0.0f32; self.router_bias.len()];
+        self.router_prompt
+            .apply_plus(prompt, &self.router_bias, &mut router);
+        let experts = self
+            .experts
+            .iter()
+            .map(|expert| {
+                let mut part = vec![0.0f32; expert.bias.len()];
+                expert
+                    .prompt
+                    .apply_plus(&projected, &expert.bias, &mut part);
+                part
+            })
+            .collect();
+        PreparedPrompt {
+            embedding: prompt.to_vec(),
+            is_zero,
+            projected,
+            router,
+            experts,
+        }
     }
 
     /// Writes `h' = [h, 0] + strength · Σ g_k Δ_k` (`d + A` floats) to `out` and the gates to
@@ -88,7 +259,7 @@ impl Steering {
     pub fn steer(
         &self,
         h: &[f32],
-        prompt: &[f32],
+        prompt: &PreparedPrompt,
         strength: f32,
         out: &mut [f32],
         gates: &mut [f32],
@@ -97,41 +268,34 @@ impl Steering {
         out[..d].copy_from_slice(h);
         out[d..].iter_mut().for_each(|x| *x = 0.0);
         gates.iter_mut().for_each(|g| *g = 0.0);
-        if strength == 0.0 || prompt.iter().all(|&x| x == 0.0) {
+        if strength == 0.0 || prompt.is_zero {
             return;
         }
-        let mut hidden = vec![0.0f32; self.projector_hidden.out_dim];
-        self.projector_hidden.apply_row(prompt, &mut hidden);
-        relu(&mut hidden);
-        let mut fused = vec![0.0f32; 3 * d];
-        let (hh, rest) = fused.split_at_mut(d);
-        let (p, hp) = rest.split_at_mut(d);
-        hh.copy_from_slice(h);
-        self.projector_output.apply_row(&hidden, p);
-        for ((o, hv), pv) in hp.iter_mut().zip(h).zip(p.iter()) {
-            *o = hv * pv;
-        }
-        let mut router_input = Vec::with_capacity(self.prompt_dim + d);
-        router_input.extend_from_slice(prompt);
-        router_input.extend_from_slice(h);
-        let mut router_hidden = vec![0.0f32; self.router_hidden.out_dim];
-        self.router_hidden
-            .apply_row(&router_input, &mut router_hidden);
+        let mut state = Vec::with_capacity(2 * d);
+        state.extend_from_slice(h);
+        state.extend(h.iter().zip(&prompt.projected).map(|(hv, pv)| hv * pv));
+        let mut router_hidden = vec![0.0f32; prompt.router.len()];
+        self.router_state
+            .apply_plus(h, &prompt.router, &mut router_hidden);
         relu(&mut router_hidden);
         self.router_output.apply_row(&router_hidden, gates);
         softmax(gates);
-        let mut expert_hidden = vec![0.0f32; self.experts_in[0].out_dim];
         let mut delta = vec![0.0f32; d + self.attribute_dim];
-        for ((inp, outp), &g) in self
-            .experts_in
-            .iter()
-            .zip(&self.experts_out)
-            .zip(gates.iter())
-        {
-            inp.apply_row(&fused, &mut expert_hidden);
-            relu(&mut expert_hidden);
-            outp.apply_row(&expert_hidden, &mut delta);
+        let mut hidden = vec![0.0f32; prompt.experts.first().map_or(0, Vec::len)];
+        for ((expert, part), &g) in self.experts.iter().zip(&prompt.experts).zip(gates.iter()) {
+            expert.state.apply_plus(&state, part, &mut hidden);
+            relu(&mut hidden);
+            expert.output.apply_row(&hidden, &mut delta);
             axpy(strength * g, &delta, out);
         }
     }
+}
+
+/// A hash of the embedding's bits (a cache key; hits are confirmed by comparing embeddings).
+fn embedding_key(embedding: &[f32]) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for x in embedding {
+        x.to_bits().hash(&mut hasher);
+    }
+    hasher.finish()
 }

@@ -2,7 +2,7 @@
 
 use super::{take, Rows};
 use crate::bundle::{Bundle, BundleError};
-use crate::linalg::{dot, layer_norm, relu, softmax, Linear};
+use crate::linalg::{gemv, gemv_transposed, layer_norm, relu, softmax, Linear};
 
 #[derive(Debug)]
 struct Norm {
@@ -14,8 +14,8 @@ struct Norm {
 struct Block {
     attention_norm: Norm,
     query: Linear,
-    key: Linear,
-    value: Linear,
+    /// Key and value projections stacked (`2d × d`): one product gives each row `[k, v]`.
+    key_value: Linear,
     out: Linear,
     ffn_norm: Norm,
     ffn_in: Linear,
@@ -55,6 +55,17 @@ pub(crate) fn linear(
     })
 }
 
+/// One layer computing `[a(x), b(x)]` (both `out × in` with the same input width).
+fn stacked(a: Linear, b: Linear) -> Linear {
+    let (out_dim, in_dim) = (a.out_dim + b.out_dim, a.in_dim);
+    Linear {
+        weight: [a.weight, b.weight].concat(),
+        bias: [a.bias, b.bias].concat(),
+        in_dim,
+        out_dim,
+    }
+}
+
 impl SasRec {
     pub fn from_bundle(
         bundle: &mut Bundle,
@@ -72,8 +83,10 @@ impl SasRec {
                 Ok(Block {
                     attention_norm: norm(bundle, &format!("{p}.attention_norm"))?,
                     query: linear(bundle, &format!("{p}.attention.query"), d, d)?,
-                    key: linear(bundle, &format!("{p}.attention.key"), d, d)?,
-                    value: linear(bundle, &format!("{p}.attention.value"), d, d)?,
+                    key_value: stacked(
+                        linear(bundle, &format!("{p}.attention.key"), d, d)?,
+                        linear(bundle, &format!("{p}.attention.value"), d, d)?,
+                    ),
                     out: linear(bundle, &format!("{p}.attention.out"), d, d)?,
                     ffn_norm: norm(bundle, &format!("{p}.ffn_norm"))?,
                     ffn_in: linear(bundle, &format!("{p}.ffn_in"), ffn_dim, d)?,
@@ -107,8 +120,7 @@ impl SasRec {
         }
         let mut normed = vec![0.0f32; n * d];
         let mut q = vec![0.0f32; n * d];
-        let mut k = vec![0.0f32; n * d];
-        let mut v = vec![0.0f32; n * d];
+        let mut kv = vec![0.0f32; n * 2 * d];
         let mut attended = vec![0.0f32; n * d];
         let mut projected = vec![0.0f32; n * d];
         let ffn_dim = self.blocks.first().map_or(0, |b| b.ffn_in.out_dim);
@@ -131,17 +143,9 @@ impl SasRec {
                 first_row = n - 1;
             }
             let rows = n - first_row;
-            block.key.apply(&normed, n, &mut k);
-            block.value.apply(&normed, n, &mut v);
+            block.key_value.apply(&normed, n, &mut kv);
             block.query.apply(&normed[first_row * d..], rows, &mut q);
-            self.attend(
-                &q[..rows * d],
-                &k,
-                &v,
-                first_row,
-                &mut weights,
-                &mut attended,
-            );
+            self.attend(&q[..rows * d], &kv, first_row, &mut weights, &mut attended);
             block.out.apply(&attended, rows, &mut projected);
             let xs = &mut x[first_row * d..];
             for (xv, pv) in xs.iter_mut().zip(&projected[..rows * d]) {
@@ -173,12 +177,12 @@ impl SasRec {
         );
     }
 
-    /// Causal multi-head attention for query rows `first_row..n` (`q` holds just those rows).
+    /// Causal multi-head attention for query rows `first_row..n` (`q` holds just those rows;
+    /// row `j` of `kv` is `[k_j, v_j]`).
     fn attend(
         &self,
         q: &[f32],
-        k: &[f32],
-        v: &[f32],
+        kv: &[f32],
         first_row: usize,
         weights: &mut [f32],
         out: &mut [f32],
@@ -192,18 +196,11 @@ impl SasRec {
             out_row.iter_mut().for_each(|o| *o = 0.0);
             for h in 0..self.num_heads {
                 let cols = h * head..(h + 1) * head;
-                let qh = &q_row[cols.clone()];
                 let w = &mut weights[..=t];
-                for (j, wj) in w.iter_mut().enumerate() {
-                    *wj = dot(qh, &k[j * d + cols.start..j * d + cols.end]) * scale;
-                }
+                gemv(&kv[cols.start..], 2 * d, &q_row[cols.clone()], w);
+                w.iter_mut().for_each(|x| *x *= scale);
                 softmax(w);
-                let oh = &mut out_row[cols.clone()];
-                for (j, &wj) in w.iter().enumerate() {
-                    for (o, vv) in oh.iter_mut().zip(&v[j * d + cols.start..j * d + cols.end]) {
-                        *o += wj * vv;
-                    }
-                }
+                gemv_transposed(w, &kv[d + cols.start..], 2 * d, &mut out_row[cols]);
             }
         }
     }
