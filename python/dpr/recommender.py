@@ -71,6 +71,7 @@ class Recommender:
         # Row r of the model is item r; row -1 (padding in batch results) maps to `pad`.
         self._ids = np.array([pad, *ids, pad], dtype=np.int64 if self._int_ids else object)
         self._titles = ["", *engine.titles()]
+        self._id_list: list[ItemId | None] = [pad, *ids]
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, *, verify: bool = True,
@@ -191,8 +192,8 @@ class Recommender:
             rows, prompt, k, strength, mode != "hard", bool(exclude_seen),
             include_pairs, exclude_pairs)
         _check_finite(scores, strength)
-        return [Hit(self._ids[r].item() if self._int_ids else self._ids[r], float(s),
-                    self._titles[r], self._engine.item_attributes(int(r)))
+        ids, titles, attributes = self._id_list, self._titles, self._engine.item_attributes
+        return [Hit(ids[r], s, titles[r], attributes(r))
                 for r, s in zip(found.tolist(), scores.tolist(), strict=True)]
 
     def query_batch(self, histories: Sequence[Sequence[ItemId]], prompts: str | Sequence[str] = "",
