@@ -172,7 +172,9 @@ def to_markdown(r: dict[str, Any], command: str) -> str:
           f"thread(s). Warm = the prompt's vector cached on both sides; cold = a new prompt per "
           f"query (the encoder runs: candle in dpr, sentence-transformers in PyTorch).\n"
           f"MFLOP/query counts what dpr executes: backbone, the per-query part of the steering "
-          f"(the prompt-only part is computed once per prompt), and scoring every item.\n\n"
+          f"(the prompt-only part is computed once per prompt), and scoring every item.\n"
+          f"\"Same top-10\" compares the two paths end to end, each with its own prompt encoder "
+          f"(the bundle stores its copy in float16, so near-ties may swap).\n\n"
         + footer(r, command))
 
 
