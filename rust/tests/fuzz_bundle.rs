@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use _core::backbone::{Backbone, Rows};
 use _core::bundle::{expected_float_shapes, BackboneConfig, Bundle, SteerConfig};
+use _core::steer::Steering;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use safetensors::tensor::TensorView;
@@ -348,10 +349,12 @@ fn apply(files: &mut Files, m: &Mutation) {
     }
 }
 
-/// Opens the bundle at `root` and, if it is accepted, builds the backbone and runs it.
+/// Opens the bundle at `root` and, if it is accepted, builds the backbone and the steering
+/// head and runs them.
 fn open_and_use(root: &Path, verify: bool) -> Result<(), String> {
     let mut bundle = Bundle::open(root, verify).map_err(|e| e.to_string())?;
     let backbone = Backbone::from_bundle(&mut bundle).map_err(|e| e.to_string())?;
+    let steering = Steering::from_bundle(&mut bundle, 2).map_err(|e| e.to_string())?;
     let table = bundle.take("items.embedding").map_err(|e| e.to_string())?;
     let rows = Rows {
         data: &table.data,
@@ -361,11 +364,23 @@ fn open_and_use(root: &Path, verify: bool) -> Result<(), String> {
     let history: Vec<u32> = (1..=bundle.num_items.min(9) as u32).collect();
     let mut h = vec![0.0f32; bundle.dim];
     backbone.user_vector(rows, &history, &mut h);
-    if h.iter().all(|x| x.is_finite()) {
+    let prompt: Vec<f32> = (0..steering.prompt_dim())
+        .map(|i| (i as f32 * 0.37).sin() / 8.0)
+        .collect();
+    let mut steered = vec![0.0f32; steering.output_dim()];
+    let mut gates = vec![0.0f32; steering.num_experts()];
+    steering.steer(
+        &h,
+        &steering.prepare(&prompt),
+        1.0,
+        &mut steered,
+        &mut gates,
+    );
+    if h.iter().chain(&steered).all(|x| x.is_finite()) {
         Ok(())
     } else {
         Err(format!(
-            "{}: the backbone's user vector is not finite",
+            "{}: the user vector or its steered version is not finite",
             root.display()
         ))
     }
