@@ -303,7 +303,7 @@ def test_hnsw_index_agrees_with_exact(served: tuple[DPR, Recommender, dict[str, 
 def test_missing_demo_bundle_says_how_to_get_one(monkeypatch: pytest.MonkeyPatch,
                                                  tmp_path: Path) -> None:
     monkeypatch.setattr("dpr.recommender.DEMO_BUNDLE", tmp_path / "demo_bundle")
-    with pytest.raises(FileNotFoundError, match="dpr quickstart"):
+    with pytest.raises(FileNotFoundError, match="dpr build-demo"):
         Recommender.load()
 
 

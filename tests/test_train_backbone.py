@@ -10,7 +10,7 @@ from dpr.cli import main
 from dpr.data import synthetic_dataset
 from dpr.evaluate import evaluate_popularity, evaluate_scorer
 from dpr.train import BackboneTrainConfig, backbone_scorer, load_backbone, train_backbone
-from dpr.train.experiment import make_backbone
+from dpr.train.experiment import make_backbone, run_backbone_experiment
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,20 @@ def test_training_is_deterministic(dataset):
     b = _train(dataset, "sasrec", epochs=2).backbone.state_dict()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+
+
+def test_experiment_is_seeded_whatever_the_global_rng_state(dataset, tmp_path):
+    """`run_backbone_experiment` (behind `dpr train` and `dpr build-demo`) seeds the initial
+    weights itself: two runs from different global RNG states end with the same model."""
+    config = BackboneTrainConfig(lr=3e-3, max_epochs=1, patience=1, batch_size=64, seed=5)
+    weights = []
+    for state in (1, 2):
+        torch.manual_seed(state)
+        run_backbone_experiment(dataset, "sasrec", config, tmp_path / str(state), progress=False,
+                                dim=32, max_len=30)
+        weights.append(load_backbone(tmp_path / str(state) / "backbone.pt").state_dict())
+    for name, value in weights[0].items():
+        torch.testing.assert_close(weights[1][name], value, rtol=0, atol=0)
 
 
 def test_interrupted_training_resumes_to_the_same_weights(dataset, tmp_path):

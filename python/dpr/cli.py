@@ -44,6 +44,14 @@ def _parser() -> argparse.ArgumentParser:
     quick.add_argument("--max-epochs", type=int, default=40)
     quick.set_defaults(handler=_quickstart)
 
+    demo = commands.add_parser("build-demo", help="train the demo model (quickstart's, seeded) and "
+                               "write its bundle where `maturin build` packs it into the wheel")
+    demo.add_argument("--out", type=Path, default=None,
+                      help="bundle directory (default: the package's demo_bundle folder)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--max-epochs", type=int, default=40)
+    demo.set_defaults(handler=_build_demo)
+
     bench = commands.add_parser("bench", help="run a benchmark suite (see benches/README.md)")
     bench.add_argument("suite", choices=SUITES)
     bench.add_argument("args", nargs=argparse.REMAINDER, help="the suite's own options")
@@ -287,35 +295,61 @@ def _steering_table(results: dict[str, Any]) -> str:
 
 
 def _quickstart(args: argparse.Namespace) -> int:
+    from dpr.export import export_from_checkpoint
+
+    checkpoint, dataset = _train_demo(args.out, args.seed, args.max_epochs, verbose=True)
+    bundle = export_from_checkpoint(checkpoint, args.out / "bundle")
+    print(_before_after(bundle, dataset))
+    print(f"model, metrics, training curves and the serving bundle are in {args.out}/")
+    return 0
+
+
+def _build_demo(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from dpr.export import export_from_checkpoint
+    from dpr.recommender import DEMO_BUNDLE, Recommender
+
+    out = DEMO_BUNDLE if args.out is None else args.out
+    with tempfile.TemporaryDirectory(prefix="dpr-demo-") as work:
+        checkpoint, _ = _train_demo(Path(work), args.seed, args.max_epochs, verbose=False)
+        bundle = export_from_checkpoint(checkpoint, out)
+    rec = Recommender.load(bundle)
+    size = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file())
+    print(f"demo bundle: {bundle} ({rec.num_items} items, {size / 2**20:.1f} MiB, "
+          f"seed {args.seed})")
+    return 0
+
+
+def _train_demo(out: Path, seed: int, max_epochs: int, *, verbose: bool
+                ) -> tuple[Path, SequenceDataset]:
+    """Quickstart's pipeline: synthetic catalogue → SASRec → DPR steering; returns the saved
+    model (`out/dpr.pt`) and the dataset."""
     from dpr.data import synthetic_dataset
     from dpr.encoder import PromptEncoder
-    from dpr.export import export_from_checkpoint
     from dpr.prompts import TRAIN_WORDINGS
     from dpr.train import BackboneTrainConfig
     from dpr.train.pipeline import MODEL_FILE, evaluate_dpr, fit_backbone, fit_steering, save_model
     from dpr.train.steering import SteeringTrainConfig
 
-    dataset = synthetic_dataset(seed=args.seed)
-    print(f"synthetic catalogue: {_describe(dataset.report)}")
-    config = BackboneTrainConfig(lr=2e-3, max_epochs=args.max_epochs, patience=5,
-                                 seed=args.seed)
-    print("stage 1: training the SASRec backbone ...")
-    backbone, report = fit_backbone(dataset, "sasrec", config, args.out, dim=64, max_len=50)
-    print(_table([("sasrec", report["test"]), ("most popular", report["most_popular"]["test"])]))
+    say = print if verbose else (lambda *_: None)
+    dataset = synthetic_dataset(seed=seed)
+    say(f"synthetic catalogue: {_describe(dataset.report)}")
+    config = BackboneTrainConfig(lr=2e-3, max_epochs=max_epochs, patience=5, seed=seed)
+    say("stage 1: training the SASRec backbone ...")
+    backbone, report = fit_backbone(dataset, "sasrec", config, out, dim=64, max_len=50)
+    say(_table([("sasrec", report["test"]), ("most popular", report["most_popular"]["test"])]))
 
-    print("stages 2-3: aligning prompts and training the steering experts ...")
+    say("stages 2-3: aligning prompts and training the steering experts ...")
     encoder = PromptEncoder()
     model, info = fit_steering(dataset, backbone, encoder.encode,
-                               SteeringTrainConfig(epochs=6, positions_per_user=None,
-                                                   seed=args.seed))
-    save_model(model, dataset, args.out, {"steering_training": info})
-    results = evaluate_dpr({"dpr": model}, dataset, encoder.encode, wordings=TRAIN_WORDINGS,
-                           seed=args.seed)
-    print(_steering_table(results))
-    bundle = export_from_checkpoint(args.out / MODEL_FILE, args.out / "bundle")
-    print(_before_after(bundle, dataset))
-    print(f"model, metrics, training curves and the serving bundle are in {args.out}/")
-    return 0
+                               SteeringTrainConfig(epochs=6, positions_per_user=None, seed=seed))
+    save_model(model, dataset, out, {"steering_training": info})
+    if verbose:
+        results = evaluate_dpr({"dpr": model}, dataset, encoder.encode, wordings=TRAIN_WORDINGS,
+                               seed=seed)
+        print(_steering_table(results))
+    return out / MODEL_FILE, dataset
 
 
 def _before_after(bundle: Path, dataset: SequenceDataset, top: int = 5) -> str:

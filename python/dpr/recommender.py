@@ -26,8 +26,9 @@ Filters = Mapping[str, str | Iterable[str]]
 ItemId = int | str
 
 DEMO_BUNDLE = Path(__file__).with_name("demo_bundle")
-"""Where a demo model goes when a wheel is built with one (`dpr quickstart` trains it; copy its
-`bundle/` here before `maturin build`). Not kept in the repository: it is a build output."""
+"""The demo model `load()` opens with no argument. A build output, not kept in the repository:
+`dpr build-demo` trains it (seeded, about a minute) and writes it here, and `maturin build`
+packs it into the wheel (`[tool.maturin] include` in pyproject.toml)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +91,8 @@ class Recommender:
         """
         if path is None and not (DEMO_BUNDLE / "dpr.json").is_file():
             raise FileNotFoundError(
-                f"{DEMO_BUNDLE}: this install has no demo bundle; pass a bundle path, or train "
-                "one with `dpr quickstart --out runs/demo` and load runs/demo/bundle")
+                f"{DEMO_BUNDLE}: this install has no demo bundle (a wheel built after "
+                "`dpr build-demo` has one); pass a bundle path, or run `dpr build-demo`")
         root = DEMO_BUNDLE if path is None else Path(path)
         return cls(Engine(str(root), verify, prompt_cache, index), root)
 

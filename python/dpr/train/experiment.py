@@ -34,6 +34,7 @@ def run_backbone_experiment(dataset: SequenceDataset, kind: str, config: Backbon
                             **hyper_parameters: Any) -> dict[str, Any]:
     """Train a backbone on the leave-one-out split; report valid/test metrics and the baseline."""
     split = dataset.split()
+    torch.manual_seed(config.seed)  # the initial weights are part of the seeded run
     backbone = make_backbone(kind, dataset.num_items, **hyper_parameters)
     result = train_backbone(backbone, split, config, out_dir, progress=progress)
     test_histories, test_targets = split.evaluation_cases("test")
