@@ -127,6 +127,8 @@ class Engine:
         """Titles of rows 1..N."""
     def attribute_values(self) -> dict[str, list[str]]:
         """Attribute name -> its values."""
+    def describe(self, rows: list[int]) -> list[tuple[str, dict[str, list[str]]]]:
+        """``(title, {attribute: [values]})`` of each item row."""
     def item_attributes(self, row: int) -> dict[str, list[str]]:
         """Attribute name -> the values item ``row`` has."""
     def save_index(self, path: str) -> None:

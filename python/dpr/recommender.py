@@ -71,7 +71,6 @@ class Recommender:
         pad: ItemId | None = -1 if self._int_ids else None
         # Row r of the model is item r; row -1 (padding in batch results) maps to `pad`.
         self._ids = np.array([pad, *ids, pad], dtype=np.int64 if self._int_ids else object)
-        self._titles = ["", *engine.titles()]
         self._id_list: list[ItemId | None] = [pad, *ids]
 
     @classmethod
@@ -193,9 +192,10 @@ class Recommender:
             rows, prompt, k, strength, mode != "hard", bool(exclude_seen),
             include_pairs, exclude_pairs)
         _check_finite(scores, strength)
-        ids, titles, attributes = self._id_list, self._titles, self._engine.item_attributes
-        return [Hit(ids[r], s, titles[r], attributes(r))
-                for r, s in zip(found.tolist(), scores.tolist(), strict=True)]
+        rows = found.tolist()
+        ids = self._id_list
+        return [Hit(ids[r], s, title, attributes) for r, s, (title, attributes)
+                in zip(rows, scores.tolist(), self._engine.describe(rows), strict=True)]
 
     def query_batch(self, histories: Sequence[Sequence[ItemId]], prompts: str | Sequence[str] = "",
                     k: int = 10, strength: float | None = None, exclude_seen: bool = True,

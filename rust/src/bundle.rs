@@ -13,6 +13,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
+use rustc_hash::FxHashMap;
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -140,6 +141,74 @@ pub enum ItemId {
     Str(String),
 }
 
+/// External id → model row (1..=N).
+#[derive(Debug, Clone)]
+pub enum IdRows {
+    /// Integer ids spanning a range not much wider than the catalogue (the common case):
+    /// `rows[id - first]` is the row, 0 where no item has that id.
+    Dense {
+        first: i64,
+        rows: Vec<u32>,
+    },
+    Map(FxHashMap<ItemId, u32>),
+}
+
+impl Default for IdRows {
+    fn default() -> Self {
+        Self::Map(FxHashMap::default())
+    }
+}
+
+impl IdRows {
+    /// The map of `ids` (row `i + 1` has `ids[i]`); `Err(i)` when `ids[i]` repeats an earlier id.
+    pub fn new(ids: &[ItemId]) -> Result<Self, usize> {
+        let ints = ids.iter().map(|id| match id {
+            ItemId::Int(x) => Some(*x),
+            ItemId::Str(_) => None,
+        });
+        let span = ints
+            .clone()
+            .try_fold((i64::MAX, i64::MIN), |(lo, hi), x| {
+                x.map(|x| (lo.min(x), hi.max(x)))
+            })
+            .and_then(|(lo, hi)| Some((lo, usize::try_from(hi.checked_sub(lo)?).ok()?)));
+        match span {
+            Some((first, width)) if width < 2 * ids.len() + 1024 => {
+                let mut rows = vec![0u32; width + 1];
+                for (i, x) in ints.enumerate() {
+                    let slot = &mut rows[(x.unwrap_or(first) - first) as usize];
+                    if *slot != 0 {
+                        return Err(i);
+                    }
+                    *slot = i as u32 + 1;
+                }
+                Ok(Self::Dense { first, rows })
+            }
+            _ => {
+                let mut map = FxHashMap::with_capacity_and_hasher(ids.len(), Default::default());
+                for (i, id) in ids.iter().enumerate() {
+                    if map.insert(id.clone(), i as u32 + 1).is_some() {
+                        return Err(i);
+                    }
+                }
+                Ok(Self::Map(map))
+            }
+        }
+    }
+
+    /// The row of `id`, if an item has it.
+    pub fn get(&self, id: &ItemId) -> Option<u32> {
+        match (self, id) {
+            (Self::Dense { first, rows }, ItemId::Int(x)) => {
+                let slot = usize::try_from(x.checked_sub(*first)?).ok()?;
+                rows.get(slot).copied().filter(|&row| row != 0)
+            }
+            (Self::Dense { .. }, ItemId::Str(_)) => None,
+            (Self::Map(map), id) => map.get(id).copied(),
+        }
+    }
+}
+
 /// One item attribute: its values (column order) and, per row, the value indices it has.
 #[derive(Debug, Clone)]
 pub struct Attribute {
@@ -187,6 +256,8 @@ pub struct Bundle {
     pub encoder: EncoderConfig,
     /// External ids of rows 1..=N (index 0 ↔ row 1).
     pub ids: Vec<ItemId>,
+    /// External id → row (1..=N).
+    pub id_rows: IdRows,
     pub titles: Vec<String>,
     pub attributes: Vec<Attribute>,
     pub tensors: HashMap<String, Tensor>,
@@ -204,19 +275,13 @@ impl Bundle {
         }
         let config_text = read_text(root, CONFIG_FILE)?;
         let raw = parse_config(&config_text)?;
-        for (name, digest) in &raw.files {
+        for name in raw.files.keys() {
             let path = root.join(name);
             if !path.is_file() {
                 return Err(BundleError::Missing {
                     file: path,
                     why: format!("missing (listed in {CONFIG_FILE} files)"),
                 });
-            }
-            if verify_checksums && &sha256_of(&path, name)? != digest {
-                return Err(BundleError::invalid(
-                    name,
-                    format!("sha256 differs from {CONFIG_FILE} files[\"{name}\"] (truncated or modified)"),
-                ));
             }
         }
         for required in [WEIGHTS_FILE, raw.items.file.as_str()] {
@@ -227,8 +292,19 @@ impl Bundle {
                 ));
             }
         }
-        let items = read_items(root, &raw)?;
-        let weights = read_weights(root, &raw, &items)?;
+        // Hashing runs beside parsing (it is a third of a large bundle's load); a digest
+        // mismatch is reported before any parse error, since it explains it.
+        let (items, weights) = std::thread::scope(|scope| {
+            let digests = verify_checksums.then(|| scope.spawn(|| verify_files(root, &raw.files)));
+            let parsed = read_items(root, &raw)
+                .and_then(|items| read_weights(root, &raw, &items).map(|w| (items, w)));
+            if let Some(digests) = digests {
+                digests
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+            }
+            parsed
+        })?;
         let encoder_dir = root.join(&raw.prompt_encoder.dir);
         if !encoder_dir.is_dir() {
             return Err(BundleError::Missing {
@@ -256,6 +332,7 @@ impl Bundle {
             steer: raw.steer,
             encoder: raw.prompt_encoder,
             ids: items.ids,
+            id_rows: items.id_rows,
             titles: items.titles,
             attributes,
             tensors: weights.floats,
@@ -426,6 +503,21 @@ fn inside_bundle(path: &str) -> bool {
             .all(|c| matches!(c, std::path::Component::Normal(_)))
 }
 
+/// Checks every file listed in `dpr.json` `files` against its sha256.
+fn verify_files(root: &Path, files: &BTreeMap<String, String>) -> Result<(), BundleError> {
+    for (name, digest) in files {
+        if &sha256_of(&root.join(name), name)? != digest {
+            return Err(BundleError::invalid(
+                name,
+                format!(
+                    "sha256 differs from {CONFIG_FILE} files[\"{name}\"] (truncated or modified)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn sha256_of(path: &Path, name: &str) -> Result<String, BundleError> {
     let file = File::open(path).map_err(|e| BundleError::invalid(name, e.to_string()))?;
     let mut hasher = Sha256::new();
@@ -459,6 +551,7 @@ struct RawItems {
 
 struct Items {
     ids: Vec<ItemId>,
+    id_rows: IdRows,
     titles: Vec<String>,
     attributes: BTreeMap<String, RawAttribute>,
 }
@@ -478,9 +571,8 @@ fn read_items(root: &Path, raw: &RawConfig) -> Result<Items, BundleError> {
         }
     }
     let mut ids = Vec::with_capacity(n);
-    let mut seen = std::collections::HashSet::with_capacity(n);
     for (i, v) in items.ids.iter().enumerate() {
-        let id = match v {
+        ids.push(match v {
             serde_json::Value::String(s) => ItemId::Str(s.clone()),
             serde_json::Value::Number(x) if x.as_i64().is_some() => {
                 ItemId::Int(x.as_i64().unwrap_or_default())
@@ -491,15 +583,11 @@ fn read_items(root: &Path, raw: &RawConfig) -> Result<Items, BundleError> {
                     format!("ids[{i}] is {other}, not a string or integer"),
                 ))
             }
-        };
-        if !seen.insert(id.clone()) {
-            return Err(BundleError::invalid(
-                name,
-                format!("ids[{i}] = {v} is a duplicate"),
-            ));
-        }
-        ids.push(id);
+        });
     }
+    let id_rows = IdRows::new(&ids).map_err(|i| {
+        BundleError::invalid(name, format!("ids[{i}] = {} is a duplicate", items.ids[i]))
+    })?;
     for (attr, a) in &items.attributes {
         if a.items.len() != n {
             return Err(BundleError::invalid(
@@ -541,6 +629,7 @@ fn read_items(root: &Path, raw: &RawConfig) -> Result<Items, BundleError> {
     }
     Ok(Items {
         ids,
+        id_rows,
         titles: items.titles,
         attributes: items.attributes,
     })
@@ -783,4 +872,57 @@ fn check_attribute_matrix(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ints(xs: &[i64]) -> Vec<ItemId> {
+        xs.iter().map(|&x| ItemId::Int(x)).collect()
+    }
+
+    #[test]
+    fn id_rows_map_every_id_to_its_row_dense_or_not() {
+        let cases = [
+            ints(&[7, 3, -2, 10]),             // dense, negative ids allowed
+            ints(&[5, i64::MAX, i64::MIN, 0]), // span overflows i64: hashed
+            ints(&[1, 1_000_000_000]),         // sparse: hashed
+            vec![
+                ItemId::Str("a".into()),
+                ItemId::Int(4),
+                ItemId::Str("4".into()),
+            ],
+        ];
+        for ids in cases {
+            let rows = IdRows::new(&ids).expect("no duplicates");
+            for (i, id) in ids.iter().enumerate() {
+                assert_eq!(rows.get(id), Some(i as u32 + 1), "{id:?} in {ids:?}");
+            }
+            for missing in [
+                ItemId::Int(6),
+                ItemId::Int(i64::MIN + 1),
+                ItemId::Str("b".into()),
+            ] {
+                assert_eq!(rows.get(&missing), None, "{missing:?} in {ids:?}");
+            }
+        }
+        assert!(matches!(
+            IdRows::new(&ints(&[3, 1, 2])),
+            Ok(IdRows::Dense { .. })
+        ));
+        assert!(matches!(
+            IdRows::new(&ints(&[1, 1 << 40])),
+            Ok(IdRows::Map(_))
+        ));
+        assert!(matches!(IdRows::new(&[]), Ok(IdRows::Map(_))));
+    }
+
+    #[test]
+    fn id_rows_report_the_first_repeat() {
+        assert_eq!(IdRows::new(&ints(&[4, 5, 4])).err(), Some(2));
+        assert_eq!(IdRows::new(&ints(&[1, 1 << 40, 1 << 40])).err(), Some(2));
+        let strs = [ItemId::Str("x".into()), ItemId::Str("x".into())];
+        assert_eq!(IdRows::new(&strs).err(), Some(1));
+    }
 }

@@ -31,7 +31,7 @@ use std::fmt;
 use std::ops::Range;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use rayon::prelude::*;
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
@@ -166,8 +166,11 @@ impl Drop for ContextGuard<'_> {
 /// An HNSW graph over rows `start..start + len` of an item matrix, searched by inner product.
 pub struct HnswIndex {
     graph: Index,
-    /// The indexed rows, copied: exact rescoring and the exact fallback read them.
-    vectors: Vec<f32>,
+    /// Item vectors for exact rescoring and the exact fallback: item row `base + i` is
+    /// `vectors[i * dim..(i + 1) * dim]`. Shared with the caller's item table (no copy) or a
+    /// copy of the indexed rows.
+    vectors: Arc<Vec<f32>>,
+    base: usize,
     start: usize,
     len: usize,
     dim: usize,
@@ -228,39 +231,92 @@ fn check_params(params: &HnswParams) -> Result<(), HnswError> {
     Ok(())
 }
 
-/// Copies rows `range` of `items` out, checking that they are finite.
-fn copy_rows(items: Matrix<'_>, range: &Range<usize>) -> Result<Vec<f32>, HnswError> {
-    if range.start > range.end || range.end > items.rows() {
+/// Checks that `range` lies inside `rows` rows and that those rows of `data` are finite.
+fn check_rows(
+    data: &[f32],
+    cols: usize,
+    rows: usize,
+    range: &Range<usize>,
+) -> Result<(), HnswError> {
+    if range.start > range.end || range.end > rows {
         return Err(HnswError::RowRange {
             start: range.start,
             end: range.end,
-            rows: items.rows(),
+            rows,
         });
     }
-    let d = items.cols();
-    let out = items.as_slice()[range.start * d..range.end * d].to_vec();
-    if let Some(bad) = out.iter().position(|v| !v.is_finite()) {
+    let values = &data[range.start * cols..range.end * cols];
+    if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
         return Err(HnswError::NonFinite {
-            row: range.start + bad / d,
+            row: range.start + bad / cols,
         });
     }
-    Ok(out)
+    Ok(())
+}
+
+/// An item matrix the index may keep a reference to: `data` holds `data.len() / cols` rows.
+#[derive(Clone)]
+pub struct SharedItems {
+    pub data: Arc<Vec<f32>>,
+    pub cols: usize,
+}
+
+impl SharedItems {
+    /// Copies rows `range` of `items` (the rest of the matrix is not kept).
+    fn copy_of(items: Matrix<'_>, range: &Range<usize>) -> Result<(Self, usize), HnswError> {
+        check_rows(items.as_slice(), items.cols(), items.rows(), range)?;
+        let d = items.cols();
+        let data = items.as_slice()[range.start * d..range.end * d].to_vec();
+        Ok((
+            Self {
+                data: Arc::new(data),
+                cols: d,
+            },
+            range.start,
+        ))
+    }
+
+    fn rows(&self) -> usize {
+        self.data.len().checked_div(self.cols).unwrap_or(0)
+    }
 }
 
 impl HnswIndex {
     /// Indexes rows `rows` of `items` (for example `1..N` when row 0 is padding); results name
-    /// rows of `items`. Inserts run in parallel on rayon's pool.
+    /// rows of `items`. The rows are copied. Inserts run in parallel on rayon's pool.
     pub fn build(
         items: Matrix<'_>,
         rows: Range<usize>,
         params: &HnswParams,
     ) -> Result<Self, HnswError> {
-        check_params(params)?;
         if items.cols() == 0 {
             return Err(HnswError::ZeroDim);
         }
-        let vectors = copy_rows(items, &rows)?;
-        let dim = items.cols();
+        let (vectors, base) = SharedItems::copy_of(items, &rows)?;
+        Self::build_with(vectors, base, rows, params)
+    }
+
+    /// Like [`HnswIndex::build`], keeping a reference to `items` instead of a copy.
+    pub fn build_shared(
+        items: SharedItems,
+        rows: Range<usize>,
+        params: &HnswParams,
+    ) -> Result<Self, HnswError> {
+        if items.cols == 0 {
+            return Err(HnswError::ZeroDim);
+        }
+        check_rows(&items.data, items.cols, items.rows(), &rows)?;
+        Self::build_with(items, 0, rows, params)
+    }
+
+    fn build_with(
+        items: SharedItems,
+        base: usize,
+        rows: Range<usize>,
+        params: &HnswParams,
+    ) -> Result<Self, HnswError> {
+        check_params(params)?;
+        let dim = items.cols;
         let graph = Index::new(&options(dim, params.connectivity, params.expansion_add))
             .map_err(backend)?;
         let threads = CONTEXTS.max(rayon::current_num_threads());
@@ -269,7 +325,8 @@ impl HnswIndex {
             .map_err(backend)?;
         let index = Self {
             graph,
-            vectors,
+            vectors: items.data,
+            base,
             start: rows.start,
             len: rows.len(),
             dim,
@@ -277,13 +334,11 @@ impl HnswIndex {
             expansion_search: params.expansion_search,
             contexts: Contexts::new(threads),
         };
-        index
-            .vectors
-            .par_chunks_exact(dim)
-            .enumerate()
-            .try_for_each(|(i, row)| {
+        (index.start..index.start + index.len)
+            .into_par_iter()
+            .try_for_each(|row| {
                 let _context = index.contexts.acquire();
-                index.graph.add((index.start + i) as u64, row)
+                index.graph.add(row as u64, index.vector(row))
             })
             .map_err(backend)?;
         Ok(index)
@@ -315,13 +370,18 @@ impl HnswIndex {
 
     /// The indexed rows as a matrix whose row `i` is item row `start + i`.
     fn matrix(&self) -> Matrix<'_> {
-        // The shape holds by construction (`len * dim` values copied in `copy_rows`).
-        Matrix::new(&self.vectors, self.len, self.dim)
-            .unwrap_or_else(|_| unreachable!("vectors hold len x dim values"))
+        let first = (self.start - self.base) * self.dim;
+        // The shape holds by construction (`check_rows` saw these rows).
+        Matrix::new(
+            &self.vectors[first..first + self.len * self.dim],
+            self.len,
+            self.dim,
+        )
+        .unwrap_or_else(|_| unreachable!("vectors hold len x dim values"))
     }
 
     fn vector(&self, row: usize) -> &[f32] {
-        let i = row - self.start;
+        let i = row - self.base;
         &self.vectors[i * self.dim..(i + 1) * self.dim]
     }
 
@@ -456,25 +516,61 @@ impl HnswIndex {
         Ok(hits)
     }
 
-    /// Writes the graph (with its copy of the vectors) to `path` in usearch's format.
+    /// Writes the graph (with its copy of the vectors) to `path` in usearch's format. The file
+    /// is written beside `path` and renamed into place, so an index viewing the old file (see
+    /// [`HnswIndex::load`]) keeps working and a failed save leaves the old file intact.
     pub fn save(&self, path: &Path) -> Result<(), HnswError> {
         let file_err = |message: String| HnswError::File {
             path: path.to_owned(),
             message,
         };
-        let name = path
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(format!(".{}.partial", std::process::id()));
+        let partial = PathBuf::from(partial);
+        let name = partial
             .to_str()
             .ok_or_else(|| file_err("path is not valid UTF-8".into()))?;
-        self.graph
+        let written = self
+            .graph
             .save(name)
-            .map_err(|e| file_err(format!("cannot save HNSW index: {e}")))
+            .map_err(|e| format!("cannot save HNSW index: {e}"))
+            .and_then(|()| {
+                std::fs::rename(&partial, path).map_err(|e| format!("cannot rename: {e}"))
+            });
+        if written.is_err() {
+            let _ = std::fs::remove_file(&partial);
+        }
+        written.map_err(file_err)
     }
 
-    /// Reads an index written by [`HnswIndex::save`] for the same `items`. The file must be an
-    /// inner-product float32 index of the items' dimension whose keys are a range of rows of
-    /// `items`, and sampled rows must equal the stored vectors (a catalogue that changed since
-    /// the index was saved is refused). The default `ef` is [`HnswParams::default`]'s.
+    /// Opens an index written by [`HnswIndex::save`] for the same `items` (copied). The file
+    /// must be an inner-product float32 index of the items' dimension whose keys are a range of
+    /// rows of `items`, and sampled rows must equal the stored vectors (a catalogue that changed
+    /// since the index was saved is refused). The default `ef` is [`HnswParams::default`]'s.
+    ///
+    /// The graph is memory-mapped, not read: opening costs no copy and pages come in as
+    /// searches touch them. The file must not be modified while the index is open (`save`
+    /// replaces files, it never rewrites them).
     pub fn load(path: &Path, items: Matrix<'_>) -> Result<Self, HnswError> {
+        if items.cols() == 0 {
+            return Err(HnswError::ZeroDim);
+        }
+        let copy = SharedItems {
+            data: Arc::new(items.as_slice().to_vec()),
+            cols: items.cols(),
+        };
+        Self::load_with(path, copy)
+    }
+
+    /// Like [`HnswIndex::load`], keeping a reference to `items` instead of a copy.
+    pub fn load_shared(path: &Path, items: SharedItems) -> Result<Self, HnswError> {
+        if items.cols == 0 {
+            return Err(HnswError::ZeroDim);
+        }
+        Self::load_with(path, items)
+    }
+
+    fn load_with(path: &Path, items: SharedItems) -> Result<Self, HnswError> {
         let file_err = |message: String| HnswError::File {
             path: path.to_owned(),
             message,
@@ -493,45 +589,42 @@ impl HnswIndex {
                 meta.metric, meta.quantization
             )));
         }
-        if meta.dimensions != items.cols() as u64 {
+        let dim = items.cols;
+        if meta.dimensions != dim as u64 {
             return Err(file_err(format!(
-                "index has dimension {} but items have dimension {}",
+                "index has dimension {} but items have dimension {dim}",
                 meta.dimensions,
-                items.cols()
             )));
         }
-        if items.cols() == 0 {
-            return Err(HnswError::ZeroDim);
-        }
-        let graph = Index::new(&options(items.cols(), 16, 128)).map_err(backend)?;
+        let rows = items.rows();
+        let graph = Index::new(&options(dim, 16, 128)).map_err(backend)?;
+        // A viewed index keeps the thread contexts reserved before the view.
+        let threads = CONTEXTS.max(rayon::current_num_threads());
         graph
-            .load(name)
-            .map_err(|e| file_err(format!("cannot load HNSW index: {e}")))?;
+            .reserve_capacity_and_threads(1, threads)
+            .map_err(backend)?;
+        graph
+            .view(name)
+            .map_err(|e| file_err(format!("cannot open HNSW index: {e}")))?;
         graph.change_expansion_search(1);
         let index_connectivity = graph.connectivity();
         let len = graph.size();
         // Keys are a contiguous range of rows; find where it starts.
-        let start = (0..items.rows())
-            .find(|&r| graph.contains(r as u64))
-            .unwrap_or(0);
+        let start = (0..rows).find(|&r| graph.contains(r as u64)).unwrap_or(0);
         let end = start + len;
-        if end > items.rows() || (len > 0 && !graph.contains((end - 1) as u64)) {
+        if end > rows || (len > 0 && !graph.contains((end - 1) as u64)) {
             return Err(file_err(format!(
-                "index holds {len} rows from row {start}, which items ({} rows) do not match",
-                items.rows()
+                "index holds {len} rows from row {start}, which items ({rows} rows) do not match"
             )));
         }
-        let vectors = copy_rows(items, &(start..end))?;
-        let threads = CONTEXTS.max(rayon::current_num_threads());
-        graph
-            .reserve_capacity_and_threads(len, threads)
-            .map_err(backend)?;
+        check_rows(&items.data, dim, rows, &(start..end))?;
         let index = Self {
             graph,
-            vectors,
+            vectors: items.data,
+            base: 0,
             start,
             len,
-            dim: items.cols(),
+            dim,
             connectivity: index_connectivity,
             expansion_search: HnswParams::default().expansion_search,
             contexts: Contexts::new(threads),

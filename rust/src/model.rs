@@ -5,7 +5,6 @@
 //! stores each item's `[E_i, A_i]` as one row (`d + A` floats), so a query is one inner-product
 //! search; the backbone reads the first `d` floats of the same rows as its input embedding.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -13,8 +12,8 @@ use std::sync::{Arc, OnceLock};
 use rayon::prelude::*;
 
 use crate::backbone::{Backbone, Rows};
-use crate::bundle::{Attribute, Bundle, BundleError, ItemId};
-use crate::hnsw::{HnswIndex, HnswParams};
+use crate::bundle::{Attribute, Bundle, BundleError, IdRows, ItemId};
+use crate::hnsw::{HnswIndex, HnswParams, SharedItems};
 use crate::prompt::{PromptEncoder, PromptError};
 use crate::retrieve::{self, Hit, Matrix};
 use crate::steer::Steering;
@@ -108,16 +107,16 @@ pub struct Model {
     pub titles: Vec<String>,
     pub attributes: Vec<Attribute>,
     pub strength_default: f32,
-    id_rows: HashMap<ItemId, u32>,
+    id_rows: IdRows,
     /// `(N+1) × (d+A)`: row i is `[E_i, A_i]`; row 0 (padding) is zero and never returned.
-    table: Vec<f32>,
+    /// Shared with the HNSW index, which rescores from it.
+    table: Arc<Vec<f32>>,
     width: usize,
     backbone: Backbone,
     steering: Steering,
     encoder: PromptEncoder,
     /// Items having each value of each attribute (for filter selectivity).
     value_counts: Vec<Vec<usize>>,
-    retrieval: Retrieval,
     index: OnceLock<HnswIndex>,
 }
 
@@ -125,6 +124,46 @@ const _: () = {
     const fn shared<T: Send + Sync>() {}
     shared::<Model>();
 };
+
+/// Whether queries over `num_items` items search an HNSW graph (unless a filter is selective).
+fn uses_index(retrieval: Retrieval, num_items: usize) -> bool {
+    match retrieval {
+        Retrieval::Exact => false,
+        Retrieval::Hnsw => true,
+        Retrieval::Auto => num_items >= HNSW_MIN_ITEMS,
+    }
+}
+
+/// The saved graph at `file` if there is one, else a new one over rows 1..=N of `table`
+/// (`(N+1) × width`); either way the index rescores from `table` itself.
+fn open_index(
+    table: &Arc<Vec<f32>>,
+    width: usize,
+    num_items: usize,
+    file: &Path,
+) -> Result<HnswIndex, ModelError> {
+    let index_error = |e: crate::hnsw::HnswError| {
+        ModelError::Bundle(BundleError::Invalid {
+            file: INDEX_FILE.into(),
+            message: e.to_string(),
+        })
+    };
+    let shared = SharedItems {
+        data: Arc::clone(table),
+        cols: width,
+    };
+    if file.is_file() {
+        let index = HnswIndex::load_shared(file, shared).map_err(index_error)?;
+        if index.rows() != (1..num_items + 1) || index.dim() != width {
+            return Err(ModelError::Bundle(BundleError::Invalid {
+                file: INDEX_FILE.into(),
+                message: "the saved index does not cover this bundle's items".into(),
+            }));
+        }
+        return Ok(index);
+    }
+    HnswIndex::build_shared(shared, 1..num_items + 1, &HnswParams::default()).map_err(index_error)
+}
 
 impl Model {
     /// Loads and validates the bundle at `path` (see [`Bundle::open`]).
@@ -135,10 +174,18 @@ impl Model {
         retrieval: Retrieval,
     ) -> Result<Model, ModelError> {
         let mut bundle = Bundle::open(path, verify_checksums)?;
-        let backbone = Backbone::from_bundle(&mut bundle)?;
-        let steering = Steering::from_bundle(&mut bundle, cache_capacity)?;
         let encoder_dir = bundle.encoder_dir();
-        let encoder = PromptEncoder::load(&encoder_dir, bundle.encoder.max_tokens, cache_capacity)?;
+        let max_tokens = bundle.encoder.max_tokens;
+        // The encoder (float16 → float32 weights) loads beside the item table and the index.
+        let (encoder, (backbone, steering, table, index)) = std::thread::scope(|scope| {
+            let encoder =
+                scope.spawn(|| PromptEncoder::load(&encoder_dir, max_tokens, cache_capacity));
+            let rest = Self::load_items(path, &mut bundle, cache_capacity, retrieval);
+            let encoder = encoder
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            Ok::<_, ModelError>((encoder?, rest?))
+        })?;
         if encoder.dim() != steering.prompt_dim() {
             return Err(ModelError::Bundle(BundleError::Invalid {
                 file: format!("{}/config.json", bundle.encoder.dir),
@@ -149,36 +196,8 @@ impl Model {
                 ),
             }));
         }
-        let (d, n) = (bundle.dim, bundle.num_items);
-        let width = steering.output_dim();
-        let embedding = bundle.take("items.embedding")?.data;
-        let steer_attribute = bundle
-            .steer
-            .attribute
-            .as_deref()
-            .filter(|_| bundle.steer.attribute_dim > 0)
-            .and_then(|name| bundle.attribute(name));
-        let mut table = vec![0.0f32; (n + 1) * width];
-        for (row, (out, e)) in table
-            .chunks_exact_mut(width)
-            .zip(embedding.chunks_exact(d))
-            .enumerate()
-        {
-            out[..d].copy_from_slice(e);
-            if let Some(attr) = steer_attribute {
-                for v in attr.values_of(row) {
-                    out[d + v] = 1.0;
-                }
-            }
-        }
-        drop(embedding);
-        let id_rows = bundle
-            .ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| (id.clone(), i as u32 + 1))
-            .collect();
         let attributes = std::mem::take(&mut bundle.attributes);
+        let n = bundle.num_items;
         let value_counts = attributes
             .iter()
             .map(|a| {
@@ -190,35 +209,68 @@ impl Model {
             })
             .collect();
         let model = Model {
-            dim: d,
+            dim: bundle.dim,
             num_items: n,
             ids: std::mem::take(&mut bundle.ids),
             titles: std::mem::take(&mut bundle.titles),
             attributes,
             strength_default: bundle.steer.strength_default,
-            id_rows,
+            id_rows: std::mem::take(&mut bundle.id_rows),
+            width: steering.output_dim(),
             table,
-            width,
             backbone,
             steering,
             encoder,
             value_counts,
-            retrieval,
             index: OnceLock::new(),
         };
-        if model.uses_index() {
-            let index = model.open_index(&path.join(INDEX_FILE))?;
+        if let Some(index) = index {
             let _ = model.index.set(index);
         }
         Ok(model)
     }
 
-    fn uses_index(&self) -> bool {
-        match self.retrieval {
-            Retrieval::Exact => false,
-            Retrieval::Hnsw => true,
-            Retrieval::Auto => self.num_items >= HNSW_MIN_ITEMS,
+    /// The backbone, the steering head, the item table and (when queries use it) the HNSW
+    /// index.
+    #[allow(clippy::type_complexity)]
+    fn load_items(
+        path: &Path,
+        bundle: &mut Bundle,
+        cache_capacity: usize,
+        retrieval: Retrieval,
+    ) -> Result<(Backbone, Steering, Arc<Vec<f32>>, Option<HnswIndex>), ModelError> {
+        let backbone = Backbone::from_bundle(bundle)?;
+        let steering = Steering::from_bundle(bundle, cache_capacity)?;
+        let (d, n) = (bundle.dim, bundle.num_items);
+        let width = steering.output_dim();
+        // Widen the embedding's own buffer into the table (rows move back to front, so none is
+        // overwritten before it moves): a large catalogue loads without a second table-sized
+        // allocation.
+        let mut table = bundle.take("items.embedding")?.data;
+        let steer_attribute = bundle
+            .steer
+            .attribute
+            .as_deref()
+            .filter(|_| bundle.steer.attribute_dim > 0)
+            .and_then(|name| bundle.attribute(name));
+        table.resize((n + 1) * width, 0.0);
+        for row in (0..=n).rev() {
+            table.copy_within(row * d..(row + 1) * d, row * width);
+            let out = &mut table[row * width..(row + 1) * width];
+            out[d..].fill(0.0);
+            if let Some(attr) = steer_attribute {
+                for v in attr.values_of(row) {
+                    out[d + v] = 1.0;
+                }
+            }
         }
+        let table = Arc::new(table);
+        let index = if uses_index(retrieval, n) {
+            Some(open_index(&table, width, n, &path.join(INDEX_FILE))?)
+        } else {
+            None
+        };
+        Ok((backbone, steering, table, index))
     }
 
     fn matrix(&self) -> Result<Matrix<'_>, ModelError> {
@@ -226,34 +278,12 @@ impl Model {
             .map_err(|e| ModelError::Argument(e.to_string()))
     }
 
-    /// The saved graph at `file` if there is one, else a new one over rows 1..=N.
-    fn open_index(&self, file: &Path) -> Result<HnswIndex, ModelError> {
-        let items = self.matrix()?;
-        let index_error = |e: crate::hnsw::HnswError| {
-            ModelError::Bundle(BundleError::Invalid {
-                file: INDEX_FILE.into(),
-                message: e.to_string(),
-            })
-        };
-        if file.is_file() {
-            let index = HnswIndex::load(file, items).map_err(index_error)?;
-            if index.rows() != (1..self.num_items + 1) || index.dim() != self.width {
-                return Err(ModelError::Bundle(BundleError::Invalid {
-                    file: INDEX_FILE.into(),
-                    message: "the saved index does not cover this bundle's items".into(),
-                }));
-            }
-            return Ok(index);
-        }
-        HnswIndex::build(items, 1..self.num_items + 1, &HnswParams::default()).map_err(index_error)
-    }
-
     /// Saves the HNSW graph (building it first if needed) to `file`.
     pub fn save_index(&self, file: &Path) -> Result<(), ModelError> {
         let index = match self.index.get() {
             Some(index) => index,
             None => {
-                let built = self.open_index(Path::new(""))?;
+                let built = open_index(&self.table, self.width, self.num_items, Path::new(""))?;
                 self.index.get_or_init(|| built)
             }
         };
@@ -302,7 +332,7 @@ impl Model {
 
     /// The internal row of an external id.
     pub fn row_of(&self, id: &ItemId) -> Option<u32> {
-        self.id_rows.get(id).copied()
+        self.id_rows.get(id)
     }
 
     /// The prompt's embedding (cached; blank → zeros).

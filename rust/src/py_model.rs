@@ -384,6 +384,21 @@ impl Engine {
         Ok(out)
     }
 
+    /// `(title, {attribute: [values]})` of each row in `rows` (item rows 1..=N).
+    fn describe<'py>(
+        &self,
+        py: Python<'py>,
+        rows: Vec<i64>,
+    ) -> PyResult<Vec<(String, Bound<'py, PyDict>)>> {
+        rows.into_iter()
+            .map(|row| {
+                let attributes = self.item_attributes(py, row)?;
+                // `item_attributes` checked the row.
+                Ok((self.model.titles[row as usize - 1].clone(), attributes))
+            })
+            .collect()
+    }
+
     /// Writes the HNSW graph to `path` (e.g. `BUNDLE/index.usearch`), building it if needed.
     fn save_index(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
         let model = &self.model;
