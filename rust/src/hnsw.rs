@@ -33,6 +33,7 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
+use memmap2::{Mmap, MmapOptions};
 use rayon::prelude::*;
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
@@ -165,7 +166,10 @@ impl Drop for ContextGuard<'_> {
 
 /// An HNSW graph over rows `start..start + len` of an item matrix, searched by inner product.
 pub struct HnswIndex {
+    /// Declared before `_file`: a viewed graph points into the mapping, so it is dropped first.
     graph: Index,
+    /// The saved index file, mapped, when the graph is a view of it (see [`HnswIndex::load`]).
+    _file: Option<Mmap>,
     /// Item vectors for exact rescoring and the exact fallback: item row `base + i` is
     /// `vectors[i * dim..(i + 1) * dim]`. Shared with the caller's item table (no copy) or a
     /// copy of the indexed rows.
@@ -325,6 +329,7 @@ impl HnswIndex {
             .map_err(backend)?;
         let index = Self {
             graph,
+            _file: None,
             vectors: items.data,
             base,
             start: rows.start,
@@ -548,9 +553,8 @@ impl HnswIndex {
     /// rows of `items`, and sampled rows must equal the stored vectors (a catalogue that changed
     /// since the index was saved is refused). The default `ef` is [`HnswParams::default`]'s.
     ///
-    /// The graph is memory-mapped, not read: opening costs no copy and pages come in as
-    /// searches touch them. The file must not be modified while the index is open (`save`
-    /// replaces files, it never rewrites them).
+    /// The graph is memory-mapped (pre-faulted), not copied. The file must not be modified
+    /// while the index is open (`save` replaces files, it never rewrites them).
     pub fn load(path: &Path, items: Matrix<'_>) -> Result<Self, HnswError> {
         if items.cols() == 0 {
             return Err(HnswError::ZeroDim);
@@ -603,8 +607,14 @@ impl HnswIndex {
         graph
             .reserve_capacity_and_threads(1, threads)
             .map_err(backend)?;
-        graph
-            .view(name)
+        let file = std::fs::File::open(path).map_err(|e| file_err(e.to_string()))?;
+        // SAFETY: the mapping is only read, and lives as long as the graph viewing it (field
+        // order in `HnswIndex`); replacing the file (as `save` does) leaves it intact.
+        // `populate` faults every page in now rather than during the first searches.
+        let map = unsafe { MmapOptions::new().populate().map(&file) }
+            .map_err(|e| file_err(format!("cannot map: {e}")))?;
+        // SAFETY: `map` outlives the graph (moved into the index below, dropped after it).
+        unsafe { graph.view_from_buffer(&map) }
             .map_err(|e| file_err(format!("cannot open HNSW index: {e}")))?;
         graph.change_expansion_search(1);
         let index_connectivity = graph.connectivity();
@@ -620,6 +630,7 @@ impl HnswIndex {
         check_rows(&items.data, dim, rows, &(start..end))?;
         let index = Self {
             graph,
+            _file: Some(map),
             vectors: items.data,
             base: 0,
             start,

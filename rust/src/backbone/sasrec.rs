@@ -58,12 +58,13 @@ pub(crate) fn linear(
 /// One layer computing `[a(x), b(x)]` (both `out × in` with the same input width).
 fn stacked(a: Linear, b: Linear) -> Linear {
     let (out_dim, in_dim) = (a.out_dim + b.out_dim, a.in_dim);
-    Linear {
-        weight: [a.weight, b.weight].concat(),
-        bias: [a.bias, b.bias].concat(),
-        in_dim,
+    Linear::new(
+        [a.weight, b.weight].concat(),
+        [a.bias, b.bias].concat(),
         out_dim,
-    }
+        in_dim,
+    )
+    .unwrap_or_else(|| unreachable!("both parts have in_dim columns and their own biases"))
 }
 
 impl SasRec {
