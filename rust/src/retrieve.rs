@@ -532,7 +532,7 @@ mod tests {
         for modulus in [33, 5, 3] {
             let keep = |row: usize| {
                 if modulus == 3 {
-                    row % 3 != 0
+                    !row.is_multiple_of(3)
                 } else {
                     row % modulus == 1
                 }
