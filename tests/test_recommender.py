@@ -300,6 +300,27 @@ def test_hnsw_index_agrees_with_exact(served: tuple[DPR, Recommender, dict[str, 
     assert saved.is_file() and saved.stat().st_size > 0
 
 
+def test_saved_index_is_served_and_can_be_replaced_while_open(
+        served: tuple[DPR, Recommender, dict[str, Any]], tmp_path: Path) -> None:
+    """A saved graph is memory-mapped by later loads; saving again replaces the file without
+    disturbing a process that has the old one open."""
+    import shutil
+
+    _, exact, catalogue = served
+    bundle = tmp_path / "bundle"
+    shutil.copytree(exact.path, bundle)
+    built = Recommender.load(bundle, index="hnsw")
+    built.save_index()
+    viewing = Recommender.load(bundle, index="hnsw")
+    history = catalogue["item_ids"][:5]
+    before = viewing.query(history, PROMPTS[0], k=10)
+    assert before == built.query(history, PROMPTS[0], k=10)
+    viewing.save_index()  # rewrites the file this Recommender is viewing
+    assert viewing.query(history, PROMPTS[0], k=10) == before
+    assert Recommender.load(bundle, index="hnsw").query(history, PROMPTS[0], k=10) == before
+    assert not list(bundle.glob("*.partial")), "no partial file left behind"
+
+
 def test_missing_demo_bundle_says_how_to_get_one(monkeypatch: pytest.MonkeyPatch,
                                                  tmp_path: Path) -> None:
     monkeypatch.setattr("dpr.recommender.DEMO_BUNDLE", tmp_path / "demo_bundle")
