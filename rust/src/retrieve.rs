@@ -539,15 +539,14 @@ mod tests {
             };
             for k in [1, 10, 500] {
                 let hits = top_k_where(items, &query, k, &exclude, Some(&keep), false).unwrap();
-                let mut expected: Vec<Hit> = (0..n)
-                    .filter(|&r| keep(r) && !exclude.contains(&r))
-                    .map(|row| Hit {
-                        row,
-                        score: dot(items.row(row), &query),
-                    })
-                    .collect();
-                expected.sort_by(|a, b| compare(b, a));
-                expected.truncate(k);
+                // Rows the filter drops are, for the reference, simply excluded too.
+                let dropped = (0..n).filter(|&r| !keep(r));
+                let expected = brute(
+                    items,
+                    &query,
+                    k,
+                    &[exclude.clone(), dropped.collect()].concat(),
+                );
                 assert_eq!(hits, expected, "keep 1/{modulus}, k={k}");
             }
         }
