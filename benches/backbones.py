@@ -26,9 +26,16 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs"))
     parser.add_argument("--max-minutes", type=float, default=30.0)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr-schedule", choices=["constant", "cosine"], default="cosine")
+    parser.add_argument("--max-epochs", default="ml-1m:sasrec=60,ml-1m:gru4rec=60",
+                        help="epochs per run as DATASET:BACKBONE=E,...; the cosine schedule "
+                             "anneals over them, so pick what fits --max-minutes (default 200)")
     parser.add_argument("--collect-only", action="store_true",
                         help="only tabulate runs that already finished")
     args = parser.parse_args()
+    epochs = {key: value for key, value in
+              (item.split("=") for item in args.max_epochs.split(",") if item)}
     rows = []
     for folder, data_format in DATASETS.items():
         for kind in BACKBONES:
@@ -36,8 +43,11 @@ def main() -> None:
             if not (out / "metrics.json").is_file() and not args.collect_only:
                 subprocess.run(["dpr", "train", "--data", str(args.data_root / folder),
                                 "--format", data_format, "--backbone", kind, "--out", str(out),
-                                "--lr", str(args.lr), "--max-minutes", str(args.max_minutes),
-                                "--backbone-only"], check=True)
+                                "--lr", str(args.lr), "--batch-size", str(args.batch_size),
+                                "--max-minutes", str(args.max_minutes),
+                                "--lr-schedule", args.lr_schedule,
+                                "--max-epochs", epochs.get(f"{folder}:{kind}", "200"),
+                                "--patience", "20", "--backbone-only"], check=True)
             if (out / "metrics.json").is_file():
                 rows.append(_row(folder, kind, out))
     _write(rows)
@@ -51,7 +61,9 @@ def _row(dataset: str, kind: str, out: Path) -> dict:
             "most_popular": report["most_popular"],
             "epochs": training["epochs"], "best_epoch": training["best_epoch"],
             "seconds": training["seconds"], "stopped_because": training["stopped_because"],
-            "lr": training["lr"], "hyper_parameters": report["backbone"],
+            "lr": training["lr"], "batch_size": training["batch_size"],
+            "lr_schedule": training.get("lr_schedule", "constant"),
+            "hyper_parameters": report["backbone"],
             "data": {k: report["dataset"][k] for k in ("users", "items", "interactions")}}
 
 
@@ -62,14 +74,15 @@ def _write(rows: list[dict]) -> None:
                                                        indent=2) + "\n")
     lines = ["# Backbones: test metrics (leave-one-out, full ranking, history masked)", "",
              "| dataset | backbone | NDCG@10 | Recall@10 | most-popular NDCG@10 | "
-             "most-popular Recall@10 | epochs (best) | wall time | stopped |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "most-popular Recall@10 | epochs (best) | wall time | stopped | batch, lr, schedule |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         pop = r["most_popular"]["test"]
         lines.append(f"| {r['dataset']} | {r['backbone']} | {r['test']['ndcg@10']:.4f} | "
                      f"{r['test']['recall@10']:.4f} | {pop['ndcg@10']:.4f} | "
                      f"{pop['recall@10']:.4f} | {r['epochs']} ({r['best_epoch']}) | "
-                     f"{r['seconds'] / 60:.1f} min | {r['stopped_because']} |")
+                     f"{r['seconds'] / 60:.1f} min | {r['stopped_because']} | "
+                     f"{r['batch_size']}, {r['lr']:g}, {r['lr_schedule']} |")
     lines += ["", f"Machine: {machine['cpus']} CPUs ({machine['machine']}). Produced by "
               "`python benches/backbones.py --data-root ../shared/data --runs runs`."]
     (RESULTS / "backbones.md").write_text("\n".join(lines) + "\n")

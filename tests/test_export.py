@@ -99,8 +99,10 @@ def numpy_sasrec(t: dict[str, np.ndarray], config: dict[str, Any], items: list[i
         return x @ t[f"{prefix}.weight"].T + t[f"{prefix}.bias"]
 
     n = len(items)
+    rows = (np.arange(n)[::-1] if bb.get("positions", "from_start") == "from_end"
+            else np.arange(n))
     x = (t["items.embedding"][items] * math.sqrt(d)
-         + t["backbone.position_embedding.weight"][:n])
+         + t["backbone.position_embedding.weight"][rows])
     mask = np.triu(np.full((n, n), -np.inf), 1)
     for b in range(bb["num_blocks"]):
         p = f"backbone.blocks.{b}"

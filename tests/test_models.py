@@ -10,10 +10,15 @@ from dpr.train.batches import next_item_batch, right_pad
 def _models():
     torch.manual_seed(0)
     return [SASRec(30, dim=16, max_len=12, num_blocks=2, num_heads=2, dropout=0.0).eval(),
-            GRU4Rec(30, dim=16, max_len=12, dropout=0.0).eval()]
+            GRU4Rec(30, dim=16, max_len=12, dropout=0.0).eval(),
+            SASRec(30, dim=16, max_len=12, num_blocks=2, num_heads=2, dropout=0.0,
+                   positions="from_start").eval()]
 
 
-@pytest.mark.parametrize("model", _models(), ids=["sasrec", "gru4rec"])
+IDS = ["sasrec", "gru4rec", "sasrec-from-start"]
+
+
+@pytest.mark.parametrize("model", _models(), ids=IDS)
 def test_outputs_do_not_depend_on_padding(model):
     seq = torch.tensor([[5, 9, 2, 7]])
     padded = torch.tensor([[5, 9, 2, 7, 0, 0, 0]])
@@ -23,7 +28,7 @@ def test_outputs_do_not_depend_on_padding(model):
     torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("model", _models(), ids=["sasrec", "gru4rec"])
+@pytest.mark.parametrize("model", _models(), ids=IDS)
 def test_outputs_are_causal(model):
     with torch.no_grad():
         a = model.hidden_states(torch.tensor([[5, 9, 2, 7]]))
@@ -32,7 +37,7 @@ def test_outputs_are_causal(model):
     assert not torch.allclose(a[:, 3], b[:, 3])
 
 
-@pytest.mark.parametrize("model", _models(), ids=["sasrec", "gru4rec"])
+@pytest.mark.parametrize("model", _models(), ids=IDS)
 def test_user_vector_is_state_after_last_item(model):
     items, lengths = right_pad([torch.tensor([3, 4, 5]).numpy(), torch.tensor([8]).numpy()])
     with torch.no_grad():
@@ -41,7 +46,7 @@ def test_user_vector_is_state_after_last_item(model):
     torch.testing.assert_close(users[1], alone, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("model", _models(), ids=["sasrec", "gru4rec"])
+@pytest.mark.parametrize("model", _models(), ids=IDS)
 def test_rebuild_from_hyper_parameters(model):
     clone = build_backbone(model.hyper_parameters())
     clone.load_state_dict(model.state_dict())
@@ -49,6 +54,22 @@ def test_rebuild_from_hyper_parameters(model):
     seq = torch.tensor([[1, 2, 3]])
     with torch.no_grad():
         torch.testing.assert_close(clone.hidden_states(seq), model.hidden_states(seq))
+
+
+def test_positions_count_back_from_the_most_recent_item():
+    from_end, _, from_start = _models()
+    from_start.load_state_dict(from_end.state_dict())
+    seq = torch.tensor([[5, 9, 2, 7]])
+    with torch.no_grad():
+        from_start.position_embedding.weight[:4] = from_end.position_embedding.weight[[3, 2, 1, 0]]
+        torch.testing.assert_close(from_start.hidden_states(seq), from_end.hidden_states(seq))
+
+
+def test_positions_of_older_checkpoints_count_from_the_start():
+    saved = {k: v for k, v in _models()[0].hyper_parameters().items() if k != "positions"}
+    assert build_backbone(saved).positions == "from_start"
+    with pytest.raises(ValueError, match="positions"):
+        SASRec(30, positions="sideways")
 
 
 def test_too_long_sequence_is_an_error():

@@ -29,9 +29,13 @@ PROMPTS = ["", "something funny tonight", "no horror please", "a romantic drama"
 
 
 def _model(kind: str) -> DPR:
-    torch.manual_seed(3 if kind == "sasrec" else 4)
-    backbone = (SASRec(N, dim=32, max_len=MAX_LEN, num_blocks=2, num_heads=2, ffn_dim=48)
-                if kind == "sasrec" else GRU4Rec(N, dim=32, max_len=MAX_LEN, num_layers=2))
+    """kind: "sasrec" (positions counted from the most recent item), "sasrec-from-start"
+    (the layout of bundles written before that) or "gru4rec"."""
+    torch.manual_seed(4 if kind == "gru4rec" else 3)
+    positions = "from_start" if kind == "sasrec-from-start" else "from_end"
+    backbone = (GRU4Rec(N, dim=32, max_len=MAX_LEN, num_layers=2) if kind == "gru4rec" else
+                SASRec(N, dim=32, max_len=MAX_LEN, num_blocks=2, num_heads=2, ffn_dim=48,
+                       positions=positions))
     steering = DPRSteering(32, attribute_dim=len(GENRES), projector_hidden=64,
                            expert_hidden=48, router_hidden=32, positive_experts=2,
                            negative_experts=2, attribute_scale=10.0)
@@ -51,7 +55,7 @@ def _catalogue() -> dict[str, Any]:
                            "decade": [["1990s" if i % 3 else "2000s"] for i in range(N)]}}
 
 
-@pytest.fixture(scope="module", params=["sasrec", "gru4rec"])
+@pytest.fixture(scope="module", params=["sasrec", "sasrec-from-start", "gru4rec"])
 def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
            ) -> tuple[DPR, Recommender, dict[str, Any]]:
     kind = request.param

@@ -109,3 +109,17 @@ def test_cli_reports_bad_data_cleanly(tmp_path, capsys):
                  "--out", str(tmp_path / "out")])
     assert code == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_cosine_schedule_anneals_to_the_floor():
+    constant = BackboneTrainConfig(lr=1e-3)
+    assert constant.lr_at(0.0) == constant.lr_at(0.7) == 1e-3
+    cosine = BackboneTrainConfig(lr=1e-3, lr_schedule="cosine", min_lr_ratio=0.1)
+    assert cosine.lr_at(0.0) == pytest.approx(1e-3)
+    assert cosine.lr_at(0.5) == pytest.approx(1e-4 + 0.5 * 9e-4)
+    assert cosine.lr_at(1.0) == pytest.approx(1e-4)
+    assert cosine.lr_at(3.0) == pytest.approx(1e-4)  # epochs past max_epochs stay at the floor
+    with pytest.raises(ValueError, match="lr_schedule"):
+        BackboneTrainConfig(lr_schedule="linear")
+    with pytest.raises(ValueError, match="min_lr_ratio"):
+        BackboneTrainConfig(min_lr_ratio=2.0)

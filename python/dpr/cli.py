@@ -71,8 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--blocks", type=int, default=2, help="SASRec blocks")
     train.add_argument("--heads", type=int, default=2, help="SASRec attention heads")
     train.add_argument("--dropout", type=float, default=0.2)
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--batch-size", type=int, default=128)
+    train.add_argument("--lr", type=float, default=2e-3)
+    train.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
+                       help="cosine: anneal the learning rate to 2%% of --lr at --max-epochs")
+    train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--max-epochs", type=int, default=200)
     train.add_argument("--patience", type=int, default=10)
     train.add_argument("--max-minutes", type=float, default=None)
@@ -197,7 +199,8 @@ def _train(args: argparse.Namespace) -> int:
 
     dataset = load_dataset(args.data, args.format, min_rating=args.min_rating, k_core=args.k_core)
     print(_describe(dataset.report))
-    config = BackboneTrainConfig(lr=args.lr, batch_size=args.batch_size,
+    config = BackboneTrainConfig(lr=args.lr, lr_schedule=args.lr_schedule,
+                                 batch_size=args.batch_size,
                                  max_epochs=args.max_epochs, patience=args.patience,
                                  max_minutes=args.max_minutes, seed=args.seed, device=args.device)
     if args.no_resume:

@@ -104,6 +104,11 @@ TRAIN_WORDINGS = Wordings(
         "Could you list some {genre} titles?",
         "A {genre} movie would be perfect right now.",
         "My pick tonight: something from the {genre} shelf.",
+        "{genre} please.",
+        "Some {genre}.",
+        "Something {genre}.",
+        "{genre} tonight.",
+        "yes to {genre}",
     ),
     negative=(
         "No {genre} movies, please.",
@@ -132,6 +137,13 @@ TRAIN_WORDINGS = Wordings(
         "I'm fed up with {genre} stuff.",
         "Not feeling a {genre} movie tonight.",
         "I dislike {genre} movies.",
+        "No {genre} please.",
+        "no {genre}",
+        "Nothing {genre}.",
+        "Not {genre}.",
+        "Something, but not {genre}.",
+        "{genre}? No thanks.",
+        "no to {genre}",
     ),
     neutral=(
         "Recommend me a movie.",
@@ -154,6 +166,12 @@ TRAIN_WORDINGS = Wordings(
         "{genre} titles please, but skip the {avoid} ones.",
         "Looking for a {genre} movie; no {avoid} movies though.",
         "Show me {genre} movies and leave out {avoid} titles.",
+        "Something {genre}, but no {avoid}.",
+        "{genre} but not {avoid}.",
+        "{genre}, no {avoid} please.",
+        "Something {genre} without {avoid}.",
+        "No {avoid}, just {genre}.",
+        "I don't want {avoid}; give me {genre}.",
     ),
 )
 """Templates used to train the steering modules."""
@@ -172,6 +190,7 @@ HELDOUT_WORDINGS = Wordings(
         "Let's have a {genre} movie night.",
         "I'm up for some {genre} entertainment.",
         "Queue up a few {genre} movies.",
+        "Just {genre} for me.",
     ),
     negative=(
         "I'm sick of {genre} movies.",
@@ -186,6 +205,8 @@ HELDOUT_WORDINGS = Wordings(
         "Zero {genre} movies, thanks.",
         "I can't stand {genre} movies right now.",
         "Ban {genre} flicks from my feed.",
+        "No {genre} for me.",
+        "Nothing {genre} tonight, thanks.",
     ),
     neutral=(
         "Surprise me.",
@@ -385,7 +406,7 @@ def intent_of(episodes: Episodes, i: int) -> Intent:
                   episodes.genres[a] if a >= 0 else None)
 
 
-DEFAULT_MIX = {"positive": 0.4, "negative": 0.35, "compound": 0.1, "neutral": 0.15}
+DEFAULT_MIX = {"positive": 0.35, "negative": 0.3, "compound": 0.2, "neutral": 0.15}
 """Share of each polarity among steering episodes."""
 
 _POS, _NEG, _NEU, _COM = (POLARITIES.index(p) for p in ("positive", "negative", "neutral",

@@ -56,6 +56,18 @@ impl fmt::Display for BundleError {
 
 impl std::error::Error for BundleError {}
 
+/// Which SASRec position embedding row each history item gets.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Positions {
+    /// The most recent item is row 0, the one before it row 1, and so on.
+    FromEnd,
+    /// The oldest item of the (at most `max_len`) history is row 0: bundles written before
+    /// `positions` existed.
+    #[default]
+    FromStart,
+}
+
 /// The backbone's hyper-parameters (`dpr.json` `backbone`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -65,6 +77,8 @@ pub enum BackboneConfig {
         num_blocks: usize,
         num_heads: usize,
         ffn_dim: usize,
+        #[serde(default)]
+        positions: Positions,
     },
     Gru4rec {
         max_len: usize,
@@ -924,5 +938,23 @@ mod tests {
         assert_eq!(IdRows::new(&ints(&[1, 1 << 40, 1 << 40])).err(), Some(2));
         let strs = [ItemId::Str("x".into()), ItemId::Str("x".into())];
         assert_eq!(IdRows::new(&strs).err(), Some(1));
+    }
+
+    #[test]
+    fn sasrec_positions_default_to_from_start() {
+        let parse = |json: &str| serde_json::from_str::<BackboneConfig>(json).unwrap();
+        let old = r#"{"kind": "sasrec", "max_len": 8, "num_blocks": 1, "num_heads": 1,
+                      "ffn_dim": 4}"#;
+        let new = r#"{"kind": "sasrec", "max_len": 8, "num_blocks": 1, "num_heads": 1,
+                      "ffn_dim": 4, "positions": "from_end"}"#;
+        let positions = |config| match config {
+            BackboneConfig::Sasrec { positions, .. } => positions,
+            BackboneConfig::Gru4rec { .. } => unreachable!("parsed a sasrec config"),
+        };
+        assert_eq!(positions(parse(old)), Positions::FromStart);
+        assert_eq!(positions(parse(new)), Positions::FromEnd);
+        let wrong = r#"{"kind": "sasrec", "max_len": 8, "num_blocks": 1, "num_heads": 1,
+                        "ffn_dim": 4, "positions": "sideways"}"#;
+        assert!(serde_json::from_str::<BackboneConfig>(wrong).is_err());
     }
 }

@@ -42,7 +42,42 @@ def run(data: Path, fmt: str, backbone_path: Path, epochs: int, device: str) -> 
     out["steering"] = report["seconds"]
     out["steering_epochs"] = epochs
     out["steering_backbone"] = str(backbone_path)
+    out["loss"] = _loss_side_by_side(backbone.item_vectors().detach(), device)
     return {**out, **machine()}
+
+
+def _loss_side_by_side(items: Any, device: str, positions: int = 10_000, repeats: int = 7
+                       ) -> dict[str, Any]:
+    """Forward + backward of the stage-1 loss on one batch-sized slab of positions: the
+    chunked `full_softmax_cross_entropy` against `F.cross_entropy(hidden @ items.T)`."""
+    import statistics
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    from dpr.train.losses import full_softmax_cross_entropy
+
+    generator = torch.Generator().manual_seed(0)
+    items = items.to(device).clone().requires_grad_(True)
+    hidden = torch.randn(positions, items.shape[1], generator=generator).to(device)
+    hidden.requires_grad_(True)
+    targets = torch.randint(0, items.shape[0], (positions,), generator=generator).to(device)
+    candidates = {
+        "chunked": lambda: full_softmax_cross_entropy(hidden, items, targets),
+        "pytorch": lambda: F.cross_entropy(hidden @ items.T, targets),
+    }
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):  # interleaved, so both see the same machine load
+        for name, loss in candidates.items():
+            started = time.perf_counter()
+            loss().backward()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - started)
+    medians = {name: statistics.median(t[1:]) for name, t in times.items()}
+    return {"positions": positions, "items": int(items.shape[0]), "repeats": repeats,
+            "median_seconds": medians, "speedup": medians["pytorch"] / medians["chunked"]}
 
 
 def to_markdown(r: dict[str, Any], command: str) -> str:
@@ -57,7 +92,18 @@ def to_markdown(r: dict[str, Any], command: str) -> str:
             + table(["stage", "seconds"], rows)
             + f"\nDevice {r['device']}, torch threads {r['torch_threads']}; stage 1 includes the "
             f"validation pass of each epoch; stages 2 and 3 ran on `{r['steering_backbone']}`.\n\n"
+            + _loss_markdown(r.get("loss"))
             + footer(r, command))
+
+
+def _loss_markdown(loss: dict[str, Any] | None) -> str:
+    if not loss:
+        return ""
+    medians = loss["median_seconds"]
+    return (f"Stage-1 loss, forward + backward over {loss['positions']:,} positions × "
+            f"{loss['items']:,} items (median of {loss['repeats'] - 1} interleaved runs): "
+            f"chunked {1e3 * medians['chunked']:.0f} ms, `F.cross_entropy(h @ E.T)` "
+            f"{1e3 * medians['pytorch']:.0f} ms, **{loss['speedup']:.2f}×**.\n\n")
 
 
 def main(argv: list[str] | None = None) -> int:

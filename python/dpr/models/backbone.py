@@ -22,6 +22,8 @@ def build_backbone(hyper_parameters: dict[str, Any]) -> Backbone:
     if kind not in BACKBONES:
         raise ValueError(f"unknown backbone kind {kind!r}; known: {', '.join(BACKBONES)}")
     num_items = params.pop("num_items")
+    if kind == "sasrec":
+        params.setdefault("positions", "from_start")  # saved before positions were counted back
     return BACKBONES[kind](num_items, **params)
 
 

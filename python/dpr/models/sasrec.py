@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+POSITION_MODES = ("from_end", "from_start")
+
 
 class CausalSelfAttention(nn.Module):
     """Multi-head attention where each position sees itself and earlier positions only.
@@ -58,15 +60,21 @@ class SASRecBlock(nn.Module):
 class SASRec(nn.Module):
     """Self-attentive sequential recommender (Kang & McAuley, 2018), CE-trained over all items.
 
-    Sequences are right-padded with 0; position i of a sequence gets position embedding i, so a
-    real position never attends to padding and its output does not depend on the padding.
+    Sequences are right-padded with 0, so a real position never attends to padding and its
+    output does not depend on the padding. `positions` says how positions are counted:
+    "from_end" (the most recent item is position 0, as in the original left-padded SASRec, so
+    the position the user vector is read at is always the same) or "from_start" (the oldest item
+    in the window is position 0; models trained before `positions` existed).
     """
 
     kind = "sasrec"
 
     def __init__(self, num_items: int, *, dim: int = 64, max_len: int = 200, num_blocks: int = 2,
-                 num_heads: int = 2, ffn_dim: int | None = None, dropout: float = 0.2) -> None:
+                 num_heads: int = 2, ffn_dim: int | None = None, dropout: float = 0.2,
+                 positions: str = "from_end") -> None:
         super().__init__()
+        if positions not in POSITION_MODES:
+            raise ValueError(f"positions must be one of {POSITION_MODES}, not {positions!r}")
         self.num_items = num_items
         self.dim = dim
         self.max_len = max_len
@@ -74,6 +82,7 @@ class SASRec(nn.Module):
         self.num_heads = num_heads
         self.ffn_dim = ffn_dim or dim
         self.dropout_rate = dropout
+        self.positions = positions
         self.item_embedding = nn.Embedding(num_items + 1, dim, padding_idx=0)
         self.position_embedding = nn.Embedding(max_len, dim)
         self.embedding_dropout = nn.Dropout(dropout)
@@ -89,7 +98,7 @@ class SASRec(nn.Module):
         return {"kind": self.kind, "num_items": self.num_items, "dim": self.dim,
                 "max_len": self.max_len, "num_blocks": self.num_blocks,
                 "num_heads": self.num_heads, "ffn_dim": self.ffn_dim,
-                "dropout": self.dropout_rate}
+                "dropout": self.dropout_rate, "positions": self.positions}
 
     def hidden_states(self, items: torch.Tensor) -> torch.Tensor:
         """(B, T) right-padded item ids, T <= max_len -> (B, T, dim) sequence representations."""
@@ -97,6 +106,9 @@ class SASRec(nn.Module):
         if length > self.max_len:
             raise ValueError(f"sequence length {length} exceeds max_len {self.max_len}")
         positions = torch.arange(length, device=items.device)
+        if self.positions == "from_end":
+            lengths = (items > 0).sum(dim=1, keepdim=True)
+            positions = (lengths - 1 - positions).clamp(min=0)
         x = self.item_embedding(items) * math.sqrt(self.dim) + self.position_embedding(positions)
         x = self.embedding_dropout(x)
         for block in self.blocks:

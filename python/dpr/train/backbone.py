@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from dpr.data.dataset import LeaveOneOutSplit
@@ -20,6 +19,7 @@ from dpr.train import distributed
 from dpr.train.batches import bucketed_batches, next_item_batch
 from dpr.train.checkpoint import load_checkpoint, save_atomic
 from dpr.train.config import BackboneTrainConfig, resolve_device
+from dpr.train.losses import full_softmax_cross_entropy
 from dpr.train.scoring import backbone_scorer
 
 LAST_CHECKPOINT = "backbone_last.pt"
@@ -59,8 +59,8 @@ def cross_entropy_loss(backbone: Backbone, inputs: torch.Tensor, targets: torch.
     """
     hidden = (model or backbone)(inputs)
     labelled = targets > 0
-    logits = hidden[labelled] @ backbone.item_vectors().T
-    return F.cross_entropy(logits, targets[labelled] - 1)
+    return full_softmax_cross_entropy(hidden[labelled], backbone.item_vectors(),
+                                      targets[labelled] - 1)
 
 
 def train_backbone(backbone: Backbone, split: LeaveOneOutSplit, config: BackboneTrainConfig,
@@ -158,7 +158,10 @@ def _train_epoch(backbone: Backbone, model: torch.nn.Module, optimizer: torch.op
         bucketed_batches(trainable, lengths, config.batch_size, rng))
     total, count = 0.0, 0
     bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not progress, unit="batch")
-    for users in bar:
+    for step, users in enumerate(bar):
+        lr = config.lr_at((epoch + step / len(batches)) / config.max_epochs)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         inputs, targets = next_item_batch([split.train[u] for u in users], backbone.max_len)
         loss = cross_entropy_loss(backbone, inputs.to(device), targets.to(device), model)
         optimizer.zero_grad(set_to_none=True)

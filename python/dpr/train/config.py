@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -12,9 +13,11 @@ import torch
 class BackboneTrainConfig:
     """Stage 1: next-item prediction with full-softmax cross-entropy over the catalogue."""
 
-    lr: float = 1e-3
+    lr: float = 2e-3
+    lr_schedule: str = "constant"
+    min_lr_ratio: float = 0.02
     weight_decay: float = 0.0
-    batch_size: int = 128
+    batch_size: int = 32
     max_epochs: int = 200
     patience: int = 10
     max_minutes: float | None = None
@@ -22,8 +25,29 @@ class BackboneTrainConfig:
     device: str = "auto"
     eval_batch_size: int = 512
 
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, "
+                             f"got {self.lr_schedule!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+
+    def lr_at(self, progress: float) -> float:
+        """Learning rate after `progress` of the `max_epochs` (0 = start, 1 = end).
+
+        "constant" keeps `lr`; "cosine" anneals it to `min_lr_ratio * lr` at `max_epochs`, so
+        the last epochs settle instead of oscillating around the optimum.
+        """
+        if self.lr_schedule == "constant":
+            return self.lr
+        floor = self.min_lr_ratio * self.lr
+        return floor + (self.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def resolve_device(device: str) -> torch.device:

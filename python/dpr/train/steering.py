@@ -38,8 +38,8 @@ class SteeringTrainConfig:
     align_temperature: float = 0.1
     epochs: int = 4
     positions_per_user: int | None = 40
-    prompts_per_genre: int = 12
-    prompts_per_pair: int = 2
+    prompts_per_genre: int = 24
+    prompts_per_pair: int = 3
     prompt_noise: float = 0.0
     batch_size: int = 512
     lr: float = 2e-3

@@ -11,7 +11,7 @@ mod sasrec;
 pub(crate) use sasrec::linear as sasrec_linear;
 
 pub use gru4rec::Gru4Rec;
-pub use sasrec::SasRec;
+pub use sasrec::{SasRec, SasRecShape};
 
 use crate::bundle::{BackboneConfig, Bundle, BundleError};
 
@@ -31,8 +31,16 @@ impl Backbone {
                 num_blocks,
                 num_heads,
                 ffn_dim,
+                positions,
             } => Ok(Backbone::SasRec(SasRec::from_bundle(
-                bundle, max_len, num_blocks, num_heads, ffn_dim,
+                bundle,
+                SasRecShape {
+                    max_len,
+                    num_blocks,
+                    num_heads,
+                    ffn_dim,
+                    positions,
+                },
             )?)),
             BackboneConfig::Gru4rec {
                 max_len,

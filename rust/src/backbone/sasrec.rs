@@ -1,7 +1,7 @@
 //! SASRec inference: pre-norm causal self-attention blocks, user vector at the last position.
 
 use super::{take, Rows};
-use crate::bundle::{Bundle, BundleError};
+use crate::bundle::{Bundle, BundleError, Positions};
 use crate::linalg::{gemv, gemv_transposed, layer_norm, relu, softmax, Linear};
 
 #[derive(Debug)]
@@ -29,6 +29,7 @@ pub struct SasRec {
     dim: usize,
     num_heads: usize,
     eps: f32,
+    positions: Positions,
     position: Vec<f32>,
     blocks: Vec<Block>,
     final_norm: Norm,
@@ -67,14 +68,25 @@ fn stacked(a: Linear, b: Linear) -> Linear {
     .unwrap_or_else(|| unreachable!("both parts have in_dim columns and their own biases"))
 }
 
+/// The hyper-parameters `dpr.json` gives a SASRec backbone.
+#[derive(Debug, Clone, Copy)]
+pub struct SasRecShape {
+    pub max_len: usize,
+    pub num_blocks: usize,
+    pub num_heads: usize,
+    pub ffn_dim: usize,
+    pub positions: Positions,
+}
+
 impl SasRec {
-    pub fn from_bundle(
-        bundle: &mut Bundle,
-        max_len: usize,
-        num_blocks: usize,
-        num_heads: usize,
-        ffn_dim: usize,
-    ) -> Result<SasRec, BundleError> {
+    pub fn from_bundle(bundle: &mut Bundle, shape: SasRecShape) -> Result<SasRec, BundleError> {
+        let SasRecShape {
+            max_len,
+            num_blocks,
+            num_heads,
+            ffn_dim,
+            positions,
+        } = shape;
         let d = bundle.dim;
         let eps = bundle.steer.layer_norm_eps;
         let position = take(bundle, "backbone.position_embedding.weight")?;
@@ -101,6 +113,7 @@ impl SasRec {
             dim: d,
             num_heads,
             eps,
+            positions,
             position,
             blocks,
             final_norm,
@@ -114,7 +127,11 @@ impl SasRec {
         let mut x = vec![0.0f32; n * d];
         for (t, (&item, row)) in history.iter().zip(x.chunks_exact_mut(d)).enumerate() {
             let e = embedding.row(item as usize);
-            let p = &self.position[t * d..(t + 1) * d];
+            let row_index = match self.positions {
+                Positions::FromEnd => n - 1 - t,
+                Positions::FromStart => t,
+            };
+            let p = &self.position[row_index * d..(row_index + 1) * d];
             for ((v, e), p) in row.iter_mut().zip(e).zip(p) {
                 *v = e * scale + p;
             }

@@ -1,0 +1,60 @@
+"""The chunked full-softmax cross-entropy equals PyTorch's, value and gradients."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dpr.train import losses
+from dpr.train.losses import full_softmax_cross_entropy
+
+
+def _case(positions: int = 37, items: int = 23, dim: int = 8, dtype=torch.float64):
+    torch.manual_seed(0)
+    hidden = torch.randn(positions, dim, dtype=dtype, requires_grad=True)
+    table = torch.randn(items, dim, dtype=dtype, requires_grad=True)
+    targets = torch.randint(0, items, (positions,))
+    return hidden, table, targets
+
+
+@pytest.mark.parametrize("chunk_elements", [23, 5 * 23, 10 ** 6], ids=["row", "five", "one"])
+def test_matches_pytorch_cross_entropy(monkeypatch: pytest.MonkeyPatch, chunk_elements: int):
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", chunk_elements)
+    hidden, table, targets = _case()
+    want = F.cross_entropy(hidden @ table.T, targets)
+    want_grads = torch.autograd.grad(2.5 * want, (hidden, table))
+    got = full_softmax_cross_entropy(hidden, table, targets)
+    got_grads = torch.autograd.grad(2.5 * got, (hidden, table))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+def test_large_logits_do_not_overflow():
+    hidden, table, targets = _case(dtype=torch.float32)
+    with torch.no_grad():
+        hidden *= 200
+    want = F.cross_entropy(hidden @ table.T, targets)
+    got = full_softmax_cross_entropy(hidden, table, targets)
+    assert torch.isfinite(got)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-3)
+
+
+def test_without_gradients_only_the_value_is_computed():
+    hidden, table, targets = _case()
+    with torch.no_grad():
+        got = full_softmax_cross_entropy(hidden, table, targets)
+        want = F.cross_entropy(hidden @ table.T, targets)
+    assert not got.requires_grad
+    torch.testing.assert_close(got, want)
+
+
+def test_bad_input_is_a_value_error():
+    hidden, table, targets = _case()
+    with pytest.raises(ValueError, match="must lie in"):
+        full_softmax_cross_entropy(hidden, table, targets + 23)
+    with pytest.raises(ValueError, match="targets"):
+        full_softmax_cross_entropy(hidden, table, targets[:-1])
+    with pytest.raises(ValueError, match=r"\(P, d\)"):
+        full_softmax_cross_entropy(hidden, table[:, :4], targets)
+    with pytest.raises(ValueError, match="no labelled"):
+        full_softmax_cross_entropy(hidden[:0], table, targets[:0])
