@@ -314,7 +314,7 @@ def test_mix_is_roughly_honoured() -> None:
                 {"compound": 0.2, "neutral": 0.3, "positive": 0.3, "negative": 0.2}):
         episodes = steering_episodes(split, catalogue, rng=np.random.default_rng(0), mix=mix)
         share = np.bincount(episodes.polarity, minlength=4) / len(episodes)
-        want = mix or {"positive": 0.4, "negative": 0.35, "compound": 0.1, "neutral": 0.15}
+        want = mix or {"positive": 0.35, "negative": 0.3, "compound": 0.2, "neutral": 0.15}
         for polarity, p in want.items():
             assert abs(share[POLARITIES.index(polarity)] - p) < 0.02, (mix, polarity)
         for polarity in set(POLARITIES) - set(want):
