@@ -58,3 +58,34 @@ def test_bad_input_is_a_value_error():
         full_softmax_cross_entropy(hidden, table[:, :4], targets)
     with pytest.raises(ValueError, match="no labelled"):
         full_softmax_cross_entropy(hidden[:0], table, targets[:0])
+
+
+@pytest.mark.parametrize("chunk_elements", [23, 5 * 23, 10 ** 6], ids=["row", "five", "one"])
+def test_excluded_items_leave_the_softmax(monkeypatch: pytest.MonkeyPatch, chunk_elements: int):
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", chunk_elements)
+    hidden, table, targets = _case()
+    rows = torch.tensor([0, 0, 3, 3, 3, 20, 36])
+    columns = (targets[rows] + torch.tensor([1, 2, 1, 5, 7, 3, 1])) % table.shape[0]
+    logits = (hidden @ table.T).index_put((rows, columns), torch.tensor(-torch.inf,
+                                                                         dtype=hidden.dtype))
+    want = F.cross_entropy(logits, targets)
+    want_grads = torch.autograd.grad(want, (hidden, table))
+    got = full_softmax_cross_entropy(hidden, table, targets, (rows, columns))
+    got_grads = torch.autograd.grad(got, (hidden, table))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+    assert got < full_softmax_cross_entropy(hidden, table, targets)
+
+
+def test_bad_exclusions_are_value_errors():
+    hidden, table, targets = _case()
+    with pytest.raises(ValueError, match="target is among"):
+        full_softmax_cross_entropy(hidden, table, targets, (torch.tensor([2]), targets[2:3]))
+    with pytest.raises(ValueError, match="sorted"):
+        full_softmax_cross_entropy(hidden, table, targets,
+                                   (torch.tensor([3, 1]), (targets[[3, 1]] + 1) % 23))
+    with pytest.raises(ValueError, match="out of range"):
+        full_softmax_cross_entropy(hidden, table, targets, (torch.tensor([37]), torch.tensor([0])))
+    with pytest.raises(ValueError, match="same length"):
+        full_softmax_cross_entropy(hidden, table, targets, (torch.tensor([1]), torch.tensor([])))

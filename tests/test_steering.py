@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dpr.data import synthetic_dataset
 from dpr.models import DPR, DPRSteering, load_dpr
@@ -70,8 +71,9 @@ def test_training_steers_towards_and_away_from_a_genre(trained):
     results = evaluate_dpr({"dpr": model}, dataset, encoder.encode, wordings=TRAIN_WORDINGS,
                            protocols=("standard", "positive", "negative"))["protocols"]
     positive, negative = results["positive"]["methods"], results["negative"]["methods"]
-    # 0.33 -> 0.59 on this tiny fixture (0.33 -> 0.63 before compound episodes doubled)
-    assert positive["dpr soft"]["genre_share@10"] > positive["backbone"]["genre_share@10"] + 0.25
+    # 0.32 -> 0.53 on this tiny fixture (4 prompts per genre) with the default prompt noise of
+    # 0.3; 0.33 -> 0.59 without noise
+    assert positive["dpr soft"]["genre_share@10"] > positive["backbone"]["genre_share@10"] + 0.15
     assert negative["dpr soft"]["genre_share@10"] < 0.5 * negative["backbone"]["genre_share@10"]
     standard = results["standard"]["methods"]
     assert standard["dpr"] == standard["backbone"]
@@ -123,3 +125,18 @@ def test_episodes_never_use_held_out_items(trained):
     episodes = steering_episodes(split, dataset.items, rng=np.random.default_rng(0))
     lengths = np.array([len(t) for t in split.train])
     assert (episodes.position < lengths[episodes.user]).all()
+
+
+def test_prompt_noise_keeps_unit_norm_and_empty_prompts_empty():
+    from dpr.train.steering import _jitter
+
+    torch.manual_seed(0)
+    prompts = F.normalize(torch.randn(6, 384), dim=-1)
+    prompts[2] = 0.0
+    moved = _jitter(prompts, 0.3)
+    assert torch.equal(moved[2], prompts[2])
+    others = [0, 1, 3, 4, 5]
+    torch.testing.assert_close(moved[others].norm(dim=-1), torch.ones(5))
+    cosine = (moved[others] * prompts[others]).sum(-1)
+    assert bool(((cosine > 0.9) & (cosine < 0.999)).all())
+    assert torch.equal(_jitter(prompts, 0.0), prompts)

@@ -10,6 +10,7 @@ from dpr.cli import main
 from dpr.data import synthetic_dataset
 from dpr.evaluate import evaluate_popularity, evaluate_scorer
 from dpr.train import BackboneTrainConfig, backbone_scorer, load_backbone, train_backbone
+from dpr.train.backbone import seen_items
 from dpr.train.experiment import make_backbone, run_backbone_experiment
 
 
@@ -26,15 +27,27 @@ def _train(dataset, kind, out=None, epochs=6, **config):
     return train_backbone(backbone, dataset.split(), cfg, out, progress=False)
 
 
-@pytest.mark.parametrize("kind", ["sasrec", "gru4rec"])
-def test_training_beats_most_popular(dataset, kind):
-    result = _train(dataset, kind, epochs=12)
+@pytest.mark.parametrize("kind, exclude_seen", [("sasrec", False), ("gru4rec", False),
+                                                ("sasrec", True)])
+def test_training_beats_most_popular(dataset, kind, exclude_seen):
+    result = _train(dataset, kind, epochs=12, exclude_seen=exclude_seen)
     split = dataset.split()
     histories, targets = split.evaluation_cases("test")
     model = evaluate_scorer(backbone_scorer(result.backbone), histories, targets)
     popular = evaluate_popularity(split.train, dataset.num_items, histories, targets)
     assert model["ndcg@10"] > 1.5 * popular["ndcg@10"]
     assert result.history[-1].loss < result.history[0].loss
+
+
+def test_seen_items_are_each_positions_earlier_inputs():
+    inputs = torch.tensor([[5, 7, 9, 0], [3, 4, 3, 8]])
+    targets = torch.tensor([[7, 9, 2, 0], [4, 3, 8, 6]])
+    rows, items = seen_items(inputs, targets)
+    # Labelled rows: user 0 positions 0-2 (rows 0-2), user 1 positions 0-3 (rows 3-6). User 1
+    # sees item 3 again at position 1 (its target): that repeat stays in the softmax.
+    want = [(0, 5), (1, 5), (1, 7), (2, 5), (2, 7), (2, 9),
+            (3, 3), (4, 4), (5, 3), (5, 4), (5, 3), (6, 3), (6, 4), (6, 3), (6, 8)]
+    assert list(zip(rows.tolist(), (items + 1).tolist(), strict=True)) == want
 
 
 def test_training_is_deterministic(dataset):

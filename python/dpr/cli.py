@@ -75,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
                        help="cosine: anneal the learning rate to 2%% of --lr at --max-epochs")
     train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    train.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=True,
+                       help="leave each position's already-seen items out of the training "
+                            "softmax, as evaluation leaves the history out of the ranking")
     train.add_argument("--max-epochs", type=int, default=200)
     train.add_argument("--patience", type=int, default=10)
     train.add_argument("--max-minutes", type=float, default=None)
@@ -182,6 +186,9 @@ def _steering_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--positive-experts", type=int, default=2)
     group.add_argument("--negative-experts", type=int, default=2)
     group.add_argument("--router-weight", type=float, default=0.2)
+    group.add_argument("--prompt-noise", type=float, default=0.3,
+                       help="random perturbation of training prompt embeddings (0 = none); "
+                            "helps on wordings never trained on")
 
 
 def _backbone_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -200,7 +207,8 @@ def _train(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.data, args.format, min_rating=args.min_rating, k_core=args.k_core)
     print(_describe(dataset.report))
     config = BackboneTrainConfig(lr=args.lr, lr_schedule=args.lr_schedule,
-                                 batch_size=args.batch_size,
+                                 batch_size=args.batch_size, weight_decay=args.weight_decay,
+                                 exclude_seen=args.exclude_seen,
                                  max_epochs=args.max_epochs, patience=args.patience,
                                  max_minutes=args.max_minutes, seed=args.seed, device=args.device)
     if args.no_resume:
@@ -228,7 +236,8 @@ def _steering_config(args: argparse.Namespace) -> SteeringTrainConfig:
     return SteeringTrainConfig(stage2=not args.no_stage2, stage3=not args.no_stage3,
                                epochs=args.steer_epochs,
                                positions_per_user=args.positions_per_user,
-                               router_weight=args.router_weight, seed=args.seed)
+                               router_weight=args.router_weight,
+                               prompt_noise=args.prompt_noise, seed=args.seed)
 
 
 def _train_steering(args: argparse.Namespace, dataset: SequenceDataset, backbone: Any) -> None:

@@ -1,35 +1,33 @@
-//! Approximate top-k by inner product: an HNSW graph (the `usearch` crate, inner-product
-//! metric) with row filters, an exact fallback, and exact scores.
+//! Approximate top-k by inner product: an HNSW graph built by the `usearch` crate
+//! (inner-product metric), searched by dpr's own walk over a flat copy of it
+//! ([`crate::hnsw_graph`]), with row filters, an exact fallback, and exact scores.
 //!
 //! Why `usearch` and why the inner-product metric: see `benches/results/hnsw-crates.md`. In
 //! short, item vectors are not normalised; `hnsw_rs`'s `DistDot` asserts unit vectors and its
 //! search asserts non-negative distances, and the usual MIPS→L2 transform (an extra coordinate
 //! `sqrt(M² - |x|²)`) made recall collapse on catalogues whose norms vary, in both crates.
+//! Why dpr walks the graph itself: searching through usearch measured 3-4x slower than
+//! hnswlib at the same recall (see [`crate::hnsw_graph`]).
 //!
 //! What this module adds on top of the graph:
 //!
-//! * **Exact scores and order.** The graph proposes `max(k, ef)` candidates; each is rescored
-//!   with [`crate::retrieve::dot`] on this index's own copy of the rows, and the best `k` are
-//!   ranked exactly as [`crate::retrieve::top_k`] ranks them (higher score first, ties to the
-//!   lower row, NaN last). A score therefore equals the exact scan's score bit for bit.
+//! * **Exact scores and order.** Scores are [`crate::retrieve::dot`] on this index's own copy
+//!   of the rows, and the best `k` are ranked exactly as [`crate::retrieve::top_k`] ranks them
+//!   (higher score first, ties to the lower row, NaN last). A score therefore equals the exact
+//!   scan's score bit for bit.
 //! * **Filters that keep their promise.** A row for which `allowed` is false is never returned,
 //!   and `min(k, allowed rows)` hits come back whenever that many rows are allowed: a filter
 //!   estimated (from a sample of rows) to keep few rows goes straight to the exact scan over the
 //!   allowed rows, which is cheaper than a graph walk that must skip most of what it visits; a
 //!   graph search that still comes back short falls back to the same scan. (Known bugs in this
 //!   area: usearch #751 returned fewer than k, hnsw_rs #27 returned filtered-out items.)
-//! * **Safe concurrency.** usearch searches need one of a fixed number of per-thread contexts
-//!   reserved up front, and fail when all are taken; a small semaphore makes a caller wait
-//!   for a free context instead, so any number of threads may search one index at once.
-//! * **No panics across the FFI boundary.** The filter runs inside usearch's C++ search; a panic
-//!   in it is caught there and resumed after the search returns.
+//! * **Safe concurrency.** usearch inserts need one of a fixed number of per-thread contexts
+//!   reserved up front, and fail when all are taken; a small semaphore makes a builder thread
+//!   wait for a free context instead. Searches keep their state per thread.
 
-use std::any::Any;
-use std::cell::RefCell;
 use std::cmp::Ordering;
 use std::fmt;
 use std::ops::Range;
-use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -37,6 +35,7 @@ use memmap2::{Mmap, MmapOptions};
 use rayon::prelude::*;
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
+use crate::hnsw_graph::FlatGraph;
 use crate::retrieve::{self, rank_key, Hit, Matrix};
 
 /// Concurrent searches (and inserts) per index; more callers wait for a free context. Each
@@ -168,6 +167,8 @@ impl Drop for ContextGuard<'_> {
 pub struct HnswIndex {
     /// Declared before `_file`: a viewed graph points into the mapping, so it is dropped first.
     graph: Index,
+    /// The graph copied into the layout its searches walk (see [`crate::hnsw_graph`]).
+    flat: FlatGraph,
     /// The saved index file, mapped, when the graph is a view of it (see [`HnswIndex::load`]).
     _file: Option<Mmap>,
     /// Item vectors for exact rescoring and the exact fallback: item row `base + i` is
@@ -180,7 +181,6 @@ pub struct HnswIndex {
     dim: usize,
     connectivity: usize,
     expansion_search: usize,
-    contexts: Contexts,
 }
 
 /// Searches from many threads at once are part of the contract.
@@ -327,8 +327,19 @@ impl HnswIndex {
         graph
             .reserve_capacity_and_threads(rows.len(), threads)
             .map_err(backend)?;
-        let index = Self {
+        let contexts = Contexts::new(threads);
+        let vector = |row: usize| &items.data[(row - base) * dim..(row - base + 1) * dim];
+        rows.clone()
+            .into_par_iter()
+            .try_for_each(|row| {
+                let _context = contexts.acquire();
+                graph.add(row as u64, vector(row))
+            })
+            .map_err(backend)?;
+        let flat = FlatGraph::from_usearch(&graph, rows.start, rows.len()).map_err(backend)?;
+        Ok(Self {
             graph,
+            flat,
             _file: None,
             vectors: items.data,
             base,
@@ -337,16 +348,7 @@ impl HnswIndex {
             dim,
             connectivity: params.connectivity,
             expansion_search: params.expansion_search,
-            contexts: Contexts::new(threads),
-        };
-        (index.start..index.start + index.len)
-            .into_par_iter()
-            .try_for_each(|row| {
-                let _context = index.contexts.acquire();
-                index.graph.add(row as u64, index.vector(row))
-            })
-            .map_err(backend)?;
-        Ok(index)
+        })
     }
 
     /// Number of indexed rows.
@@ -466,7 +468,7 @@ impl HnswIndex {
             .collect()
     }
 
-    /// Asks the graph for `count` candidates, rescores them exactly and keeps the best `k`.
+    /// Walks the graph with breadth `count` and keeps the best `k` allowed rows.
     fn graph_search(
         &self,
         query: &[f32],
@@ -474,49 +476,23 @@ impl HnswIndex {
         count: usize,
         allowed: Option<&(dyn Fn(usize) -> bool + Sync)>,
     ) -> Result<Vec<Hit>, HnswError> {
-        let rows = self.rows();
-        let matches = {
-            let _context = self.contexts.acquire();
-            match allowed {
-                None => self.graph.search(query, count),
-                Some(keep) => {
-                    // The predicate is called from C++: a panic must not unwind through it.
-                    let panic: RefCell<Option<Box<dyn Any + Send>>> = RefCell::new(None);
-                    let predicate = |key: u64| {
-                        let row = key as usize;
-                        if panic.borrow().is_some() || !rows.contains(&row) {
-                            return false;
-                        }
-                        match catch_unwind(AssertUnwindSafe(|| keep(row))) {
-                            Ok(kept) => kept,
-                            Err(payload) => {
-                                *panic.borrow_mut() = Some(payload);
-                                false
-                            }
-                        }
-                    };
-                    let found = self.graph.filtered_search(query, count, predicate);
-                    if let Some(payload) = panic.into_inner() {
-                        resume_unwind(payload);
-                    }
-                    found
-                }
-            }
-            .map_err(backend)?
-        };
-        let mut hits: Vec<Hit> = matches
-            .keys
-            .iter()
-            .map(|&key| key as usize)
-            // Never trust the graph with the filter's promise, nor with the row range.
-            .filter(|&row| rows.contains(&row) && allowed.is_none_or(|keep| keep(row)))
-            .map(|row| Hit {
-                row,
-                score: retrieve::dot(self.vector(row), query),
+        let start = self.start;
+        let first = (start - self.base) * self.dim;
+        let vectors = &self.vectors[first..first + self.len * self.dim];
+        let keep = allowed.map(|keep| move |node: u32| keep(start + node as usize));
+        let keep = keep.as_ref().map(|f| f as &dyn Fn(u32) -> bool);
+        let mut hits: Vec<Hit> = self
+            .flat
+            .search(vectors, self.dim, query, count, keep)
+            .into_iter()
+            .map(|s| Hit {
+                row: start + s.node as usize,
+                score: s.score,
             })
             .collect();
+        // The walk scores with the same dot product as the exact scan; the sort applies its
+        // tie and NaN rules.
         hits.sort_unstable_by(rank_order);
-        hits.dedup_by_key(|h| h.row);
         hits.truncate(k);
         Ok(hits)
     }
@@ -628,8 +604,10 @@ impl HnswIndex {
             )));
         }
         check_rows(&items.data, dim, rows, &(start..end))?;
+        let flat = FlatGraph::from_usearch(&graph, start, len).map_err(file_err)?;
         let index = Self {
             graph,
+            flat,
             _file: Some(map),
             vectors: items.data,
             base: 0,
@@ -638,7 +616,6 @@ impl HnswIndex {
             dim,
             connectivity: index_connectivity,
             expansion_search: HnswParams::default().expansion_search,
-            contexts: Contexts::new(threads),
         };
         index.check_vectors().map_err(file_err)?;
         Ok(index)
@@ -678,6 +655,7 @@ impl fmt::Debug for HnswIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
     use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 
     /// xorshift64* with Box-Muller, so tests need no extra crate.
@@ -759,6 +737,25 @@ mod tests {
             assert!(f
                 .windows(2)
                 .all(|w| rank_order(&w[0], &w[1]) == Ordering::Less));
+        }
+    }
+
+    #[test]
+    fn a_walk_as_broad_as_the_catalogue_is_exact() {
+        let (n, d) = (3_000, 16);
+        let data = catalogue(n, d, 5);
+        let items = Matrix::new(&data, n, d).unwrap();
+        let index = HnswIndex::build(items, 0..n, &HnswParams::default()).unwrap();
+        let mut rng = Rng(6);
+        for _ in 0..20 {
+            let q = rng.gauss_vec(d);
+            let found = index.search(&q, 10, n, None).unwrap();
+            let truth = retrieve::top_k(items, &q, 10, &[]).unwrap();
+            assert_eq!(found, truth);
+            let odd = |row: usize| row % 2 == 1;
+            let found = index.search(&q, 10, n, Some(&odd as _)).unwrap();
+            let truth = retrieve::top_k_where(items, &q, 10, &[], Some(&odd as _), true).unwrap();
+            assert_eq!(found, truth);
         }
     }
 
@@ -927,7 +924,7 @@ mod tests {
                     .unwrap()
             })
             .collect();
-        // More threads than reserved search contexts: callers wait, none fails.
+        // Many threads at once, more than the contexts reserved for building.
         std::thread::scope(|s| {
             for t in 0..CONTEXTS + 16 {
                 let (index, queries, serial) = (&index, &queries, &serial);

@@ -15,6 +15,7 @@
 pub mod backbone;
 pub mod bundle;
 pub mod hnsw;
+mod hnsw_graph;
 pub mod linalg;
 pub mod model;
 pub mod prompt;

@@ -139,7 +139,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)
     for ax, r in zip(axes[0], results, strict=True):
-        for key, label in (("dpr_curve", "dpr HNSW (usearch)"), ("hnswlib_curve", "hnswlib")):
+        for key, label in (("dpr_curve", "dpr HNSW"), ("hnswlib_curve", "hnswlib")):
             ax.plot([p["recall"] for p in r[key]], [p["qps"] for p in r[key]], marker="o",
                     label=label)
         ax.axhline(r["exact_qps"], color="grey", linestyle="--", label="dpr exact scan")
@@ -181,8 +181,9 @@ def to_markdown(results: list[dict[str, Any]], meta: dict[str, Any], command: st
         + table(["items", "filter keeps", "allowed items", "recall@10", "q/s",
                  "queries with < k hits", "disallowed items returned"], filtered)
         + f"\nBoth graphs: M = {meta['m']}, ef_construction = {meta['ef_construction']}, built "
-          f"and searched on {meta['threads']} threads (batch calls). dpr's index keeps its own "
-          "copy of the vectors and rescores candidates exactly. Clustered synthetic vectors "
+          f"and searched on {meta['threads']} threads (batch calls). dpr's graph is built by "
+          "usearch and walked by dpr's own search (`rust/src/hnsw_graph.rs`), scoring with the "
+          "exact scan's dot product. Clustered synthetic vectors "
           f"(512 centres, norms 0.5x–2x), {meta['queries']} queries from the same distribution."
           f"\n\n"
           + footer(meta, command))

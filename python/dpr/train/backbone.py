@@ -52,15 +52,38 @@ class BackboneTrainResult:
 
 
 def cross_entropy_loss(backbone: Backbone, inputs: torch.Tensor, targets: torch.Tensor,
-                       model: torch.nn.Module | None = None) -> torch.Tensor:
+                       model: torch.nn.Module | None = None, *,
+                       exclude_seen: bool = False) -> torch.Tensor:
     """Mean next-item cross-entropy over all items, at every labelled position.
 
-    `model` is the backbone as wrapped for training (e.g. by DistributedDataParallel).
+    `model` is the backbone as wrapped for training (e.g. by DistributedDataParallel). With
+    `exclude_seen`, the items a position has already seen are left out of its softmax, as
+    evaluation leaves the history out of the ranking.
     """
     hidden = (model or backbone)(inputs)
     labelled = targets > 0
+    excluded = seen_items(inputs, targets) if exclude_seen else None
     return full_softmax_cross_entropy(hidden[labelled], backbone.item_vectors(),
-                                      targets[labelled] - 1)
+                                      targets[labelled] - 1, excluded)
+
+
+def seen_items(inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, item indices) of the items each labelled position has seen, rows ascending.
+
+    Rows number the labelled positions (`targets > 0`) in row-major order; inputs and targets
+    are right-padded (B, T) batches. A seen item equal to the position's target (a repeat) is
+    kept in the softmax.
+    """
+    labelled = targets > 0
+    steps = inputs.shape[1]
+    earlier = torch.ones(steps, steps, dtype=torch.bool, device=inputs.device).tril()
+    pairs = (earlier & labelled[:, :, None] & (inputs > 0)[:, None, :]).nonzero()
+    user, position, seen = pairs.unbind(1)
+    row_of = labelled.flatten().cumsum(0) - 1
+    rows = row_of[user * steps + position]
+    items = inputs[user, seen]
+    keep = items != targets[user, position]
+    return rows[keep], items[keep] - 1
 
 
 def train_backbone(backbone: Backbone, split: LeaveOneOutSplit, config: BackboneTrainConfig,
@@ -163,7 +186,8 @@ def _train_epoch(backbone: Backbone, model: torch.nn.Module, optimizer: torch.op
         for group in optimizer.param_groups:
             group["lr"] = lr
         inputs, targets = next_item_batch([split.train[u] for u in users], backbone.max_len)
-        loss = cross_entropy_loss(backbone, inputs.to(device), targets.to(device), model)
+        loss = cross_entropy_loss(backbone, inputs.to(device), targets.to(device), model,
+                                  exclude_seen=config.exclude_seen)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

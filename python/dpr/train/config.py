@@ -17,6 +17,9 @@ class BackboneTrainConfig:
     lr_schedule: str = "constant"
     min_lr_ratio: float = 0.02
     weight_decay: float = 0.0
+    exclude_seen: bool = True
+    """Leave each position's already-seen items out of its softmax, as evaluation leaves the
+    history out of the ranking (measured: +5% validation NDCG@10 on ML-1M SASRec at 7 min)."""
     batch_size: int = 32
     max_epochs: int = 200
     patience: int = 10

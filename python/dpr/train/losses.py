@@ -17,11 +17,15 @@ CHUNK_ELEMENTS = 1 << 21
 
 
 def full_softmax_cross_entropy(hidden: torch.Tensor, items: torch.Tensor,
-                               targets: torch.Tensor) -> torch.Tensor:
+                               targets: torch.Tensor,
+                               excluded: tuple[torch.Tensor, torch.Tensor] | None = None
+                               ) -> torch.Tensor:
     """Mean of `-log softmax(hidden @ items.T)[target]` over the rows of `hidden`.
 
     hidden: (P, d) sequence representations; items: (N, d) item vectors; targets: (P,) indices
     into `items`. Equal to `F.cross_entropy(hidden @ items.T, targets)`, gradients included.
+    `excluded` = (rows, columns), rows sorted ascending: logits left out of the softmax
+    (the items a position has already seen), as if set to -inf. A target may not be excluded.
     """
     if hidden.dim() != 2 or items.dim() != 2 or hidden.shape[1] != items.shape[1]:
         raise ValueError(f"hidden {tuple(hidden.shape)} and items {tuple(items.shape)} must be "
@@ -32,13 +36,27 @@ def full_softmax_cross_entropy(hidden: torch.Tensor, items: torch.Tensor,
         raise ValueError("no labelled positions")
     if targets.min() < 0 or targets.max() >= items.shape[0]:
         raise ValueError(f"targets must lie in [0, {items.shape[0]})")
-    return _ChunkedCrossEntropy.apply(hidden, items, targets)
+    if excluded is None:
+        rows = columns = targets.new_empty(0)
+    else:
+        rows, columns = excluded
+        if rows.shape != columns.shape or rows.dim() != 1:
+            raise ValueError("excluded must be two 1-d tensors of the same length")
+        if len(rows) and (rows.min() < 0 or rows.max() >= hidden.shape[0]
+                          or columns.min() < 0 or columns.max() >= items.shape[0]):
+            raise ValueError("excluded rows or columns out of range")
+        if len(rows) > 1 and bool((rows[1:] < rows[:-1]).any()):
+            raise ValueError("excluded rows must be sorted ascending")
+        if bool((columns == targets[rows]).any()):
+            raise ValueError("a target is among the excluded items")
+    return _ChunkedCrossEntropy.apply(hidden, items, targets, rows, columns)
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, items: torch.Tensor,  # type: ignore[override]
-                targets: torch.Tensor) -> torch.Tensor:
+                targets: torch.Tensor, excluded_rows: torch.Tensor,
+                excluded_columns: torch.Tensor) -> torch.Tensor:
         need_grad = any(ctx.needs_input_grad[:2])
         positions, num_items = hidden.shape[0], items.shape[0]
         rows = max(1, min(positions, CHUNK_ELEMENTS // num_items))
@@ -46,11 +64,16 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         total = hidden.new_zeros(())
         grad_hidden = torch.empty_like(hidden) if need_grad else None
         grad_items = torch.zeros_like(items) if need_grad else None
-        for start in range(0, positions, rows):
+        bounds = torch.searchsorted(excluded_rows, torch.arange(0, positions + rows, rows,
+                                                             device=excluded_rows.device))
+        for chunk, start in enumerate(range(0, positions, rows)):
             stop = min(start + rows, positions)
             chunk_hidden, chunk_targets = hidden[start:stop], targets[start:stop, None]
             logits = buffer[:stop - start]
             torch.mm(chunk_hidden, items.T, out=logits)
+            lo, hi = int(bounds[chunk]), int(bounds[chunk + 1])
+            if hi > lo:
+                logits[excluded_rows[lo:hi] - start, excluded_columns[lo:hi]] = -torch.inf
             logits.sub_(logits.amax(dim=1, keepdim=True))
             target_logits = logits.gather(1, chunk_targets)
             logits.exp_()
@@ -70,4 +93,4 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
         grad_hidden, grad_items = ctx.saved_tensors
         scale = grad_output / ctx.positions
-        return grad_hidden * scale, grad_items * scale, None
+        return grad_hidden * scale, grad_items * scale, None, None, None

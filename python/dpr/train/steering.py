@@ -40,7 +40,7 @@ class SteeringTrainConfig:
     positions_per_user: int | None = 40
     prompts_per_genre: int = 24
     prompts_per_pair: int = 3
-    prompt_noise: float = 0.0
+    prompt_noise: float = 0.3
     batch_size: int = 512
     lr: float = 2e-3
     projector_lr_scale: float = 0.3

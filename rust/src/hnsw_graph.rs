@@ -1,0 +1,351 @@
+//! Best-first search over a flat copy of the HNSW graph that usearch built.
+//!
+//! usearch builds, saves and loads the graph; searching it through usearch measured 3-4x
+//! slower than hnswlib at equal recall (`benches/results/retrieval.md` before this module): it
+//! tracks visited nodes in a hash set, prefetches no vectors, and reaches every distance
+//! through two indirect calls into a kernel compiled for baseline x86-64. Here the base level
+//! is one fixed-stride table (a node's neighbour count, then its neighbours), visits are
+//! epoch-stamped in a per-thread array, the vectors of a node's unvisited neighbours are all
+//! prefetched before any is scored, and scores use [`linalg::dot`] (AVX2+FMA where the CPU
+//! has it).
+
+use std::cell::RefCell;
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+
+use rayon::prelude::*;
+use rustc_hash::FxHashMap;
+use usearch::Index;
+
+use crate::linalg;
+
+/// The graph over local nodes `0..len` (usearch key `start + i` is node `i`).
+pub struct FlatGraph {
+    /// Entries per node in `base`: the neighbour count, then room for the base level's
+    /// maximum number of neighbours.
+    stride: usize,
+    base: Vec<u32>,
+    /// `upper[l - 1]` holds level `l`.
+    upper: Vec<UpperLevel>,
+    entry: u32,
+    len: usize,
+}
+
+/// One level above the base: few nodes, so a map from node to its slice of `neighbours`.
+struct UpperLevel {
+    slots: FxHashMap<u32, (u32, u32)>,
+    neighbours: Vec<u32>,
+}
+
+impl UpperLevel {
+    fn of(&self, node: u32) -> &[u32] {
+        match self.slots.get(&node) {
+            Some(&(offset, count)) => &self.neighbours[offset as usize..(offset + count) as usize],
+            None => &[],
+        }
+    }
+}
+
+/// A node and its inner product with the query; greater is better (ties to the lower node).
+#[derive(Clone, Copy, Debug)]
+pub struct Scored {
+    pub score: f32,
+    pub node: u32,
+}
+
+impl Ord for Scored {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.score
+            .total_cmp(&other.score)
+            .then_with(|| other.node.cmp(&self.node))
+    }
+}
+
+impl PartialOrd for Scored {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Scored {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Scored {}
+
+/// One search's inputs (see [`FlatGraph::search`]).
+struct Walk<'a> {
+    vectors: &'a [f32],
+    dim: usize,
+    query: &'a [f32],
+    ef: usize,
+    allowed: Option<&'a dyn Fn(u32) -> bool>,
+}
+
+/// Per-thread search state, reused across searches (and across indexes).
+#[derive(Default)]
+struct Scratch {
+    visited: Vec<u16>,
+    epoch: u16,
+    candidates: BinaryHeap<Scored>,
+    results: BinaryHeap<Reverse<Scored>>,
+    /// The current node's neighbours not visited before.
+    fresh: Vec<u32>,
+}
+
+impl Scratch {
+    /// Starts a search over `len` nodes: every node unvisited, both heaps empty.
+    fn start(&mut self, len: usize) {
+        if self.visited.len() < len {
+            self.visited.resize(len, 0);
+        }
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            self.visited.fill(0);
+            self.epoch = 1;
+        }
+        self.candidates.clear();
+        self.results.clear();
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+#[inline(always)]
+fn prefetch(data: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in data.chunks(16) {
+        // SAFETY: a prefetch is a hint that never faults; the pointer is in bounds anyway.
+        #[allow(unused_unsafe)]
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr().cast(),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
+}
+
+impl FlatGraph {
+    /// Copies the graph of `index`, whose keys are `start..start + len`.
+    pub fn from_usearch(index: &Index, start: usize, len: usize) -> Result<Self, String> {
+        if len > u32::MAX as usize {
+            return Err(format!("{len} rows do not fit 32-bit node ids"));
+        }
+        if len == 0 {
+            return Ok(Self {
+                stride: 1,
+                base: Vec::new(),
+                upper: Vec::new(),
+                entry: 0,
+                len,
+            });
+        }
+        let local = |key: u64| -> Result<u32, String> {
+            (key as usize)
+                .checked_sub(start)
+                .filter(|&node| node < len)
+                .map(|node| node as u32)
+                .ok_or_else(|| format!("neighbour key {key} outside rows {start}..{}", start + len))
+        };
+        // usearch's base level holds up to twice the upper levels' connectivity.
+        let width = 2 * index.connectivity();
+        let stride = width + 1;
+        let mut base = vec![0u32; len * stride];
+        let levels = base
+            .par_chunks_mut(stride)
+            .enumerate()
+            .map_init(
+                || vec![0u64; width],
+                |keys, (node, slot)| -> Result<usize, String> {
+                    let key = (start + node) as u64;
+                    let mut cursor = index.neighbors(key, 0);
+                    if cursor.total() > width {
+                        return Err(format!(
+                            "node {key} has {} base neighbours, more than {width}",
+                            cursor.total()
+                        ));
+                    }
+                    let count = cursor.drain_into(keys);
+                    slot[0] = count as u32;
+                    for (entry, &k) in slot[1..].iter_mut().zip(&keys[..count]) {
+                        *entry = local(k)?;
+                    }
+                    Ok(index.level_of_key(key))
+                },
+            )
+            .collect::<Result<Vec<usize>, String>>()?;
+        let top = levels.iter().copied().max().unwrap_or(0);
+        let entry = levels.iter().position(|&l| l == top).unwrap_or(0) as u32;
+        let mut upper = Vec::with_capacity(top);
+        for level in 1..=top {
+            let mut slots = FxHashMap::default();
+            let mut neighbours = Vec::new();
+            for (node, _) in levels.iter().enumerate().filter(|(_, &l)| l >= level) {
+                let offset = neighbours.len() as u32;
+                for key in index.neighbors((start + node) as u64, level) {
+                    neighbours.push(local(key)?);
+                }
+                slots.insert(node as u32, (offset, neighbours.len() as u32 - offset));
+            }
+            upper.push(UpperLevel { slots, neighbours });
+        }
+        Ok(Self {
+            stride,
+            base,
+            upper,
+            entry,
+            len,
+        })
+    }
+
+    fn base_neighbours(&self, node: u32) -> &[u32] {
+        let slot = &self.base[node as usize * self.stride..][..self.stride];
+        &slot[1..1 + slot[0] as usize]
+    }
+
+    /// Up to `ef` nodes that `allowed` keeps (all when `None`), found by the HNSW walk with
+    /// breadth `ef`, best first. `vectors` holds node `i`'s vector at `i * dim`.
+    ///
+    /// # Panics
+    /// If `vectors` holds fewer than `len` rows of `dim` floats, or `query` is not `dim` long.
+    pub fn search(
+        &self,
+        vectors: &[f32],
+        dim: usize,
+        query: &[f32],
+        ef: usize,
+        allowed: Option<&dyn Fn(u32) -> bool>,
+    ) -> Vec<Scored> {
+        assert!(vectors.len() >= self.len * dim && query.len() == dim);
+        if self.len == 0 || ef == 0 {
+            return Vec::new();
+        }
+        let walk = Walk {
+            vectors,
+            dim,
+            query,
+            ef,
+            allowed,
+        };
+        let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        #[cfg(target_arch = "x86_64")]
+        let found = if linalg::x86::has_avx2_fma() {
+            // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
+            unsafe { self.walk_avx2(&walk, &mut scratch) }
+        } else {
+            self.walk(&walk, &mut scratch, linalg::dot)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let found = self.walk(&walk, &mut scratch, linalg::dot);
+        SCRATCH.with(|s| *s.borrow_mut() = scratch);
+        found
+    }
+
+    /// [`Self::walk`] compiled for AVX2+FMA, so that the dot product inlines into the loop.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn walk_avx2(&self, walk: &Walk<'_>, scratch: &mut Scratch) -> Vec<Scored> {
+        // SAFETY: this function only runs where AVX2 and FMA are present.
+        let dot = |a: &[f32], b: &[f32]| unsafe { linalg::x86::dot(a, b) };
+        self.walk(walk, scratch, dot)
+    }
+
+    #[inline(always)]
+    fn walk(
+        &self,
+        walk: &Walk<'_>,
+        scratch: &mut Scratch,
+        dot: impl Fn(&[f32], &[f32]) -> f32,
+    ) -> Vec<Scored> {
+        let Walk {
+            vectors,
+            dim,
+            query,
+            ef,
+            allowed,
+        } = *walk;
+        let vector = |node: u32| &vectors[node as usize * dim..][..dim];
+        let keeps = |node: u32| allowed.is_none_or(|keep| keep(node));
+
+        // Greedy descent through the upper levels.
+        let mut best = Scored {
+            score: dot(query, vector(self.entry)),
+            node: self.entry,
+        };
+        for level in self.upper.iter().rev() {
+            loop {
+                let mut moved = false;
+                for &node in level.of(best.node) {
+                    let candidate = Scored {
+                        score: dot(query, vector(node)),
+                        node,
+                    };
+                    if candidate > best {
+                        best = candidate;
+                        moved = true;
+                    }
+                }
+                if !moved {
+                    break;
+                }
+            }
+        }
+
+        // Best-first search of the base level with breadth `ef`.
+        scratch.start(self.len);
+        let Scratch {
+            visited,
+            epoch,
+            candidates,
+            results,
+            fresh,
+        } = scratch;
+        let epoch = *epoch;
+        visited[best.node as usize] = epoch;
+        candidates.push(best);
+        if keeps(best.node) {
+            results.push(Reverse(best));
+        }
+        while let Some(current) = candidates.pop() {
+            if results.len() >= ef && current < results.peek().expect("non-empty").0 {
+                break;
+            }
+            // Mark the unvisited neighbours and prefetch all their vectors first, so that
+            // their cache misses overlap instead of coming one after another.
+            fresh.clear();
+            for &node in self.base_neighbours(current.node) {
+                let seen = &mut visited[node as usize];
+                if *seen != epoch {
+                    *seen = epoch;
+                    fresh.push(node);
+                    prefetch(vector(node));
+                }
+            }
+            for &node in fresh.iter() {
+                let candidate = Scored {
+                    score: dot(query, vector(node)),
+                    node,
+                };
+                let worst = results.peek().map(|r| r.0);
+                if results.len() < ef || worst.is_none_or(|w| candidate > w) {
+                    candidates.push(candidate);
+                    if keeps(node) {
+                        results.push(Reverse(candidate));
+                        if results.len() > ef {
+                            results.pop();
+                        }
+                    }
+                }
+            }
+        }
+        let mut found: Vec<Scored> = results.drain().map(|r| r.0).collect();
+        found.sort_unstable_by(|a, b| b.cmp(a));
+        found
+    }
+}
