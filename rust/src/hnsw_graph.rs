@@ -75,6 +75,41 @@ impl PartialEq for Scored {
 
 impl Eq for Scored {}
 
+const FLAT_MAGIC: &[u8; 8] = b"DPRFLAT1";
+
+fn push_words(out: &mut Vec<u8>, values: &[u32]) {
+    out.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+}
+
+/// Little-endian reads over a byte slice that fail instead of running off its end.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len());
+        let end = end.ok_or("file too short")?;
+        let out = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(out)
+    }
+
+    fn u64(&mut self) -> Result<usize, String> {
+        let raw = u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes"));
+        usize::try_from(raw).map_err(|_| "value too large".to_string())
+    }
+
+    fn words(&mut self, n: usize) -> Result<Vec<u32>, String> {
+        let raw = self.take(n.checked_mul(4).ok_or("value too large")?)?;
+        Ok(raw
+            .chunks_exact(4)
+            .map(|w| u32::from_le_bytes(w.try_into().expect("4 bytes")))
+            .collect())
+    }
+}
+
 /// One search's inputs (see [`FlatGraph::search`]).
 struct Walk<'a> {
     vectors: &'a [f32],
@@ -200,6 +235,97 @@ impl FlatGraph {
             base,
             upper,
             entry,
+            len,
+        })
+    }
+
+    /// The copy as bytes, for [`FlatGraph::from_bytes`]: a magic tag, then little-endian
+    /// `u64` start, len, stride, entry and level count, the base table as `u32`s, and per upper
+    /// level its node and neighbour counts, `(node, offset, count)` triples and neighbours.
+    pub fn to_bytes(&self, start: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(48 + 4 * self.base.len());
+        out.extend_from_slice(FLAT_MAGIC);
+        for value in [
+            start,
+            self.len,
+            self.stride,
+            self.entry as usize,
+            self.upper.len(),
+        ] {
+            out.extend_from_slice(&(value as u64).to_le_bytes());
+        }
+        push_words(&mut out, &self.base);
+        for level in &self.upper {
+            let mut slots: Vec<(u32, (u32, u32))> =
+                level.slots.iter().map(|(&n, &s)| (n, s)).collect();
+            slots.sort_unstable();
+            let counts = [slots.len() as u64, level.neighbours.len() as u64];
+            let triples: Vec<u32> = slots
+                .iter()
+                .flat_map(|&(node, (offset, count))| [node, offset, count])
+                .collect();
+            out.extend(counts.iter().flat_map(|c| c.to_le_bytes()));
+            push_words(&mut out, &triples);
+            push_words(&mut out, &level.neighbours);
+        }
+        out
+    }
+
+    /// Reads [`FlatGraph::to_bytes`] output for keys `start..start + len`, checking every
+    /// count and node id; `Err` says what does not fit.
+    pub fn from_bytes(bytes: &[u8], start: usize, len: usize) -> Result<Self, String> {
+        let mut reader = Reader { bytes, at: 0 };
+        if reader.take(FLAT_MAGIC.len())? != FLAT_MAGIC {
+            return Err("not a dpr flat HNSW graph".into());
+        }
+        let header: Vec<usize> = (0..5).map(|_| reader.u64()).collect::<Result<_, _>>()?;
+        let [file_start, file_len, stride, entry, levels] = header[..] else {
+            unreachable!("five header fields")
+        };
+        if (file_start, file_len) != (start, len) {
+            return Err(format!(
+                "graph covers rows {file_start}..{}, index rows {start}..{}",
+                file_start + file_len,
+                start + len
+            ));
+        }
+        if stride == 0 || (len > 0 && entry >= len) || levels > 64 {
+            return Err("bad header".into());
+        }
+        let node_ok = |n: u32| (n as usize) < len;
+        let base = reader.words(len.checked_mul(stride).ok_or("bad header")?)?;
+        for slot in base.chunks_exact(stride) {
+            let count = slot[0] as usize;
+            if count >= stride || !slot[1..=count].iter().all(|&n| node_ok(n)) {
+                return Err("bad base-level neighbour list".into());
+            }
+        }
+        let mut upper = Vec::with_capacity(levels);
+        for _ in 0..levels {
+            let (nodes, total) = (reader.u64()?, reader.u64()?);
+            let triples = reader.words(nodes.checked_mul(3).ok_or("bad level")?)?;
+            let neighbours = reader.words(total)?;
+            if !neighbours.iter().all(|&n| node_ok(n)) {
+                return Err("bad upper-level neighbour".into());
+            }
+            let mut slots = FxHashMap::default();
+            for t in triples.chunks_exact(3) {
+                let (node, offset, count) = (t[0], t[1], t[2]);
+                if !node_ok(node) || offset as usize + count as usize > total {
+                    return Err("bad upper-level node".into());
+                }
+                slots.insert(node, (offset, count));
+            }
+            upper.push(UpperLevel { slots, neighbours });
+        }
+        if reader.at != bytes.len() {
+            return Err("trailing bytes".into());
+        }
+        Ok(Self {
+            stride,
+            base,
+            upper,
+            entry: entry as u32,
             len,
         })
     }
