@@ -604,11 +604,17 @@ impl HnswIndex {
             .reserve_capacity_and_threads(1, threads)
             .map_err(backend)?;
         let file = std::fs::File::open(path).map_err(|e| file_err(e.to_string()))?;
+        // Searches walk the flat copy, so the graph file's pages are only faulted in up front
+        // (`populate`) when that copy must be made from them.
+        let saved_flat = std::fs::read(flat_path(path)).ok();
+        let mut options = MmapOptions::new();
+        if saved_flat.is_none() {
+            options.populate();
+        }
         // SAFETY: the mapping is only read, and lives as long as the graph viewing it (field
         // order in `HnswIndex`); replacing the file (as `save` does) leaves it intact.
-        // `populate` faults every page in now rather than during the first searches.
-        let map = unsafe { MmapOptions::new().populate().map(&file) }
-            .map_err(|e| file_err(format!("cannot map: {e}")))?;
+        let map =
+            unsafe { options.map(&file) }.map_err(|e| file_err(format!("cannot map: {e}")))?;
         // SAFETY: `map` outlives the graph (moved into the index below, dropped after it).
         unsafe { graph.view_from_buffer(&map) }
             .map_err(|e| file_err(format!("cannot open HNSW index: {e}")))?;
@@ -625,9 +631,7 @@ impl HnswIndex {
         }
         check_rows(&items.data, dim, rows, &(start..end))?;
         // The copy saved beside the graph if it matches, else a fresh copy of the graph.
-        let flat = std::fs::read(flat_path(path))
-            .ok()
-            .and_then(|bytes| FlatGraph::from_bytes(&bytes, start, len).ok());
+        let flat = saved_flat.and_then(|bytes| FlatGraph::from_bytes(&bytes, start, len).ok());
         let flat = match flat {
             Some(flat) => flat,
             None => FlatGraph::from_usearch(&graph, start, len).map_err(file_err)?,
