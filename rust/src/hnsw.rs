@@ -38,8 +38,9 @@ use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 use crate::hnsw_graph::FlatGraph;
 use crate::retrieve::{self, rank_key, Hit, Matrix};
 
-/// Concurrent searches (and inserts) per index; more callers wait for a free context. Each
-/// context costs a visited-set and two heaps of `ef` entries, so this can be generous.
+/// Concurrent usearch inserts while building (searches use dpr's own walk); more builder
+/// threads wait for a free context. Each context costs a visited-set and two heaps of `ef`
+/// entries, so this can be generous.
 const CONTEXTS: usize = 64;
 
 /// Rows sampled to estimate how many rows a filter keeps.
@@ -127,7 +128,7 @@ fn backend(err: impl fmt::Display) -> HnswError {
     HnswError::Backend(err.to_string())
 }
 
-/// A counting semaphore over usearch's per-thread search contexts.
+/// A counting semaphore over usearch's per-thread contexts (used by inserts).
 struct Contexts {
     free: Mutex<usize>,
     freed: Condvar,
