@@ -203,6 +203,13 @@ pub fn flat_path(path: &Path) -> PathBuf {
     path.with_extension("flat")
 }
 
+/// Where a file bound for `path` is written before it is renamed into place.
+fn partial_path(path: &Path) -> PathBuf {
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(format!(".{}.partial", std::process::id()));
+    PathBuf::from(partial)
+}
+
 fn options(dim: usize, connectivity: usize, expansion_add: usize) -> IndexOptions {
     IndexOptions {
         dimensions: dim,
@@ -384,14 +391,15 @@ impl HnswIndex {
 
     /// The indexed rows as a matrix whose row `i` is item row `start + i`.
     fn matrix(&self) -> Matrix<'_> {
-        let first = (self.start - self.base) * self.dim;
         // The shape holds by construction (`check_rows` saw these rows).
-        Matrix::new(
-            &self.vectors[first..first + self.len * self.dim],
-            self.len,
-            self.dim,
-        )
-        .unwrap_or_else(|_| unreachable!("vectors hold len x dim values"))
+        Matrix::new(self.indexed_vectors(), self.len, self.dim)
+            .unwrap_or_else(|_| unreachable!("vectors hold len x dim values"))
+    }
+
+    /// The indexed rows' vectors, row `start + i` at `i * dim`.
+    fn indexed_vectors(&self) -> &[f32] {
+        let first = (self.start - self.base) * self.dim;
+        &self.vectors[first..first + self.len * self.dim]
     }
 
     fn vector(&self, row: usize) -> &[f32] {
@@ -484,8 +492,7 @@ impl HnswIndex {
         allowed: Option<&(dyn Fn(usize) -> bool + Sync)>,
     ) -> Result<Vec<Hit>, HnswError> {
         let start = self.start;
-        let first = (start - self.base) * self.dim;
-        let vectors = &self.vectors[first..first + self.len * self.dim];
+        let vectors = self.indexed_vectors();
         let keep = allowed.map(|keep| move |node: u32| keep(start + node as usize));
         let keep = keep.as_ref().map(|f| f as &dyn Fn(u32) -> bool);
         let mut hits: Vec<Hit> = self
@@ -512,16 +519,12 @@ impl HnswIndex {
             path: path.to_owned(),
             message,
         };
-        let mut partial = path.as_os_str().to_owned();
-        partial.push(format!(".{}.partial", std::process::id()));
-        let partial = PathBuf::from(partial);
+        let partial = partial_path(path);
         let name = partial
             .to_str()
             .ok_or_else(|| file_err("path is not valid UTF-8".into()))?;
         let flat = flat_path(path);
-        let mut flat_partial = flat.as_os_str().to_owned();
-        flat_partial.push(format!(".{}.partial", std::process::id()));
-        let flat_partial = PathBuf::from(flat_partial);
+        let flat_partial = partial_path(&flat);
         let written = self
             .graph
             .save(name)
