@@ -437,6 +437,16 @@ DAMAGE: list[tuple[str, Callable[[Path], None], bool, type[Exception], str]] = [
      True, dpr.BundleFormatError,
      r"weights\.safetensors: tensor 'items\.attributes\.genre' row 1 disagrees with "
      r"items\.json attributes\.genre\.items\[0\]"),
+    ("attribute matrix for no attribute", lambda p: _edit_weights(
+        p, lambda t: t.update({"items.attributes.mood": t["items.attributes.genre"].copy()})),
+     True, dpr.BundleFormatError,
+     r"weights\.safetensors: unexpected tensor 'items\.attributes\.mood'"),
+    ("attribute matrix missing", lambda p: _edit_weights(
+        p, lambda t: t.pop("items.attributes.genre")), True, dpr.BundleFormatError,
+     r"weights\.safetensors: missing tensor 'items\.attributes\.genre' \(items\.json lists"),
+    ("attribute matrix too narrow", lambda p: _edit_weights(p, _set_tensor(
+        "items.attributes.genre", lambda a: a[:, :-1])), True, dpr.BundleFormatError,
+     rf"tensor 'items\.attributes\.genre' has shape \({N + 1}, \d+\), items\.json implies"),
     ("attribute value out of range", lambda p: _edit_json(
         p, "items.json", lambda t: t["attributes"]["genre"]["items"].__setitem__(0, [9])),
      True, dpr.BundleFormatError, r"items\.json: attributes\.genre\.items\[0\] holds value"),

@@ -310,8 +310,17 @@ impl Bundle {
         // mismatch is reported before any parse error, since it explains it.
         let (items, weights) = std::thread::scope(|scope| {
             let digests = verify_checksums.then(|| scope.spawn(|| verify_files(root, &raw.files)));
-            let parsed = read_items(root, &raw)
-                .and_then(|items| read_weights(root, &raw, &items).map(|w| (items, w)));
+            // Items (JSON) and weights (safetensors) parse side by side, then are cross-checked.
+            let weights = scope.spawn(|| read_weights(root, &raw));
+            let items = read_items(root, &raw);
+            let weights = weights
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            let parsed = items.and_then(|items| {
+                let weights = weights?;
+                check_attributes(&raw, &items, &weights)?;
+                Ok((items, weights))
+            });
             if let Some(digests) = digests {
                 digests
                     .join()
@@ -326,11 +335,18 @@ impl Bundle {
                 why: "the prompt encoder folder is missing".into(),
             });
         }
+        let Weights {
+            floats,
+            attributes: mut matrices,
+        } = weights;
         let attributes = items
             .attributes
             .into_iter()
             .map(|(name, a)| {
-                let matrix = weights.attributes.get(&name).cloned().unwrap_or_default();
+                let matrix = matrices
+                    .remove(&name)
+                    .map(|(_, matrix)| matrix)
+                    .unwrap_or_default();
                 Attribute {
                     name,
                     values: a.values,
@@ -349,7 +365,7 @@ impl Bundle {
             id_rows: items.id_rows,
             titles: items.titles,
             attributes,
-            tensors: weights.floats,
+            tensors: floats,
         })
     }
 
@@ -651,7 +667,8 @@ fn read_items(root: &Path, raw: &RawConfig) -> Result<Items, BundleError> {
 
 struct Weights {
     floats: HashMap<String, Tensor>,
-    attributes: HashMap<String, Vec<u8>>,
+    /// Attribute name → (shape, uint8 matrix).
+    attributes: HashMap<String, (Vec<usize>, Vec<u8>)>,
 }
 
 /// Name → shape of every float tensor `dpr.json` implies.
@@ -736,7 +753,7 @@ fn shape_str(shape: &[usize]) -> String {
     }
 }
 
-fn read_weights(root: &Path, raw: &RawConfig, items: &Items) -> Result<Weights, BundleError> {
+fn read_weights(root: &Path, raw: &RawConfig) -> Result<Weights, BundleError> {
     let path = root.join(WEIGHTS_FILE);
     let file = File::open(&path).map_err(|e| BundleError::Missing {
         file: path.clone(),
@@ -750,16 +767,6 @@ fn read_weights(root: &Path, raw: &RawConfig, items: &Items) -> Result<Weights, 
         BundleError::invalid(WEIGHTS_FILE, format!("not a valid safetensors file ({e})"))
     })?;
     let mut expected = expected_float_shapes(&raw.backbone, raw.dim, raw.num_items, &raw.steer);
-    let attribute_shapes: BTreeMap<String, Vec<usize>> = items
-        .attributes
-        .iter()
-        .map(|(name, a)| {
-            (
-                format!("items.attributes.{name}"),
-                vec![raw.num_items + 1, a.values.len()],
-            )
-        })
-        .collect();
     let mut floats = HashMap::new();
     let mut attributes = HashMap::new();
     let mut names: Vec<String> = st.names().into_iter().map(str::to_owned).collect();
@@ -798,28 +805,16 @@ fn read_weights(root: &Path, raw: &RawConfig, items: &Items) -> Result<Weights, 
                 ));
             }
             floats.insert(name.clone(), Tensor { shape, data });
-        } else if let Some(want) = attribute_shapes.get(name) {
+        } else if let Some(attr) = name.strip_prefix("items.attributes.") {
+            // Which attributes exist, and their widths, are checked against the items file
+            // once both are read (`check_attributes`).
             if view.dtype() != Dtype::U8 {
                 return Err(BundleError::invalid(
                     WEIGHTS_FILE,
                     format!("tensor '{name}' has dtype {:?}, expected U8", view.dtype()),
                 ));
             }
-            if &shape != want {
-                return Err(BundleError::invalid(
-                    WEIGHTS_FILE,
-                    format!(
-                        "tensor '{name}' has shape {}, {} implies {}",
-                        shape_str(&shape),
-                        raw.items.file,
-                        shape_str(want)
-                    ),
-                ));
-            }
-            attributes.insert(
-                name.trim_start_matches("items.attributes.").to_owned(),
-                view.data().to_vec(),
-            );
+            attributes.insert(attr.to_owned(), (shape, view.data().to_vec()));
         } else {
             return Err(BundleError::invalid(
                 WEIGHTS_FILE,
@@ -833,18 +828,6 @@ fn read_weights(root: &Path, raw: &RawConfig, items: &Items) -> Result<Weights, 
             format!("missing tensor '{name}'"),
         ));
     }
-    for (attr, a) in &items.attributes {
-        let matrix = attributes.get(attr).ok_or_else(|| {
-            BundleError::invalid(
-                WEIGHTS_FILE,
-                format!(
-                    "missing tensor 'items.attributes.{attr}' ({} lists it)",
-                    raw.items.file
-                ),
-            )
-        })?;
-        check_attribute_matrix(attr, a, matrix, &raw.items.file)?;
-    }
     let embedding = &floats["items.embedding"].data;
     if embedding[..raw.dim].iter().any(|&x| x != 0.0) {
         return Err(BundleError::invalid(
@@ -853,6 +836,44 @@ fn read_weights(root: &Path, raw: &RawConfig, items: &Items) -> Result<Weights, 
         ));
     }
     Ok(Weights { floats, attributes })
+}
+
+/// Every attribute of the items file has its uint8 matrix in the weights, of the implied
+/// shape and saying the same, and the weights hold no other.
+fn check_attributes(raw: &RawConfig, items: &Items, weights: &Weights) -> Result<(), BundleError> {
+    let items_file = &raw.items.file;
+    for (attr, a) in &items.attributes {
+        let name = format!("items.attributes.{attr}");
+        let (shape, matrix) = weights.attributes.get(attr).ok_or_else(|| {
+            BundleError::invalid(
+                WEIGHTS_FILE,
+                format!("missing tensor '{name}' ({items_file} lists it)"),
+            )
+        })?;
+        let want = [raw.num_items + 1, a.values.len()];
+        if shape[..] != want {
+            return Err(BundleError::invalid(
+                WEIGHTS_FILE,
+                format!(
+                    "tensor '{name}' has shape {}, {items_file} implies {}",
+                    shape_str(shape),
+                    shape_str(&want)
+                ),
+            ));
+        }
+        check_attribute_matrix(attr, a, matrix, items_file)?;
+    }
+    if let Some(attr) = weights
+        .attributes
+        .keys()
+        .find(|attr| !items.attributes.contains_key(*attr))
+    {
+        return Err(BundleError::invalid(
+            WEIGHTS_FILE,
+            format!("unexpected tensor 'items.attributes.{attr}'"),
+        ));
+    }
+    Ok(())
 }
 
 /// The uint8 matrix must say exactly what `items.json` says, row by row.
