@@ -26,16 +26,20 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs"))
     parser.add_argument("--max-minutes", type=float, default=30.0)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", default="32,ml-1m:sasrec=16",
+                        help="batch size per run as B,DATASET:BACKBONE=B,... (a bare B is the "
+                             "default for runs not named)")
     parser.add_argument("--lr-schedule", choices=["constant", "cosine"], default="cosine")
-    parser.add_argument("--max-epochs", default="ml-1m:sasrec=60,ml-1m:gru4rec=60",
-                        help="epochs per run as DATASET:BACKBONE=E,...; the cosine schedule "
-                             "anneals over them, so pick what fits --max-minutes (default 200)")
+    parser.add_argument("--label-smoothing", default="0",
+                        help="label smoothing per run, in the form of --batch-size")
+    parser.add_argument("--max-epochs", default="200,ml-1m:sasrec=50,ml-1m:gru4rec=70",
+                        help="epochs per run, in the form of --batch-size; the cosine schedule "
+                             "anneals over them, so pick what fits --max-minutes")
     parser.add_argument("--collect-only", action="store_true",
                         help="only tabulate runs that already finished")
     args = parser.parse_args()
-    epochs = {key: value for key, value in
-              (item.split("=") for item in args.max_epochs.split(",") if item)}
+    epochs, batch_sizes = _per_run(args.max_epochs), _per_run(args.batch_size)
+    smoothing = _per_run(args.label_smoothing)
     rows = []
     for folder, data_format in DATASETS.items():
         for kind in BACKBONES:
@@ -43,14 +47,31 @@ def main() -> None:
             if not (out / "metrics.json").is_file() and not args.collect_only:
                 subprocess.run(["dpr", "train", "--data", str(args.data_root / folder),
                                 "--format", data_format, "--backbone", kind, "--out", str(out),
-                                "--lr", str(args.lr), "--batch-size", str(args.batch_size),
+                                "--lr", str(args.lr),
+                                "--batch-size", _value(batch_sizes, folder, kind),
+                                "--label-smoothing", _value(smoothing, folder, kind),
                                 "--max-minutes", str(args.max_minutes),
                                 "--lr-schedule", args.lr_schedule,
-                                "--max-epochs", epochs.get(f"{folder}:{kind}", "200"),
+                                "--max-epochs", _value(epochs, folder, kind),
                                 "--patience", "20", "--backbone-only"], check=True)
             if (out / "metrics.json").is_file():
                 rows.append(_row(folder, kind, out))
     _write(rows)
+
+
+def _per_run(spec: str) -> dict[str, str]:
+    """'32,ml-1m:sasrec=16' -> {'': '32', 'ml-1m:sasrec': '16'} ('' holds the default)."""
+    values = {}
+    for item in filter(None, spec.split(",")):
+        key, _, value = item.rpartition("=")
+        values[key] = value
+    if "" not in values:
+        raise SystemExit(f"{spec!r} names no default value (a bare number)")
+    return values
+
+
+def _value(values: dict[str, str], dataset: str, kind: str) -> str:
+    return values.get(f"{dataset}:{kind}", values[""])
 
 
 def _row(dataset: str, kind: str, out: Path) -> dict:
@@ -63,6 +84,7 @@ def _row(dataset: str, kind: str, out: Path) -> dict:
             "seconds": training["seconds"], "stopped_because": training["stopped_because"],
             "lr": training["lr"], "batch_size": training["batch_size"],
             "lr_schedule": training.get("lr_schedule", "constant"),
+            "label_smoothing": training.get("label_smoothing", 0.0),
             "hyper_parameters": report["backbone"],
             "data": {k: report["dataset"][k] for k in ("users", "items", "interactions")}}
 
@@ -74,7 +96,8 @@ def _write(rows: list[dict]) -> None:
                                                        indent=2) + "\n")
     lines = ["# Backbones: test metrics (leave-one-out, full ranking, history masked)", "",
              "| dataset | backbone | NDCG@10 | Recall@10 | most-popular NDCG@10 | "
-             "most-popular Recall@10 | epochs (best) | wall time | stopped | batch, lr, schedule |",
+             "most-popular Recall@10 | epochs (best) | wall time | stopped | "
+             "batch, lr, schedule, label smoothing |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         pop = r["most_popular"]["test"]
@@ -82,7 +105,8 @@ def _write(rows: list[dict]) -> None:
                      f"{r['test']['recall@10']:.4f} | {pop['ndcg@10']:.4f} | "
                      f"{pop['recall@10']:.4f} | {r['epochs']} ({r['best_epoch']}) | "
                      f"{r['seconds'] / 60:.1f} min | {r['stopped_because']} | "
-                     f"{r['batch_size']}, {r['lr']:g}, {r['lr_schedule']} |")
+                     f"{r['batch_size']}, {r['lr']:g}, {r['lr_schedule']}, "
+                     f"{r['label_smoothing']:g} |")
     lines += ["", f"Machine: {machine['cpus']} CPUs ({machine['machine']}). Produced by "
               "`python benches/backbones.py --data-root ../shared/data --runs runs`."]
     (RESULTS / "backbones.md").write_text("\n".join(lines) + "\n")

@@ -89,3 +89,44 @@ def test_bad_exclusions_are_value_errors():
         full_softmax_cross_entropy(hidden, table, targets, (torch.tensor([37]), torch.tensor([0])))
     with pytest.raises(ValueError, match="same length"):
         full_softmax_cross_entropy(hidden, table, targets, (torch.tensor([1]), torch.tensor([])))
+
+
+@pytest.mark.parametrize("chunk_elements", [23, 5 * 23, 10 ** 6], ids=["row", "five", "one"])
+def test_label_smoothing_matches_pytorch(monkeypatch: pytest.MonkeyPatch, chunk_elements: int):
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", chunk_elements)
+    hidden, table, targets = _case()
+    want = F.cross_entropy(hidden @ table.T, targets, label_smoothing=0.1)
+    want_grads = torch.autograd.grad(want, (hidden, table))
+    got = full_softmax_cross_entropy(hidden, table, targets, smoothing=0.1)
+    got_grads = torch.autograd.grad(got, (hidden, table))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk_elements", [23, 5 * 23, 10 ** 6], ids=["row", "five", "one"])
+def test_label_smoothing_spreads_only_over_items_left_in(monkeypatch: pytest.MonkeyPatch,
+                                                          chunk_elements: int):
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", chunk_elements)
+    hidden, table, targets = _case()
+    rows = torch.tensor([0, 0, 3, 3, 3, 20, 36])
+    columns = (targets[rows] + torch.tensor([1, 2, 1, 5, 7, 3, 1])) % table.shape[0]
+    kept = torch.ones(hidden.shape[0], table.shape[0], dtype=torch.bool)
+    kept[rows, columns] = False
+    log_p = torch.log_softmax((hidden @ table.T).masked_fill(~kept, -torch.inf), dim=1)
+    label = kept.to(hidden.dtype) / kept.sum(dim=1, keepdim=True) * 0.2
+    label[torch.arange(len(targets)), targets] += 0.8
+    want = -(label * log_p.masked_fill(~kept, 0.0)).sum(dim=1).mean()
+    want_grads = torch.autograd.grad(want, (hidden, table))
+    got = full_softmax_cross_entropy(hidden, table, targets, (rows, columns), smoothing=0.2)
+    got_grads = torch.autograd.grad(got, (hidden, table))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+def test_bad_smoothing_is_a_value_error():
+    hidden, table, targets = _case()
+    for smoothing in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="smoothing"):
+            full_softmax_cross_entropy(hidden, table, targets, smoothing=smoothing)

@@ -90,6 +90,22 @@ def test_next_item_batch_keeps_the_most_recent_window():
     assert targets.tolist() == [[5, 6, 7], [5, 0, 0]]
 
 
+def test_random_windows_cover_a_long_sequence_and_leave_short_ones_whole():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    long, short = np.arange(1, 11), np.array([4, 5])
+    seen_targets = set()
+    for _ in range(50):
+        inputs, targets = next_item_batch([long, short], max_len=3, rng=rng)
+        first = inputs[0, 0].item()
+        assert inputs[0].tolist() == list(range(first, first + 3))
+        assert targets[0].tolist() == list(range(first + 1, first + 4))
+        assert (inputs[1].tolist(), targets[1].tolist()) == ([4, 0, 0], [5, 0, 0])
+        seen_targets.update(targets[0].tolist())
+    assert seen_targets == set(range(2, 11))
+
+
 def test_last_positions_gathers_by_length():
     hidden = torch.arange(2 * 3 * 1, dtype=torch.float32).view(2, 3, 1)
     assert last_positions(hidden, torch.tensor([2, 3])).view(-1).tolist() == [1.0, 5.0]

@@ -39,6 +39,22 @@ def test_training_beats_most_popular(dataset, kind, exclude_seen):
     assert result.history[-1].loss < result.history[0].loss
 
 
+def test_random_windows_and_label_smoothing_train(dataset):
+    split = dataset.split()
+    histories, targets = split.evaluation_cases("test")
+    popular = evaluate_popularity(split.train, dataset.num_items, histories, targets)
+    result = _train(dataset, "sasrec", epochs=12, windows="random", label_smoothing=0.1)
+    model = evaluate_scorer(backbone_scorer(result.backbone), histories, targets)
+    assert model["ndcg@10"] > 1.5 * popular["ndcg@10"]
+
+
+def test_bad_window_or_smoothing_settings_are_value_errors():
+    with pytest.raises(ValueError, match="windows"):
+        BackboneTrainConfig(windows="middle")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        BackboneTrainConfig(label_smoothing=1.0)
+
+
 def test_seen_items_are_each_positions_earlier_inputs():
     inputs = torch.tensor([[5, 7, 9, 0], [3, 4, 3, 8]])
     targets = torch.tensor([[7, 9, 2, 0], [4, 3, 8, 6]])

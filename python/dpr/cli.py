@@ -79,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=True,
                        help="leave each position's already-seen items out of the training "
                             "softmax, as evaluation leaves the history out of the ranking")
+    train.add_argument("--label-smoothing", type=float, default=0.0,
+                       help="share of each training label spread over the other items")
+    train.add_argument("--windows", choices=["last", "random"], default="last",
+                       help="training window of a sequence longer than --max-len: the most "
+                            "recent items, or one drawn anew each epoch")
     train.add_argument("--max-epochs", type=int, default=200)
     train.add_argument("--patience", type=int, default=10)
     train.add_argument("--max-minutes", type=float, default=None)
@@ -208,7 +213,8 @@ def _train(args: argparse.Namespace) -> int:
     print(_describe(dataset.report))
     config = BackboneTrainConfig(lr=args.lr, lr_schedule=args.lr_schedule,
                                  batch_size=args.batch_size, weight_decay=args.weight_decay,
-                                 exclude_seen=args.exclude_seen,
+                                 exclude_seen=args.exclude_seen, windows=args.windows,
+                                 label_smoothing=args.label_smoothing,
                                  max_epochs=args.max_epochs, patience=args.patience,
                                  max_minutes=args.max_minutes, seed=args.seed, device=args.device)
     if args.no_resume:

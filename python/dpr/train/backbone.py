@@ -53,18 +53,18 @@ class BackboneTrainResult:
 
 def cross_entropy_loss(backbone: Backbone, inputs: torch.Tensor, targets: torch.Tensor,
                        model: torch.nn.Module | None = None, *,
-                       exclude_seen: bool = False) -> torch.Tensor:
+                       exclude_seen: bool = False, smoothing: float = 0.0) -> torch.Tensor:
     """Mean next-item cross-entropy over all items, at every labelled position.
 
     `model` is the backbone as wrapped for training (e.g. by DistributedDataParallel). With
     `exclude_seen`, the items a position has already seen are left out of its softmax, as
-    evaluation leaves the history out of the ranking.
+    evaluation leaves the history out of the ranking. `smoothing` is the label smoothing ε.
     """
     hidden = (model or backbone)(inputs)
     labelled = targets > 0
     excluded = seen_items(inputs, targets) if exclude_seen else None
     return full_softmax_cross_entropy(hidden[labelled], backbone.item_vectors(),
-                                      targets[labelled] - 1, excluded)
+                                      targets[labelled] - 1, excluded, smoothing)
 
 
 def seen_items(inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,9 +185,11 @@ def _train_epoch(backbone: Backbone, model: torch.nn.Module, optimizer: torch.op
         lr = config.lr_at((epoch + step / len(batches)) / config.max_epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        inputs, targets = next_item_batch([split.train[u] for u in users], backbone.max_len)
+        inputs, targets = next_item_batch([split.train[u] for u in users], backbone.max_len,
+                                          rng if config.windows == "random" else None)
         loss = cross_entropy_loss(backbone, inputs.to(device), targets.to(device), model,
-                                  exclude_seen=config.exclude_seen)
+                                  exclude_seen=config.exclude_seen,
+                                  smoothing=config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -21,13 +21,21 @@ def right_pad(sequences: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tens
     return torch.from_numpy(padded), torch.from_numpy(lengths)
 
 
-def next_item_batch(sequences: Sequence[np.ndarray], max_len: int
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and next-item targets over each sequence's most recent `max_len + 1` items.
+def next_item_batch(sequences: Sequence[np.ndarray], max_len: int,
+                    rng: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and next-item targets over a window of `max_len + 1` items of each sequence.
 
+    The window is the most recent items, or, with `rng`, a uniformly drawn window of a sequence
+    longer than that, so training over several epochs sees all of a long sequence.
     Both are (B, T) and right-padded with 0; a target of 0 marks a position without a label.
     """
-    windows = [np.asarray(s[-(max_len + 1):], dtype=np.int64) for s in sequences]
+    size = max_len + 1
+    windows = []
+    for s in sequences:
+        end = len(s)
+        if rng is not None and end > size:
+            end = int(rng.integers(size, end + 1))
+        windows.append(np.asarray(s[max(end - size, 0):end], dtype=np.int64))
     inputs, _ = right_pad([w[:-1] for w in windows])
     targets, _ = right_pad([w[1:] for w in windows])
     return inputs, targets

@@ -18,15 +18,19 @@ CHUNK_ELEMENTS = 1 << 21
 
 def full_softmax_cross_entropy(hidden: torch.Tensor, items: torch.Tensor,
                                targets: torch.Tensor,
-                               excluded: tuple[torch.Tensor, torch.Tensor] | None = None
-                               ) -> torch.Tensor:
+                               excluded: tuple[torch.Tensor, torch.Tensor] | None = None,
+                               smoothing: float = 0.0) -> torch.Tensor:
     """Mean of `-log softmax(hidden @ items.T)[target]` over the rows of `hidden`.
 
     hidden: (P, d) sequence representations; items: (N, d) item vectors; targets: (P,) indices
     into `items`. Equal to `F.cross_entropy(hidden @ items.T, targets)`, gradients included.
     `excluded` = (rows, columns), rows sorted ascending: logits left out of the softmax
     (the items a position has already seen), as if set to -inf. A target may not be excluded.
+    `smoothing` = ε: the label is `1 - ε` on the target plus `ε` spread evenly over the items
+    left in the softmax (`label_smoothing` of `F.cross_entropy` when nothing is excluded).
     """
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"smoothing must lie in [0, 1), got {smoothing}")
     if hidden.dim() != 2 or items.dim() != 2 or hidden.shape[1] != items.shape[1]:
         raise ValueError(f"hidden {tuple(hidden.shape)} and items {tuple(items.shape)} must be "
                          "(P, d) and (N, d)")
@@ -49,14 +53,14 @@ def full_softmax_cross_entropy(hidden: torch.Tensor, items: torch.Tensor,
             raise ValueError("excluded rows must be sorted ascending")
         if bool((columns == targets[rows]).any()):
             raise ValueError("a target is among the excluded items")
-    return _ChunkedCrossEntropy.apply(hidden, items, targets, rows, columns)
+    return _ChunkedCrossEntropy.apply(hidden, items, targets, rows, columns, smoothing)
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, items: torch.Tensor,  # type: ignore[override]
                 targets: torch.Tensor, excluded_rows: torch.Tensor,
-                excluded_columns: torch.Tensor) -> torch.Tensor:
+                excluded_columns: torch.Tensor, smoothing: float) -> torch.Tensor:
         need_grad = any(ctx.needs_input_grad[:2])
         positions, num_items = hidden.shape[0], items.shape[0]
         rows = max(1, min(positions, CHUNK_ELEMENTS // num_items))
@@ -72,16 +76,32 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             logits = buffer[:stop - start]
             torch.mm(chunk_hidden, items.T, out=logits)
             lo, hi = int(bounds[chunk]), int(bounds[chunk + 1])
-            if hi > lo:
-                logits[excluded_rows[lo:hi] - start, excluded_columns[lo:hi]] = -torch.inf
-            logits.sub_(logits.amax(dim=1, keepdim=True))
+            chunk_rows, chunk_columns = excluded_rows[lo:hi] - start, excluded_columns[lo:hi]
+            if smoothing:
+                # Sum and count of each row's logits left in the softmax, for the uniform part.
+                kept_sums = logits.sum(dim=1).index_add_(0, chunk_rows,
+                                                         -logits[chunk_rows, chunk_columns])
+                kept_counts = (num_items - torch.bincount(chunk_rows, minlength=stop - start)
+                               ).to(logits.dtype)
+            logits[chunk_rows, chunk_columns] = -torch.inf
+            maxes = logits.amax(dim=1, keepdim=True)
+            logits.sub_(maxes)
             target_logits = logits.gather(1, chunk_targets)
             logits.exp_()
             sums = logits.sum(dim=1, keepdim=True)
-            total += (sums.log() - target_logits).sum()
+            log_sums = sums.log()
+            row_losses = log_sums - target_logits
+            if smoothing:
+                uniform = log_sums.squeeze(1) + maxes.squeeze(1) - kept_sums / kept_counts
+                row_losses = (1.0 - smoothing) * row_losses.squeeze(1) + smoothing * uniform
+            total += row_losses.sum()
             if need_grad:
                 logits.div_(sums)
-                logits.scatter_add_(1, chunk_targets, logits.new_full(chunk_targets.shape, -1.0))
+                logits.scatter_add_(1, chunk_targets,
+                                    logits.new_full(chunk_targets.shape, smoothing - 1.0))
+                if smoothing:
+                    logits.sub_((smoothing / kept_counts).unsqueeze(1))
+                    logits[chunk_rows, chunk_columns] = 0.0
                 torch.mm(logits, items, out=grad_hidden[start:stop])
                 grad_items.addmm_(logits.T, chunk_hidden)
         if need_grad:
@@ -93,4 +113,4 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
         grad_hidden, grad_items = ctx.saved_tensors
         scale = grad_output / ctx.positions
-        return grad_hidden * scale, grad_items * scale, None, None, None
+        return grad_hidden * scale, grad_items * scale, None, None, None, None
