@@ -26,13 +26,13 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs"))
     parser.add_argument("--max-minutes", type=float, default=30.0)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--batch-size", default="32,ml-1m:sasrec=16",
+    parser.add_argument("--batch-size", default="32,ml-1m:sasrec=16,ml-100k:sasrec=16",
                         help="batch size per run as B,DATASET:BACKBONE=B,... (a bare B is the "
                              "default for runs not named)")
     parser.add_argument("--lr-schedule", choices=["constant", "cosine"], default="cosine")
-    parser.add_argument("--label-smoothing", default="0",
+    parser.add_argument("--label-smoothing", default="0,ml-1m:sasrec=0.2,ml-100k:sasrec=0.1",
                         help="label smoothing per run, in the form of --batch-size")
-    parser.add_argument("--max-epochs", default="200,ml-1m:sasrec=50,ml-1m:gru4rec=70",
+    parser.add_argument("--max-epochs", default="60,ml-1m:sasrec=50,ml-1m:gru4rec=70",
                         help="epochs per run, in the form of --batch-size; the cosine schedule "
                              "anneals over them, so pick what fits --max-minutes")
     parser.add_argument("--collect-only", action="store_true",
