@@ -3,7 +3,9 @@
 Reuses the backbone a `dpr train` run left in --run (backbone.pt), trains the steering head for
 each variant (full DPR; no stage 2; no MoE = one shared expert; no router loss), evaluates every
 protocol with the training wordings and the held-out wordings, and writes
-benches/results/steering-<name>.{md,json,png}.
+benches/results/steering-<name>.{md,json,png}. With --by-wording it also scores the first variant
+on each held-out positive and negative template alone (steering-<name>-by-wording.md), which
+shows which wordings the model misreads.
 
     python benches/steering.py --data ../shared/data/ml-1m --format movielens-1m \
         --run runs/ml1m-sasrec --name ml1m-sasrec
@@ -14,16 +16,19 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from dpr.data import load_dataset
+from dpr.data import SequenceDataset, load_dataset
 from dpr.encoder import PromptEncoder
 from dpr.evaluate.report import write_steering_report
-from dpr.prompts import HELDOUT_WORDINGS, TRAIN_WORDINGS
+from dpr.models import DPR
+from dpr.prompts import HELDOUT_WORDINGS, TRAIN_WORDINGS, Wordings
 from dpr.train import load_backbone
-from dpr.train.pipeline import evaluate_dpr, fit_steering
+from dpr.train.pipeline import Encode, evaluate_dpr, fit_steering
 from dpr.train.steering import SteeringTrainConfig
 
 RESULTS = Path(__file__).parent / "results"
@@ -44,6 +49,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--positions-per-user", type=int, default=40)
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    parser.add_argument("--by-wording", action="store_true",
+                        help="also score the first variant on each held-out template alone")
     args = parser.parse_args()
     torch.set_num_threads(max(torch.get_num_threads(), 1))
 
@@ -71,7 +78,45 @@ def main() -> None:
         report[wordings_name] = results
         write_steering_report(results, RESULTS, f"steering {args.name} {wordings_name}")
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.by_wording:
+        first = next(iter(args.variants))
+        rows = by_wording(models[first], dataset, encoder.encode, HELDOUT_WORDINGS)
+        report["heldout_by_wording"] = {"variant": first, "rows": rows}
+        (RESULTS / f"steering-{args.name}-by-wording.md").write_text(
+            by_wording_markdown(rows, f"steering {args.name}: held-out wordings one by one "
+                                      f"({first})"))
     (RESULTS / f"steering-{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def by_wording(model: DPR, dataset: SequenceDataset, encode: Encode, wordings: Wordings
+               ) -> list[dict[str, Any]]:
+    """Soft-steering NDCG@10 and genre share of each positive and negative template alone."""
+    rows = []
+    for polarity in ("positive", "negative"):
+        for template in wordings.of(polarity):
+            single = replace(wordings, **{polarity: (template,)})
+            result = evaluate_dpr({"dpr": model}, dataset, encode, wordings=single,
+                                  protocols=(polarity,))
+            methods = result["protocols"][polarity]["methods"]
+            baseline = "pre-filter" if polarity == "positive" else "hard filter"
+            rows.append({"polarity": polarity, "template": template,
+                         "ndcg@10": methods["dpr soft"]["ndcg@10"],
+                         "genre_share@10": methods["dpr soft"]["genre_share@10"],
+                         "filter_ndcg@10": methods[baseline]["ndcg@10"]})
+    return rows
+
+
+def by_wording_markdown(rows: list[dict[str, Any]], title: str) -> str:
+    lines = [f"# {title}", "", "Test cases, full ranking, k = 10, DPR soft steering. genre_share = "
+             "share of the top-10 in the asked genre (positive, higher is better) or the "
+             "forbidden one (negative, lower is better).", "",
+             "| polarity | template | ndcg@10 | ÷ filter | genre_share@10 |",
+             "|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['polarity']} | {row['template']} | {row['ndcg@10']:.4f} | "
+                     f"{row['ndcg@10'] / row['filter_ndcg@10']:.2f} | "
+                     f"{row['genre_share@10']:.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -88,3 +88,16 @@ def test_query_prints_hits_from_a_bundle(capsys: pytest.CaptureFixture[str],
     assert all("Romance" not in row for row in rows[1:])
     assert main(["query", bundle, "--history", "1,2"]) == 2
     assert "unknown item id 1" in capsys.readouterr().err
+
+
+def test_steering_flags_reach_the_training_config():
+    from dpr.cli import _parser, _steering_config
+
+    args = _parser().parse_args(["train", "--data", "d", "--format", "csv", "--out", "o",
+                                 "--prompts-per-genre", "7", "--prompt-noise", "0.1",
+                                 "--router-weight", "0.5"])
+    config = _steering_config(args)
+    assert (config.prompts_per_genre, config.prompt_noise, config.router_weight) == (7, 0.1, 0.5)
+    default = _steering_config(_parser().parse_args(["train", "--data", "d", "--format", "csv",
+                                                     "--out", "o"]))
+    assert default.prompts_per_genre == 48

@@ -191,6 +191,8 @@ def _steering_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--positive-experts", type=int, default=2)
     group.add_argument("--negative-experts", type=int, default=2)
     group.add_argument("--router-weight", type=float, default=0.2)
+    group.add_argument("--prompts-per-genre", type=int, default=48,
+                       help="training renderings per genre and polarity, each encoded once")
     group.add_argument("--prompt-noise", type=float, default=0.3,
                        help="random perturbation of training prompt embeddings (0 = none); "
                             "helps on wordings never trained on")
@@ -243,6 +245,7 @@ def _steering_config(args: argparse.Namespace) -> SteeringTrainConfig:
                                epochs=args.steer_epochs,
                                positions_per_user=args.positions_per_user,
                                router_weight=args.router_weight,
+                               prompts_per_genre=args.prompts_per_genre,
                                prompt_noise=args.prompt_noise, seed=args.seed)
 
 

@@ -38,7 +38,7 @@ class SteeringTrainConfig:
     align_temperature: float = 0.1
     epochs: int = 4
     positions_per_user: int | None = 40
-    prompts_per_genre: int = 24
+    prompts_per_genre: int = 48
     prompts_per_pair: int = 3
     prompt_noise: float = 0.3
     batch_size: int = 512
