@@ -24,11 +24,12 @@ import torch
 
 from dpr.data import SequenceDataset, load_dataset
 from dpr.encoder import PromptEncoder
+from dpr.evaluate.protocols import evaluate_steering
 from dpr.evaluate.report import write_steering_report
 from dpr.models import DPR
 from dpr.prompts import HELDOUT_WORDINGS, TRAIN_WORDINGS, Wordings
 from dpr.train import load_backbone
-from dpr.train.pipeline import Encode, evaluate_dpr, fit_steering
+from dpr.train.pipeline import Encode, dpr_steerer, evaluate_dpr, fit_steering, steering_cases
 from dpr.train.steering import SteeringTrainConfig
 
 RESULTS = Path(__file__).parent / "results"
@@ -91,12 +92,13 @@ def main() -> None:
 def by_wording(model: DPR, dataset: SequenceDataset, encode: Encode, wordings: Wordings
                ) -> list[dict[str, Any]]:
     """Soft-steering NDCG@10 and genre share of each positive and negative template alone."""
+    cases = steering_cases(model, dataset, model.attribute)  # the backbone runs once
+    steerers = {"dpr": dpr_steerer(model, encode)}
     rows = []
     for polarity in ("positive", "negative"):
         for template in wordings.of(polarity):
             single = replace(wordings, **{polarity: (template,)})
-            result = evaluate_dpr({"dpr": model}, dataset, encode, wordings=single,
-                                  protocols=(polarity,))
+            result = evaluate_steering(cases, steerers, wordings=single, protocols=(polarity,))
             methods = result["protocols"][polarity]["methods"]
             baseline = "pre-filter" if polarity == "positive" else "hard filter"
             rows.append({"polarity": polarity, "template": template,
