@@ -101,3 +101,15 @@ def test_steering_flags_reach_the_training_config():
     default = _steering_config(_parser().parse_args(["train", "--data", "d", "--format", "csv",
                                                      "--out", "o"]))
     assert default.prompts_per_genre == 48
+
+
+def test_backbone_flags_reach_the_model_arguments():
+    from dpr.cli import _backbone_args, _parser
+
+    base = ["train", "--data", "d", "--format", "csv", "--out", "o"]
+    args = _parser().parse_args([*base, "--ffn-dim", "256", "--blocks", "3", "--max-len", "300"])
+    assert _backbone_args(args) == {"dim": 64, "max_len": 300, "dropout": 0.2, "num_blocks": 3,
+                                    "num_heads": 2, "ffn_dim": 256}
+    assert _backbone_args(_parser().parse_args(base))["ffn_dim"] is None
+    gru = _parser().parse_args([*base, "--backbone", "gru4rec", "--ffn-dim", "256"])
+    assert "ffn_dim" not in _backbone_args(gru)

@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--max-len", type=int, default=200)
     train.add_argument("--blocks", type=int, default=2, help="SASRec blocks")
     train.add_argument("--heads", type=int, default=2, help="SASRec attention heads")
+    train.add_argument("--ffn-dim", type=int, default=None,
+                       help="SASRec feed-forward width (default: --dim)")
     train.add_argument("--dropout", type=float, default=0.2)
     train.add_argument("--lr", type=float, default=2e-3)
     train.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
@@ -201,7 +203,8 @@ def _steering_arguments(parser: argparse.ArgumentParser) -> None:
 def _backbone_args(args: argparse.Namespace) -> dict[str, Any]:
     common = {"dim": args.dim, "max_len": args.max_len, "dropout": args.dropout}
     if args.backbone == "sasrec":
-        return {**common, "num_blocks": args.blocks, "num_heads": args.heads}
+        return {**common, "num_blocks": args.blocks, "num_heads": args.heads,
+                "ffn_dim": args.ffn_dim}
     return common
 
 
