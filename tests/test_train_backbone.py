@@ -53,6 +53,24 @@ def test_bad_window_or_smoothing_settings_are_value_errors():
         BackboneTrainConfig(windows="middle")
     with pytest.raises(ValueError, match="label_smoothing"):
         BackboneTrainConfig(label_smoothing=1.0)
+    with pytest.raises(ValueError, match="weight_average"):
+        BackboneTrainConfig(weight_average=1.0)
+
+
+def test_weight_average_is_what_validation_scores_and_training_keeps(dataset):
+    raw = _train(dataset, "sasrec", epochs=2)
+    # A decay of ~0 makes the average the raw weights: same model as without averaging.
+    instant = _train(dataset, "sasrec", epochs=2, weight_average=1e-12)
+    for name, value in raw.backbone.state_dict().items():
+        torch.testing.assert_close(instant.backbone.state_dict()[name], value)
+
+    averaged = _train(dataset, "sasrec", epochs=2, weight_average=0.9)
+    kept = averaged.backbone.item_embedding.weight
+    assert not torch.allclose(kept, raw.backbone.item_embedding.weight, atol=1e-4)
+    assert torch.all(kept[0] == 0)
+    histories, targets = dataset.split().evaluation_cases("valid")
+    rescored = evaluate_scorer(backbone_scorer(averaged.backbone), histories, targets)
+    assert rescored["ndcg@10"] == pytest.approx(averaged.best_valid["ndcg@10"], abs=1e-6)
 
 
 def test_seen_items_are_each_positions_earlier_inputs():
@@ -98,6 +116,18 @@ def test_interrupted_training_resumes_to_the_same_weights(dataset, tmp_path):
     reloaded = load_backbone(tmp_path / "backbone.pt")
     torch.testing.assert_close(reloaded.item_embedding.weight,
                                resumed.backbone.item_embedding.weight)
+
+
+def test_interrupted_training_resumes_its_weight_average(dataset, tmp_path):
+    straight = _train(dataset, "sasrec", epochs=3, weight_average=0.95)
+    _train(dataset, "sasrec", out=tmp_path, epochs=1, weight_average=0.95)
+    resumed = _train(dataset, "sasrec", out=tmp_path, epochs=3, weight_average=0.95)
+    assert resumed.best_epoch == straight.best_epoch
+    for name, value in straight.backbone.state_dict().items():
+        torch.testing.assert_close(resumed.backbone.state_dict()[name], value)
+    with pytest.raises(ValueError, match="without a weight average"):
+        _train(dataset, "sasrec", out=tmp_path / "raw", epochs=1)
+        _train(dataset, "sasrec", out=tmp_path / "raw", epochs=2, weight_average=0.9)
 
 
 def test_resume_refuses_a_different_model(dataset, tmp_path):

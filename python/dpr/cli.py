@@ -86,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--windows", choices=["last", "random"], default="last",
                        help="training window of a sequence longer than --max-len: the most "
                             "recent items, or one drawn anew each epoch")
+    train.add_argument("--weight-average", type=float, default=0.0,
+                       help="decay of a moving average of the weights, taken every step; the "
+                            "average is validated and kept (0 = off; e.g. 0.999)")
     train.add_argument("--max-epochs", type=int, default=200)
     train.add_argument("--patience", type=int, default=10)
     train.add_argument("--max-minutes", type=float, default=None)
@@ -220,6 +223,7 @@ def _train(args: argparse.Namespace) -> int:
                                  batch_size=args.batch_size, weight_decay=args.weight_decay,
                                  exclude_seen=args.exclude_seen, windows=args.windows,
                                  label_smoothing=args.label_smoothing,
+                                 weight_average=args.weight_average,
                                  max_epochs=args.max_epochs, patience=args.patience,
                                  max_minutes=args.max_minutes, seed=args.seed, device=args.device)
     if args.no_resume:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from dpr.data.dataset import LeaveOneOutSplit
@@ -109,24 +110,28 @@ def train_backbone(backbone: Backbone, split: LeaveOneOutSplit, config: Backbone
     if len(valid_targets) == 0:
         raise ValueError("no user has a validation item (every user needs 3+ interactions)")
 
+    averaged = (AveragedModel(backbone, multi_avg_fn=get_ema_multi_avg_fn(config.weight_average))
+                if config.weight_average > 0 else None)
+    evaluated: Backbone = averaged.module if averaged is not None else backbone
+
     state = _TrainingState(best_state=copy.deepcopy(backbone.state_dict()))
     out = Path(out_dir) if out_dir is not None else None
     if out is not None and resume and (out / LAST_CHECKPOINT).is_file():
-        state = _restore(out / LAST_CHECKPOINT, backbone, optimizer, rng)
+        state = _restore(out / LAST_CHECKPOINT, backbone, optimizer, rng, averaged)
 
     started = time.perf_counter() - state.seconds
     stopped_because = "max_epochs"
     for epoch in range(state.next_epoch, config.max_epochs):
         epoch_start = time.perf_counter()
         loss = _train_epoch(backbone, model, optimizer, split, trainable, rng, config, epoch,
-                            progress and distributed.is_main())
-        valid = evaluate_scorer(backbone_scorer(backbone), valid_histories, valid_targets,
+                            progress and distributed.is_main(), averaged)
+        valid = evaluate_scorer(backbone_scorer(evaluated), valid_histories, valid_targets,
                                 batch_size=config.eval_batch_size)
         record = EpochRecord(epoch, loss, valid, time.perf_counter() - epoch_start)
         state.history.append(record)
         if valid[METRIC] > state.best_valid.get(METRIC, -1.0):
             state.best_valid, state.best_epoch = valid, epoch
-            state.best_state = copy.deepcopy(backbone.state_dict())
+            state.best_state = copy.deepcopy(evaluated.state_dict())
             if out is not None and distributed.is_main():
                 save_atomic({"hyper_parameters": backbone.hyper_parameters(),
                              "state_dict": state.best_state, "valid": valid, "epoch": epoch,
@@ -138,7 +143,7 @@ def train_backbone(backbone: Backbone, split: LeaveOneOutSplit, config: Backbone
         state.next_epoch = epoch + 1
         state.seconds = time.perf_counter() - started
         if out is not None and distributed.is_main():
-            _save_last(out / LAST_CHECKPOINT, backbone, optimizer, rng, state, config)
+            _save_last(out / LAST_CHECKPOINT, backbone, optimizer, rng, state, config, averaged)
         if epoch - state.best_epoch >= config.patience:
             stopped_because = f"no validation gain in {config.patience} epochs"
             break
@@ -172,7 +177,8 @@ class _TrainingState:
 
 def _train_epoch(backbone: Backbone, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  split: LeaveOneOutSplit, trainable: np.ndarray, rng: np.random.Generator,
-                 config: BackboneTrainConfig, epoch: int, progress: bool) -> float:
+                 config: BackboneTrainConfig, epoch: int, progress: bool,
+                 averaged: AveragedModel | None) -> float:
     backbone.train()
     device = next(backbone.parameters()).device
     lengths = np.fromiter((min(len(s), backbone.max_len + 1) for s in split.train), dtype=np.int64,
@@ -195,6 +201,8 @@ def _train_epoch(backbone: Backbone, model: torch.nn.Module, optimizer: torch.op
         optimizer.step()
         with torch.no_grad():
             backbone.item_embedding.weight[0].zero_()
+        if averaged is not None:
+            averaged.update_parameters(backbone)
         total += loss.item()
         count += 1
         bar.set_postfix(loss=f"{total / count:.4f}")
@@ -203,7 +211,7 @@ def _train_epoch(backbone: Backbone, model: torch.nn.Module, optimizer: torch.op
 
 def _save_last(path: Path, backbone: Backbone, optimizer: torch.optim.Optimizer,
                rng: np.random.Generator, state: _TrainingState,
-               config: BackboneTrainConfig) -> None:
+               config: BackboneTrainConfig, averaged: AveragedModel | None) -> None:
     save_atomic({
         "hyper_parameters": backbone.hyper_parameters(),
         "state_dict": backbone.state_dict(),
@@ -212,11 +220,12 @@ def _save_last(path: Path, backbone: Backbone, optimizer: torch.optim.Optimizer,
         "torch_rng": torch.get_rng_state(),
         "training": {**state.__dict__, "history": [r.__dict__ for r in state.history]},
         "config": config.to_dict(),
+        "weight_average": averaged.state_dict() if averaged is not None else None,
     }, path)
 
 
 def _restore(path: Path, backbone: Backbone, optimizer: torch.optim.Optimizer,
-             rng: np.random.Generator) -> _TrainingState:
+             rng: np.random.Generator, averaged: AveragedModel | None) -> _TrainingState:
     checkpoint = load_checkpoint(path)
     if checkpoint["hyper_parameters"] != backbone.hyper_parameters():
         raise ValueError(f"{path}: checkpoint was trained with {checkpoint['hyper_parameters']}, "
@@ -225,6 +234,11 @@ def _restore(path: Path, backbone: Backbone, optimizer: torch.optim.Optimizer,
     optimizer.load_state_dict(checkpoint["optimizer"])
     rng.bit_generator.state = checkpoint["numpy_rng"]
     torch.set_rng_state(checkpoint["torch_rng"])
+    if averaged is not None:
+        if checkpoint.get("weight_average") is None:
+            raise ValueError(f"{path}: checkpoint was trained without a weight average; "
+                             "resume with weight_average=0 or start over")
+        averaged.load_state_dict(checkpoint["weight_average"])
     saved = dict(checkpoint["training"])
     saved["history"] = [EpochRecord(**r) for r in saved["history"]]
     return _TrainingState(**saved)

@@ -26,6 +26,9 @@ class BackboneTrainConfig:
     windows: str = "last"
     """Which `max_len + 1` items of a longer sequence a training step sees: "last" (the most
     recent) or "random" (a window drawn anew each epoch, so no interaction goes unused)."""
+    weight_average: float = 0.0
+    """Decay of an exponential moving average of the weights, taken after every step; the
+    average is what validation scores and what is kept (0 = off, the raw weights)."""
     batch_size: int = 32
     max_epochs: int = 200
     patience: int = 10
@@ -42,6 +45,8 @@ class BackboneTrainConfig:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
         if self.windows not in WINDOWS:
             raise ValueError(f"windows must be one of {WINDOWS}, got {self.windows!r}")
+        if not 0.0 <= self.weight_average < 1.0:
+            raise ValueError(f"weight_average must lie in [0, 1), got {self.weight_average}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
 
