@@ -32,6 +32,8 @@ def main() -> None:
     parser.add_argument("--lr-schedule", choices=["constant", "cosine"], default="cosine")
     parser.add_argument("--label-smoothing", default="0,ml-1m:sasrec=0.2,ml-100k:sasrec=0.1",
                         help="label smoothing per run, in the form of --batch-size")
+    parser.add_argument("--ffn-dim", default="64,ml-1m:sasrec=256",
+                        help="SASRec feed-forward width per run, in the form of --batch-size")
     parser.add_argument("--max-epochs", default="60,ml-1m:sasrec=50,ml-1m:gru4rec=70",
                         help="epochs per run, in the form of --batch-size; the cosine schedule "
                              "anneals over them, so pick what fits --max-minutes")
@@ -39,13 +41,14 @@ def main() -> None:
                         help="only tabulate runs that already finished")
     args = parser.parse_args()
     epochs, batch_sizes = _per_run(args.max_epochs), _per_run(args.batch_size)
-    smoothing = _per_run(args.label_smoothing)
+    smoothing, ffn_dims = _per_run(args.label_smoothing), _per_run(args.ffn_dim)
     rows = []
     for folder, data_format in DATASETS.items():
         for kind in BACKBONES:
             out = args.runs / f"{folder.replace('-', '')}-{kind}"
             if not (out / "metrics.json").is_file() and not args.collect_only:
-                subprocess.run(["dpr", "train", "--data", str(args.data_root / folder),
+                ffn = ["--ffn-dim", _value(ffn_dims, folder, kind)] if kind == "sasrec" else []
+                subprocess.run(["dpr", "train", *ffn, "--data", str(args.data_root / folder),
                                 "--format", data_format, "--backbone", kind, "--out", str(out),
                                 "--lr", str(args.lr),
                                 "--batch-size", _value(batch_sizes, folder, kind),
@@ -97,7 +100,7 @@ def _write(rows: list[dict]) -> None:
     lines = ["# Backbones: test metrics (leave-one-out, full ranking, history masked)", "",
              "| dataset | backbone | NDCG@10 | Recall@10 | most-popular NDCG@10 | "
              "most-popular Recall@10 | epochs (best) | wall time | stopped | "
-             "batch, lr, schedule, label smoothing |",
+             "batch, lr, schedule, label smoothing, FFN width |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         pop = r["most_popular"]["test"]
@@ -106,7 +109,8 @@ def _write(rows: list[dict]) -> None:
                      f"{pop['recall@10']:.4f} | {r['epochs']} ({r['best_epoch']}) | "
                      f"{r['seconds'] / 60:.1f} min | {r['stopped_because']} | "
                      f"{r['batch_size']}, {r['lr']:g}, {r['lr_schedule']}, "
-                     f"{r['label_smoothing']:g} |")
+                     f"{r['label_smoothing']:g}, "
+                     f"{r['hyper_parameters'].get('ffn_dim', '–')} |")
     lines += ["", f"Machine: {machine['cpus']} CPUs ({machine['machine']}). Produced by "
               "`python benches/backbones.py --data-root ../shared/data --runs runs`."]
     (RESULTS / "backbones.md").write_text("\n".join(lines) + "\n")
