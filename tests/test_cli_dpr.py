@@ -1,4 +1,4 @@
-"""`dpr train` runs all three stages; `dpr evaluate` reads the model back with custom wordings."""
+"""`dpr train` runs every stage; `dpr evaluate` reads the model back with a custom grammar."""
 
 import json
 from pathlib import Path
@@ -26,36 +26,53 @@ def _write_dataset(folder):
     (folder / "interactions.csv").write_text("\n".join(rows) + "\n")
 
 
-def test_train_then_evaluate_with_custom_wordings(tmp_path, capsys):
+TINY_TOWER = ["--tower-steps", "12", "--tower-batch", "16", "--tune-layers", "1"]
+
+
+def test_train_then_evaluate_with_a_custom_grammar(tmp_path, capsys):
+    from dpr.prompts.grammar import DEFAULT_GRAMMAR
+
     data, out = tmp_path / "data", tmp_path / "model"
     _write_dataset(data)
     code = main(["train", "--data", str(data), "--format", "csv", "--backbone", "sasrec",
                  "--out", str(out), "--max-epochs", "2", "--dim", "16", "--max-len", "20",
-                 "--steer-epochs", "1", "--positions-per-user", "4"])
+                 "--steer-epochs", "1", "--positions-per-user", "4", *TINY_TOWER])
     assert code == 0
-    assert (out / "dpr.pt").is_file()
-    assert (out / "bundle" / "dpr.json").is_file()
+    assert (out / "dpr.pt").is_file() and (out / "tower.pt").is_file()
+    assert (out / "prompt_encoder" / "model.safetensors").is_file()
+    bundle = json.loads((out / "bundle" / "dpr.json").read_text())
+    assert bundle["version"] == 2 and 0.5 <= bundle["intent"]["refuse_threshold"] <= 0.95
     assert main(["export", str(out), "--out", str(tmp_path / "b2"), "--encoder-dtype",
                  "float32"]) == 0
     assert json.loads((tmp_path / "b2" / "dpr.json").read_text())["format"] == "dpr-bundle"
     steering = json.loads((out / "steering.json").read_text())
-    assert {"train_wordings", "heldout_wordings", "training"} <= set(steering)
-    assert "dpr soft" in steering["train_wordings"]["protocols"]["positive"]["methods"]
+    assert {"train_frames", "heldout_frames", "by_frame", "flips", "interpret",
+            "tower"} <= set(steering)
+    assert "dpr auto" in steering["heldout_frames"]["protocols"]["negative"]["methods"]
+    assert {"ref-spare-me", "and-but"} & set(steering["by_frame"]) == {"ref-spare-me"}
+    assert list(out.glob("*held-out-frames.md")) and list(out.glob("*held-out-frames.png"))
 
-    wordings = tmp_path / "wordings.json"
-    wordings.write_text(json.dumps({"positive": ["only {genre} films tonight"],
-                                    "negative": ["keep every {genre} film away"]}))
+    grammar = json.loads(DEFAULT_GRAMMAR.read_text())
+    for frame in grammar["frames"]:
+        if (frame["split"], frame["polarity"], frame.get("kind")) == ("heldout", "asked", None):
+            frame["text"] = "Only {thing}, films tonight."
+    path = tmp_path / "grammar.json"
+    path.write_text(json.dumps(grammar))
     result_path = tmp_path / "eval" / "results.json"
     code = main(["evaluate", str(out), "--data", str(data), "--format", "csv",
-                 "--json", str(result_path), "--prompts", str(wordings)])
+                 "--json", str(result_path), "--grammar", str(path)])
     assert code == 0
     results = json.loads(result_path.read_text())
     positive = results["protocols"]["positive"]
-    assert all("films tonight" in e["prompt"] for e in positive["examples"])
-    for method in ("backbone", "pre-filter", "post-filter", "dpr soft", "dpr hybrid"):
+    assert all("films tonight" in e["prompt"].lower() for e in positive["examples"])
+    for method in ("backbone", "pre-filter", "post-filter", "dpr soft", "dpr hybrid",
+                   "dpr auto"):
         assert set(positive["methods"][method]) >= {"ndcg@10", "recall@10", "genre_share@10"}
     assert "hard filter" in results["protocols"]["negative"]["methods"]
-    assert "dpr neutral" in results["protocols"]["standard"]["methods"]
+    assert "dpr auto neutral" in results["protocols"]["standard"]["methods"]
+    assert 0.0 <= results["interpret"]["accuracy"] <= 1.0
+    assert set(results["flips"]["separated"]) == {"dpr soft", "dpr auto"}
+    assert list((tmp_path / "eval" / "results").glob("*by-frame.png"))
 
 
 def test_evaluate_refuses_another_catalogue(tmp_path, capsys):
@@ -68,7 +85,7 @@ def test_evaluate_refuses_another_catalogue(tmp_path, capsys):
         + "".join(f"x{u},99,5,{t}\n" for u in range(5) for t in range(5)))
     assert main(["train", "--data", str(data), "--format", "csv", "--out", str(out),
                  "--max-epochs", "1", "--dim", "16", "--max-len", "20", "--steer-epochs", "1",
-                 "--positions-per-user", "2"]) == 0
+                 "--positions-per-user", "2", *TINY_TOWER]) == 0
     code = main(["evaluate", str(out), "--data", str(other), "--format", "csv",
                  "--json", str(tmp_path / "r.json")])
     assert code == 2
@@ -113,3 +130,14 @@ def test_backbone_flags_reach_the_model_arguments():
     assert _backbone_args(_parser().parse_args(base))["ffn_dim"] is None
     gru = _parser().parse_args([*base, "--backbone", "gru4rec", "--ffn-dim", "256"])
     assert "ffn_dim" not in _backbone_args(gru)
+
+
+def test_tower_flags_reach_the_tower_config():
+    from dpr.cli import _parser, _tower_config
+
+    base = ["train", "--data", "d", "--format", "csv", "--out", "o"]
+    config = _tower_config(_parser().parse_args([*base, "--tune-layers", "3", "--tower-steps",
+                                                 "50", "--tower-minutes", "2"]))
+    assert (config.tune_layers, config.steps, config.max_minutes) == (3, 50, 2.0)
+    frozen = _tower_config(_parser().parse_args([*base, "--freeze-encoder"]))
+    assert frozen.tune_layers == 0

@@ -1,4 +1,4 @@
-"""Prompt templates, intents and steering episodes."""
+"""The prompt grammar, its renderings, intents and steering episodes."""
 
 from __future__ import annotations
 
@@ -10,29 +10,16 @@ import pytest
 
 from dpr.data.dataset import ItemCatalogue, LeaveOneOutSplit
 from dpr.data.synthetic import GENRES
-from dpr.prompts import (
-    GENRE_SYNONYMS,
-    HELDOUT_WORDINGS,
-    POLARITIES,
-    TRAIN_WORDINGS,
-    Episodes,
-    Intent,
-    Wordings,
-    all_prompts,
-    intent_of,
-    load_wordings,
-    render,
-    steering_episodes,
-    surface_forms,
-)
+from dpr.prompts import POLARITIES, SPLITS, Episodes, Grammar, Intent, intent_of, steering_episodes
+from dpr.prompts.grammar import DEFAULT_GRAMMAR as GRAMMAR_PATH
 
 MOVIELENS_GENRES = ("Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
                     "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
                     "Romance", "Sci-Fi", "Thriller", "War", "Western")
 ALL_GENRES = sorted(set(MOVIELENS_GENRES) | set(GENRES))
-WORDINGS = {"train": TRAIN_WORDINGS, "heldout": HELDOUT_WORDINGS}
 POS, NEG, NEU, COM = (POLARITIES.index(p) for p in ("positive", "negative", "neutral",
                                                      "compound"))
+GRAMMAR = Grammar.load()
 
 
 def _clean(text: str) -> bool:
@@ -42,177 +29,165 @@ def _clean(text: str) -> bool:
             and not re.search(r"\b[Aa]n [^aeiouAEIOU]", text))
 
 
-# --- templates and surface forms ---------------------------------------------------------------
-
-@pytest.mark.parametrize("name", WORDINGS)
-def test_enough_wordings_per_polarity(name: str) -> None:
-    wordings = WORDINGS[name]
-    for polarity in ("positive", "negative", "neutral"):
-        assert len(set(wordings.of(polarity))) >= 10, polarity
-    assert len(set(wordings.compound)) >= 5
+def _phrase(cue: str) -> re.Pattern[str]:
+    """A cue as a word-bounded pattern; "..." in a cue stands for any gap."""
+    parts = [re.escape(p.strip()) for p in cue.lower().split("...") if p.strip()]
+    return re.compile(r"\b" + r"\b.*\b".join(parts) + r"\b")
 
 
-def test_train_and_heldout_wordings_are_disjoint() -> None:
-    for polarity in POLARITIES:
-        train = {t.lower() for t in TRAIN_WORDINGS.of(polarity)}
-        heldout = {t.lower() for t in HELDOUT_WORDINGS.of(polarity)}
-        assert not train & heldout, polarity
-    every_train = {t.lower() for p in POLARITIES for t in TRAIN_WORDINGS.of(p)}
-    every_heldout = {t.lower() for p in POLARITIES for t in HELDOUT_WORDINGS.of(p)}
-    assert not every_train & every_heldout
+# --- the grammar ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_every_split_has_every_kind_of_form(split: str) -> None:
+    for polarity in ("asked", "refused", "neutral"):
+        assert GRAMMAR.frames_of(split, polarity), (split, polarity)
+    assert GRAMMAR.frames_of(split, "asked", "description")
+    assert GRAMMAR.frames_of(split, "refused", "description")
+    assert GRAMMAR.connectors_of(split)
+    assert GRAMMAR.clauses_of(split, "asked") and GRAMMAR.clauses_of(split, "refused")
 
 
-def test_template_slots_fit_their_polarity() -> None:
-    for wordings in WORDINGS.values():
-        for t in wordings.positive + wordings.negative:
-            assert "{genre}" in t and "{avoid}" not in t, t
-        for t in wordings.compound:
-            assert "{genre}" in t and "{avoid}" in t, t
-        for t in wordings.neutral:
-            assert "{" not in t, t
+def test_heldout_frames_share_no_cue_with_training_frames() -> None:
+    train = [f for f in (*GRAMMAR.frames, *GRAMMAR.connectors) if f.split == "train"]
+    train_texts = [f.text.lower() for f in train] + [
+        c.text.lower() for c in GRAMMAR.clauses if c.split == "train"]
+    heldout = [f for f in (*GRAMMAR.frames, *GRAMMAR.connectors)
+               if f.split == "heldout" and f.cue and f.polarity != "neutral"]
+    assert len(heldout) >= 30
+    for frame in heldout:
+        pattern = _phrase(frame.cue)
+        assert not any(pattern.search(t) for t in train_texts), frame.id
+    # and no multi-word training cue turns up in a held-out frame
+    heldout_texts = [f.text.lower() for f in heldout]
+    for frame in train:
+        if len(frame.cue.split()) >= 2 and not frame.cue.startswith("("):
+            pattern = _phrase(frame.cue)
+            assert not any(pattern.search(t) for t in heldout_texts), frame.id
+    train_cues = {f.cue.lower() for f in train}
+    assert not train_cues & {f.cue.lower() for f in heldout}
 
 
-def test_every_genre_has_surface_forms() -> None:
-    for genre in ALL_GENRES:
-        forms = GENRE_SYNONYMS[genre]
-        assert forms, genre
-        assert forms[0] == genre.lower().replace("-", " ") or forms[0] == genre.lower(), genre
-        assert len(set(forms)) == len(forms)
-    assert set(surface_forms("Sci-Fi")) >= {"sci-fi", "science fiction", "scifi"}
-    assert set(surface_forms("Children's")) >= {"children's", "kids", "family"}
-    assert set(surface_forms("Comedy")) >= {"comedy", "funny"}
-    assert surface_forms("Film-Noir") == ("film noir", "noir")
-    assert surface_forms("IMAX") == ("imax",)
+def test_descriptions_never_name_their_value() -> None:
+    for family in GRAMMAR.families.values():
+        for value, forms in family.values.items():
+            words = {value.lower(), *(n.lower() for n in forms.names),
+                     *(n.lower() for n in forms.nouns)}
+            for description in forms.descriptions:
+                for word in words:
+                    assert not re.search(r"\b" + re.escape(word) + r"\b",
+                                         description.lower()), (value, description)
+            assert GRAMMAR.describable(family.name, value), value
 
 
-@pytest.mark.parametrize("name", WORDINGS)
-def test_every_template_renders_cleanly_with_every_form(name: str) -> None:
-    prompts = all_prompts(WORDINGS[name], ALL_GENRES)
-    bad = [p for p in prompts if not _clean(p)]
-    assert not bad, bad[:5]
-    # Every template with every surface form gives its own prompt: nothing collapses or is lost.
-    wordings = WORDINGS[name]
-    forms = {g: len(surface_forms(g)) for g in ALL_GENRES}
-    single = (len(wordings.positive) + len(wordings.negative)) * sum(forms.values())
-    pairs = sum(forms[g] * forms[a] for g in ALL_GENRES for a in ALL_GENRES if g != a)
-    assert len(prompts) == len(wordings.neutral) + single + len(wordings.compound) * pairs
-
-
-def test_all_prompts_is_complete_and_distinct() -> None:
-    wordings = Wordings(positive=("a {genre} movie",), negative=("no {genre} stuff",),
-                        neutral=("anything",), compound=("a {genre} movie, not {avoid}",))
-    prompts = all_prompts(wordings, ["Comedy", "Horror"])
-    assert len(prompts) == len(set(prompts))
-    assert set(prompts) == {
-        "anything",
-        "a comedy movie", "a funny movie", "a comedic movie", "a horror movie", "a scary movie",
-        "no comedy stuff", "no funny stuff", "no comedic stuff", "no horror stuff",
-        "no scary stuff",
-        *(f"a {g} movie, not {a}" for g in ("comedy", "funny", "comedic")
-          for a in ("horror", "scary")),
-        *(f"a {g} movie, not {a}" for g in ("horror", "scary")
-          for a in ("comedy", "funny", "comedic")),
-    }
-
-
-def test_articles_follow_the_surface_form() -> None:
-    wordings = Wordings(positive=("A {genre} movie, a {genre} one",), negative=("no {genre}",),
-                        neutral=("x",), compound=("an {genre} movie, not a {avoid} one",))
+def test_every_frame_renders_cleanly_for_every_value() -> None:
     rng = np.random.default_rng(0)
-    assert render(Intent("positive", "Action"), wordings, rng).startswith("An action")
-    texts = {render(Intent("compound", "Horror", "Animation"), wordings, rng) for _ in range(40)}
-    assert all(t.startswith("a ") and _clean(t) for t in texts)
-    assert any(" an animated one" in t for t in texts) and any(" a cartoon one" in t for t in texts)
+    for split in SPLITS:
+        for polarity, kind in (("positive", "frame"), ("negative", "frame"),
+                               ("positive", "description"), ("negative", "description")):
+            frames = GRAMMAR.frames_of(split, "asked" if polarity == "positive" else "refused",
+                                       kind)
+            for frame in frames:
+                for value in MOVIELENS_GENRES:
+                    r = GRAMMAR.render(Intent(polarity, value), rng, split=split, frame=frame.id,
+                                       style="description" if kind == "description" else "name")
+                    assert _clean(r.text), r.text
+                    assert r.frame == frame.id
+                    assert r.labels == (("genre", value, "asked" if polarity == "positive"
+                                         else "refused"),)
+        for connector in GRAMMAR.connectors_of(split):
+            for value, avoid in (("Comedy", "Romance"), ("Sci-Fi", "Horror")):
+                r = GRAMMAR.render(Intent("compound", value, avoid), rng, split=split,
+                                   frame=connector.id)
+                assert _clean(r.text), r.text
+                assert r.labels == (("genre", value, "asked"), ("genre", avoid, "refused"))
 
 
-def test_sentences_opening_with_a_slot_are_capitalised() -> None:
-    wordings = Wordings(positive=("{genre} movies, please.",), negative=("no {genre}",),
-                        neutral=("x",), compound=("{genre} yes, {avoid} no",))
-    rng = np.random.default_rng(0)
-    assert render(Intent("positive", "Sci-Fi"), wordings, rng)[0] == "S"
+def test_renderings_use_the_value_forms_and_descriptions_of_their_split() -> None:
+    rng = np.random.default_rng(1)
+    comedy = GRAMMAR.families["genre"].values["Comedy"]
+    forms = [*comedy.names, *comedy.nouns]
+    for _ in range(30):
+        text = GRAMMAR.render(Intent("positive", "Comedy"), rng, split="train").text.lower()
+        assert any(f in text for f in forms), text
+    heldout = GRAMMAR.descriptions("genre", "Comedy", "heldout")
+    train = GRAMMAR.descriptions("genre", "Comedy", "train")
+    assert heldout and train and not set(heldout) & set(train)
+    for _ in range(10):
+        text = GRAMMAR.render(Intent("positive", "Comedy"), rng, split="heldout",
+                              style="description").text.lower()
+        assert any(d.lower() in text for d in heldout), text
+        assert not any(f in text for f in comedy.names), text
 
 
-# --- intents and rendering -----------------------------------------------------------------------
+def test_render_is_deterministic_and_varied() -> None:
+    def draw(seed: int) -> list[str]:
+        rng = np.random.default_rng(seed)
+        return [GRAMMAR.render(Intent("negative", "Horror"), rng).text for _ in range(40)]
+
+    assert draw(3) == draw(3)
+    assert len(set(draw(3))) > 25
+
+
+def test_neutral_renderings_have_no_labels() -> None:
+    rng = np.random.default_rng(2)
+    for split in SPLITS:
+        r = GRAMMAR.render(Intent("neutral"), rng, split=split)
+        assert r.labels == () and r.text
+
+
+def test_unknown_values_fall_back_to_their_spelling() -> None:
+    grammar = GRAMMAR.with_values("genre", ["Space Opera"])
+    r = grammar.render(Intent("positive", "Space Opera"), np.random.default_rng(0))
+    assert "space opera" in r.text.lower()
+    assert not grammar.describable("genre", "Space Opera")
+    with pytest.raises(KeyError, match="family"):
+        GRAMMAR.render(Intent("positive", "1990s", family="decade"), np.random.default_rng(0))
+
 
 def test_intent_validates() -> None:
     with pytest.raises(ValueError, match="polarity"):
         Intent("sideways", "Comedy")
-    with pytest.raises(ValueError, match="genre"):
+    with pytest.raises(ValueError, match="needs a value"):
         Intent("positive")
     with pytest.raises(ValueError, match="avoid"):
         Intent("compound", "Comedy")
-    assert Intent("neutral").genre is None
+    assert Intent("neutral").value is None
 
 
-def test_render_uses_the_right_polarity_and_forms() -> None:
-    rng = np.random.default_rng(1)
-    for _ in range(50):
-        text = render(Intent("negative", "Horror"), TRAIN_WORDINGS, rng)
-        assert any(text.lower().startswith(t.split("{")[0].lower())
-                   for t in TRAIN_WORDINGS.negative)
-        assert "horror" in text.lower() or "scary" in text.lower()
-        both = render(Intent("compound", "Comedy", "Romance"), HELDOUT_WORDINGS, rng).lower()
-        assert any(f in both for f in surface_forms("Comedy"))
-        assert any(f in both for f in surface_forms("Romance"))
-        neutral = render(Intent("neutral", "Comedy"), TRAIN_WORDINGS, rng)
-        assert neutral in TRAIN_WORDINGS.neutral
+def _write(tmp_path, data) -> str:
+    path = tmp_path / "grammar.json"
+    path.write_text(json.dumps(data) if not isinstance(data, str) else data)
+    return str(path)
 
 
-def test_render_is_deterministic_and_varied() -> None:
-    intent = Intent("positive", "Sci-Fi")
-    a = [render(intent, TRAIN_WORDINGS, np.random.default_rng(5)) for _ in range(3)]
-    assert len(set(a)) == 1
-    rng = np.random.default_rng(5)
-    seen = {render(intent, TRAIN_WORDINGS, rng) for _ in range(300)}
-    assert len(seen) > 20
-    assert {f for f in surface_forms("Sci-Fi") if any(f in s.lower() for s in seen)} == set(
-        surface_forms("Sci-Fi"))
+def test_a_grammar_file_loads_and_bad_ones_name_the_problem(tmp_path) -> None:
+    data = json.loads(GRAMMAR_PATH.read_text())
+    assert Grammar.load(_write(tmp_path, data)).frames_of("train", "asked")
+    with pytest.raises(FileNotFoundError):
+        Grammar.load(tmp_path / "missing.json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        Grammar.load(_write(tmp_path, "{"))
+    with pytest.raises(ValueError, match="format"):
+        Grammar.load(_write(tmp_path, {"format": "other"}))
+    bad = json.loads(json.dumps(data))
+    bad["frames"][0]["text"] = "I want something."
+    with pytest.raises(ValueError, match="names no value"):
+        Grammar.load(_write(tmp_path, bad))
+    bad = json.loads(json.dumps(data))
+    bad["frames"][0]["split"] = "test"
+    with pytest.raises(ValueError, match="split"):
+        Grammar.load(_write(tmp_path, bad))
+    bad = json.loads(json.dumps(data))
+    bad["connectors"][0]["text"] = "{ask} and more"
+    with pytest.raises(ValueError, match="refused"):
+        Grammar.load(_write(tmp_path, bad))
+    bad = json.loads(json.dumps(data))
+    bad["frames"][1]["id"] = bad["frames"][0]["id"]
+    with pytest.raises(ValueError, match="duplicate"):
+        Grammar.load(_write(tmp_path, bad))
 
 
-# --- loading wordings ----------------------------------------------------------------------------
 
-def test_load_wordings_reads_and_falls_back(tmp_path) -> None:
-    path = tmp_path / "w.json"
-    path.write_text(json.dumps({"positive": ["give me a {genre} movie"],
-                                "negative": ["no {genre} please"]}))
-    wordings = load_wordings(path)
-    assert wordings.positive == ("give me a {genre} movie",)
-    assert wordings.negative == ("no {genre} please",)
-    assert wordings.neutral == TRAIN_WORDINGS.neutral
-    assert wordings.compound == TRAIN_WORDINGS.compound
-    path.write_text(json.dumps({"positive": ["{genre}!"], "negative": ["no {genre}"],
-                                "neutral": ["hi"], "compound": ["{genre} not {avoid}"]}))
-    assert load_wordings(str(path)).compound == ("{genre} not {avoid}",)
-
-
-@pytest.mark.parametrize("content, message", [
-    ({"positive": ["a movie"], "negative": ["no {genre}"]}, "lacks"),
-    ({"positive": ["a {genre} movie"], "negative": ["nothing scary"]}, "lacks"),
-    ({"positive": ["a {genre}"], "negative": ["no {genre}"], "compound": ["a {genre}"]}, "avoid"),
-    ({"positive": ["a {genre}"], "negative": ["no {genre}"], "neutral": ["a {genre}"]},
-     "unexpected"),
-    ({"positive": ["a {genre} {mood}"], "negative": ["no {genre}"]}, "unexpected"),
-    ({"positive": ["a {genre}"]}, "negative"),
-    ({"positive": [], "negative": ["no {genre}"]}, "non-empty"),
-    ({"positive": "a {genre}", "negative": ["no {genre}"]}, "list"),
-    ({"positive": ["a {genre}"], "negative": ["no {genre}"], "sideways": ["x"]}, "unknown"),
-    (["a {genre}"], "object"),
-])
-def test_load_wordings_rejects_bad_templates(tmp_path, content, message: str) -> None:
-    path = tmp_path / "bad.json"
-    path.write_text(json.dumps(content))
-    with pytest.raises(ValueError, match=message) as info:
-        load_wordings(path)
-    assert "bad.json" in str(info.value)
-
-
-def test_load_wordings_errors_on_missing_file_and_bad_json(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"nope\.json"):
-        load_wordings(tmp_path / "nope.json")
-    path = tmp_path / "broken.json"
-    path.write_text('{"positive": ["a {genre}"')
-    with pytest.raises(ValueError, match=r"broken\.json"):
-        load_wordings(path)
 
 
 # --- steering episodes ---------------------------------------------------------------------------
@@ -257,11 +232,11 @@ def _check_episodes(episodes: Episodes, split: LeaveOneOutSplit, catalogue: Item
         intent = intent_of(episodes, i)
         assert intent.polarity == POLARITIES[episodes.polarity[i]]
         if intent.polarity == "positive":
-            assert intent.genre in has and episodes.avoid[i] == -1
+            assert intent.value in has and episodes.avoid[i] == -1
         elif intent.polarity == "negative":
-            assert intent.genre not in has and episodes.avoid[i] == -1
+            assert intent.value not in has and episodes.avoid[i] == -1
         elif intent.polarity == "compound":
-            assert intent.genre in has and intent.avoid not in has
+            assert intent.value in has and intent.avoid not in has
         else:
             assert episodes.genre[i] == -1 and episodes.avoid[i] == -1
 
@@ -341,11 +316,11 @@ def test_preferred_genres_follow_the_history() -> None:
             intent = intent_of(episodes, last)
             assert intent.polarity == polarity
             if polarity == "positive":
-                assert intent.genre == "Romance"
+                assert intent.value == "Romance"
             elif polarity == "negative":
-                assert intent.genre == "Horror"
+                assert intent.value == "Horror"
             else:
-                assert (intent.genre, intent.avoid) == ("Romance", "Horror")
+                assert (intent.value, intent.avoid) == ("Romance", "Horror")
     assert names == ["Comedy", "Drama", "Horror", "Romance"]
 
 
@@ -361,7 +336,7 @@ def test_compound_avoids_what_comes_with_the_asked_genre() -> None:
                                      mix={polarity: 1.0}, prefer=1.0)
         last = int(np.flatnonzero(episodes.position == 5)[0])
         intent = intent_of(episodes, last)
-        assert (intent.genre, intent.avoid) == expected
+        assert (intent.value, intent.avoid) == expected
 
 
 def test_impossible_polarities_fall_back() -> None:

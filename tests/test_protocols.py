@@ -15,7 +15,7 @@ from dpr.evaluate import (
     ratios,
     top_mask,
 )
-from dpr.prompts import HELDOUT_WORDINGS, Intent
+from dpr.prompts import Intent
 
 # Genres sort as Comedy=0, Drama=1, Horror=2. Item vectors are [x, comedy, drama, horror]:
 # the plain user vector [1, 0, 0, 0] scores each item by x; the genre dims let a steerer push.
@@ -56,9 +56,9 @@ def make_cases(histories: list[list[int]], targets: list[int]) -> SteeringCases:
                          users, item_vectors(), catalogue())
 
 
-def plain_render(intent: Intent, wordings: object, rng: np.random.Generator) -> str:
+def plain_render(intent: Intent, rng: np.random.Generator) -> str:
     """A render we control: the intent spelled out, so a steerer can read it back."""
-    return f"{intent.polarity}|{intent.genre or ''}|{intent.avoid or ''}"
+    return f"{intent.polarity}|{intent.value or ''}|{intent.avoid or ''}"
 
 
 def identity(h: np.ndarray, prompts: list[str]) -> np.ndarray:
@@ -84,7 +84,7 @@ def genre_pusher(h: np.ndarray, prompts: list[str]) -> np.ndarray:
 def run(cases: SteeringCases, steerers: dict | None = None, **kwargs) -> dict:
     kwargs.setdefault("render", plain_render)
     kwargs.setdefault("k", K)
-    return evaluate_steering(cases, steerers or {}, wordings=HELDOUT_WORDINGS, **kwargs)
+    return evaluate_steering(cases, steerers or {}, **kwargs)
 
 
 def ndcg_at(rank: int) -> float:
@@ -99,7 +99,7 @@ CASE0 = ([7, 8], 3)
 def test_positive_prefilter_ranks_target_first_backbone_third():
     res = run(make_cases([CASE0[0]], [CASE0[1]]), protocols=("positive",))
     block = res["protocols"]["positive"]
-    assert block["examples"][0]["genre"] == "Comedy"  # Drama is the history's only genre
+    assert block["examples"][0]["value"] == "Comedy"  # Drama is the history's only genre
     methods = block["methods"]
     assert methods["backbone"]["ndcg@3"] == pytest.approx(ndcg_at(2))
     assert methods["backbone"]["genre_share@3"] == pytest.approx(1 / 3)  # 1, 2, 3: only 3
@@ -126,7 +126,7 @@ def test_negative_forbids_most_frequent_non_target_genre_and_hard_filter_removes
     block = res["protocols"]["negative"]
     # backbone top-3 = 1, 2, 3; the target lacks only Horror, carried by item 2
     assert block["examples"][0]["polarity"] == "negative"
-    assert block["examples"][0]["genre"] == "Horror"
+    assert block["examples"][0]["value"] == "Horror"
     methods = block["methods"]
     assert methods["backbone"]["genre_share@3"] == pytest.approx(1 / 3)
     assert methods["hard filter"]["genre_share@3"] == 0.0
@@ -137,7 +137,7 @@ def test_compound_avoids_genre_from_the_genre_restricted_list():
     res = run(make_cases([CASE0[0]], [CASE0[1]]), protocols=("compound",))
     block = res["protocols"]["compound"]
     # Comedy-restricted top-3 = 3, 9, 5; the target lacks Horror (item 9)
-    assert block["examples"][0]["genre"] == "Comedy"
+    assert block["examples"][0]["value"] == "Comedy"
     assert block["examples"][0]["avoid"] == "Horror"
     methods = block["methods"]
     assert methods["filter"]["ndcg@3"] == pytest.approx(1.0)
@@ -157,7 +157,7 @@ def test_skipped_cases_are_counted():
     assert res["protocols"]["negative"]["skipped"] == 0
     assert res["protocols"]["compound"]["skipped"] == 1
     # case 1's forbidden genre: top-3 of 7, 2, 3 -> Drama x3, Horror, Comedy -> Drama
-    assert res["protocols"]["negative"]["examples"][1]["genre"] == "Drama"
+    assert res["protocols"]["negative"]["examples"][1]["value"] == "Drama"
 
 
 def test_identity_steerer_matches_backbone_and_filters_everywhere():
@@ -224,11 +224,11 @@ def test_determinism_and_same_prompts_for_every_steerer():
 
     cases = make_cases([CASE0[0], [1], [1, 2, 7], [3]], [CASE0[1], 6, 5, 9])
     first = evaluate_steering(cases, {"a": recording("a"), "b": recording("b")},
-                              wordings=HELDOUT_WORDINGS, k=K, seed=3, batch_size=2)
+                              render=plain_render, k=K, seed=3, batch_size=2)
     assert seen["a"] == seen["b"]
     assert any(p for p in seen["a"])
     again = evaluate_steering(cases, {"a": identity, "b": identity},
-                              wordings=HELDOUT_WORDINGS, k=K, seed=3)
+                              render=plain_render, k=K, seed=3)
     assert first == again  # batch size does not change anything either
     assert all(isinstance(e["prompt"], str) and e["prompt"]
                for block in first["protocols"].values() for e in block["examples"])
@@ -315,3 +315,24 @@ def test_report_writes_markdown_and_png(tmp_path):
     assert "| dpr soft |" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in md.parent.iterdir()) == [md.name, png.name]  # no temp files
+
+
+def test_auto_removes_the_values_its_reading_refuses():
+    def refuse_horror(prompts: list[str]) -> np.ndarray:  # reads the refusal exactly
+        out = np.zeros((len(prompts), len(GENRES)), dtype=bool)
+        for row, prompt in enumerate(prompts):
+            polarity, value, _ = prompt.split("|")
+            if polarity == "negative":
+                out[row, GENRES.index(value)] = True
+        return out
+
+    cases = make_cases([[1], [7]], [5, 3])
+    res = run(cases, {"s": identity}, auto={"s": refuse_horror},
+              protocols=("standard", "negative"))
+    negative = res["protocols"]["negative"]["methods"]
+    assert negative["s auto"]["genre_share@3"] == 0.0
+    assert negative["s soft"]["genre_share@3"] > 0.0
+    standard = res["protocols"]["standard"]["methods"]
+    assert standard["s auto neutral"] == standard["s neutral"]  # nothing refused there
+    with pytest.raises(ValueError, match="unknown steerers"):
+        run(cases, {"s": identity}, auto={"t": refuse_horror})

@@ -344,3 +344,16 @@ def test_filtered_queries_never_return_seen_items(
         assert len(hits) == 50
         assert not {h.item_id for h in hits} & set(history)
         assert all("Horror" not in genres[ids.index(h.item_id)] for h in hits)
+
+
+def test_default_mode_is_auto_which_is_soft_without_an_intent_head(
+        served: tuple[DPR, Recommender, dict[str, Any]]) -> None:
+    _, rec, catalogue = served
+    assert rec.refuse_threshold is None and rec.prompt_dim == 384
+    history = catalogue["item_ids"][5:25]
+    for prompt in PROMPTS:
+        soft = rec.query(history, prompt, k=10, mode="soft")
+        assert rec.query(history, prompt, k=10) == soft
+        assert rec.query(history, prompt, k=10, mode="auto") == soft
+    with pytest.raises(ValueError, match="no intent read-out"):
+        rec.interpret("no horror please")

@@ -7,10 +7,18 @@ import torch.nn.functional as F
 
 from dpr.data import synthetic_dataset
 from dpr.models import DPR, DPRSteering, load_dpr
-from dpr.prompts import TRAIN_WORDINGS
+from dpr.prompts import Grammar
 from dpr.train import BackboneTrainConfig
-from dpr.train.pipeline import evaluate_dpr, fit_backbone, fit_steering, steering_cases
+from dpr.train.pipeline import (
+    evaluate_dpr,
+    fit_backbone,
+    fit_prompt_tower,
+    fit_steering,
+    grammar_renderer,
+    steering_cases,
+)
 from dpr.train.steering import SteeringTrainConfig
+from dpr.train.tower import TowerTrainConfig
 
 
 def test_empty_prompt_returns_the_backbone_vector_exactly():
@@ -52,32 +60,40 @@ def test_at_least_one_expert():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from dpr.encoder import PromptEncoder
-
     out = tmp_path_factory.mktemp("dpr")
     dataset = synthetic_dataset(num_users=400, num_items=150, seed=5, min_length=15,
                                 max_length=40)
     backbone, _ = fit_backbone(dataset, "sasrec", BackboneTrainConfig(lr=3e-3, max_epochs=10),
                                out, progress=False, dim=32, max_len=40)
-    encoder = PromptEncoder()
+    inputs, tower = fit_prompt_tower(dataset, TowerTrainConfig(tune_layers=1, steps=60,
+                                                               batch_size=32), out,
+                                     progress=False)
     config = SteeringTrainConfig(epochs=6, positions_per_user=None, prompts_per_genre=12,
                                  prompts_per_pair=1, align_steps=100)
-    model, info = fit_steering(dataset, backbone, encoder.encode, config, progress=False)
-    return dataset, model, encoder, info, out
+    model, info = fit_steering(dataset, backbone, inputs, config, progress=False,
+                               refuse_threshold=tower["calibration"]["refuse_threshold"])
+    return dataset, model, inputs, info, out
 
 
 def test_training_steers_towards_and_away_from_a_genre(trained):
-    dataset, model, encoder, info, _ = trained
-    results = evaluate_dpr({"dpr": model}, dataset, encoder.encode, wordings=TRAIN_WORDINGS,
+    dataset, model, inputs, info, _ = trained
+    results = evaluate_dpr({"dpr": (model, inputs)}, dataset,
+                           render=grammar_renderer(Grammar.load(), "train"),
                            protocols=("standard", "positive", "negative"))["protocols"]
     positive, negative = results["positive"]["methods"], results["negative"]["methods"]
-    # 0.32 -> 0.62 on this tiny fixture (12 prompts per genre; 0.46 with 4, which covers too
-    # few of the training templates) with the default prompt noise of 0.3
     assert positive["dpr soft"]["genre_share@10"] > positive["backbone"]["genre_share@10"] + 0.15
     assert negative["dpr soft"]["genre_share@10"] < 0.5 * negative["backbone"]["genre_share@10"]
+    # auto mode hard-excludes what the read-out refuses: never more forbidden than soft
+    assert negative["dpr auto"]["genre_share@10"] <= negative["dpr soft"]["genre_share@10"]
     standard = results["standard"]["methods"]
     assert standard["dpr"] == standard["backbone"]
     assert {"encode_prompts", "stage2", "stage3"} <= set(info["seconds"])
+
+
+def test_the_tuned_encoder_is_saved_beside_the_run(trained):
+    *_, out = trained
+    assert (out / "prompt_encoder" / "model.safetensors").is_file()
+    assert (out / "prompt_encoder" / "tokenizer.json").is_file()
 
 
 def test_dpr_round_trips_through_its_checkpoint(trained, tmp_path):
@@ -88,7 +104,8 @@ def test_dpr_round_trips_through_its_checkpoint(trained, tmp_path):
     assert loaded.values == model.values
     cases = steering_cases(model, dataset)
     h = torch.from_numpy(cases.user_vectors[:8, : model.backbone.dim])
-    prompt = torch.randn(8, 384)
+    prompt = torch.randn(8, model.steering.prompt_dim)
+    assert loaded.intent is not None and loaded.refuse_threshold == model.refuse_threshold
     torch.testing.assert_close(loaded.steering(h, prompt).steered,
                                model.steering(h, prompt).steered)
 
@@ -103,14 +120,15 @@ def test_dpr_scores_against_attribute_extended_items(trained):
 
 
 def test_skipping_both_stages_leaves_the_head_untrained(trained):
-    dataset, model, encoder, *_ = trained
+    dataset, model, inputs, *_ = trained
     config = SteeringTrainConfig(stage2=False, stage3=False, prompts_per_genre=1,
                                  prompts_per_pair=1)
     torch.manual_seed(0)
-    untouched = DPRSteering(model.backbone.dim, attribute_dim=len(model.values))
+    untouched = DPRSteering(model.backbone.dim, attribute_dim=len(model.values),
+                            prompt_dim=model.steering.prompt_dim)
     torch.manual_seed(0)
-    skipped, info = fit_steering(dataset, model.backbone, encoder.encode, config,
-                                 progress=False)
+    skipped, info = fit_steering(dataset, model.backbone, inputs, config, progress=False,
+                                 refuse_threshold=0.9)
     for name, value in untouched.state_dict().items():
         assert torch.equal(skipped.steering.state_dict()[name], value)
     assert "stage2" not in info["seconds"] and "stage3" not in info["seconds"]
@@ -140,3 +158,16 @@ def test_prompt_noise_keeps_unit_norm_and_empty_prompts_empty():
     cosine = (moved[others] * prompts[others]).sum(-1)
     assert bool(((cosine > 0.9) & (cosine < 0.999)).all())
     assert torch.equal(_jitter(prompts, 0.0), prompts)
+
+
+def test_prompt_noise_leaves_the_intent_reading_alone():
+    from dpr.train.steering import _jitter
+
+    torch.manual_seed(0)
+    e = F.normalize(torch.randn(4, 384), dim=-1)
+    reading = torch.rand(4, 10)
+    prompts = torch.cat([e, reading], dim=1)
+    moved = _jitter(prompts, 0.3, 384)
+    assert torch.equal(moved[:, 384:], reading)
+    torch.testing.assert_close(moved[:, :384].norm(dim=-1), torch.ones(4))
+    assert not torch.allclose(moved[:, :384], e)

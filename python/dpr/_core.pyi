@@ -107,20 +107,40 @@ class Engine:
               steer: bool = True, exclude_seen: bool = True,
               include: Sequence[tuple[str, Sequence[str]]] = (),
               exclude: Sequence[tuple[str, Sequence[str]]] = (), parallel: bool = True,
+              auto_exclude: bool = False,
               ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        """Best-first ``(rows, scores)`` of one query (at most ``k``)."""
+        """Best-first ``(rows, scores)`` of one query (at most ``k``).
+
+        ``steer=False`` ranks with the unsteered backbone. ``auto_exclude=True`` (mode
+        "auto") also hard-excludes every value the intent head reads as refused with
+        probability >= ``refuse_threshold``, on top of ``exclude``; it does nothing without a
+        head, with ``steer=False``, at strength 0 or for a blank prompt.
+        """
     def query_batch(self, histories: Sequence[Sequence[int]], prompts: Sequence[str],
                     k: int = 10, strength: float = 1.0, exclude_seen: bool = True,
+                    auto_exclude: bool = False,
                     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        """``(B, min(k, N))`` rows and scores, padded with -1 / -inf; run in parallel."""
+        """``(B, min(k, N))`` rows and scores, padded with -1 / -inf; run in parallel.
+        ``auto_exclude`` as in :meth:`query`."""
     def user_vector(self, rows: Sequence[int], prompt: str = "", strength: float = 1.0,
                     steer: bool = True) -> npt.NDArray[np.float32]:
         """The steered user vector (``vector_dim`` floats)."""
     def user_vector_for(self, rows: Sequence[int], embedding: npt.ArrayLike,
                         strength: float = 1.0) -> npt.NDArray[np.float32]:
-        """The steered user vector for an explicit prompt embedding (``prompt_dim`` floats)."""
+        """The steered user vector for an explicit prompt input (``prompt_dim`` floats, as
+        :meth:`encode_prompt` returns)."""
     def encode_prompt(self, prompt: str) -> npt.NDArray[np.float32]:
-        """The prompt's embedding (cached; blank gives zeros)."""
+        """The steering head's prompt input, ``prompt_dim`` floats (cached; blank gives zeros):
+        the L2-normalised sentence embedding (``prompt_dim - 2V`` floats), then, with an
+        intent head of V values, ``p_asked[0..V]`` and ``p_refused[0..V]``."""
+    def interpret(self, prompt: str) -> list[tuple[str, str, str, float]]:
+        """``[(attribute, value, polarity, confidence)]``: the values the intent head reads as
+        asked for (``polarity="asked"``) or refused (``"refused"``) with probability >=
+        ``detect_threshold``, most confident first; ``[]`` for a blank prompt.
+
+        Raises:
+            ValueError: the bundle has no intent head; the tokenizer cannot encode the prompt.
+        """
     def item_ids(self) -> list[int | str]:
         """External ids of rows 1..N."""
     def titles(self) -> list[str]:
@@ -142,7 +162,17 @@ class Engine:
     @property
     def vector_dim(self) -> int: ...
     @property
-    def prompt_dim(self) -> int: ...
+    def prompt_dim(self) -> int:
+        """Width of the steering head's prompt input (embedding + 2V intent features)."""
+    @property
+    def intent_values(self) -> list[tuple[str, str]] | None:
+        """``(attribute, value)`` of each intent output in order; None without a head."""
+    @property
+    def refuse_threshold(self) -> float | None:
+        """dpr.json ``intent.refuse_threshold``; None without an intent head."""
+    @property
+    def detect_threshold(self) -> float | None:
+        """dpr.json ``intent.detect_threshold``; None without an intent head."""
     @property
     def max_len(self) -> int: ...
     @property

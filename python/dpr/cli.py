@@ -13,6 +13,7 @@ from dpr.bench import SUITES
 if TYPE_CHECKING:
     from dpr.data import SequenceDataset
     from dpr.train.steering import SteeringTrainConfig
+    from dpr.train.tower import TowerTrainConfig
 
 TRAIN_EXTRA_HINT = 'training needs the train extra: pip install "dpr[train]"'
 
@@ -108,8 +109,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--min-rating", type=float, default=None)
     evaluate.add_argument("--k-core", type=int, default=5)
     evaluate.add_argument("--json", type=Path, required=True, help="where to write the results")
-    evaluate.add_argument("--prompts", type=Path, default=None,
-                          help='JSON {"positive": [...], "negative": [...]} evaluation wordings')
+    evaluate.add_argument("--grammar", type=Path, default=None,
+                          help="prompt grammar file (default: the built-in one)")
+    evaluate.add_argument("--split", choices=["train", "valid", "heldout"], default="heldout",
+                          help="which frames of the grammar to evaluate on")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.set_defaults(handler=_evaluate)
 
@@ -130,7 +133,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="keep only items with this value (repeatable)")
     query.add_argument("--exclude", action="append", default=[], metavar="ATTR=VALUE",
                        help="drop items with this value (repeatable)")
-    query.add_argument("--mode", choices=["soft", "hard", "hybrid"], default=None)
+    query.add_argument("--mode", choices=["auto", "soft", "hard", "hybrid"], default=None,
+                       help="default: hybrid with --include/--exclude, else auto (steer, and "
+                       "exclude what the prompt refuses)")
+    query.add_argument("--explain", action="store_true",
+                       help="first print what the intent read-out finds in the prompt")
     query.add_argument("--ignore-unknown", action="store_true",
                        help="drop unknown history ids instead of failing")
     query.set_defaults(handler=_query)
@@ -165,10 +172,25 @@ def _query(args: argparse.Namespace) -> int:
     from dpr.recommender import Recommender
 
     rec = Recommender.load(args.bundle)
+    include = _filters(args.include, "--include") or None
+    exclude = _filters(args.exclude, "--exclude") or None
     hits = rec.query(_history_ids(args.history), args.prompt, k=args.k, strength=args.strength,
-                     include=_filters(args.include, "--include") or None,
-                     exclude=_filters(args.exclude, "--exclude") or None, mode=args.mode,
+                     include=include, exclude=exclude, mode=args.mode,
                      unknown="ignore" if args.ignore_unknown else "error")
+    if args.explain:
+        threshold = rec.refuse_threshold
+        if threshold is None:
+            print("reading: this bundle has no intent read-out (nothing to explain)")
+        else:
+            mode = args.mode or ("hybrid" if include or exclude else "auto")
+            readings = rec.interpret(args.prompt)
+            print(f"reading of {args.prompt!r}: {len(readings) or 'no'} value"
+                  f"{'' if len(readings) == 1 else 's'} detected")
+            for r in readings:
+                excluded = (mode == "auto" and r.polarity == "refused"
+                            and r.confidence >= threshold and args.strength != 0)
+                note = f"  (excluded: refused >= {threshold:g})" if excluded else ""
+                print(f"  {r.attribute}={r.value:<20} {r.polarity:<8} {r.confidence:.3f}{note}")
     print(f"{'#':>3}  {'item':>8}  {'score':>8}  {'title':<44} attributes")
     for rank, hit in enumerate(hits, 1):
         attributes = "; ".join(f"{k}: {'|'.join(v)}" for k, v in hit.attributes.items())
@@ -201,6 +223,21 @@ def _steering_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--prompt-noise", type=float, default=0.3,
                        help="random perturbation of training prompt embeddings (0 = none); "
                             "helps on wordings never trained on")
+    tower = parser.add_argument_group("prompt tower (stage 2a)")
+    tower.add_argument("--tune-layers", type=int, default=2,
+                       help="top encoder layers fine-tuned with the intent read-out")
+    tower.add_argument("--freeze-encoder", action="store_true",
+                       help="keep the sentence encoder frozen (ablation; same as "
+                            "--tune-layers 0)")
+    tower.add_argument("--tower-steps", type=int, default=3000)
+    tower.add_argument("--tower-batch", type=int, default=64)
+    tower.add_argument("--tower-minutes", type=float, default=9.0,
+                       help="time budget of the prompt tower's fine-tuning")
+    tower.add_argument("--tower-from", type=Path, default=None, metavar="RUN",
+                       help="reuse the prompt tower another run on this catalogue trained "
+                            "(the tower does not depend on the backbone)")
+    tower.add_argument("--grammar", type=Path, default=None,
+                       help="prompt grammar file (default: the built-in one)")
 
 
 def _backbone_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -256,59 +293,82 @@ def _steering_config(args: argparse.Namespace) -> SteeringTrainConfig:
                                prompt_noise=args.prompt_noise, seed=args.seed)
 
 
-def _train_steering(args: argparse.Namespace, dataset: SequenceDataset, backbone: Any) -> None:
-    from dpr.encoder import PromptEncoder
-    from dpr.evaluate.report import write_steering_report
-    from dpr.prompts import HELDOUT_WORDINGS, TRAIN_WORDINGS
-    from dpr.train import distributed
-    from dpr.train.experiment import write_json_atomic
-    from dpr.train.pipeline import evaluate_dpr, fit_steering, save_model
+def _tower_config(args: argparse.Namespace) -> TowerTrainConfig:
+    from dpr.train.tower import TowerTrainConfig
 
-    encoder = PromptEncoder()
-    model, info = fit_steering(dataset, backbone, encoder.encode, _steering_config(args),
-                               positive_experts=args.positive_experts,
-                               negative_experts=args.negative_experts)
+    return TowerTrainConfig(tune_layers=0 if args.freeze_encoder else args.tune_layers,
+                            steps=args.tower_steps, batch_size=args.tower_batch,
+                            max_minutes=args.tower_minutes, seed=args.seed)
+
+
+def _train_steering(args: argparse.Namespace, dataset: SequenceDataset, backbone: Any) -> None:
+    from dpr.prompts import Grammar
+    from dpr.train import distributed
+    from dpr.train.pipeline import run_steering
+
+    grammar = Grammar.load(args.grammar) if args.grammar else None
+    run = run_steering(dataset, backbone, args.out, tower=_tower_config(args),
+                       steering=_steering_config(args), grammar=grammar,
+                       tower_from=args.tower_from, title=f"{dataset.name} {args.backbone}",
+                       positive_experts=args.positive_experts,
+                       negative_experts=args.negative_experts)
     if not distributed.is_main():
         return
-    model_path = save_model(model, dataset, args.out, {"steering_training": info})
-    print(f"stages 2-3: {info['seconds']['total']:.0f} s")
-    from dpr.export import export_from_checkpoint
-
-    print(f"bundle written to {export_from_checkpoint(model_path, args.out / 'bundle')}")
-    results = {}
-    for name, wordings in (("train_wordings", TRAIN_WORDINGS),
-                           ("heldout_wordings", HELDOUT_WORDINGS)):
-        results[name] = evaluate_dpr({"dpr": model}, dataset, encoder.encode, wordings=wordings,
-                                     seed=args.seed)
-        write_steering_report(results[name], args.out / name,
-                              f"{dataset.name} / {args.backbone}: {name.replace('_', ' ')}")
-    write_json_atomic({"training": info, **results}, args.out / "steering.json")
-    print(_steering_table(results["train_wordings"]))
+    print(f"stages 2-3: {run.report['seconds']['stages_2_3_total']:.0f} s; "
+          f"bundle written to {run.bundle}")
+    print(_steering_table(run.report["heldout_frames"]))
+    if "interpret" in run.report:
+        print(f"interpret accuracy on held-out frames: {run.report['interpret']['accuracy']:.3f}")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from dpr.data import load_dataset
-    from dpr.encoder import PromptEncoder
+    from dpr.encoder import encoder_dir
+    from dpr.evaluate.frames import evaluate_frames, interpret_report, polarity_flips
+    from dpr.evaluate.frames_report import write_frames_report
     from dpr.evaluate.report import write_steering_report
     from dpr.models import load_dpr
-    from dpr.prompts import HELDOUT_WORDINGS, load_wordings
+    from dpr.prompts import Grammar
     from dpr.train.experiment import write_json_atomic
-    from dpr.train.pipeline import MODEL_FILE, evaluate_dpr
+    from dpr.train.pipeline import (
+        MODEL_FILE,
+        dpr_auto,
+        dpr_steerer,
+        evaluate_dpr,
+        grammar_renderer,
+        steering_cases,
+    )
+    from dpr.train.tower import PromptInputs
 
     path = args.model / MODEL_FILE if args.model.is_dir() else args.model
     model, extra = load_dpr(path)
+    if model.intent is None:
+        raise ValueError(f"{path} predates the prompt tower; retrain it with `dpr train`")
     dataset = load_dataset(args.data, args.format, min_rating=args.min_rating, k_core=args.k_core)
     if list(dataset.items.ids) != list(extra.get("item_ids", [])):
         raise ValueError(f"{path} was trained on a different item catalogue than {args.data}")
-    wordings = load_wordings(args.prompts) if args.prompts else HELDOUT_WORDINGS
-    encoder = PromptEncoder()
-    results = evaluate_dpr({"dpr": model}, dataset, encoder.encode, wordings=wordings,
-                           seed=args.seed)
-    results["wordings"] = str(args.prompts) if args.prompts else "built-in held-out wordings"
+    grammar = Grammar.load(args.grammar).with_values(model.attribute, model.values)
+    tuned = extra.get("prompt_encoder")
+    inputs = PromptInputs(path.parent / tuned if tuned else encoder_dir(), model.intent)
+    results = evaluate_dpr({"dpr": (model, inputs)}, dataset,
+                           render=grammar_renderer(grammar, args.split), seed=args.seed)
+    cases = steering_cases(model, dataset, model.attribute)
+    steerers, auto = {"dpr": dpr_steerer(model, inputs)}, {"dpr": dpr_auto(model, inputs)}
+    values = [(model.attribute, v) for v in model.values]
+    results["by_frame"] = evaluate_frames(cases, steerers, grammar, auto=auto, split=args.split,
+                                          seed=args.seed)
+    results["flips"] = polarity_flips(cases, steerers, grammar, auto=auto, split=args.split,
+                                      seed=args.seed)
+    results["interpret"] = interpret_report(inputs.readings, grammar, values, split=args.split,
+                                            seed=args.seed)
+    results["grammar"] = grammar.source
     write_json_atomic(results, args.json)
-    write_steering_report(results, args.json.parent / args.json.stem,
-                          f"{dataset.name}: {path}")
+    title = f"{dataset.name}: {path} ({args.split} frames)"
+    write_steering_report(results, args.json.parent / args.json.stem, title)
+    write_frames_report(results["by_frame"], results["flips"], results["interpret"],
+                        args.json.parent / args.json.stem, f"{title} by frame")
     print(_steering_table(results))
+    print(f"interpret accuracy: {results['interpret']['accuracy']:.3f}")
     return 0
 
 
@@ -351,14 +411,13 @@ def _build_demo(args: argparse.Namespace) -> int:
 
 def _train_demo(out: Path, seed: int, max_epochs: int, *, verbose: bool
                 ) -> tuple[Path, SequenceDataset]:
-    """Quickstart's pipeline: synthetic catalogue → SASRec → DPR steering; returns the saved
-    model (`out/dpr.pt`) and the dataset."""
+    """Quickstart's pipeline: synthetic catalogue → SASRec → prompt tower → DPR steering;
+    returns the saved model (`out/dpr.pt`) and the dataset."""
     from dpr.data import synthetic_dataset
-    from dpr.encoder import PromptEncoder
-    from dpr.prompts import TRAIN_WORDINGS
     from dpr.train import BackboneTrainConfig
-    from dpr.train.pipeline import MODEL_FILE, evaluate_dpr, fit_backbone, fit_steering, save_model
+    from dpr.train.pipeline import fit_backbone, run_steering
     from dpr.train.steering import SteeringTrainConfig
+    from dpr.train.tower import TowerTrainConfig
 
     say = print if verbose else (lambda *_: None)
     dataset = synthetic_dataset(seed=seed)
@@ -368,24 +427,27 @@ def _train_demo(out: Path, seed: int, max_epochs: int, *, verbose: bool
     backbone, report = fit_backbone(dataset, "sasrec", config, out, dim=64, max_len=50)
     say(_table([("sasrec", report["test"]), ("most popular", report["most_popular"]["test"])]))
 
-    say("stages 2-3: aligning prompts and training the steering experts ...")
-    encoder = PromptEncoder()
-    model, info = fit_steering(dataset, backbone, encoder.encode,
-                               SteeringTrainConfig(epochs=6, positions_per_user=None, seed=seed))
-    save_model(model, dataset, out, {"steering_training": info})
+    say("stage 2a: fine-tuning the prompt tower; stages 2-3: the steering experts ...")
+    run = run_steering(dataset, backbone, out,
+                       tower=TowerTrainConfig(steps=DEMO_TOWER_STEPS, max_minutes=2.5,
+                                              seed=seed),
+                       steering=SteeringTrainConfig(epochs=6, positions_per_user=None,
+                                                    seed=seed),
+                       export=False, evaluate="protocols" if verbose else "none",
+                       title="quickstart", progress=verbose)
     if verbose:
-        results = evaluate_dpr({"dpr": model}, dataset, encoder.encode, wordings=TRAIN_WORDINGS,
-                               seed=seed)
-        print(_steering_table(results))
-    return out / MODEL_FILE, dataset
+        print(_steering_table(run.report["heldout_frames"]))
+    return run.model_path, dataset
 
 
-def _before_after(bundle: Path, dataset: SequenceDataset, top: int = 5) -> str:
-    """One user's top items from the served bundle (Rust, no torch): no prompt, a positive
-    prompt for a genre the user rarely watches, a negative one for their habitual genre."""
-    import numpy as np
+DEMO_TOWER_STEPS = 300
+"""Prompt-tower steps of the quickstart and demo models (about two minutes on 2 cores)."""
 
-    from dpr.prompts import TRAIN_WORDINGS, Intent, render
+
+def _before_after(bundle: Path, dataset: SequenceDataset, top: int = 10) -> str:
+    """One user's top items from the served bundle (Rust, no torch) for no prompt, a request
+    for a genre the user rarely watches, an idiomatic refusal of their habitual genre and a
+    compound of both, with `interpret`'s reading of each prompt and the genre shares."""
     from dpr.recommender import Recommender
 
     rec = Recommender.load(bundle)
@@ -396,13 +458,22 @@ def _before_after(bundle: Path, dataset: SequenceDataset, top: int = 5) -> str:
               for g in dataset.items.values_of("genre", int(item))]
     habitual = max(set(genres), key=genres.count)
     rarely = min(dataset.items.attribute_values("genre"), key=genres.count)
-    rng = np.random.default_rng(0)
     lines = [f"\nuser {dataset.users[user]} (served from {bundle}): recent history "
              + ", ".join(dataset.items.title(int(i)) for i in split.train[user][-3:])]
-    for prompt in ("", render(Intent("positive", rarely), TRAIN_WORDINGS, rng),
-                   render(Intent("negative", habitual), TRAIN_WORDINGS, rng)):
-        lines.append(f"  prompt {prompt or '(none)'!r}:")
-        for hit in rec.query(history, prompt, k=top):
+    prompts = ["", f"Something {rarely.lower()}, please.",
+               f"Spare me the {habitual.lower()} stuff.",
+               f"I'd like {rarely.lower()}; {habitual.lower()} is off the table."]
+    for prompt in prompts:
+        hits = rec.query(history, prompt, k=top)
+        share = {g: sum(g in h.attributes["genre"] for h in hits) / max(len(hits), 1)
+                 for g in (rarely, habitual)}
+        lines.append(f"  prompt {prompt or '(none)'!r}: top-{top} share {rarely} "
+                     f"{share[rarely]:.1f}, {habitual} {share[habitual]:.1f}")
+        if prompt:
+            reading = ", ".join(f"{r.polarity} {r.value} ({r.confidence:.2f})"
+                                for r in rec.interpret(prompt)) or "nothing"
+            lines.append(f"    interpret: {reading}")
+        for hit in hits[:5]:
             lines.append(f"    {hit.title:<40} {'|'.join(hit.attributes['genre'])}")
     return "\n".join(lines)
 

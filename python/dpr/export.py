@@ -28,7 +28,10 @@ import numpy as np
 from dpr.models.dpr import DPR
 
 FORMAT = "dpr-bundle"
-VERSION = 1
+VERSION = 2
+"""Version 2 adds the intent read-out (`intent` in dpr.json, `intent.*` tensors); readers
+accept `READ_VERSIONS`."""
+READ_VERSIONS = (1, 2)
 CONFIG_FILE = "dpr.json"
 WEIGHTS_FILE = "weights.safetensors"
 ITEMS_FILE = "items.json"
@@ -56,6 +59,9 @@ def _tensor_table(model: DPR) -> dict[str, np.ndarray]:
     steering = model.steering
     for name, value in steering.state_dict().items():
         tensors[f"steer.{name}"] = value.detach().cpu().float().numpy().copy()
+    if model.intent is not None:
+        for name, value in model.intent.state_dict().items():
+            tensors[f"intent.{name}"] = value.detach().cpu().float().numpy().copy()
     d, a = steering.dim, steering.attribute_dim
     if a:
         scale = np.float32(steering.attribute_scale)
@@ -122,6 +128,25 @@ def _item_table(model: DPR, catalogue_extra: dict[str, Any]
         attributes[name] = {"values": values, "items": rows}
         matrices[f"items.attributes.{name}"] = matrix
     return {"ids": ids, "titles": titles, "attributes": attributes}, matrices
+
+
+def _intent_config(model: DPR, items: dict[str, Any]) -> dict[str, Any]:
+    """dpr.json `intent`: the read-out's values (each a known attribute value), width and
+    the auto-mode threshold."""
+    intent = model.intent
+    assert intent is not None
+    for family, value in intent.values:
+        known = items["attributes"].get(family, {}).get("values", [])
+        if value not in known:
+            raise ValueError(f"intent: value {family}={value!r} is not in the catalogue's "
+                             f"attribute {family!r}")
+    return {**intent.hyper_parameters(), "features": "embedding, p_asked, p_refused",
+            "activation": "relu", "refuse_threshold": model.refuse_threshold,
+            "detect_threshold": DETECT_THRESHOLD}
+
+
+DETECT_THRESHOLD = 0.5
+"""`interpret` lists a value when its asked or refused probability reaches this."""
 
 
 def _check_finite(tensors: dict[str, np.ndarray]) -> None:
@@ -201,7 +226,7 @@ def _json_safe(value: Any) -> Any:
 def export_bundle(model: DPR, catalogue_extra: dict[str, Any], out: str | Path, *,
                   encoder_dir: Path | None = None, encoder_dtype: str = "float16",
                   training: dict[str, Any] | None = None) -> Path:
-    """Write `model` plus its item catalogue as a version-1 bundle at `out`; returns `out`.
+    """Write `model` plus its item catalogue as a bundle (version 2) at `out`; returns `out`.
 
     `catalogue_extra` holds `item_ids` and `titles` (internal order 1..N) and `attributes`
     ({name: per-item value lists}), as `dpr.pt`'s extra does. `encoder_dir` is the sentence
@@ -247,6 +272,8 @@ def export_bundle(model: DPR, catalogue_extra: dict[str, Any], out: str | Path, 
         "items": {"file": ITEMS_FILE, "attributes": sorted(items["attributes"])},
         "training": _json_safe(training or {}),
     }
+    if model.intent is not None:
+        config["intent"] = _intent_config(model, items)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -299,9 +326,13 @@ def export_from_checkpoint(model_path: str | Path, out: str | Path, **kw: Any) -
     from dpr.models.dpr import load_dpr
 
     model, extra = load_dpr(model_path)
+    tuned = extra.get("prompt_encoder")
+    if tuned and "encoder_dir" not in kw:
+        # A fine-tuned prompt tower is saved beside the checkpoint (relative path).
+        kw["encoder_dir"] = Path(model_path).parent / tuned
     if "training" not in kw:
         kw["training"] = {k: _json_safe(v) for k, v in extra.items()
-                          if k not in ("item_ids", "titles", "attributes")}
+                          if k not in ("item_ids", "titles", "attributes", "prompt_encoder")}
     return export_bundle(model, extra, out, **kw)
 
 
@@ -356,6 +387,12 @@ def expected_shapes(config: dict[str, Any], attribute_widths: dict[str, int]
     })
     for name, width in attribute_widths.items():
         shapes[f"items.attributes.{name}"] = (n + 1, width)
+    intent = config.get("intent")
+    if intent is not None:
+        e, h, v = int(intent["embedding_dim"]), int(intent["hidden"]), len(intent["values"])
+        shapes.update({"intent.hidden_layer.weight": (h, e), "intent.hidden_layer.bias": (h,),
+                       "intent.output_layer.weight": (3 * v, h),
+                       "intent.output_layer.bias": (3 * v,)})
     return shapes
 
 
@@ -378,9 +415,9 @@ def load_bundle_tensors(path: str | Path) -> tuple[dict[str, Any], dict[str, np.
         raise ValueError(f"{CONFIG_FILE}: not valid JSON ({e})") from e
     if config.get("format") != FORMAT:
         raise ValueError(f"{CONFIG_FILE}: format {config.get('format')!r} is not {FORMAT!r}")
-    if config.get("version") != VERSION:
+    if config.get("version") not in READ_VERSIONS:
         raise ValueError(f"{CONFIG_FILE}: version {config.get('version')!r} is not supported "
-                         f"(this reader knows {VERSION})")
+                         f"(this reader knows {READ_VERSIONS})")
     for field in ("backbone", "dim", "num_items", "steer", "prompt_encoder", "items", "files"):
         if field not in config:
             raise ValueError(f"{CONFIG_FILE}: missing field {field!r}")
@@ -456,6 +493,17 @@ def model_from_bundle(path: str | Path) -> tuple[DPR, dict[str, Any]]:
         steering_state["experts.out_weight"][:, d:d + a, :] /= scale
         steering_state["experts.out_bias"][:, d:d + a] /= scale
     steering.load_state_dict(steering_state)
+    intent = None
+    if "intent" in config:
+        from dpr.models.intent import IntentHead
+
+        spec = config["intent"]
+        intent = IntentHead([tuple(pair) for pair in spec["values"]], int(spec["embedding_dim"]),
+                            int(spec["hidden"]))
+        intent.load_state_dict({name.removeprefix("intent."): torch.from_numpy(array.copy())
+                                for name, array in tensors.items()
+                                if name.startswith("intent.")})
     model = DPR(backbone, steering, attribute=steer.get("attribute") or "genre",
-                values=steer.get("values") or [])
+                values=steer.get("values") or [], intent=intent,
+                refuse_threshold=float(config.get("intent", {}).get("refuse_threshold", 0.9)))
     return model.eval(), config

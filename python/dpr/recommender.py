@@ -18,9 +18,10 @@ import numpy.typing as npt
 
 from dpr._core import BundleFormatError, Engine
 
-__all__ = ["BundleFormatError", "Hit", "Recommender"]
+__all__ = ["BundleFormatError", "Hit", "Reading", "Recommender"]
 
-Mode = Literal["soft", "hard", "hybrid"]
+Mode = Literal["auto", "soft", "hard", "hybrid"]
+_MODES = ("auto", "soft", "hard", "hybrid")
 Filters = Mapping[str, str | Iterable[str]]
 ItemId = int | str
 
@@ -39,6 +40,17 @@ class Hit(NamedTuple):
     score: float
     title: str
     attributes: dict[str, list[str]]
+
+
+class Reading(NamedTuple):
+    """One attribute value the intent read-out finds in a prompt: e.g.
+    `Reading("genre", "Horror", "refused", 0.97)`. `polarity` is "asked" or "refused";
+    `confidence` is the probability of that polarity."""
+
+    attribute: str
+    value: str
+    polarity: str
+    confidence: float
 
 
 _INT_TYPES = (int, np.integer)
@@ -64,7 +76,8 @@ def _filter_pairs(filters: Filters | None, name: str) -> list[tuple[str, list[st
 
 class Recommender:
     """A loaded bundle: `query` for one user, `query_batch` for many, `user_vector` for
-    your own index, `encode_prompt` for the prompt embedding."""
+    your own index, `encode_prompt` for the prompt input, `interpret` for what the bundle's
+    intent read-out finds in a prompt."""
 
     def __init__(self, engine: Engine, path: Path) -> None:
         self._engine = engine
@@ -129,6 +142,19 @@ class Recommender:
         """Longest history the model reads; longer histories keep their most recent items."""
         return self._engine.max_len
 
+    @property
+    def refuse_threshold(self) -> float | None:
+        """Refused probability from which `mode="auto"` hard-excludes a value (dpr.json
+        `intent.refuse_threshold`, chosen by training); None for a bundle without an intent
+        read-out, where "auto" steers exactly like "soft"."""
+        return self._engine.refuse_threshold
+
+    @property
+    def prompt_dim(self) -> int:
+        """Width of `encode_prompt`'s vector: the sentence embedding (384), plus twice the
+        number of intent values for a bundle with an intent read-out."""
+        return self._engine.prompt_dim
+
     def __repr__(self) -> str:
         return f"Recommender({str(self.path)!r}, items={self.num_items})"
 
@@ -166,9 +192,13 @@ class Recommender:
           a blank prompt gives exactly the backbone's ranking.
         - `include`/`exclude` are hard filters, e.g. `include={"genre": ["Comedy"]}` keeps
           items with at least one listed value per attribute; `exclude` drops items with any.
-        - `mode`: "soft" steers only (no filters allowed), "hard" ranks with the unsteered
-          backbone and applies the filters (the prompt is ignored), "hybrid" steers and
-          filters. Default: "hybrid" when filters are given, else "soft".
+        - `mode`: "auto" steers and also hard-excludes every attribute value the bundle's
+          intent read-out finds refused with probability >= `refuse_threshold` (e.g. Horror
+          for "no horror please"; `include`/`exclude` add to that); "soft" steers only (no
+          filters allowed); "hard" ranks with the unsteered backbone and applies the filters
+          (the prompt is ignored); "hybrid" steers and applies the given filters only.
+          Default: "hybrid" when filters are given, else "auto". Without an intent read-out,
+          "auto" is "soft" (with filters: "hybrid").
         - Items already in `history` are left out unless `exclude_seen=False`.
         - Unknown ids raise KeyError, or are dropped with `unknown="ignore"`.
 
@@ -180,12 +210,12 @@ class Recommender:
         exclude_pairs = _filter_pairs(exclude, "exclude")
         has_filters = bool(include_pairs or exclude_pairs)
         if mode is None:
-            mode = "hybrid" if has_filters else "soft"
-        if mode not in ("soft", "hard", "hybrid"):
-            raise ValueError(f"mode must be 'soft', 'hard' or 'hybrid', got {mode!r}")
+            mode = "hybrid" if has_filters else "auto"
+        if mode not in _MODES:
+            raise ValueError(f"mode must be 'auto', 'soft', 'hard' or 'hybrid', got {mode!r}")
         if mode == "soft" and has_filters:
-            raise ValueError("mode='soft' applies no filters; use mode='hybrid' (steer and "
-                             "filter) or mode='hard' (filter only) with include/exclude")
+            raise ValueError("mode='soft' applies no filters; use mode='hybrid' or 'auto' (steer "
+                             "and filter) or mode='hard' (filter only) with include/exclude")
         _check_prompt(prompt)
         if not isinstance(exclude_seen, bool | np.bool_):
             raise TypeError(f"exclude_seen must be a bool, got {type(exclude_seen).__name__}")
@@ -194,7 +224,7 @@ class Recommender:
         rows, _ = self._engine.rows(history, unknown)
         found, scores = self._engine.query(
             rows, prompt, k, strength, mode != "hard", bool(exclude_seen),
-            include_pairs, exclude_pairs)
+            include_pairs, exclude_pairs, True, mode == "auto")
         rows, score_list = found.tolist(), scores.tolist()
         if not all(map(math.isfinite, score_list)):
             _check_finite(scores, strength)  # raises
@@ -205,10 +235,13 @@ class Recommender:
     def query_batch(self, histories: Sequence[Sequence[ItemId]], prompts: str | Sequence[str] = "",
                     k: int = 10, strength: float | None = None, exclude_seen: bool = True,
                     unknown: Literal["error", "ignore"] = "error",
+                    mode: Literal["auto", "soft"] = "auto",
                     ) -> tuple[npt.NDArray[np.generic], npt.NDArray[np.float32]]:
-        """`query` (soft mode) for many users at once, in parallel across cores.
+        """`query` without filters for many users at once, in parallel across cores.
 
-        `prompts` is one prompt per history or a single prompt for all. Returns
+        `prompts` is one prompt per history or a single prompt for all. `mode` is "auto"
+        (steer, and exclude the values each prompt refuses; see `query`) or "soft" (steer
+        only). Returns
         `(item_ids, scores)` of shape `(len(histories), min(k, num_items))`, best first;
         where fewer items are eligible a row is padded with id -1 (None for string ids) and
         score -inf.
@@ -226,10 +259,13 @@ class Recommender:
                             f"{type(histories).__name__}")
         if not isinstance(exclude_seen, bool | np.bool_):
             raise TypeError(f"exclude_seen must be a bool, got {type(exclude_seen).__name__}")
+        if mode not in ("auto", "soft"):
+            raise ValueError(f"query_batch: mode must be 'auto' or 'soft', got {mode!r}")
         k = self._k(k)
         strength = self._strength(strength)
         rows = [self._engine.rows(h, unknown)[0] for h in histories]
-        found, scores = self._engine.query_batch(rows, prompts, k, strength, bool(exclude_seen))
+        found, scores = self._engine.query_batch(rows, prompts, k, strength, bool(exclude_seen),
+                                                 mode == "auto")
         _check_finite(scores[found >= 0], strength)
         return self._ids[found], scores
 
@@ -245,9 +281,23 @@ class Recommender:
         return vector
 
     def encode_prompt(self, prompt: str) -> npt.NDArray[np.float32]:
-        """The prompt's sentence embedding (384 floats, L2-normalised; blank → zeros)."""
+        """What the steering head reads for `prompt`: `prompt_dim` floats, all zero for a blank
+        prompt. That is the L2-normalised sentence embedding (384 floats), followed, in a bundle
+        with an intent read-out of V values, by the asked and then the refused probability of
+        each value (384 + 2V floats)."""
         _check_prompt(prompt)
         return self._engine.encode_prompt(prompt)
+
+    def interpret(self, prompt: str) -> list[Reading]:
+        """What the bundle's intent read-out finds in `prompt`: each attribute value asked for
+        or refused with probability >= dpr.json `intent.detect_threshold` (0.5), most
+        confident first; `[]` for a blank prompt. The same cached encoding `query` uses.
+
+        Raises ValueError for a bundle without an intent read-out, and for a prompt as
+        `query` does (TypeError for a non-str, ValueError for text that is not valid UTF-8).
+        """
+        _check_prompt(prompt)
+        return [Reading(*reading) for reading in self._engine.interpret(prompt)]
 
 
 _MAX_STRENGTH = 1e6

@@ -19,7 +19,10 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 pub const FORMAT: &str = "dpr-bundle";
-pub const VERSION: i64 = 1;
+/// The newest bundle version (2 adds the optional intent read-out).
+pub const VERSION: i64 = 2;
+/// Every version this reader accepts.
+pub const READ_VERSIONS: [i64; 2] = [1, 2];
 pub const CONFIG_FILE: &str = "dpr.json";
 pub const WEIGHTS_FILE: &str = "weights.safetensors";
 /// The largest dimension or count `dpr.json` may state (items are addressed by u32 rows).
@@ -132,6 +135,47 @@ pub struct EncoderConfig {
     pub dim: usize,
 }
 
+/// The intent read-out head (`dpr.json` `intent`, version 2): per attribute value, the
+/// probability that a prompt asks for it or refuses it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct IntentConfig {
+    /// `(family, value)` of each of the V outputs, in order.
+    pub values: Vec<(String, String)>,
+    /// Width of the sentence embedding it reads (the prompt encoder's `dim`).
+    pub embedding_dim: usize,
+    pub hidden: usize,
+    /// Informative; when present it must be [`INTENT_FEATURES`].
+    #[serde(default)]
+    pub features: Option<String>,
+    /// When present it must be `"relu"`.
+    #[serde(default)]
+    pub activation: Option<String>,
+    /// `mode="auto"` hard-excludes a value whose refused probability reaches this (0 < t ≤ 1).
+    pub refuse_threshold: f64,
+    /// `interpret` lists a value whose asked or refused probability reaches this (0 < t ≤ 1).
+    #[serde(default = "half")]
+    pub detect_threshold: f64,
+}
+
+/// The layout of the steering head's prompt input with an intent head.
+pub const INTENT_FEATURES: &str = "embedding, p_asked, p_refused";
+
+fn half() -> f64 {
+    0.5
+}
+
+impl IntentConfig {
+    /// V, the number of attribute values read out.
+    pub fn num_values(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Floats the head appends to the embedding: `2V`.
+    pub fn feature_dim(&self) -> usize {
+        2 * self.values.len()
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 struct ItemsConfig {
     file: String,
@@ -139,6 +183,7 @@ struct ItemsConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 struct RawConfig {
+    version: i64,
     backbone: BackboneConfig,
     dim: usize,
     num_items: usize,
@@ -146,6 +191,8 @@ struct RawConfig {
     prompt_encoder: EncoderConfig,
     items: ItemsConfig,
     files: BTreeMap<String, String>,
+    #[serde(default)]
+    intent: Option<IntentConfig>,
 }
 
 /// An item's external id, as the dataset spells it.
@@ -263,11 +310,15 @@ pub struct Tensor {
 #[derive(Debug)]
 pub struct Bundle {
     pub root: PathBuf,
+    /// `dpr.json` `version` (one of [`READ_VERSIONS`]).
+    pub version: i64,
     pub backbone: BackboneConfig,
     pub dim: usize,
     pub num_items: usize,
     pub steer: SteerConfig,
     pub encoder: EncoderConfig,
+    /// The intent read-out (version 2, optional).
+    pub intent: Option<IntentConfig>,
     /// External ids of rows 1..=N (index 0 ↔ row 1).
     pub ids: Vec<ItemId>,
     /// External id → row (1..=N).
@@ -356,11 +407,13 @@ impl Bundle {
             .collect();
         Ok(Bundle {
             root: root.to_path_buf(),
+            version: raw.version,
             backbone: raw.backbone,
             dim: raw.dim,
             num_items: raw.num_items,
             steer: raw.steer,
             encoder: raw.prompt_encoder,
+            intent: raw.intent,
             ids: items.ids,
             id_rows: items.id_rows,
             titles: items.titles,
@@ -413,11 +466,11 @@ fn parse_config(text: &str) -> Result<RawConfig, BundleError> {
         ));
     }
     match value.get("version").and_then(|v| v.as_i64()) {
-        Some(VERSION) => {}
+        Some(v) if READ_VERSIONS.contains(&v) => {}
         other => {
             return Err(BundleError::invalid(
                 CONFIG_FILE,
-                format!("version {other:?} is not supported (this reader knows {VERSION})"),
+                format!("version {other:?} is not supported (this reader knows 1 and 2)"),
             ))
         }
     }
@@ -502,10 +555,13 @@ fn parse_config(text: &str) -> Result<RawConfig, BundleError> {
             &format!("{field}: {path:?} is not a relative path inside the bundle"),
         )?;
     }
-    check(
-        s.prompt_dim == raw.prompt_encoder.dim,
-        "steer.prompt_dim differs from prompt_encoder.dim",
-    )?;
+    match &raw.intent {
+        None => check(
+            s.prompt_dim == raw.prompt_encoder.dim,
+            "steer.prompt_dim differs from prompt_encoder.dim",
+        )?,
+        Some(intent) => check_intent_config(&raw, intent)?,
+    }
     check(
         s.values.len() == s.attribute_dim,
         "steer.values must hold steer.attribute_dim values",
@@ -523,6 +579,106 @@ fn parse_config(text: &str) -> Result<RawConfig, BundleError> {
         "steer.layer_norm_eps must be positive",
     )?;
     Ok(raw)
+}
+
+/// The `intent` section on its own and against the rest of `dpr.json` (its values are checked
+/// against `items.json` once that is read, in [`check_intent_values`]).
+fn check_intent_config(raw: &RawConfig, intent: &IntentConfig) -> Result<(), BundleError> {
+    let check = |ok: bool, msg: String| {
+        if ok {
+            Ok(())
+        } else {
+            Err(BundleError::invalid(CONFIG_FILE, msg))
+        }
+    };
+    check(
+        raw.version >= 2,
+        format!(
+            "intent: the intent section needs version 2, the file says version {}",
+            raw.version
+        ),
+    )?;
+    let v = intent.num_values();
+    check(v > 0, "intent.values must hold at least one value".into())?;
+    for (field, value) in [
+        ("intent.embedding_dim", intent.embedding_dim),
+        ("intent.hidden", intent.hidden),
+    ] {
+        check(value > 0, format!("{field} must be positive, got {value}"))?;
+        check(
+            value <= MAX_SIZE,
+            format!("{field} = {value} is beyond the largest size a bundle may have ({MAX_SIZE})"),
+        )?;
+    }
+    check(
+        v <= MAX_SIZE / 3,
+        format!("intent.values holds {v} values, more than a bundle may have"),
+    )?;
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, (family, value)) in intent.values.iter().enumerate() {
+        check(
+            seen.insert((family, value)),
+            format!("intent.values[{i}] = [{family:?}, {value:?}] repeats an earlier value"),
+        )?;
+    }
+    for (field, t) in [
+        ("intent.refuse_threshold", intent.refuse_threshold),
+        ("intent.detect_threshold", intent.detect_threshold),
+    ] {
+        check(
+            t.is_finite() && t > 0.0 && t <= 1.0,
+            format!("{field} must lie in (0, 1], got {t}"),
+        )?;
+    }
+    if let Some(activation) = &intent.activation {
+        check(
+            activation == "relu",
+            format!("intent.activation {activation:?} is not supported (only \"relu\")"),
+        )?;
+    }
+    if let Some(features) = &intent.features {
+        check(
+            features == INTENT_FEATURES,
+            format!("intent.features {features:?} is not supported (only {INTENT_FEATURES:?})"),
+        )?;
+    }
+    check(
+        intent.embedding_dim == raw.prompt_encoder.dim,
+        format!(
+            "intent.embedding_dim {} differs from prompt_encoder.dim {}",
+            intent.embedding_dim, raw.prompt_encoder.dim
+        ),
+    )?;
+    let want = intent.embedding_dim + intent.feature_dim();
+    check(
+        raw.steer.prompt_dim == want,
+        format!(
+            "steer.prompt_dim {} differs from intent.embedding_dim + 2 x {v} intent values = {want}",
+            raw.steer.prompt_dim
+        ),
+    )
+}
+
+/// Every `(family, value)` of the intent head is a value of that attribute in `items.json`.
+fn check_intent_values(
+    intent: &IntentConfig,
+    attributes: &BTreeMap<String, RawAttribute>,
+    items_file: &str,
+) -> Result<(), BundleError> {
+    for (i, (family, value)) in intent.values.iter().enumerate() {
+        let problem = match attributes.get(family) {
+            None => format!("{items_file} has no attribute {family:?}"),
+            Some(a) if !a.values.contains(value) => {
+                format!("{items_file} attributes.{family}.values has no value {value:?}")
+            }
+            Some(_) => continue,
+        };
+        return Err(BundleError::invalid(
+            CONFIG_FILE,
+            format!("intent.values[{i}] = [{family:?}, {value:?}]: {problem}"),
+        ));
+    }
+    Ok(())
 }
 
 /// A relative path with no `..`, no root and no drive: it cannot leave the bundle directory.
@@ -657,6 +813,9 @@ fn read_items(root: &Path, raw: &RawConfig) -> Result<Items, BundleError> {
             ));
         }
     }
+    if let Some(intent) = &raw.intent {
+        check_intent_values(intent, &items.attributes, name)?;
+    }
     Ok(Items {
         ids,
         id_rows,
@@ -671,12 +830,13 @@ struct Weights {
     attributes: HashMap<String, (Vec<usize>, Vec<u8>)>,
 }
 
-/// Name → shape of every float tensor `dpr.json` implies.
+/// Name → shape of every float tensor `dpr.json` implies (`intent`: its `intent` section).
 pub fn expected_float_shapes(
     backbone: &BackboneConfig,
     d: usize,
     n: usize,
     steer: &SteerConfig,
+    intent: Option<&IntentConfig>,
 ) -> BTreeMap<String, Vec<usize>> {
     let mut s: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     s.insert("items.embedding".into(), vec![n + 1, d]);
@@ -741,6 +901,17 @@ pub fn expected_float_shapes(
     ] {
         s.insert(name.into(), shape);
     }
+    if let Some(intent) = intent {
+        let (e, h, v) = (intent.embedding_dim, intent.hidden, intent.num_values());
+        for (name, shape) in [
+            ("intent.hidden_layer.weight", vec![h, e]),
+            ("intent.hidden_layer.bias", vec![h]),
+            ("intent.output_layer.weight", vec![3 * v, h]),
+            ("intent.output_layer.bias", vec![3 * v]),
+        ] {
+            s.insert(name.into(), shape);
+        }
+    }
     s
 }
 
@@ -766,7 +937,13 @@ fn read_weights(root: &Path, raw: &RawConfig) -> Result<Weights, BundleError> {
     let st = SafeTensors::deserialize(&map).map_err(|e| {
         BundleError::invalid(WEIGHTS_FILE, format!("not a valid safetensors file ({e})"))
     })?;
-    let mut expected = expected_float_shapes(&raw.backbone, raw.dim, raw.num_items, &raw.steer);
+    let mut expected = expected_float_shapes(
+        &raw.backbone,
+        raw.dim,
+        raw.num_items,
+        &raw.steer,
+        raw.intent.as_ref(),
+    );
     let mut floats = HashMap::new();
     let mut attributes = HashMap::new();
     let mut names: Vec<String> = st.names().into_iter().map(str::to_owned).collect();
@@ -815,6 +992,11 @@ fn read_weights(root: &Path, raw: &RawConfig) -> Result<Weights, BundleError> {
                 ));
             }
             attributes.insert(attr.to_owned(), (shape, view.data().to_vec()));
+        } else if name.starts_with("intent.") && raw.intent.is_none() {
+            return Err(BundleError::invalid(
+                WEIGHTS_FILE,
+                format!("unexpected tensor '{name}' ({CONFIG_FILE} has no intent section)"),
+            ));
         } else {
             return Err(BundleError::invalid(
                 WEIGHTS_FILE,

@@ -16,6 +16,7 @@ pub mod backbone;
 pub mod bundle;
 pub mod hnsw;
 mod hnsw_graph;
+pub mod intent;
 pub mod linalg;
 pub mod model;
 pub mod prompt;

@@ -14,6 +14,7 @@ use rayon::prelude::*;
 use crate::backbone::{Backbone, Rows};
 use crate::bundle::{Attribute, Bundle, BundleError, IdRows, ItemId};
 use crate::hnsw::{HnswIndex, HnswParams, SharedItems};
+use crate::intent::{IntentHead, Reading};
 use crate::prompt::{PromptEncoder, PromptError};
 use crate::retrieve::{self, Hit, Matrix};
 use crate::steer::Steering;
@@ -94,6 +95,10 @@ pub struct QueryOptions {
     pub strength: f32,
     /// Apply the prompt to the user vector (false: the plain backbone vector, `mode="hard"`).
     pub steer: bool,
+    /// `mode="auto"`: also hard-exclude every value the intent head reads as refused with
+    /// probability ≥ its `refuse_threshold` (no effect without a head, when not steering, at
+    /// strength 0 or for a blank prompt).
+    pub auto_exclude: bool,
     pub exclude_seen: bool,
     pub filter: Filter,
 }
@@ -115,6 +120,8 @@ pub struct Model {
     backbone: Backbone,
     steering: Steering,
     encoder: PromptEncoder,
+    /// `(attribute index, value index)` of each intent value (empty without a head).
+    intent_targets: Vec<(usize, usize)>,
     /// Items having each value of each attribute (for filter selectivity).
     value_counts: Vec<Vec<usize>>,
     index: OnceLock<HnswIndex>,
@@ -165,6 +172,32 @@ fn open_index(
     HnswIndex::build_shared(shared, 1..num_items + 1, &HnswParams::default()).map_err(index_error)
 }
 
+/// `(attribute index, value index)` of each of the head's values among `attributes` (the
+/// bundle reader has checked that each exists).
+fn intent_targets(
+    head: &IntentHead,
+    attributes: &[Attribute],
+) -> Result<Vec<(usize, usize)>, ModelError> {
+    head.values()
+        .iter()
+        .map(|(family, value)| {
+            attributes
+                .iter()
+                .enumerate()
+                .find(|(_, a)| &a.name == family)
+                .and_then(|(i, a)| Some((i, a.values.iter().position(|v| v == value)?)))
+                .ok_or_else(|| {
+                    ModelError::Bundle(BundleError::Invalid {
+                        file: crate::bundle::CONFIG_FILE.into(),
+                        message: format!(
+                            "intent.values: [{family:?}, {value:?}] is not an item attribute value"
+                        ),
+                    })
+                })
+        })
+        .collect()
+}
+
 impl Model {
     /// Loads and validates the bundle at `path` (see [`Bundle::open`]).
     pub fn load(
@@ -177,7 +210,7 @@ impl Model {
         let encoder_dir = bundle.encoder_dir();
         let max_tokens = bundle.encoder.max_tokens;
         // The encoder (float16 → float32 weights) loads beside the item table and the index.
-        let (encoder, (backbone, steering, table, index)) = std::thread::scope(|scope| {
+        let (encoder, (backbone, steering, intent, table, index)) = std::thread::scope(|scope| {
             let encoder =
                 scope.spawn(|| PromptEncoder::load(&encoder_dir, max_tokens, cache_capacity));
             let rest = Self::load_items(path, &mut bundle, cache_capacity, retrieval);
@@ -186,16 +219,35 @@ impl Model {
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             Ok::<_, ModelError>((encoder?, rest?))
         })?;
-        if encoder.dim() != steering.prompt_dim() {
+        let features = intent.as_ref().map_or(0, |h| h.feature_dim());
+        if encoder.dim() + features != steering.prompt_dim() {
+            let plus = if features > 0 {
+                format!(" plus {features} intent features")
+            } else {
+                String::new()
+            };
             return Err(ModelError::Bundle(BundleError::Invalid {
                 file: format!("{}/config.json", bundle.encoder.dir),
                 message: format!(
-                    "the encoder's hidden size {} differs from steer.prompt_dim {}",
+                    "the encoder's hidden size {}{plus} differs from steer.prompt_dim {}",
                     encoder.dim(),
                     steering.prompt_dim()
                 ),
             }));
         }
+        let intent_targets = match &intent {
+            None => Vec::new(),
+            Some(head) => intent_targets(head, &bundle.attributes)?,
+        };
+        let encoder = match intent {
+            None => encoder,
+            Some(head) => encoder.with_intent(Arc::new(head)).map_err(|message| {
+                ModelError::Bundle(BundleError::Invalid {
+                    file: format!("{}/config.json", bundle.encoder.dir),
+                    message,
+                })
+            })?,
+        };
         let attributes = std::mem::take(&mut bundle.attributes);
         let n = bundle.num_items;
         let value_counts = attributes
@@ -221,6 +273,7 @@ impl Model {
             backbone,
             steering,
             encoder,
+            intent_targets,
             value_counts,
             index: OnceLock::new(),
         };
@@ -230,17 +283,27 @@ impl Model {
         Ok(model)
     }
 
-    /// The backbone, the steering head, the item table and (when queries use it) the HNSW
-    /// index.
+    /// The backbone, the steering head, the intent head (if any), the item table and (when
+    /// queries use it) the HNSW index.
     #[allow(clippy::type_complexity)]
     fn load_items(
         path: &Path,
         bundle: &mut Bundle,
         cache_capacity: usize,
         retrieval: Retrieval,
-    ) -> Result<(Backbone, Steering, Arc<Vec<f32>>, Option<HnswIndex>), ModelError> {
+    ) -> Result<
+        (
+            Backbone,
+            Steering,
+            Option<IntentHead>,
+            Arc<Vec<f32>>,
+            Option<HnswIndex>,
+        ),
+        ModelError,
+    > {
         let backbone = Backbone::from_bundle(bundle)?;
         let steering = Steering::from_bundle(bundle, cache_capacity)?;
+        let intent = IntentHead::from_bundle(bundle)?;
         let (d, n) = (bundle.dim, bundle.num_items);
         let width = steering.output_dim();
         // Widen the embedding's own buffer into the table (rows move back to front, so none is
@@ -270,7 +333,7 @@ impl Model {
         } else {
             None
         };
-        Ok((backbone, steering, table, index))
+        Ok((backbone, steering, intent, table, index))
     }
 
     fn matrix(&self) -> Result<Matrix<'_>, ModelError> {
@@ -335,9 +398,55 @@ impl Model {
         self.id_rows.get(id)
     }
 
-    /// The prompt's embedding (cached; blank → zeros).
+    /// The prompt's input to the steering head, `prompt_dim` floats (cached; blank → zeros):
+    /// the sentence embedding, followed by the intent features when the bundle has a head.
     pub fn encode_prompt(&self, prompt: &str) -> Result<Arc<[f32]>, ModelError> {
         Ok(self.encoder.encode(prompt)?)
+    }
+
+    /// The intent read-out head, if the bundle has one.
+    pub fn intent(&self) -> Option<&IntentHead> {
+        self.encoder.intent()
+    }
+
+    /// What the intent head reads in `prompt`: the values asked for or refused with
+    /// probability ≥ its detect threshold, most confident first (blank → none). An
+    /// `Argument` error for a bundle without a head.
+    pub fn interpret(&self, prompt: &str) -> Result<Vec<Reading>, ModelError> {
+        let head = self.intent().ok_or_else(|| {
+            ModelError::Argument(
+                "this bundle has no intent read-out (dpr.json has no intent section): \
+                 interpret needs a version-2 bundle exported from a model with an intent head"
+                    .into(),
+            )
+        })?;
+        let input = self.encoder.encode(prompt)?;
+        Ok(head.read(&input))
+    }
+
+    /// `(attribute index, value index)` of each intent value, as filters name them.
+    pub fn intent_target(&self, value: usize) -> Option<(usize, usize)> {
+        self.intent_targets.get(value).copied()
+    }
+
+    /// `filter` plus, in auto mode, the exclusion of every value `prompt` (a prompt input)
+    /// refuses with probability ≥ the refuse threshold; `None` when nothing is added.
+    fn auto_filter(&self, prompt: &[f32], options: &QueryOptions) -> Option<Filter> {
+        if !(options.auto_exclude && options.steer && options.strength != 0.0) {
+            return None;
+        }
+        let refused = self.intent()?.refused(prompt);
+        if refused.is_empty() {
+            return None;
+        }
+        let mut filter = options.filter.clone();
+        for (attribute, value) in refused.into_iter().map(|j| self.intent_targets[j]) {
+            match filter.exclude.iter_mut().find(|(a, _)| *a == attribute) {
+                Some((_, values)) => values.push(value),
+                None => filter.exclude.push((attribute, vec![value])),
+            }
+        }
+        Some(filter)
     }
 
     fn check_history(&self, history: &[u32]) -> Result<(), ModelError> {
@@ -443,7 +552,9 @@ impl Model {
             .map_err(|e| ModelError::Argument(e.to_string()))
     }
 
-    /// One query: history rows + prompt embedding → hits (internal rows, best first).
+    /// One query: history rows + prompt input (`prompt_dim` floats) → hits (internal rows,
+    /// best first). With `options.auto_exclude`, the values the prompt refuses are excluded
+    /// as well (see [`QueryOptions`]).
     pub fn query(
         &self,
         history: &[u32],
@@ -452,7 +563,16 @@ impl Model {
         parallel: bool,
     ) -> Result<Vec<Hit>, ModelError> {
         let vector = self.user_vector(history, prompt, options.strength, options.steer)?;
-        self.search(&vector, history, options, parallel)
+        match self.auto_filter(prompt, options) {
+            None => self.search(&vector, history, options, parallel),
+            Some(filter) => {
+                let options = QueryOptions {
+                    filter,
+                    ..options.clone()
+                };
+                self.search(&vector, history, &options, parallel)
+            }
+        }
     }
 
     /// Many queries in parallel (rayon); prompt `i` goes with history `i`.
@@ -476,7 +596,8 @@ impl Model {
             .collect()
     }
 
-    /// Encodes every distinct prompt once (cached), in order.
+    /// Encodes every distinct prompt once (cached), in order: prompt inputs, as
+    /// [`Model::encode_prompt`].
     pub fn encode_prompts(&self, prompts: &[&str]) -> Result<Vec<Arc<[f32]>>, ModelError> {
         Ok(self.encoder.encode_many(prompts)?)
     }

@@ -9,6 +9,10 @@
 //! 4. mean-pool the last hidden states over the tokens whose attention mask is 1;
 //! 5. L2-normalise.
 //!
+//! With an intent head attached ([`PromptEncoder::with_intent`], bundle version 2) the cached
+//! vector is the steering head's whole prompt input, `[e, p_asked, p_refused]`: the head runs
+//! once per distinct prompt, like the encoder, and a blank prompt is all zeros.
+//!
 //! Threads: candle's matmul (gemm) splits a product over rayon's *global* pool once it is big
 //! enough (already the 384×1536 feed-forward of a 9-token prompt), and candle sizes that split
 //! from `RAYON_NUM_THREADS`, or else by re-reading `/proc/cpuinfo` on *every* matmul (~50 µs
@@ -31,6 +35,8 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
 use lru::LruCache;
 use tokenizers::{PostProcessor, Tokenizer, TruncationParams};
+
+use crate::intent::IntentHead;
 
 const CONFIG_FILE: &str = "config.json";
 const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -93,6 +99,9 @@ pub struct PromptEncoder {
     tokenizer_path: PathBuf,
     dim: usize,
     max_tokens: usize,
+    /// Appends the intent reading to every vector (see the module docs).
+    intent: Option<Arc<IntentHead>>,
+    /// `output_dim()` zeros: the blank prompt.
     zeros: Arc<[f32]>,
     /// `None` when the capacity is 0 (no caching).
     cache: Option<Mutex<LruCache<String, Arc<[f32]>>>>,
@@ -268,14 +277,52 @@ impl PromptEncoder {
             tokenizer_path,
             dim,
             max_tokens,
+            intent: None,
             zeros: vec![0.0; dim].into(),
             cache: NonZeroUsize::new(cache_capacity).map(|c| Mutex::new(LruCache::new(c))),
         })
     }
 
-    /// Width of a prompt vector (the encoder's hidden size, 384 for MiniLM).
+    /// Width of a sentence embedding (the encoder's hidden size, 384 for MiniLM).
     pub fn dim(&self) -> usize {
         self.dim
+    }
+
+    /// Width of the vectors `encode` returns: `dim()`, plus the intent head's `2V` features
+    /// when one is attached.
+    pub fn output_dim(&self) -> usize {
+        self.dim + self.intent.as_ref().map_or(0, |h| h.feature_dim())
+    }
+
+    /// Appends `head`'s reading to every vector from now on (the cache is emptied). An error if
+    /// the head reads embeddings of another width than this encoder's.
+    pub fn with_intent(mut self, head: Arc<IntentHead>) -> Result<Self, String> {
+        if head.embedding_dim() != self.dim {
+            return Err(format!(
+                "the intent head reads {} floats, the encoder's hidden size is {}",
+                head.embedding_dim(),
+                self.dim
+            ));
+        }
+        self.zeros = vec![0.0; self.dim + head.feature_dim()].into();
+        self.intent = Some(head);
+        if let Some(cache) = &self.cache {
+            lock(cache).clear();
+        }
+        Ok(self)
+    }
+
+    /// The intent head, if one is attached.
+    pub fn intent(&self) -> Option<&IntentHead> {
+        self.intent.as_deref()
+    }
+
+    /// A fresh embedding as the cached vector: with an intent head, `[e, its features]`.
+    fn complete(&self, embedding: Vec<f32>) -> Arc<[f32]> {
+        match &self.intent {
+            None => embedding.into(),
+            Some(head) => head.prompt_input(&embedding).into(),
+        }
     }
 
     /// Truncation length in tokens, [CLS] and [SEP] included.
@@ -288,7 +335,8 @@ impl PromptEncoder {
         self.cache.as_ref().map_or(0, |c| lock(c).len())
     }
 
-    /// The vector of one prompt: zeros for a blank prompt, else L2-normalised; cached by the
+    /// The vector of one prompt (`output_dim()` floats): zeros for a blank prompt, else the
+    /// L2-normalised embedding (followed by the intent features, with a head); cached by the
     /// exact string.
     pub fn encode(&self, prompt: &str) -> Result<Arc<[f32]>, PromptError> {
         if is_blank(prompt) {
@@ -298,7 +346,7 @@ impl PromptEncoder {
             return Ok(hit);
         }
         let ids = self.tokenize(prompt)?;
-        let vector: Arc<[f32]> = self.embed(&[ids])?.remove(0).into();
+        let vector = self.complete(self.embed(&[ids])?.remove(0));
         self.remember(prompt, &vector);
         Ok(vector)
     }
@@ -331,7 +379,7 @@ impl PromptEncoder {
             let (batch, tail) = rest.split_at(take);
             let ids: Vec<Vec<u32>> = batch.iter().map(|(_, ids)| ids.clone()).collect();
             for ((prompt, _), vector) in batch.iter().zip(self.embed(&ids)?) {
-                let vector: Arc<[f32]> = vector.into();
+                let vector = self.complete(vector);
                 self.remember(prompt, &vector);
                 found.insert(prompt, vector);
             }
@@ -764,6 +812,70 @@ mod tests {
         for (p, v) in prompts.iter().zip(&vectors) {
             assert_eq!(&v[..], &enc.encode(p).unwrap()[..]);
         }
+    }
+
+    /// A deterministic intent head over `e` (V = 2 values, hidden width 3).
+    fn toy_head(e: usize) -> IntentHead {
+        let config = crate::bundle::IntentConfig {
+            values: vec![
+                ("genre".into(), "Horror".into()),
+                ("genre".into(), "Comedy".into()),
+            ],
+            embedding_dim: e,
+            hidden: 3,
+            features: None,
+            activation: None,
+            refuse_threshold: 0.6,
+            detect_threshold: 0.5,
+        };
+        let wave = |n: usize, k: f32| (0..n).map(|i| (i as f32 * k).sin()).collect::<Vec<_>>();
+        let hidden = crate::linalg::Linear::new(wave(3 * e, 0.7), wave(3, 1.3), 3, e).unwrap();
+        let output = crate::linalg::Linear::new(wave(18, 2.1), wave(6, 0.4), 6, 3).unwrap();
+        IntentHead::new(&config, hidden, output).unwrap()
+    }
+
+    #[test]
+    fn prompt_with_an_intent_head_caches_the_whole_prompt_input() {
+        let plain = encoder();
+        let head = Arc::new(toy_head(384));
+        let enc = PromptEncoder::load(&model_dir(), 256, 8)
+            .unwrap()
+            .with_intent(head.clone())
+            .unwrap();
+        assert_eq!((enc.dim(), enc.output_dim()), (384, 388));
+        let v = enc.encode("no horror please").unwrap();
+        assert_eq!(v.len(), 388);
+        let e = plain.encode("no horror please").unwrap();
+        assert_eq!(&v[..384], &e[..]);
+        let mut features = [0.0f32; 4];
+        head.features(&e, &mut features);
+        assert_eq!(&v[384..], &features);
+        assert!(features.iter().all(|&p| p > 0.0 && p < 1.0), "{features:?}");
+        // Cached whole: the same Arc comes back, from encode and encode_many alike.
+        assert!(Arc::ptr_eq(&v, &enc.encode("no horror please").unwrap()));
+        let many = enc
+            .encode_many(&["no horror please", "", "something funny", "   "])
+            .unwrap();
+        assert!(Arc::ptr_eq(&v, &many[0]));
+        assert!(many.iter().all(|m| m.len() == 388));
+        assert!(many[1].iter().chain(many[3].iter()).all(|&x| x == 0.0));
+        let single = enc.encode("something funny").unwrap();
+        assert!(Arc::ptr_eq(&single, &many[2]));
+        let fresh = PromptEncoder::load(&model_dir(), 256, 0)
+            .unwrap()
+            .with_intent(head.clone())
+            .unwrap();
+        let d = max_diff(&fresh.encode("something funny").unwrap(), &many[2]);
+        assert!(d < 1e-6, "{d}");
+        assert_eq!(enc.cache_len(), 2);
+        assert!(enc.encode("").unwrap().iter().all(|&x| x == 0.0));
+        // A head over another width is refused.
+        let err = PromptEncoder::load(&model_dir(), 256, 8)
+            .unwrap()
+            .with_intent(Arc::new(toy_head(8)))
+            .err()
+            .unwrap();
+        assert!(err.contains("384"), "{err}");
     }
 
     /// Single-prompt latency (uncached). Compare threading with e.g.

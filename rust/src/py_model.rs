@@ -191,8 +191,10 @@ impl Engine {
     }
 
     /// Top-`k` rows and scores for one query. `steer=False` ranks with the plain backbone
-    /// vector; `include`/`exclude` are `[(attribute, [values])]` hard filters.
-    #[pyo3(signature = (rows, prompt, k=10, strength=1.0, steer=true, exclude_seen=true, include=Vec::new(), exclude=Vec::new(), parallel=true))]
+    /// vector; `include`/`exclude` are `[(attribute, [values])]` hard filters;
+    /// `auto_exclude=True` (mode "auto") also excludes the values the intent head reads as
+    /// refused with probability ≥ its refuse threshold.
+    #[pyo3(signature = (rows, prompt, k=10, strength=1.0, steer=true, exclude_seen=true, include=Vec::new(), exclude=Vec::new(), parallel=true, auto_exclude=false))]
     #[allow(clippy::too_many_arguments)]
     fn query<'py>(
         &self,
@@ -206,11 +208,13 @@ impl Engine {
         include: Vec<(String, Vec<String>)>,
         exclude: Vec<(String, Vec<String>)>,
         parallel: bool,
+        auto_exclude: bool,
     ) -> Found<'py, PyArray1<i64>, PyArray1<f32>> {
         let options = QueryOptions {
             k: non_negative(k, "k")?,
             strength: finite_strength(strength)?,
             steer,
+            auto_exclude,
             exclude_seen,
             filter: Filter {
                 include: resolve_filter(&self.model, include)?,
@@ -234,8 +238,9 @@ impl Engine {
 
     /// Top-`k` for many queries, in parallel: `(rows (B, k) int64, scores (B, k) float32)`,
     /// padded with row -1 / score -inf where fewer than `k` items are eligible. `prompts` has
-    /// one prompt per history, or a single prompt for all.
-    #[pyo3(signature = (histories, prompts, k=10, strength=1.0, exclude_seen=true))]
+    /// one prompt per history, or a single prompt for all. `auto_exclude` as in `query`.
+    #[pyo3(signature = (histories, prompts, k=10, strength=1.0, exclude_seen=true, auto_exclude=false))]
+    #[allow(clippy::too_many_arguments)]
     fn query_batch<'py>(
         &self,
         py: Python<'py>,
@@ -244,12 +249,14 @@ impl Engine {
         k: i64,
         strength: f64,
         exclude_seen: bool,
+        auto_exclude: bool,
     ) -> Found<'py, PyArray2<i64>, PyArray2<f32>> {
         let k = non_negative(k, "k")?;
         let options = QueryOptions {
             k,
             strength: finite_strength(strength)?,
             steer: true,
+            auto_exclude,
             exclude_seen,
             filter: Filter::default(),
         };
@@ -330,7 +337,8 @@ impl Engine {
         Ok(vector.into_pyarray(py))
     }
 
-    /// The prompt's embedding (`prompt_dim` floats; blank → zeros), cached.
+    /// The prompt's input to the steering head (`prompt_dim` floats; blank → zeros), cached:
+    /// the sentence embedding, then the intent features `[p_asked, p_refused]` with a head.
     fn encode_prompt<'py>(
         &self,
         py: Python<'py>,
@@ -340,6 +348,50 @@ impl Engine {
         let vector = detached(py, "Engine.encode_prompt", || model.encode_prompt(prompt))?
             .map_err(model_error)?;
         Ok(vector.to_vec().into_pyarray(py))
+    }
+
+    /// What the intent head reads in `prompt`: `[(attribute, value, "asked"|"refused",
+    /// confidence)]`, most confident first; `[]` for a blank prompt. `ValueError` for a bundle
+    /// without an intent head.
+    fn interpret(
+        &self,
+        py: Python<'_>,
+        prompt: &str,
+    ) -> PyResult<Vec<(String, String, String, f32)>> {
+        let model = &self.model;
+        let readings =
+            detached(py, "Engine.interpret", || model.interpret(prompt))?.map_err(model_error)?;
+        let values = model.intent().map_or(&[][..], |head| head.values());
+        Ok(readings
+            .into_iter()
+            .filter_map(|r| {
+                let (family, value) = values.get(r.value)?;
+                Some((
+                    family.clone(),
+                    value.clone(),
+                    r.polarity.as_str().to_owned(),
+                    r.confidence,
+                ))
+            })
+            .collect())
+    }
+
+    /// `[(attribute, value)]` the intent head reads out, in order; `None` without a head.
+    #[getter]
+    fn intent_values(&self) -> Option<Vec<(String, String)>> {
+        self.model.intent().map(|head| head.values().to_vec())
+    }
+
+    /// Refused probability from which mode "auto" excludes a value; `None` without a head.
+    #[getter]
+    fn refuse_threshold(&self) -> Option<f64> {
+        self.model.intent().map(|head| head.refuse_threshold())
+    }
+
+    /// Probability from which `interpret` lists a value; `None` without a head.
+    #[getter]
+    fn detect_threshold(&self) -> Option<f64> {
+        self.model.intent().map(|head| head.detect_threshold())
     }
 
     /// External ids of rows 1..=N, in row order.

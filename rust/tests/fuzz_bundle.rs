@@ -2,7 +2,9 @@
 //! ways, byte-wise (truncated, overwritten, bits flipped, bytes inserted) and structurally
 //! (a JSON node of `dpr.json`, `items.json` or the safetensors header replaced, perturbed or
 //! removed), and `Bundle::open` — then the backbone built from whatever it accepts, and one
-//! forward pass — must return `Ok` or an `Err` naming a file, never panic.
+//! forward pass — must return `Ok` or an `Err` naming a file, never panic. The SASRec bundle
+//! is a version-2 one with an intent head (also read out on every accepted case), the GRU4Rec
+//! bundle a version-1 one without.
 //!
 //! `cargo test --release` runs `DPR_FUZZ_CASES` cases (default 1000, seeded: the same every
 //! run). `DPR_FUZZ_SECONDS=600` keeps running fresh randomly seeded batches for that long;
@@ -13,7 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use _core::backbone::{Backbone, Rows};
-use _core::bundle::{expected_float_shapes, BackboneConfig, Bundle, SteerConfig};
+use _core::bundle::{expected_float_shapes, BackboneConfig, Bundle, IntentConfig, SteerConfig};
+use _core::intent::IntentHead;
 use _core::steer::Steering;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
@@ -45,7 +48,24 @@ fn values(count: usize, seed: usize) -> Vec<f32> {
         .collect()
 }
 
+/// Width of the (absent) prompt encoder's embeddings.
+const E: usize = 8;
+
+/// The version-2 bundle's intent section (V = 2 values of two families).
+fn intent_json() -> Value {
+    json!({"values": [["genre", "Comedy"], ["decade", "2000s"]], "embedding_dim": E,
+           "hidden": 3, "features": "embedding, p_asked, p_refused", "activation": "relu",
+           "refuse_threshold": 0.6, "detect_threshold": 0.5})
+}
+
 fn valid_bundle(kind: &str) -> Files {
+    // The SASRec bundle carries an intent head (version 2), the GRU4Rec one does not (1).
+    bundle_of(kind, kind == "sasrec")
+}
+
+/// A valid bundle: version 2 with an intent head, or version 1 without.
+fn bundle_of(kind: &str, with_intent: bool) -> Files {
+    let prompt_dim = if with_intent { E + 4 } else { E };
     let backbone = if kind == "sasrec" {
         json!({"kind": "sasrec", "num_items": N, "dim": D, "max_len": 5, "dropout": 0.1,
                "num_blocks": 1, "num_heads": 2, "ffn_dim": 6})
@@ -53,7 +73,8 @@ fn valid_bundle(kind: &str) -> Files {
         json!({"kind": "gru4rec", "num_items": N, "dim": D, "max_len": 5, "dropout": 0.1,
                "num_layers": 2})
     };
-    let steer = json!({"dim": D, "attribute_dim": 3, "attribute_scale": 10.0, "prompt_dim": 8,
+    let steer = json!({"dim": D, "attribute_dim": 3, "attribute_scale": 10.0,
+                       "prompt_dim": prompt_dim,
                        "positive_experts": 1, "negative_experts": 1, "projector_hidden": 5,
                        "expert_hidden": 3, "router_hidden": 4, "attribute": "genre",
                        "values": GENRES, "strength_default": 1.0, "activation": "relu",
@@ -70,7 +91,15 @@ fn valid_bundle(kind: &str) -> Files {
     });
     let backbone_config: BackboneConfig = serde_json::from_value(backbone.clone()).unwrap();
     let steer_config: SteerConfig = serde_json::from_value(steer.clone()).unwrap();
-    let shapes = expected_float_shapes(&backbone_config, D, N, &steer_config);
+    let intent_config: Option<IntentConfig> =
+        with_intent.then(|| serde_json::from_value(intent_json()).unwrap());
+    let shapes = expected_float_shapes(
+        &backbone_config,
+        D,
+        N,
+        &steer_config,
+        intent_config.as_ref(),
+    );
     let mut raw: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for (seed, (name, shape)) in shapes.iter().enumerate() {
         let mut data = values(shape.iter().product(), seed);
@@ -103,15 +132,18 @@ fn valid_bundle(kind: &str) -> Files {
         .collect();
     let weights = safetensors::serialize(views, None).unwrap();
     let items = serde_json::to_vec(&items).unwrap();
-    let config = json!({
-        "format": "dpr-bundle", "version": 1, "backbone": backbone, "dim": D, "num_items": N,
-        "steer": steer,
+    let mut config = json!({
+        "format": "dpr-bundle", "version": if with_intent { 2 } else { 1 }, "backbone": backbone,
+        "dim": D, "num_items": N, "steer": steer,
         "prompt_encoder": {"dir": "prompt_encoder", "pooling": "mean", "normalize": true,
-                           "max_tokens": 16, "dim": 8, "dtype": "float32"},
+                           "max_tokens": 16, "dim": E, "dtype": "float32"},
         "items": {"file": "items.json", "attributes": ["decade", "genre"]},
         "training": {},
         "files": {"items.json": sha256_hex(&items), "weights.safetensors": sha256_hex(&weights)},
     });
+    if with_intent {
+        config["intent"] = intent_json();
+    }
     Files([serde_json::to_vec_pretty(&config).unwrap(), items, weights])
 }
 
@@ -355,6 +387,7 @@ fn open_and_use(root: &Path, verify: bool) -> Result<(), String> {
     let mut bundle = Bundle::open(root, verify).map_err(|e| e.to_string())?;
     let backbone = Backbone::from_bundle(&mut bundle).map_err(|e| e.to_string())?;
     let steering = Steering::from_bundle(&mut bundle, 2).map_err(|e| e.to_string())?;
+    let intent = IntentHead::from_bundle(&mut bundle).map_err(|e| e.to_string())?;
     let table = bundle.take("items.embedding").map_err(|e| e.to_string())?;
     let rows = Rows {
         data: &table.data,
@@ -364,9 +397,31 @@ fn open_and_use(root: &Path, verify: bool) -> Result<(), String> {
     let history: Vec<u32> = (1..=bundle.num_items.min(9) as u32).collect();
     let mut h = vec![0.0f32; bundle.dim];
     backbone.user_vector(rows, &history, &mut h);
-    let prompt: Vec<f32> = (0..steering.prompt_dim())
+    let embedding: Vec<f32> = (0..bundle.encoder.dim)
         .map(|i| (i as f32 * 0.37).sin() / 8.0)
         .collect();
+    let prompt = match &intent {
+        None => embedding,
+        Some(head) => {
+            let input = head.prompt_input(&embedding);
+            let readings = head.read(&input);
+            let refused = head.refused(&input);
+            if readings.iter().any(|r| r.value >= head.num_values())
+                || refused.iter().any(|&j| j >= head.num_values())
+            {
+                return Err("the intent reading names a value the head does not have".into());
+            }
+            input
+        }
+    };
+    if prompt.len() != steering.prompt_dim() {
+        // The reader must have rejected this bundle (no file named: a test failure).
+        return Err(format!(
+            "prompt input has {} floats, the steering head reads {}",
+            prompt.len(),
+            steering.prompt_dim()
+        ));
+    }
     let mut steered = vec![0.0f32; steering.output_dim()];
     let mut gates = vec![0.0f32; steering.num_experts()];
     steering.steer(
@@ -376,6 +431,12 @@ fn open_and_use(root: &Path, verify: bool) -> Result<(), String> {
         &mut steered,
         &mut gates,
     );
+    if !bundle.tensors.is_empty() {
+        return Err(format!(
+            "tensors left unread: {:?}",
+            bundle.tensors.keys().collect::<Vec<_>>()
+        ));
+    }
     if h.iter().chain(&steered).all(|x| x.is_finite()) {
         Ok(())
     } else {
@@ -482,4 +543,237 @@ fn damaged_bundles_are_errors_not_panics() {
         start.elapsed().as_secs_f64(),
         ACCEPTED.load(Ordering::Relaxed)
     );
+}
+
+/// Writes `files` as a bundle under `dir` and opens it (checksums verified).
+fn open_files(dir: &Path, files: &Files) -> Result<(), String> {
+    std::fs::create_dir_all(dir.join("prompt_encoder")).unwrap();
+    for (name, data) in FILES.iter().zip(&files.0) {
+        std::fs::write(dir.join(name), data).unwrap();
+    }
+    open_and_use(dir, true)
+}
+
+/// The valid version-2 bundle with `edit` applied to its `dpr.json`.
+fn with_config(edit: impl FnOnce(&mut Value)) -> Files {
+    let mut files = valid_bundle("sasrec");
+    let mut config: Value = serde_json::from_slice(&files.0[0]).unwrap();
+    edit(&mut config);
+    files.0[0] = serde_json::to_vec(&config).unwrap();
+    files
+}
+
+/// The valid version-2 bundle with `edit` applied to its tensors (float32 data), rehashed.
+fn with_tensors(edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<u8>, Dtype)>)) -> Files {
+    let mut files = valid_bundle("sasrec");
+    let st = safetensors::SafeTensors::deserialize(&files.0[2]).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>, Dtype)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            (
+                name,
+                view.shape().to_vec(),
+                view.data().to_vec(),
+                view.dtype(),
+            )
+        })
+        .collect();
+    edit(&mut tensors);
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(name, shape, data, dtype)| {
+            (
+                name.clone(),
+                TensorView::new(*dtype, shape.clone(), data).unwrap(),
+            )
+        })
+        .collect();
+    files.0[2] = safetensors::serialize(views, None).unwrap();
+    let digest = sha256_hex(&files.0[2]);
+    let mut config: Value = serde_json::from_slice(&files.0[0]).unwrap();
+    config["files"]["weights.safetensors"] = json!(digest);
+    files.0[0] = serde_json::to_vec(&config).unwrap();
+    files
+}
+
+#[test]
+fn intent_section_errors_name_the_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: Vec<(&str, Files, &str)> = vec![
+        (
+            "unknown value",
+            with_config(|c| c["intent"]["values"][0] = json!(["genre", "Western"])),
+            r#"dpr.json: intent.values[0] = ["genre", "Western"]: items.json attributes.genre.values has no value "Western""#,
+        ),
+        (
+            "unknown family",
+            with_config(|c| c["intent"]["values"][1] = json!(["mood", "2000s"])),
+            r#"dpr.json: intent.values[1] = ["mood", "2000s"]: items.json has no attribute "mood""#,
+        ),
+        (
+            "repeated value",
+            with_config(|c| c["intent"]["values"][1] = json!(["genre", "Comedy"])),
+            "dpr.json: intent.values[1] = [\"genre\", \"Comedy\"] repeats an earlier value",
+        ),
+        (
+            "no values",
+            with_config(|c| c["intent"]["values"] = json!([])),
+            "dpr.json: intent.values must hold at least one value",
+        ),
+        (
+            "value not a pair",
+            with_config(|c| c["intent"]["values"][0] = json!("Comedy")),
+            "dpr.json: ",
+        ),
+        (
+            "refuse threshold zero",
+            with_config(|c| c["intent"]["refuse_threshold"] = json!(0.0)),
+            "dpr.json: intent.refuse_threshold must lie in (0, 1], got 0",
+        ),
+        (
+            "refuse threshold above one",
+            with_config(|c| c["intent"]["refuse_threshold"] = json!(1.5)),
+            "dpr.json: intent.refuse_threshold must lie in (0, 1], got 1.5",
+        ),
+        (
+            "refuse threshold missing",
+            with_config(|c| {
+                c["intent"].as_object_mut().unwrap().remove("refuse_threshold");
+            }),
+            "dpr.json: missing field `refuse_threshold`",
+        ),
+        (
+            "detect threshold negative",
+            with_config(|c| c["intent"]["detect_threshold"] = json!(-0.5)),
+            "dpr.json: intent.detect_threshold must lie in (0, 1], got -0.5",
+        ),
+        (
+            "prompt_dim without the features",
+            with_config(|c| c["steer"]["prompt_dim"] = json!(E)),
+            "dpr.json: steer.prompt_dim 8 differs from intent.embedding_dim + 2 x 2 intent values = 12",
+        ),
+        (
+            "embedding_dim not the encoder's",
+            with_config(|c| c["intent"]["embedding_dim"] = json!(6)),
+            "dpr.json: intent.embedding_dim 6 differs from prompt_encoder.dim 8",
+        ),
+        (
+            "zero hidden width",
+            with_config(|c| c["intent"]["hidden"] = json!(0)),
+            "dpr.json: intent.hidden must be positive, got 0",
+        ),
+        (
+            "another activation",
+            with_config(|c| c["intent"]["activation"] = json!("gelu")),
+            "dpr.json: intent.activation \"gelu\" is not supported",
+        ),
+        (
+            "another feature layout",
+            with_config(|c| c["intent"]["features"] = json!("embedding")),
+            "dpr.json: intent.features \"embedding\" is not supported",
+        ),
+        (
+            "intent in a version-1 bundle",
+            with_config(|c| c["version"] = json!(1)),
+            "dpr.json: intent: the intent section needs version 2, the file says version 1",
+        ),
+        (
+            "unknown version",
+            with_config(|c| c["version"] = json!(3)),
+            "dpr.json: version Some(3) is not supported (this reader knows 1 and 2)",
+        ),
+        (
+            "hidden width disagrees with the tensors",
+            with_config(|c| c["intent"]["hidden"] = json!(5)),
+            "weights.safetensors: tensor 'intent.hidden_layer.bias' has shape (3,), dpr.json implies (5,)",
+        ),
+        (
+            "intent tensors without a section",
+            with_config(|c| {
+                c.as_object_mut().unwrap().remove("intent");
+                c["steer"]["prompt_dim"] = json!(E);
+            }),
+            "weights.safetensors: unexpected tensor 'intent.hidden_layer.bias' (dpr.json has no intent section)",
+        ),
+        (
+            "output layer missing",
+            with_tensors(|t| t.retain(|(name, ..)| name != "intent.output_layer.weight")),
+            "weights.safetensors: missing tensor 'intent.output_layer.weight'",
+        ),
+        (
+            "output layer of the wrong shape",
+            with_tensors(|t| {
+                let w = t
+                    .iter_mut()
+                    .find(|(name, ..)| name == "intent.output_layer.weight")
+                    .unwrap();
+                w.1 = vec![3, 6];
+            }),
+            "weights.safetensors: tensor 'intent.output_layer.weight' has shape (3, 6), dpr.json implies (6, 3)",
+        ),
+        (
+            "NaN in the head",
+            with_tensors(|t| {
+                let b = t
+                    .iter_mut()
+                    .find(|(name, ..)| name == "intent.output_layer.bias")
+                    .unwrap();
+                b.2[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
+            }),
+            "weights.safetensors: tensor 'intent.output_layer.bias' holds NaN or Inf (flat index 1)",
+        ),
+        (
+            "an extra intent tensor",
+            with_tensors(|t| {
+                t.push((
+                    "intent.extra_layer.bias".into(),
+                    vec![2],
+                    vec![0; 8],
+                    Dtype::F32,
+                ))
+            }),
+            "weights.safetensors: unexpected tensor 'intent.extra_layer.bias'",
+        ),
+    ];
+    for (what, files, want) in cases {
+        let root = dir.path().join(what.replace(' ', "_"));
+        match open_files(&root, &files) {
+            Ok(()) => panic!("{what}: accepted"),
+            Err(message) => assert!(
+                message.contains(want),
+                "{what}: {message:?} does not contain {want:?}"
+            ),
+        }
+    }
+}
+
+#[test]
+fn bundles_without_an_intent_section_open_in_both_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    // Version 2 without the section (and without its tensors) is a plain bundle.
+    let mut plain = bundle_of("sasrec", false);
+    let mut config: Value = serde_json::from_slice(&plain.0[0]).unwrap();
+    config["version"] = json!(2);
+    plain.0[0] = serde_json::to_vec(&config).unwrap();
+    open_files(&dir.path().join("v2"), &plain).unwrap();
+    let bundle = Bundle::open(&dir.path().join("v2"), true).unwrap();
+    assert_eq!(bundle.version, 2);
+    assert!(bundle.intent.is_none());
+    // The version-1 GRU4Rec bundle.
+    open_files(&dir.path().join("v1"), &valid_bundle("gru4rec")).unwrap();
+    let bundle = Bundle::open(&dir.path().join("v1"), true).unwrap();
+    assert_eq!(bundle.version, 1);
+    assert!(bundle.intent.is_none());
+    // And the version-2 bundle with its head.
+    let mut bundle = {
+        open_files(&dir.path().join("head"), &valid_bundle("sasrec")).unwrap();
+        Bundle::open(&dir.path().join("head"), true).unwrap()
+    };
+    let intent = bundle.intent.clone().unwrap();
+    assert_eq!(intent.num_values(), 2);
+    assert_eq!(intent.refuse_threshold, 0.6);
+    let head = IntentHead::from_bundle(&mut bundle).unwrap().unwrap();
+    assert_eq!(head.feature_dim(), 4);
+    assert_eq!(head.values()[1], ("decade".to_owned(), "2000s".to_owned()));
 }

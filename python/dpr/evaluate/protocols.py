@@ -33,16 +33,18 @@ from typing import Any
 
 import numpy as np
 
-from dpr import prompts
 from dpr.data.dataset import PADDING, ItemCatalogue
 from dpr.evaluate.metrics import ranking_metrics, target_ranks
-from dpr.prompts import Intent, Wordings
+from dpr.prompts import Intent
 
 Steerer = Callable[[np.ndarray, Sequence[str]], np.ndarray]
 """(n, d) backbone user vectors h and n prompts -> (n, d) steered vectors h'; "" = no prompt."""
 
-Render = Callable[[Intent, Wordings, np.random.Generator], str]
-"""Turns an intent into one prompt sentence (dpr.prompts.render)."""
+Render = Callable[[Intent, np.random.Generator], str]
+"""Turns an intent into one prompt sentence (e.g. a `Grammar.render` bound to a split)."""
+
+AutoExclude = Callable[[Sequence[str]], np.ndarray]
+"""n prompts -> (n, V) bool: the attribute values `mode="auto"` hard-excludes for each."""
 
 PROTOCOLS = ("standard", "positive", "negative", "compound")
 BASELINES = ("backbone", "pre-filter", "post-filter", "hard filter", "filter")
@@ -220,10 +222,10 @@ def _select(cases: SteeringCases, scorer: _Scorer, attributes: np.ndarray, k: in
     return _Selection(positive, negative, avoid)
 
 
-def evaluate_steering(cases: SteeringCases, steerers: dict[str, Steerer], *, wordings: Wordings,
+def evaluate_steering(cases: SteeringCases, steerers: dict[str, Steerer], *, render: Render,
                       k: int = 10, seed: int = 0, post_filter_depth: int = 100,
                       mask_history: bool = True, protocols: Sequence[str] = PROTOCOLS,
-                      render: Render = prompts.render, batch_size: int = 1024
+                      auto: dict[str, AutoExclude] | None = None, batch_size: int = 1024
                       ) -> dict[str, Any]:
     """Run the steering protocols over `cases` for the baselines and every steerer S.
 
@@ -236,7 +238,9 @@ def evaluate_steering(cases: SteeringCases, steerers: dict[str, Steerer], *, wor
     - negative: "backbone", "hard filter" (forbidden genre removed everywhere), "S soft",
       "S hybrid" (steered, forbidden genre removed);
     - compound: "backbone", "filter" (has the genre and not the avoided one), "S soft",
-      "S hybrid" (steered under the same filter).
+      "S hybrid" (steered under the same filter);
+    - with `auto[S]` (the values `mode="auto"` refuses for each prompt): "S auto" (steered,
+      those values' items removed; in standard, for the neutral prompt: "S auto neutral").
     Metrics: "ndcg@k", "recall@k"; outside standard also "genre_share@k" (share of the top-k
     in the asked genre — for negative, the forbidden one, lower is better) and for compound
     "avoid_share@k" (share in the avoided genre). Top-k lists hold finite scores only; items
@@ -249,6 +253,10 @@ def evaluate_steering(cases: SteeringCases, steerers: dict[str, Steerer], *, wor
     `render` once per case per protocol from an rng seeded by `seed`, and the same prompts go to
     every steerer, each called once per batch of `batch_size` cases per prompt kind.
     """
+    auto = auto or {}
+    unknown_auto = sorted(set(auto) - set(steerers))
+    if unknown_auto:
+        raise ValueError(f"auto exclusions for unknown steerers {unknown_auto}")
     num_items = cases.catalogue.num_items
     if not 1 <= k <= num_items:
         raise ValueError(f"k must be in 1..{num_items} (the catalogue size), got {k}")
@@ -269,11 +277,12 @@ def evaluate_steering(cases: SteeringCases, steerers: dict[str, Steerer], *, wor
     for protocol in protocols:
         include, exclude = _constraints(protocol, selection, len(cases))
         rows = np.flatnonzero(_active(protocol, selection, len(cases)))
-        intents = [_intent(protocol, include[r], exclude[r], names) for r in rows]
+        intents = [_intent(protocol, include[r], exclude[r], names, cases.attribute)
+                   for r in rows]
         rng = _rng(seed, f"render {protocol}")
-        texts = [render(intent, wordings, rng) for intent in intents]
+        texts = [render(intent, rng) for intent in intents]
         methods = _run_protocol(protocol, rows, texts, include, exclude, cases, scorer,
-                                attributes, steerers, k, post_filter_depth, batch_size)
+                                attributes, steerers, auto, k, post_filter_depth, batch_size)
         results[protocol] = {
             "cases": len(rows),
             "skipped": len(cases) - len(rows),
@@ -308,27 +317,29 @@ def _active(protocol: str, selection: _Selection, n: int) -> np.ndarray:
     return np.ones(n, dtype=bool)
 
 
-def _intent(protocol: str, include: int, exclude: int, names: list[str]) -> Intent:
+def _intent(protocol: str, include: int, exclude: int, names: list[str], family: str
+            ) -> Intent:
     """The intent a case's prompt expresses; `names` maps genre indices to genre names."""
     if protocol == "positive":
-        return Intent("positive", genre=names[include])
+        return Intent("positive", value=names[include], family=family)
     if protocol == "negative":
-        return Intent("negative", genre=names[exclude])  # dpr.prompts: forbidden genre in `genre`
+        return Intent("negative", value=names[exclude], family=family)  # refused value: `value`
     if protocol == "compound":
-        return Intent("compound", genre=names[include], avoid=names[exclude])
+        return Intent("compound", value=names[include], avoid=names[exclude], family=family)
     return Intent("neutral")
 
 
 def _example(intent: Intent, prompt: str) -> dict[str, str | None]:
     """A prompt with its intent, as recorded in the results."""
-    return {"prompt": prompt, "polarity": intent.polarity, "genre": intent.genre,
+    return {"prompt": prompt, "polarity": intent.polarity, "value": intent.value,
             "avoid": intent.avoid}
 
 
 def _run_protocol(protocol: str, rows: np.ndarray, texts: list[str], include: np.ndarray,
                   exclude: np.ndarray, cases: SteeringCases, scorer: _Scorer,
-                  attributes: np.ndarray, steerers: dict[str, Steerer], k: int,
-                  depth: int, batch_size: int) -> dict[str, dict[str, float]]:
+                  attributes: np.ndarray, steerers: dict[str, Steerer],
+                  auto: dict[str, AutoExclude], k: int, depth: int, batch_size: int
+                  ) -> dict[str, dict[str, float]]:
     """Every method's metrics on one protocol's cases, in batches."""
     shares = {"positive": {f"genre_share@{k}": include},
               "negative": {f"genre_share@{k}": exclude},
@@ -370,13 +381,30 @@ def _run_protocol(protocol: str, rows: np.ndarray, texts: list[str], include: np
         for name, steer in steerers.items():
             if protocol == "standard":
                 record(name, scorer(_steer(name, steer, h, [""] * len(batch)), mask), batch)
-                record(f"{name} neutral", scorer(_steer(name, steer, h, batch_prompts), mask),
-                       batch)
+                steered = scorer(_steer(name, steer, h, batch_prompts), mask)
+                record(f"{name} neutral", steered, batch)
+                if name in auto:
+                    record(f"{name} auto neutral", _auto(steered, auto[name], batch_prompts,
+                                                         by_value), batch)
             else:
                 steered = scorer(_steer(name, steer, h, batch_prompts), mask)
                 record(f"{name} soft", steered, batch)
                 record(f"{name} hybrid", np.where(allowed, steered, -np.inf), batch)
+                if name in auto:
+                    record(f"{name} auto", _auto(steered, auto[name], batch_prompts, by_value),
+                           batch)
     return {method: _summarise(tally, k) for method, tally in tallies.items()}
+
+
+def _auto(scores: np.ndarray, exclude: AutoExclude, prompts: list[str], by_value: np.ndarray
+          ) -> np.ndarray:
+    """Scores with the items of every value the prompt's reading refuses removed."""
+    refused = np.asarray(exclude(prompts), dtype=bool)  # (B, V)
+    if refused.shape != (len(prompts), by_value.shape[0]):
+        raise ValueError(f"auto exclusions have shape {refused.shape}, expected "
+                         f"({len(prompts)}, {by_value.shape[0]})")
+    dropped = (refused.astype(np.float32) @ by_value.astype(np.float32)) > 0
+    return np.where(dropped, -np.inf, scores)
 
 
 def _allowed(by_value: np.ndarray, include: np.ndarray, exclude: np.ndarray) -> np.ndarray:

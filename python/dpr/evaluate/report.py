@@ -70,7 +70,7 @@ def _example_text(example: Any) -> str:
     if not isinstance(example, dict):
         return f"“{example}”"
     # a negative intent carries its forbidden genre in `genre` (dpr.prompts' convention)
-    ask, avoid = example.get("genre"), example.get("avoid")
+    ask, avoid = example.get("value"), example.get("avoid")
     if example.get("polarity") == "negative":
         ask, avoid = None, ask
     intent = ", ".join(f"{word} {value}" for word, value in (("asks", ask), ("forbids", avoid))
@@ -139,23 +139,20 @@ def _plot(results: dict[str, Any], title: str, file: IO[bytes]) -> None:
 
 
 def _colours(names: list[str]) -> dict[str, Any]:
-    """A fixed colour per method: baselines in greys; one hue per steerer, dark for its plain and
-    soft modes, light for neutral and hybrid."""
+    """A distinct colour per method: baselines in distinct greys, every other method (each
+    steerer's soft, hybrid, auto, neutral ... rows alike) its own hue."""
     from matplotlib import colormaps
 
     greys = colormaps["Greys"]
-    palette = colormaps["tab20"]
-    hue: dict[str, int] = {}
+    hues = [colormaps["tab10"](i) for i in range(10) if i != 7]  # tab10's 7 is grey
+    hues += [colormaps["Dark2"](i) for i in range(8)]
     out: dict[str, Any] = {}
+    others = [n for n in names if n not in BASELINES]
     for name in names:
         if name in BASELINES:
-            out[name] = greys(0.3 + 0.15 * BASELINES.index(name))
-            continue
-        steerer, _, mode = name.rpartition(" ")
-        if mode not in ("neutral", "soft", "hybrid"):
-            steerer, mode = name, ""
-        index = hue.setdefault(steerer, len(hue))
-        out[name] = palette((2 * index + (mode in ("neutral", "hybrid"))) % 20)
+            out[name] = greys(0.25 + 0.13 * BASELINES.index(name))
+        else:
+            out[name] = hues[others.index(name) % len(hues)]
     return out
 
 

@@ -9,7 +9,12 @@ import torch
 from torch import nn
 
 from dpr.models.backbone import Backbone, build_backbone, user_vectors
+from dpr.models.intent import IntentHead
 from dpr.models.steering import DPRSteering
+
+DEFAULT_REFUSE_THRESHOLD = 0.9
+"""Refused-probability from which `mode="auto"` also hard-excludes a value, until training
+chooses one on validation frames."""
 
 
 class DPR(nn.Module):
@@ -17,17 +22,32 @@ class DPR(nn.Module):
 
     `attribute` and `values` name the item attribute the prompts talk about (e.g. genre) and its
     values in the order the training used; they travel with the model into the bundle.
+    `intent` is the read-out head over the prompt embedding (None: a model whose steering reads
+    the bare embedding); with it, the steering's prompt input is `intent.prompt_input(e)`.
     """
 
     def __init__(self, backbone: Backbone, steering: DPRSteering, *, attribute: str = "genre",
-                 values: list[str] | None = None) -> None:
+                 values: list[str] | None = None, intent: IntentHead | None = None,
+                 refuse_threshold: float = DEFAULT_REFUSE_THRESHOLD) -> None:
         super().__init__()
         if steering.dim != backbone.dim:
             raise ValueError(f"steering dim {steering.dim} != backbone dim {backbone.dim}")
+        if intent is not None and steering.prompt_dim != intent.embedding_dim + intent.feature_dim:
+            raise ValueError(f"steering prompt_dim {steering.prompt_dim} != embedding "
+                             f"{intent.embedding_dim} + intent features {intent.feature_dim}")
+        if not 0.0 < refuse_threshold <= 1.0:
+            raise ValueError(f"refuse_threshold must lie in (0, 1], got {refuse_threshold}")
         self.backbone = backbone
         self.steering = steering
+        self.intent = intent
+        self.refuse_threshold = float(refuse_threshold)
         self.attribute = attribute
         self.values = list(values or [])
+
+    def prompt_input(self, embedding: torch.Tensor) -> torch.Tensor:
+        """What the steering reads for sentence embeddings `e`: `[e, p_asked, p_refused]` with an
+        intent head, else `e`."""
+        return embedding if self.intent is None else self.intent.prompt_input(embedding)
 
     def user_vectors(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The backbone's unsteered user vectors h."""
@@ -60,6 +80,8 @@ class DPR(nn.Module):
                      "backbone": self.backbone.hyper_parameters(),
                      "steering": self.steering.hyper_parameters(),
                      "attribute": self.attribute, "values": self.values,
+                     "intent": None if self.intent is None else self.intent.hyper_parameters(),
+                     "refuse_threshold": self.refuse_threshold,
                      "state_dict": self.state_dict(), "extra": extra or {}}, path)
 
 
@@ -70,7 +92,12 @@ def load_dpr(path: str | Path, device: str = "cpu") -> tuple[DPR, dict[str, Any]
     checkpoint = load_checkpoint(path)
     if checkpoint.get("format") != "dpr-model":
         raise ValueError(f"{path}: not a dpr model checkpoint")
+    intent = checkpoint.get("intent")
     model = DPR(build_backbone(checkpoint["backbone"]), DPRSteering(**checkpoint["steering"]),
-                attribute=checkpoint["attribute"], values=checkpoint["values"])
+                attribute=checkpoint["attribute"], values=checkpoint["values"],
+                intent=None if intent is None else IntentHead(
+                    [tuple(pair) for pair in intent["values"]], intent["embedding_dim"],
+                    intent["hidden"]),
+                refuse_threshold=checkpoint.get("refuse_threshold", DEFAULT_REFUSE_THRESHOLD))
     model.load_state_dict(checkpoint["state_dict"])
     return model.to(device).eval(), checkpoint["extra"]

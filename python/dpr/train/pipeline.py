@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,17 +13,20 @@ import numpy as np
 import torch
 
 from dpr.data.dataset import SequenceDataset
-from dpr.evaluate.protocols import Steerer, SteeringCases, evaluate_steering
+from dpr.evaluate.protocols import AutoExclude, Render, Steerer, SteeringCases, evaluate_steering
 from dpr.models.backbone import Backbone
 from dpr.models.dpr import DPR
+from dpr.models.intent import IntentHead
 from dpr.models.steering import DPRSteering
-from dpr.prompts import TRAIN_WORDINGS, Wordings
+from dpr.models.tower import PromptTower
+from dpr.prompts import Grammar
 from dpr.train import distributed
 from dpr.train.backbone import BEST_CHECKPOINT, load_backbone
 from dpr.train.config import BackboneTrainConfig
 from dpr.train.experiment import REPORT, run_backbone_experiment, write_json_atomic
 from dpr.train.scoring import backbone_user_vectors
 from dpr.train.steering import SteeringTrainConfig, train_steering
+from dpr.train.tower import PromptInputs, TowerTrainConfig, calibrate, save_tower, train_tower
 
 MODEL_FILE = "dpr.pt"
 STEERING_REPORT = "steering.json"
@@ -51,19 +56,81 @@ def steering_for(backbone: Backbone, **hyper_parameters: Any) -> DPRSteering:
     return DPRSteering(backbone.dim, **hyper_parameters)
 
 
-def fit_steering(dataset: SequenceDataset, backbone: Backbone, encode: Encode,
-                 config: SteeringTrainConfig, *, attribute: str = "genre",
-                 wordings: Wordings = TRAIN_WORDINGS, progress: bool = True,
-                 **hyper_parameters: Any) -> tuple[DPR, dict[str, Any]]:
-    """Stages 2 and 3 on a trained backbone; returns the DPR model and timing/curve."""
+TUNED_ENCODER_DIR = "prompt_encoder"
+"""The fine-tuned prompt encoder's folder inside a run directory (dpr.pt refers to it)."""
+
+
+TOWER_FILE = "tower.pt"
+"""The trained intent read-out and its report inside a run directory (reusable by other runs
+on the same catalogue values: the tower does not depend on the backbone)."""
+
+
+def fit_prompt_tower(dataset: SequenceDataset, config: TowerTrainConfig, out_dir: Path, *,
+                     attribute: str = "genre", grammar: Grammar | None = None,
+                     progress: bool = True) -> tuple[PromptInputs, dict[str, Any]]:
+    """Stage 2a: fine-tune the prompt tower and its intent read-out on the grammar, save the
+    tuned encoder to `out_dir/prompt_encoder` (unless the encoder stays frozen) and the head to
+    `out_dir/tower.pt`, and choose the auto-mode threshold on the validation frames."""
+    from dpr.encoder import encoder_dir
+    from dpr.train.checkpoint import save_atomic
+
+    values = [(attribute, v) for v in dataset.items.attribute_values(attribute)]
+    grammar = (grammar or Grammar.load()).with_values(attribute, [v for _, v in values])
+    torch.manual_seed(config.seed)
+    tower = PromptTower(encoder_dir(), IntentHead(values), tune_layers=config.tune_layers)
+    tower.to(config.device)
+    report = train_tower(tower, grammar, config, progress=progress)
+    tower.cpu()
+    if config.tune_layers:
+        folder = save_tower(tower, out_dir / TUNED_ENCODER_DIR)
+        report["prompt_encoder"] = TUNED_ENCODER_DIR
+    else:
+        folder = encoder_dir()
+    inputs = PromptInputs(folder, tower.intent)
+    report["calibration"] = calibrate(inputs, grammar, values, seed=config.seed)
+    save_atomic({"format": "dpr-tower", "intent": tower.intent.hyper_parameters(),
+                 "state_dict": tower.intent.state_dict(), "report": report}, out_dir / TOWER_FILE)
+    return inputs, report
+
+
+def load_prompt_tower(run_dir: Path, attribute: str, values: Sequence[str]
+                      ) -> tuple[PromptInputs, dict[str, Any]]:
+    """The prompt tower a run saved (`fit_prompt_tower`), for a catalogue with `values`."""
+    from dpr.encoder import encoder_dir
+    from dpr.train.checkpoint import load_checkpoint
+
+    saved = load_checkpoint(run_dir / TOWER_FILE)
+    if saved.get("format") != "dpr-tower":
+        raise ValueError(f"{run_dir / TOWER_FILE}: not a prompt tower")
+    spec = saved["intent"]
+    pairs = [tuple(pair) for pair in spec["values"]]
+    if pairs != [(attribute, v) for v in values]:
+        raise ValueError(f"{run_dir}: the tower reads other values than this catalogue's")
+    head = IntentHead(pairs, spec["embedding_dim"], spec["hidden"])
+    head.load_state_dict(saved["state_dict"])
+    report = dict(saved["report"])
+    tuned = report.get("prompt_encoder")
+    return PromptInputs(run_dir / tuned if tuned else encoder_dir(), head), report
+
+
+def fit_steering(dataset: SequenceDataset, backbone: Backbone, inputs: PromptInputs,
+                 config: SteeringTrainConfig, *, refuse_threshold: float,
+                 attribute: str = "genre", grammar: Grammar | None = None,
+                 progress: bool = True, **hyper_parameters: Any) -> tuple[DPR, dict[str, Any]]:
+    """Stages 2 and 3 on a trained backbone and a trained prompt tower (`inputs`); returns the
+    DPR model and timing/curve."""
     torch.manual_seed(config.seed)
     values = dataset.items.attribute_values(attribute)
+    intent = inputs.intent
     hyper_parameters.setdefault("attribute_dim", len(values))
+    hyper_parameters.setdefault("prompt_dim", intent.embedding_dim + intent.feature_dim)
     steering = steering_for(backbone, **hyper_parameters)
     started = time.perf_counter()
-    result = train_steering(steering, backbone, dataset.split(), dataset.items, encode, config,
-                            attribute=attribute, wordings=wordings, progress=progress)
-    model = DPR(backbone, result.steering, attribute=attribute, values=values).eval()
+    result = train_steering(steering, backbone, dataset.split(), dataset.items, inputs, config,
+                            attribute=attribute, grammar=grammar,
+                            embedding_dim=intent.embedding_dim, progress=progress)
+    model = DPR(backbone, result.steering, attribute=attribute, values=values, intent=intent,
+                refuse_threshold=refuse_threshold).eval()
     return model, {"config": config.to_dict(), "steering": steering.hyper_parameters(),
                    "seconds": {**result.seconds, "total": time.perf_counter() - started},
                    "curve": result.curve}
@@ -106,15 +173,39 @@ def steering_cases(model_or_backbone: DPR | Backbone, dataset: SequenceDataset,
                          item_vectors=items, catalogue=dataset.items, attribute=attribute)
 
 
-def evaluate_dpr(models: dict[str, DPR], dataset: SequenceDataset, encode: Encode, *,
-                 wordings: Wordings, seed: int = 0, stage: str = "test",
+def dpr_auto(model: DPR, encode: Encode) -> AutoExclude:
+    """The values `mode="auto"` hard-excludes per prompt: refused probability (the last V
+    floats of the prompt input) at or above the model's threshold."""
+    if model.intent is None:
+        raise ValueError("this model has no intent read-out, so no auto mode")
+    columns = [model.values.index(value) for family, value in model.intent.values
+               if family == model.attribute]
+    if len(columns) != len(model.values):
+        raise ValueError("the intent read-out does not cover the model's attribute values")
+    count = model.intent.num_values
+
+    def exclude(prompts: Sequence[str]) -> np.ndarray:
+        refused = np.asarray(encode(list(prompts)))[:, -count:]
+        out = np.zeros((len(prompts), len(model.values)), dtype=bool)
+        out[:, columns] = refused >= model.refuse_threshold
+        return out
+
+    return exclude
+
+
+def evaluate_dpr(models: dict[str, tuple[DPR, Encode]], dataset: SequenceDataset, *,
+                 render: Render, seed: int = 0, stage: str = "test",
                  protocols: Sequence[str] = ("standard", "positive", "negative", "compound")
                  ) -> dict[str, Any]:
-    """Run every protocol for one or more DPR models sharing a backbone (ablations)."""
-    first = next(iter(models.values()))
+    """Run every protocol for one or more DPR models sharing a backbone (ablations); each
+    model comes with the function that turns its prompts into its prompt inputs."""
+    first = next(iter(models.values()))[0]
     cases = steering_cases(first, dataset, first.attribute, stage)
-    steerers = {name: dpr_steerer(model, encode) for name, model in models.items()}
-    return evaluate_steering(cases, steerers, wordings=wordings, seed=seed, protocols=protocols)
+    steerers = {name: dpr_steerer(model, encode) for name, (model, encode) in models.items()}
+    auto = {name: dpr_auto(model, encode) for name, (model, encode) in models.items()
+            if model.intent is not None}
+    return evaluate_steering(cases, steerers, render=render, seed=seed, protocols=protocols,
+                             auto=auto)
 
 
 def save_model(model: DPR, dataset: SequenceDataset, out_dir: Path,
@@ -132,3 +223,89 @@ def write_steering_report(report: dict[str, Any], out_dir: Path) -> Path:
     path = out_dir / STEERING_REPORT
     write_json_atomic(report, path)
     return path
+
+
+def grammar_renderer(grammar: Grammar, split: str) -> Render:
+    """The evaluation protocols' prompt renderer over one split of the grammar."""
+
+    def render(intent: Any, rng: np.random.Generator) -> str:
+        return grammar.render(intent, rng, split=split).text
+
+    return render
+
+
+@dataclass
+class SteeringRun:
+    """What `run_steering` leaves behind."""
+
+    model: DPR
+    inputs: PromptInputs
+    model_path: Path
+    bundle: Path | None
+    report: dict[str, Any]
+
+
+def run_steering(dataset: SequenceDataset, backbone: Backbone, out_dir: Path, *,
+                 tower: TowerTrainConfig, steering: SteeringTrainConfig,
+                 attribute: str = "genre", grammar: Grammar | None = None,
+                 tower_from: Path | None = None, export: bool = True, evaluate: str = "full",
+                 title: str | None = None, progress: bool = True, **hyper_parameters: Any
+                 ) -> SteeringRun:
+    """The one train -> export -> evaluate pipeline after stage 1: the prompt tower (2a), the
+    steering head (2, 3), `dpr.pt`, the bundle (`out_dir/bundle`), and the evaluation:
+    "full" (every protocol on training and held-out frames, each held-out frame alone,
+    polarity flips, interpret accuracy), "protocols" (the protocols only) or "none".
+    `tower_from` reuses the prompt tower another run on the same catalogue trained (its time
+    is reported as that run's)."""
+    from dpr.evaluate.frames import evaluate_frames, interpret_report, polarity_flips
+    from dpr.evaluate.frames_report import write_frames_report
+    from dpr.evaluate.report import write_steering_report
+    from dpr.export import export_from_checkpoint
+
+    if evaluate not in ("full", "protocols", "none"):
+        raise ValueError(f"evaluate must be 'full', 'protocols' or 'none', got {evaluate!r}")
+    grammar = (grammar or Grammar.load()).with_values(
+        attribute, dataset.items.attribute_values(attribute))
+    started = time.perf_counter()
+    if tower_from is not None:
+        inputs, tower_report = load_prompt_tower(tower_from, attribute,
+                                                 dataset.items.attribute_values(attribute))
+        tower_report = {**tower_report, "reused_from": str(tower_from)}
+        if "prompt_encoder" in tower_report:  # dpr.pt points at the encoder relative to itself
+            tower_report["prompt_encoder"] = os.path.relpath(
+                tower_from / tower_report["prompt_encoder"], out_dir)
+    else:
+        inputs, tower_report = fit_prompt_tower(dataset, tower, out_dir, attribute=attribute,
+                                                grammar=grammar, progress=progress)
+    threshold = tower_report["calibration"]["refuse_threshold"]
+    model, info = fit_steering(dataset, backbone, inputs, steering, refuse_threshold=threshold,
+                               attribute=attribute, grammar=grammar, progress=progress,
+                               **hyper_parameters)
+    seconds = {"tower": 0.0 if tower_from else tower_report["seconds"], **info["seconds"],
+               "stages_2_3_total": time.perf_counter() - started}
+    report: dict[str, Any] = {"tower": tower_report, "steering": info, "seconds": seconds}
+    extra: dict[str, Any] = {"steering_training": info, "tower_training": tower_report}
+    if "prompt_encoder" in tower_report:
+        extra["prompt_encoder"] = tower_report["prompt_encoder"]
+    model_path = save_model(model, dataset, out_dir, extra)
+    bundle = export_from_checkpoint(model_path, out_dir / "bundle") if export else None
+    title = title or f"{dataset.name} {backbone.kind}"
+    if evaluate != "none":
+        models = {"dpr": (model, inputs)}
+        for split in ("train", "heldout"):
+            results = evaluate_dpr(models, dataset, render=grammar_renderer(grammar, split))
+            report[f"{split}_frames"] = results
+            write_steering_report(results, out_dir, f"{title} {split} frames")
+    if evaluate == "full":
+        cases = steering_cases(model, dataset, attribute)
+        steerers = {"dpr": dpr_steerer(model, inputs)}
+        auto = {"dpr": dpr_auto(model, inputs)}
+        values = [(attribute, v) for v in model.values]
+        report["by_frame"] = evaluate_frames(cases, steerers, grammar, auto=auto,
+                                             progress=progress)
+        report["flips"] = polarity_flips(cases, steerers, grammar, auto=auto)
+        report["interpret"] = interpret_report(inputs.readings, grammar, values)
+        write_frames_report(report["by_frame"], report["flips"], report["interpret"], out_dir,
+                            f"{title} held-out frames")
+    write_json_atomic(report, out_dir / STEERING_REPORT)
+    return SteeringRun(model, inputs, model_path, bundle, report)

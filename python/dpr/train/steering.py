@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from dpr.data.dataset import ItemCatalogue, LeaveOneOutSplit
 from dpr.models.backbone import Backbone
 from dpr.models.steering import DPRSteering
-from dpr.prompts import POLARITIES, TRAIN_WORDINGS, Episodes, Intent, Wordings, render
+from dpr.prompts import POLARITIES, Episodes, Grammar, Intent
 from dpr.prompts import steering_episodes as build_episodes
 from dpr.train import distributed
 from dpr.train.batches import history_batch
@@ -40,6 +40,8 @@ class SteeringTrainConfig:
     positions_per_user: int | None = 40
     prompts_per_genre: int = 48
     prompts_per_pair: int = 3
+    description_share: float = 0.25
+    """Share of each value's training renderings that describe it instead of naming it."""
     prompt_noise: float = 0.3
     batch_size: int = 512
     lr: float = 2e-3
@@ -64,30 +66,39 @@ class SteeringTrainResult:
 
 
 class PromptPool:
-    """A fixed set of renderings per intent, each encoded once.
+    """A fixed set of renderings per intent from the grammar's training split, each encoded
+    once.
 
-    Every (polarity, genre) gets `per_genre` renderings and every compound pair `per_pair`, so
-    the encoder runs on about a thousand prompts instead of every possible rendering.
+    Every (polarity, value) gets `per_genre` renderings (a `description_share` of them free
+    descriptions) and every compound pair `per_pair`, so the encoder runs on a few thousand
+    prompts instead of every possible rendering.
     """
 
-    def __init__(self, encode, wordings: Wordings, genres: list[str], rng: np.random.Generator,
-                 per_genre: int = 12, per_pair: int = 2) -> None:
+    def __init__(self, encode, grammar: Grammar, genres: list[str], rng: np.random.Generator,
+                 per_genre: int = 12, per_pair: int = 2, family: str = "genre",
+                 description_share: float = 0.25) -> None:
         self.choices: dict[tuple[int, int, int], list[int]] = {}
         texts: dict[str, int] = {}
 
         def add(key: tuple[int, int, int], intent: Intent, count: int) -> None:
             rows = []
             for _ in range(count):
-                rows.append(texts.setdefault(render(intent, wordings, rng), len(texts)))
+                describe = (intent.polarity in ("positive", "negative")
+                            and rng.random() < description_share
+                            and grammar.describable(family, str(intent.value)))
+                text = grammar.render(intent, rng, split="train",
+                                      style="description" if describe else "name").text
+                rows.append(texts.setdefault(text, len(texts)))
             self.choices[key] = sorted(set(rows))
 
-        add((NEUTRAL, -1, -1), Intent("neutral"), 4 * len(wordings.neutral))
+        add((NEUTRAL, -1, -1), Intent("neutral"), 4 * len(grammar.frames_of("train", "neutral")))
         for g, genre in enumerate(genres):
-            add((POSITIVE, g, -1), Intent("positive", genre), per_genre)
-            add((NEGATIVE, g, -1), Intent("negative", genre), per_genre)
+            add((POSITIVE, g, -1), Intent("positive", genre, family=family), per_genre)
+            add((NEGATIVE, g, -1), Intent("negative", genre, family=family), per_genre)
             for a, avoid in enumerate(genres):
                 if a != g:
-                    add((COMPOUND, g, a), Intent("compound", genre, avoid), per_pair)
+                    add((COMPOUND, g, a), Intent("compound", genre, avoid, family=family),
+                        per_pair)
         self.texts = list(texts)
         self.embeddings = torch.from_numpy(np.asarray(encode(self.texts), dtype=np.float32))
 
@@ -166,12 +177,17 @@ def align_projector(steering: DPRSteering, pool: PromptPool, genres: list[str],
 
 def train_steering(steering: DPRSteering, backbone: Backbone, split: LeaveOneOutSplit,
                    catalogue: ItemCatalogue, encode, config: SteeringTrainConfig, *,
-                   attribute: str = "genre", wordings: Wordings = TRAIN_WORDINGS,
-                   progress: bool = True) -> SteeringTrainResult:
+                   attribute: str = "genre", grammar: Grammar | None = None,
+                   embedding_dim: int | None = None, progress: bool = True
+                   ) -> SteeringTrainResult:
     """Run stage 2 then stage 3 (each as configured) on a frozen backbone.
 
-    `encode` maps a list of prompts to (n, 384) L2-normalised embeddings (the frozen encoder).
+    `encode` maps a list of prompts to the steering's prompt inputs (`steering.prompt_dim`
+    floats: the frozen tower's embedding, then its intent reading if it has one); the first
+    `embedding_dim` floats (default: all) are the sentence embedding that prompt noise perturbs.
     """
+    grammar = (grammar or Grammar.load()).with_values(
+        attribute, catalogue.attribute_values(attribute))
     torch.manual_seed(config.seed)
     backbone.eval().requires_grad_(False)
     items = backbone.item_vectors().detach().float().cpu()
@@ -183,8 +199,10 @@ def train_steering(steering: DPRSteering, backbone: Backbone, split: LeaveOneOut
     result = SteeringTrainResult(steering)
 
     started = time.perf_counter()
-    pool = PromptPool(encode, wordings, genres, np.random.default_rng(config.seed + 2),
-                      config.prompts_per_genre, config.prompts_per_pair)
+    pool = PromptPool(encode, grammar, genres, np.random.default_rng(config.seed + 2),
+                      config.prompts_per_genre, config.prompts_per_pair, attribute,
+                      config.description_share)
+    pool.embedding_dim = embedding_dim or pool.embeddings.shape[1]
     result.seconds["encode_prompts"] = time.perf_counter() - started
 
     if config.stage2:
@@ -230,7 +248,8 @@ def _stage3(steering: DPRSteering, backbone: Backbone, split: LeaveOneOutSplit,
             user = states[offsets[episodes.user[batch]] + episodes.position[batch] - 1]
             keys = zip(episodes.polarity[batch].tolist(), episodes.genre[batch].tolist(),
                        episodes.avoid[batch].tolist(), strict=True)
-            prompts = _jitter(pool.sample(list(keys), prompt_rng), config.prompt_noise)
+            prompts = _jitter(pool.sample(list(keys), prompt_rng), config.prompt_noise,
+                              pool.embedding_dim)
             losses = steering_losses(model, steering, user, prompts, episodes, batch, items,
                                      genre_matrix, config)
             optimizer.zero_grad(set_to_none=True)
@@ -249,17 +268,22 @@ def _stage3(steering: DPRSteering, backbone: Backbone, split: LeaveOneOutSplit,
     return curve
 
 
-def _jitter(prompts: torch.Tensor, noise: float) -> torch.Tensor:
-    """Random unit-sphere perturbation of prompt embeddings (keeps empty prompts empty).
+def _jitter(prompts: torch.Tensor, noise: float, embedding_dim: int | None = None
+            ) -> torch.Tensor:
+    """Random unit-sphere perturbation of the sentence-embedding part of prompt inputs (the
+    first `embedding_dim` floats; the intent reading after them is kept); empty prompts stay
+    empty.
 
     Training wordings are few; noise makes the router and experts answer for a neighbourhood
     of each wording rather than its exact point, which helps on unseen wordings.
     """
     if noise <= 0:
         return prompts
+    d = embedding_dim or prompts.shape[1]
+    e = prompts[:, :d]
     has_prompt = prompts.abs().sum(-1, keepdim=True) > 0
-    moved = F.normalize(prompts + noise * torch.randn_like(prompts) / prompts.shape[1] ** 0.5,
-                        dim=-1)
+    moved = F.normalize(e + noise * torch.randn_like(e) / d ** 0.5, dim=-1)
+    moved = torch.cat([moved, prompts[:, d:]], dim=1)
     return torch.where(has_prompt, moved, prompts)
 
 

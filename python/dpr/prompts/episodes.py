@@ -1,0 +1,176 @@
+"""Steering episodes for stage 3, drawn from the training prefixes only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dpr.data.dataset import ItemCatalogue, LeaveOneOutSplit
+from dpr.prompts.intent import POLARITIES, Intent
+
+
+@dataclass
+class Episodes:
+    """Steering episodes for training, as equal-length numpy arrays.
+
+    Episode i: user `user[i]` (a row of `split.train`), history
+    `split.train[user][:position]`, target `split.train[user][position]` (= `target[i]`),
+    polarity index into `POLARITIES`, and `genre` / `avoid` indices into `genres` (-1 where the
+    polarity has none: `genre` for neutral, `avoid` unless compound).
+    """
+
+    user: np.ndarray
+    position: np.ndarray
+    target: np.ndarray
+    polarity: np.ndarray
+    genre: np.ndarray
+    avoid: np.ndarray
+    genres: list[str]
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+
+def intent_of(episodes: Episodes, i: int, family: str = "genre") -> Intent:
+    """The intent of episode `i` (its values are of attribute `family`)."""
+    polarity = POLARITIES[int(episodes.polarity[i])]
+    g, a = int(episodes.genre[i]), int(episodes.avoid[i])
+    return Intent(polarity, episodes.genres[g] if g >= 0 else None,
+                  episodes.genres[a] if a >= 0 else None, family=family)
+
+
+DEFAULT_MIX = {"positive": 0.35, "negative": 0.3, "compound": 0.2, "neutral": 0.15}
+"""Share of each polarity among steering episodes."""
+
+_POS, _NEG, _NEU, _COM = (POLARITIES.index(p) for p in ("positive", "negative", "neutral",
+                                                         "compound"))
+_CHUNK = 1 << 16  # episodes handled at once, to bound the (episodes x genres) temporaries
+
+
+def _mix_probabilities(mix: dict[str, float] | None) -> np.ndarray:
+    mix = DEFAULT_MIX if mix is None else mix
+    unknown = sorted(set(mix) - set(POLARITIES))
+    if unknown:
+        raise ValueError(f"mix has unknown polarities {unknown} (expected {POLARITIES})")
+    p = np.array([float(mix.get(k, 0.0)) for k in POLARITIES])
+    if (p < 0).any() or not np.isfinite(p).all() or p.sum() <= 0:
+        raise ValueError(f"mix must hold non-negative shares with a positive sum, got {mix}")
+    return p / p.sum()
+
+
+def _positions(lengths: np.ndarray, rng: np.random.Generator,
+               per_user: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(user, position) of the chosen training positions (position >= 1), sorted."""
+    counts = np.maximum(lengths - 1, 0)
+    user = np.repeat(np.arange(len(lengths), dtype=np.int64), counts)
+    first = np.cumsum(counts) - counts  # index in `user` where each user's positions begin
+    position = np.arange(len(user), dtype=np.int64) - np.repeat(first, counts) + 1
+    if per_user is None:
+        return user, position
+    if per_user < 1:
+        raise ValueError(f"positions_per_user must be positive or None, got {per_user}")
+    # Sample without replacement per user: random keys, sort within user, keep the first k.
+    order = np.lexsort((rng.random(len(user)), user))
+    rank = np.arange(len(user)) - np.repeat(first, counts)
+    keep = np.sort(order[rank < per_user])
+    return user[keep], position[keep]
+
+
+def _pick(scores: np.ndarray, allowed: np.ndarray, lowest: bool) -> np.ndarray:
+    """Per row, the column with the lowest (or highest) score among `allowed` ones."""
+    fill = np.inf if lowest else -np.inf
+    masked = np.where(allowed, scores, fill)
+    return masked.argmin(axis=1) if lowest else masked.argmax(axis=1)
+
+
+def steering_episodes(split: LeaveOneOutSplit, catalogue: ItemCatalogue, *,
+                      attribute: str = "genre", rng: np.random.Generator,
+                      positions_per_user: int | None = None,
+                      mix: dict[str, float] | None = None,
+                      prefer: float = 0.7, recent: int = 20) -> Episodes:
+    """Steering episodes over the training prefixes of `split` (never a validation/test target).
+
+    Positions: every training position >= 1 (`positions_per_user=None`) or that many per user,
+    drawn without replacement. Each gets a polarity drawn from `mix` (default `DEFAULT_MIX`) and
+    genres as follows:
+    - positive: a genre of the target; with probability `prefer` the one the history
+      `train[u][:position]` holds least often (as the evaluation protocol does), otherwise any;
+    - negative: a genre the target lacks; with probability `prefer` the one most frequent in
+      the last `recent` history items, otherwise any;
+    - compound: the asked genre as for positive; the avoided one, with probability `prefer`,
+      the lacked genre that best combines co-occurring with the asked genre in the catalogue
+      and being frequent in the recent history (the evaluation avoids the genre that fills
+      the genre-filtered top-10), otherwise any the target lacks;
+    - neutral: no genre.
+    A polarity the target cannot carry (an item with no genre, or with all of them) falls back
+    to one it can (positive <-> negative, compound -> either, else neutral). Ties are broken at
+    random. Deterministic for a given `rng` state.
+    """
+    if not 0.0 <= prefer <= 1.0:
+        raise ValueError(f"prefer must lie in [0, 1], got {prefer}")
+    if recent < 1:
+        raise ValueError(f"recent must be positive, got {recent}")
+    p = _mix_probabilities(mix)
+    has, genres = catalogue.attribute_matrix(attribute)  # (N+1, V) bool
+    num_genres = len(genres)
+
+    lengths = np.array([len(t) for t in split.train], dtype=np.int64)
+    flat = (np.concatenate(split.train).astype(np.int64) if len(split.train)
+            else np.zeros(0, dtype=np.int64))
+    starts = np.cumsum(lengths) - lengths
+    # cum[j] = genre counts over flat[:j]; a history's counts are differences of two rows.
+    cum = np.zeros((len(flat) + 1, num_genres), dtype=np.int32)
+    np.cumsum(has[flat], axis=0, out=cum[1:])
+
+    # together[g, v]: share of the items of genre g that also have genre v.
+    counts = has[1:].T.astype(np.int64) @ has[1:].astype(np.int64)
+    together = counts / np.maximum(np.diag(counts), 1)[:, None]
+
+    user, position = _positions(lengths, rng, positions_per_user)
+    n = len(user)
+    at = starts[user] + position  # flat index of each target
+    target = flat[at]
+    polarity = rng.choice(len(POLARITIES), size=n, p=p).astype(np.int8)
+    genre = np.full(n, -1, dtype=np.int64)
+    avoid = np.full(n, -1, dtype=np.int64)
+
+    for lo in range(0, n, _CHUNK):
+        s = slice(lo, min(lo + _CHUNK, n))
+        target_has = has[target[s]]
+        can_ask = target_has.any(axis=1)
+        can_forbid = ~target_has.all(axis=1)
+        pol = polarity[s]
+        pol[(pol == _COM) & can_ask & ~can_forbid] = _POS
+        pol[(pol == _COM) & ~can_ask] = _NEG
+        pol[(pol == _POS) & ~can_ask] = _NEG
+        pol[(pol == _NEG) & ~can_forbid] = _POS
+        pol[((pol == _POS) & ~can_ask) | ((pol == _NEG) & ~can_forbid)] = _NEU
+
+        m = len(pol)
+        history = cum[at[s]] - cum[starts[user[s]]]
+        recent_counts = cum[at[s]] - cum[starts[user[s]] + np.maximum(position[s] - recent, 0)]
+        jitter = rng.random((m, num_genres)) * 0.5  # random tie-break, below one count
+        underrepresented = _pick(history + jitter, target_has, lowest=True)
+        frequent = _pick(recent_counts + jitter, ~target_has, lowest=False)
+        noise = rng.random((m, num_genres))
+        any_asked = _pick(noise, target_has, lowest=False)
+        any_forbidden = _pick(noise, ~target_has, lowest=False)
+        preferred = rng.random((m, 2)) < prefer
+        asked = np.where(preferred[:, 0], underrepresented, any_asked)
+        forbidden = np.where(preferred[:, 1], frequent, any_forbidden)
+        # Compound: avoid what comes along with the asked genre and the user watches.
+        along = (together[asked] + 0.05) * (recent_counts + 1) + jitter * 1e-3
+        companion = _pick(along, ~target_has, lowest=False)
+        avoided = np.where(preferred[:, 1], companion, any_forbidden)
+
+        g = np.full(m, -1, dtype=np.int64)
+        a = np.full(m, -1, dtype=np.int64)
+        wants = (pol == _POS) | (pol == _COM)
+        g[wants] = asked[wants]
+        g[pol == _NEG] = forbidden[pol == _NEG]
+        a[pol == _COM] = avoided[pol == _COM]
+        genre[s], avoid[s] = g, a
+
+    return Episodes(user=user, position=position, target=target, polarity=polarity,
+                    genre=genre, avoid=avoid, genres=[str(g) for g in genres])

@@ -1,0 +1,216 @@
+"""Stage 2a: fine-tune the prompt tower on the grammar's labelled prompts.
+
+Every step renders a batch of intents from the grammar's training split (asked, refused,
+compound, neutral, and free descriptions), encodes each distinct sentence once, and trains the
+intent read-out (per value: none / asked / refused) together with the encoder's top layers.
+The tower then stays frozen for stages 2 and 3. `calibrate` picks the auto-mode threshold on
+the validation split; `PromptInputs` serves the frozen tower to the later stages.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from dpr.encoder import PromptEncoder
+from dpr.models.intent import ASKED, NONE, REFUSED, IntentHead
+from dpr.models.tower import PromptTower
+from dpr.prompts import Grammar, Intent, Rendering
+
+TOWER_MIX = {"positive": 0.3, "negative": 0.35, "compound": 0.2, "neutral": 0.15}
+"""Share of each intent kind among the tower's training prompts."""
+_POLARITY_CLASS = {"asked": ASKED, "refused": REFUSED}
+
+
+@dataclass
+class TowerTrainConfig:
+    """How the prompt tower is fine-tuned."""
+
+    tune_layers: int = 2
+    """Top encoder layers fine-tuned (0: the frozen encoder, only the read-out trains)."""
+    steps: int = 400
+    batch_size: int = 64
+    encoder_lr: float = 1e-4
+    head_lr: float = 3e-3
+    description_share: float = 0.25
+    """Share of single-value prompts that describe the value instead of naming it."""
+    max_minutes: float | None = None
+    seed: int = 0
+    device: str = "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def sample_intents(values: Sequence[tuple[str, str]], n: int, rng: np.random.Generator,
+                   grammar: Grammar, description_share: float = 0.25,
+                   mix: dict[str, float] | None = None) -> list[tuple[Intent, str]]:
+    """`n` random (intent, style) pairs over `values` ((family, value) pairs)."""
+    mix = mix or TOWER_MIX
+    kinds = list(mix)
+    p = np.array([mix[k] for k in kinds], dtype=np.float64)
+    drawn = rng.choice(len(kinds), size=n, p=p / p.sum())
+    out = []
+    for k in drawn:
+        kind = kinds[int(k)]
+        if kind == "neutral":
+            out.append((Intent("neutral"), "name"))
+            continue
+        first = values[int(rng.integers(len(values)))]
+        if kind == "compound":
+            second = first
+            while second == first:
+                second = values[int(rng.integers(len(values)))]
+            out.append((Intent("compound", first[1], second[1], family=first[0],
+                               avoid_family=second[0]), "name"))
+            continue
+        describe = (rng.random() < description_share and grammar.describable(*first))
+        out.append((Intent(kind, first[1], family=first[0]),
+                    "description" if describe else "name"))
+    return out
+
+
+def render_batch(grammar: Grammar, values: Sequence[tuple[str, str]], n: int,
+                 rng: np.random.Generator, split: str, description_share: float = 0.25
+                 ) -> list[Rendering]:
+    """`n` labelled prompts from `split`."""
+    return [grammar.render(intent, rng, split=split, style=style)
+            for intent, style in sample_intents(values, n, rng, grammar, description_share)]
+
+
+def label_matrix(renderings: Sequence[Rendering], values: Sequence[tuple[str, str]]
+                 ) -> torch.Tensor:
+    """(n, V) class per value: NONE, ASKED or REFUSED."""
+    column = {pair: j for j, pair in enumerate(values)}
+    labels = torch.full((len(renderings), len(values)), NONE, dtype=torch.long)
+    for row, rendering in enumerate(renderings):
+        for family, value, polarity in rendering.labels:
+            labels[row, column[(family, value)]] = _POLARITY_CLASS[polarity]
+    return labels
+
+
+def intent_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy per value, summed over values, averaged over prompts."""
+    return F.cross_entropy(logits.reshape(-1, 3), labels.reshape(-1), reduction="sum"
+                           ) / logits.shape[0]
+
+
+def train_tower(tower: PromptTower, grammar: Grammar, config: TowerTrainConfig,
+                progress: bool = True) -> dict[str, Any]:
+    """Fine-tune `tower` in place; returns the curve and timing."""
+    rng = np.random.default_rng([config.seed, 11])
+    torch.manual_seed(config.seed)
+    values = tower.intent.values
+    groups = [{"params": list(tower.intent.parameters()), "lr": config.head_lr}]
+    if tower.encoder_parameters():
+        groups.append({"params": tower.encoder_parameters(), "lr": config.encoder_lr})
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
+    base = [group["lr"] for group in optimizer.param_groups]
+    budget = 60 * config.max_minutes if config.max_minutes else None
+    tower.train()
+    started = time.perf_counter()
+    curve = []
+    bar = tqdm(total=config.steps, desc="stage 2a: prompt tower", disable=not progress)
+    step = 0
+    while True:
+        # Progress is the larger of steps and time used: a time budget anneals the learning
+        # rate as fully as a step count does, on a fast machine or a slow one.
+        elapsed = time.perf_counter() - started
+        done = max(step / config.steps, elapsed / budget if budget else 0.0)
+        if done >= 1.0:
+            break
+        for group, lr in zip(optimizer.param_groups, base, strict=True):
+            group["lr"] = lr * _lr_factor(step, done)
+        batch = render_batch(grammar, values, config.batch_size, rng, "train",
+                             config.description_share)
+        distinct = list({r.text: r for r in batch}.values())  # each sentence encoded once
+        _, logits = tower([r.text for r in distinct])
+        loss = intent_loss(logits, label_matrix(distinct, values).to(logits.device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if step % 50 == 0:
+            curve.append({"step": step, "loss": float(loss.item()), "seconds": elapsed})
+        step += 1
+    bar.close()
+    curve.append({"step": step - 1, "loss": float(loss.item()),
+                  "seconds": time.perf_counter() - started})
+    tower.eval()
+    return {"config": config.to_dict(), "steps": step, "curve": curve,
+            "seconds": time.perf_counter() - started}
+
+
+def _lr_factor(step: int, done: float) -> float:
+    """Warm up over 20 steps, hold, then decay linearly to 10% over the last 30% of the run
+    (`done`: the share of the step count or time budget used)."""
+    warm = min(1.0, (step + 1) / 20)
+    tail = max(0.0, (done - 0.7) / 0.3)
+    return warm * (1.0 - 0.9 * min(tail, 1.0))
+
+
+class PromptInputs:
+    """The frozen tower as the later stages use it: prompts -> `[e, p_asked, p_refused]`
+    (float32, cached per distinct prompt; blank prompts give zero rows), computed by the same
+    encoder code path as the exported bundle's (`PromptEncoder` over the saved folder)."""
+
+    def __init__(self, encoder_dir: str | Path, intent: IntentHead) -> None:
+        self.encoder = PromptEncoder(encoder_dir)
+        self.intent = intent.eval()
+
+    @torch.no_grad()
+    def __call__(self, prompts: Sequence[str]) -> np.ndarray:
+        e = torch.from_numpy(self.encoder.encode(list(prompts)))
+        return self.intent.prompt_input(e).numpy()
+
+    def readings(self, prompts: Sequence[str]) -> np.ndarray:
+        """(n, V, 3) probabilities per value (zero for blank prompts)."""
+        with torch.no_grad():
+            e = torch.from_numpy(self.encoder.encode(list(prompts)))
+            return self.intent.probabilities(e).numpy()
+
+
+def calibrate(inputs: PromptInputs, grammar: Grammar, values: Sequence[tuple[str, str]],
+              n: int = 3000, seed: int = 0, false_rate: float = 0.005) -> dict[str, Any]:
+    """The auto-mode threshold, chosen on the validation split: the lowest refused probability
+    (from 0.5 up, in steps of 0.05) at which at most `false_rate` of validation prompts would
+    hard-exclude a value they did not refuse. Also reports validation accuracy."""
+    rng = np.random.default_rng([seed, 13])
+    renderings = render_batch(grammar, values, n, rng, "valid")
+    probs = inputs.readings([r.text for r in renderings])
+    labels = label_matrix(renderings, values).numpy()
+    refused = probs[..., REFUSED]
+    chosen, table = 0.95, []
+    for threshold in np.round(np.arange(0.5, 0.96, 0.05), 2):
+        excluded = refused >= threshold
+        wrong = (excluded & (labels != REFUSED)).any(axis=1).mean()
+        caught = (excluded & (labels == REFUSED)).sum() / max((labels == REFUSED).sum(), 1)
+        table.append({"threshold": float(threshold), "false_exclusion_rate": float(wrong),
+                      "refusals_caught": float(caught)})
+    for row in table:
+        if row["false_exclusion_rate"] <= false_rate:
+            chosen = row["threshold"]
+            break
+    return {"refuse_threshold": chosen, "table": table,
+            "valid_accuracy": interpret_accuracy(probs, labels)}
+
+
+def interpret_accuracy(probs: np.ndarray, labels: np.ndarray, detect: float = 0.5) -> float:
+    """Share of prompts whose detected (value, polarity) set equals the labelled one."""
+    predicted = np.where(probs[..., ASKED] >= detect, ASKED,
+                         np.where(probs[..., REFUSED] >= detect, REFUSED, NONE))
+    return float((predicted == labels).all(axis=1).mean())
+
+
+def save_tower(tower: PromptTower, out_dir: Path) -> Path:
+    """The tuned encoder folder beside a run (`OUT/prompt_encoder`)."""
+    return tower.save_encoder(out_dir)
