@@ -30,7 +30,9 @@ RESULTS = Path(__file__).parent / "results"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--layers", type=int, nargs="+", default=[0, 2, 6])
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="time budget per run (whichever of steps and time ends first)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--encoder", type=Path, default=None, help="sentence encoder folder")
@@ -49,7 +51,8 @@ def main() -> None:
             tower.encoder.float()
             tower.to(args.device)
             config = TowerTrainConfig(tune_layers=layers, steps=args.steps,
-                                      batch_size=args.batch_size, seed=seed, device=args.device)
+                                      batch_size=args.batch_size, seed=seed, device=args.device,
+                                      max_minutes=args.minutes)
             started = time.perf_counter()
             report = train_tower(tower, grammar, config, progress=False)
             seconds = time.perf_counter() - started
@@ -86,15 +89,18 @@ def markdown(rows: list[dict], device: str, args: argparse.Namespace) -> str:
     kinds = sorted({k for r in rows for k in r["heldout"]["by_kind"]})
     lines = ["# Prompt tower: which encoder layers to fine-tune", "",
              f"Intent read-out accuracy (the detected value-and-polarity set equals the labels) "
-             f"on 3,000 generated prompts per split, after {args.steps} steps of "
-             f"{args.batch_size} prompts; device: {device}. Produced by `python "
-             f"benches/tower_layers.py --layers {' '.join(map(str, args.layers))} --steps "
-             f"{args.steps} --device {args.device}`.", "",
-             "| tuned layers | seed | valid | held-out | " + " | ".join(
+             f"on 3,000 generated prompts per split, after at most {args.steps} steps of "
+             f"{args.batch_size} prompts" + (f" or {args.minutes} minutes" if args.minutes else "")
+             + f"; device: {device}. Produced by `python benches/tower_layers.py --layers "
+             f"{' '.join(map(str, args.layers))} --steps {args.steps}"
+             + (f" --minutes {args.minutes}" if args.minutes else "")
+             + f" --device {args.device}`.", "",
+             "| tuned layers | seed | steps | valid | held-out | " + " | ".join(
                  f"held-out {k}" for k in kinds) + " | train seconds |",
-             "|---|---|---|---|" + "---|" * len(kinds) + "---|"]
+             "|---|---|---|---|---|" + "---|" * len(kinds) + "---|"]
     for r in rows:
-        lines.append(f"| {r['tune_layers']} | {r['seed']} | {r['valid']['accuracy']:.3f} | "
+        lines.append(f"| {r['tune_layers']} | {r['seed']} | {r['steps']} | "
+                     f"{r['valid']['accuracy']:.3f} | "
                      f"{r['heldout']['accuracy']:.3f} | " + " | ".join(
                          f"{r['heldout']['by_kind'].get(k, float('nan')):.3f}" for k in kinds)
                      + f" | {r['seconds']:.0f} |")

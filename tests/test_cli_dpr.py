@@ -50,7 +50,7 @@ def test_train_then_evaluate_with_a_custom_grammar(tmp_path, capsys):
             "tower"} <= set(steering)
     assert "dpr auto" in steering["heldout_frames"]["protocols"]["negative"]["methods"]
     assert {"ref-spare-me", "and-but"} & set(steering["by_frame"]) == {"ref-spare-me"}
-    assert list(out.glob("*held-out-frames.md")) and list(out.glob("*held-out-frames.png"))
+    assert list(out.glob("*by-frame.md")) and list(out.glob("*by-frame.png"))
 
     grammar = json.loads(DEFAULT_GRAMMAR.read_text())
     for frame in grammar["frames"]:

@@ -152,7 +152,8 @@ def test_cli_train_on_csv(tmp_path, capsys):
 
     out = tmp_path / "run"
     code = main(["train", "--data", str(data), "--format", "csv", "--backbone", "gru4rec",
-                 "--out", str(out), "--max-epochs", "2", "--dim", "16", "--max-len", "20"])
+                 "--out", str(out), "--max-epochs", "2", "--dim", "16", "--max-len", "20",
+                 "--backbone-only"])  # the later stages: tests/test_cli_dpr.py
     assert code == 0
     report = json.loads((out / "metrics.json").read_text())
     assert report["training"]["epochs"] == 2

@@ -306,6 +306,6 @@ def run_steering(dataset: SequenceDataset, backbone: Backbone, out_dir: Path, *,
         report["flips"] = polarity_flips(cases, steerers, grammar, auto=auto)
         report["interpret"] = interpret_report(inputs.readings, grammar, values)
         write_frames_report(report["by_frame"], report["flips"], report["interpret"], out_dir,
-                            f"{title} held-out frames")
+                            f"{title} by frame")
     write_json_atomic(report, out_dir / STEERING_REPORT)
     return SteeringRun(model, inputs, model_path, bundle, report)
