@@ -72,6 +72,51 @@ class PromptTower(nn.Module):
                             F.normalize(pooled, p=2, dim=1))
         return out
 
+    def lower_states(self, texts: Sequence[str]) -> list[torch.Tensor]:
+        """Per non-blank text, the (tokens, dim) states below the tuned layers (the embedding
+        output when every layer is tuned): frozen, so they can be computed once and reused."""
+        texts = [t for t in texts if t.strip()]
+        if not texts:
+            return []
+        tokens = self.tokenizer(texts, padding=True, truncation=True,
+                                max_length=self.max_tokens, return_tensors="pt").to(
+                                    self._device())
+        mask = tokens["attention_mask"]
+        with torch.no_grad():
+            states = self.encoder.embeddings(input_ids=tokens["input_ids"],
+                                             token_type_ids=tokens.get("token_type_ids"))
+            layers = self.encoder.encoder.layer
+            extended = self._extended_mask(states, mask)
+            for layer in layers[:len(layers) - self.tune_layers]:
+                states = _layer_output(layer(states, attention_mask=extended))
+        lengths = mask.sum(dim=1).tolist()
+        return [states[i, :n].detach().clone() for i, n in enumerate(lengths)]
+
+    def upper_embed(self, lower: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(n, dim) what `embed` gives for the texts whose `lower_states` these are: the tuned
+        layers, mean pooling and L2 normalisation (differentiable in the tuned layers)."""
+        states = torch.nn.utils.rnn.pad_sequence(list(lower), batch_first=True)
+        lengths = torch.tensor([len(s) for s in lower], device=states.device)
+        mask = (torch.arange(states.shape[1], device=states.device)[None, :]
+                < lengths[:, None]).long()
+        extended = self._extended_mask(states, mask)
+        layers = self.encoder.encoder.layer
+        for layer in layers[len(layers) - self.tune_layers:]:
+            states = _layer_output(layer(states, attention_mask=extended))
+        weights = mask.unsqueeze(-1).to(states.dtype)
+        pooled = (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+        return F.normalize(pooled, p=2, dim=1)
+
+    def _extended_mask(self, states: torch.Tensor, mask: torch.Tensor) -> Any:
+        """The attention mask in the form this transformers version's BERT layers take."""
+        create = getattr(self.encoder, "_create_attention_masks", None)
+        if create is not None:
+            extended, _ = create(attention_mask=mask, encoder_attention_mask=None,
+                                 embedding_output=states, encoder_hidden_states=None,
+                                 cache=None, position_ids=None)
+            return extended
+        return self.encoder.get_extended_attention_mask(mask, mask.shape)
+
     def forward(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings `e` (n, dim) and intent logits (n, V, 3)."""
         e = self.embed(texts)
@@ -99,3 +144,8 @@ class PromptTower(nn.Module):
         save_file(tensors, str(tmp), metadata={"format": "pt"})
         os.replace(tmp, out / "model.safetensors")
         return out
+
+
+def _layer_output(output: Any) -> torch.Tensor:
+    """A BERT layer's hidden states (older transformers return them in a tuple)."""
+    return output[0] if isinstance(output, tuple) else output

@@ -1,8 +1,10 @@
 """Stage 2a: fine-tune the prompt tower on the grammar's labelled prompts.
 
-Every step renders a batch of intents from the grammar's training split (asked, refused,
-compound, neutral, and free descriptions), encodes each distinct sentence once, and trains the
-intent read-out (per value: none / asked / refused) together with the encoder's top layers.
+A pool of distinct prompts is rendered once from the grammar's training split (asked,
+refused, compound, neutral, and free descriptions) and passed once through the frozen layers
+below the tuned ones; every step samples a batch from the pool and trains the intent read-out
+(per value: none / asked / refused) together with the encoder's top layers, which are the only
+layers run per step.
 The tower then stays frozen for stages 2 and 3. `calibrate` picks the auto-mode threshold on
 the validation split; `PromptInputs` serves the frozen tower to the later stages.
 """
@@ -48,6 +50,12 @@ class TowerTrainConfig:
     """Steps of that phase: the read-out alone on the cached frozen embeddings, before the
     top layers join in (linear probing, then fine-tuning: a fresh head's gradients would
     otherwise distort the pretrained features before it has learned anything). 0: none."""
+    pool_prompts: int = 24000
+    """Distinct training prompts rendered once, with the frozen layers below the tuned ones
+    computed once per prompt; every step samples its batch from this pool."""
+    pool_share: float = 0.3
+    """At most this share of the time budget goes to building the pool (fewer prompts on a
+    slow machine)."""
     max_minutes: float | None = None
     seed: int = 0
     device: str = "cpu"
@@ -114,18 +122,20 @@ def train_tower(tower: PromptTower, grammar: Grammar, config: TowerTrainConfig,
     """Fine-tune `tower` in place; returns the curve and timing."""
     rng = np.random.default_rng([config.seed, 11])
     torch.manual_seed(config.seed)
-    values = tower.intent.values
+    started = time.perf_counter()
+    budget = 60 * config.max_minutes if config.max_minutes else None
+    pool = PromptPool.build(tower, grammar, config, rng,
+                            None if budget is None else config.pool_share * budget)
+    probe = _probe(tower, pool, config) if config.probe_steps else None
     groups = [{"params": list(tower.intent.parameters()), "lr": config.head_lr}]
     if tower.encoder_parameters():
         groups.append({"params": tower.encoder_parameters(), "lr": config.encoder_lr})
-    started = time.perf_counter()
-    budget = 60 * config.max_minutes if config.max_minutes else None
-    probe = _probe(tower, grammar, config, rng) if config.probe_steps else None
     optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
     base = [group["lr"] for group in optimizer.param_groups]
     tower.train()
     curve = [] if probe is None else [probe]
     bar = tqdm(total=config.steps, desc="stage 2a: prompt tower", disable=not progress)
+    generator = torch.Generator().manual_seed(config.seed)
     step = 0
     while True:
         # Progress is the larger of steps and time used: a time budget anneals the learning
@@ -136,11 +146,9 @@ def train_tower(tower: PromptTower, grammar: Grammar, config: TowerTrainConfig,
             break
         for group, lr in zip(optimizer.param_groups, base, strict=True):
             group["lr"] = lr * _lr_factor(step, done)
-        batch = render_batch(grammar, values, config.batch_size, rng, "train",
-                             config.description_share)
-        distinct = list({r.text: r for r in batch}.values())  # each sentence encoded once
-        _, logits = tower([r.text for r in distinct])
-        loss = intent_loss(logits, label_matrix(distinct, values).to(logits.device))
+        rows = torch.randperm(len(pool), generator=generator)[:config.batch_size]
+        logits = tower.intent(pool.embed(tower, rows))
+        loss = intent_loss(logits, pool.labels[rows].to(logits.device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -154,34 +162,77 @@ def train_tower(tower: PromptTower, grammar: Grammar, config: TowerTrainConfig,
         curve.append({"step": step - 1, "loss": float(loss.item()),
                       "seconds": time.perf_counter() - started})
     tower.eval()
-    return {"config": config.to_dict(), "steps": step, "curve": curve,
+    return {"config": config.to_dict(), "steps": step, "pool_prompts": len(pool),
+            "pool_seconds": pool.seconds, "curve": curve,
             "seconds": time.perf_counter() - started}
 
 
-def _probe(tower: PromptTower, grammar: Grammar, config: TowerTrainConfig,
-           rng: np.random.Generator) -> dict[str, Any]:
-    """The first phase: train the read-out alone on frozen embeddings of a fixed prompt pool,
-    each prompt encoded once."""
+@dataclass
+class PromptPool:
+    """Distinct training prompts, their labels, and the frozen states below the tuned layers
+    (computed once: only the tuned layers run per step)."""
+
+    renderings: list[Rendering]
+    labels: torch.Tensor
+    lower: list[torch.Tensor]
+    seconds: float
+
+    def __len__(self) -> int:
+        return len(self.renderings)
+
+    @classmethod
+    def build(cls, tower: PromptTower, grammar: Grammar, config: TowerTrainConfig,
+              rng: np.random.Generator, max_seconds: float | None) -> PromptPool:
+        """Up to `config.pool_prompts` distinct prompts, fewer if `max_seconds` runs out."""
+        started = time.perf_counter()
+        renderings: list[Rendering] = []
+        lower: list[torch.Tensor] = []
+        seen: set[str] = set()
+        tower.eval()
+        stale = 0  # rounds in a row without a new sentence: a small grammar is exhausted
+        while len(renderings) < config.pool_prompts and stale < 20:
+            fresh = [r for r in render_batch(grammar, tower.intent.values, 256, rng, "train",
+                                             config.description_share)
+                     if r.text.strip() and not (r.text in seen or seen.add(r.text))]
+            fresh = fresh[:config.pool_prompts - len(renderings)]
+            stale = 0 if fresh else stale + 1
+            if fresh:
+                renderings += fresh
+                lower += tower.lower_states([r.text for r in fresh])
+            if max_seconds is not None and time.perf_counter() - started >= max_seconds:
+                break
+        if not renderings:
+            raise RuntimeError("the prompt pool is empty: the grammar renders no training text")
+        return cls(renderings, label_matrix(renderings, tower.intent.values), lower,
+                   time.perf_counter() - started)
+
+    def embed(self, tower: PromptTower, rows: torch.Tensor) -> torch.Tensor:
+        """The tower's embedding of the prompts at `rows` (through the tuned layers)."""
+        return tower.upper_embed([self.lower[int(i)] for i in rows])
+
+
+def _probe(tower: PromptTower, pool: PromptPool, config: TowerTrainConfig) -> dict[str, Any]:
+    """The first phase: train the read-out alone on the frozen embeddings of (up to
+    `probe_prompts` of) the pool, each prompt encoded once."""
     started = time.perf_counter()
-    pool = render_batch(grammar, tower.intent.values, config.probe_prompts, rng, "train",
-                        config.description_share)
+    count = min(config.probe_prompts, len(pool))
     tower.eval()
     with torch.no_grad():
-        embeddings = torch.cat([tower.embed([r.text for r in pool[lo:lo + 128]])
-                                for lo in range(0, len(pool), 128)])
-    labels = label_matrix(pool, tower.intent.values).to(embeddings.device)
+        embeddings = torch.cat([pool.embed(tower, torch.arange(lo, min(lo + 256, count)))
+                                for lo in range(0, count, 256)])
+    labels = pool.labels[:count].to(embeddings.device)
     optimizer = torch.optim.AdamW(tower.intent.parameters(), lr=config.head_lr,
                                   weight_decay=0.01)
     generator = torch.Generator().manual_seed(config.seed)
     loss = torch.zeros(())
     for _ in range(config.probe_steps):
-        rows = torch.randint(len(pool), (config.batch_size,), generator=generator)
+        rows = torch.randint(count, (config.batch_size,), generator=generator)
         loss = intent_loss(tower.intent(embeddings[rows]), labels[rows])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return {"phase": "probe", "steps": config.probe_steps, "loss": float(loss.item()),
-            "seconds": time.perf_counter() - started}
+    return {"phase": "probe", "steps": config.probe_steps, "prompts": count,
+            "loss": float(loss.item()), "seconds": time.perf_counter() - started}
 
 
 def _lr_factor(step: int, done: float) -> float:
