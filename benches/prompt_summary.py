@@ -54,6 +54,9 @@ def rows(name: str, report: dict[str, Any]) -> list[str]:
         f"{report['interpret']['by_kind'].get('description request', math.nan):.3f} |",
         f"| {name} | interpret accuracy, held-out frames | ≥ 0.95 | "
         f"{report['interpret']['accuracy']:.3f} |",
+        f"| {name} | interpret: refused values read as asked / asked read as refused | – | "
+        f"{report['interpret'].get('refused_read_as_asked', math.nan):.3f} / "
+        f"{report['interpret'].get('asked_read_as_refused', math.nan):.3f} |",
         f"| {name} | positive: soft NDCG@10 ÷ pre-filter | ≥ 1.05 | "
         f"{_ratio(pos, 'dpr soft', 'pre-filter'):.3f} |",
         f"| {name} | neutral ÷ backbone; empty prompt exact | ≥ 0.99; exact | "

@@ -38,6 +38,8 @@ def main() -> None:
     parser.add_argument("--encoder", type=Path, default=None, help="sentence encoder folder")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--name", default="tower-layers")
+    parser.add_argument("--interpolations", type=float, nargs="*", default=[],
+                        help="WiSE-FT blends to try, chosen on the validation frames")
     args = parser.parse_args()
 
     grammar = Grammar.load()
@@ -52,7 +54,8 @@ def main() -> None:
             tower.to(args.device)
             config = TowerTrainConfig(tune_layers=layers, steps=args.steps,
                                       batch_size=args.batch_size, seed=seed, device=args.device,
-                                      max_minutes=args.minutes)
+                                      max_minutes=args.minutes,
+                                      interpolations=tuple(args.interpolations))
             started = time.perf_counter()
             report = train_tower(tower, grammar, config, progress=False)
             seconds = time.perf_counter() - started
@@ -66,17 +69,21 @@ def main() -> None:
                 return np.concatenate(out)
 
             row = {"tune_layers": layers, "seed": seed, "steps": report["steps"],
+                   "interpolation": report["interpolation"],
                    "seconds": seconds, "final_loss": report["curve"][-1]["loss"]}
             for split in ("valid", "heldout"):
                 result = interpret_report(readings, grammar, values, split=split, n=3000,
                                           seed=seed)
                 row[split] = {"accuracy": result["accuracy"], "by_kind": result["by_kind"],
+                              "by_frame": result["by_frame"],
+                              "refused_read_as_asked": result["refused_read_as_asked"],
+                              "asked_read_as_refused": result["asked_read_as_refused"],
                               "lowest": sorted(result["by_frame"].items(),
                                                key=lambda kv: kv[1])[:6]}
             rows.append(row)
             print(json.dumps({k: row[k] for k in ("tune_layers", "seed", "seconds")}),
                   "valid", round(row["valid"]["accuracy"], 3), "heldout",
-                  round(row["heldout"]["accuracy"], 3), flush=True)
+                  round(row["heldout"]["accuracy"], 3), row["heldout"]["by_kind"], flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     device = (torch.cuda.get_device_name() if args.device.startswith("cuda")
               else f"cpu, {torch.get_num_threads()} threads")

@@ -152,6 +152,7 @@ def interpret_report(readings: Readings, grammar: Grammar, values: Sequence[tupl
                          np.where(probs[..., REFUSED] >= detect, REFUSED, NONE))
     correct = (predicted == labels).all(axis=1)
     polarity_only = ((predicted == REFUSED) == (labels == REFUSED)).all(axis=1)
+    refused, asked = labels == REFUSED, labels == ASKED
     kinds = [_kind(grammar, r.frame, r.labels) for r in renderings]
     by_kind: dict[str, list[bool]] = {}
     by_frame: dict[str, list[bool]] = {}
@@ -161,6 +162,11 @@ def interpret_report(readings: Readings, grammar: Grammar, values: Sequence[tupl
     return {"split": split, "prompts": n, "detect_threshold": detect,
             "accuracy": float(correct.mean()),
             "refusal_set_accuracy": float(polarity_only.mean()),
+            # the harmful misreadings: a refused value steered towards, an asked one away
+            "refused_read_as_asked": float((predicted[refused] == ASKED).mean())
+            if refused.any() else 0.0,
+            "asked_read_as_refused": float((predicted[asked] == REFUSED).mean())
+            if asked.any() else 0.0,
             "by_kind": {k: float(np.mean(v)) for k, v in sorted(by_kind.items())},
             "by_frame": {k: float(np.mean(v)) for k, v in sorted(by_frame.items())},
             "examples": [{"prompt": r.text, "labels": [list(x) for x in r.labels],

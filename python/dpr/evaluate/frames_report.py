@@ -136,7 +136,10 @@ def frames_markdown(frames: dict[str, Any], flips: dict[str, Any] | None,
                   f"{interpret['prompts']} generated {interpret['split']} prompts; accuracy "
                   f"(the detected value-and-polarity set equals the labels, confidence >= "
                   f"{interpret['detect_threshold']}): **{interpret['accuracy']:.3f}**; refused "
-                  f"set only: {interpret['refusal_set_accuracy']:.3f}.", "",
+                  f"set only: {interpret['refusal_set_accuracy']:.3f}; refused values read as "
+                  f"asked: {interpret.get('refused_read_as_asked', float('nan')):.3f}, asked "
+                  f"values read as refused: "
+                  f"{interpret.get('asked_read_as_refused', float('nan')):.3f}.", "",
                   "| kind | accuracy |", "|---|---|"]
         lines += [f"| {kind} | {acc:.3f} |" for kind, acc in interpret["by_kind"].items()]
         worst = sorted(interpret["by_frame"].items(), key=lambda kv: kv[1])[:8]

@@ -56,6 +56,11 @@ class TowerTrainConfig:
     pool_share: float = 0.3
     """At most this share of the time budget goes to building the pool (fewer prompts on a
     slow machine)."""
+    interpolations: tuple[float, ...] = ()
+    """Weight-space ensembles tried after tuning (WiSE-FT, Wortsman et al., CVPR 2022): each
+    alpha blends the tuned layers as alpha * tuned + (1 - alpha) * pretrained, the read-out is
+    re-fitted on the blend, and the blend (or the tuned weights, alpha 1) that reads the
+    validation frames best is kept. Empty: keep the tuned weights."""
     max_minutes: float | None = None
     seed: int = 0
     device: str = "cpu"
@@ -127,6 +132,8 @@ def train_tower(tower: PromptTower, grammar: Grammar, config: TowerTrainConfig,
     pool = PromptPool.build(tower, grammar, config, rng,
                             None if budget is None else config.pool_share * budget)
     probe = _probe(tower, pool, config) if config.probe_steps else None
+    pretrained = {n: p.detach().clone() for n, p in tower.encoder.named_parameters()
+                  if p.requires_grad}
     groups = [{"params": list(tower.intent.parameters()), "lr": config.head_lr}]
     if tower.encoder_parameters():
         groups.append({"params": tower.encoder_parameters(), "lr": config.encoder_lr})
@@ -162,9 +169,56 @@ def train_tower(tower: PromptTower, grammar: Grammar, config: TowerTrainConfig,
         curve.append({"step": step - 1, "loss": float(loss.item()),
                       "seconds": time.perf_counter() - started})
     tower.eval()
+    blend = (_choose_interpolation(tower, grammar, pool, pretrained, config)
+             if config.interpolations and pretrained else None)
     return {"config": config.to_dict(), "steps": step, "pool_prompts": len(pool),
-            "pool_seconds": pool.seconds, "curve": curve,
+            "pool_seconds": pool.seconds, "curve": curve, "interpolation": blend,
             "seconds": time.perf_counter() - started}
+
+
+def _choose_interpolation(tower: PromptTower, grammar: Grammar, pool: PromptPool,
+                          pretrained: dict[str, torch.Tensor], config: TowerTrainConfig
+                          ) -> dict[str, Any]:
+    """Try each of `config.interpolations` (and the tuned weights); keep the one whose
+    read-out is most accurate on the validation frames."""
+    started = time.perf_counter()
+    rng = np.random.default_rng([config.seed, 23])
+    valid = render_batch(grammar, tower.intent.values, 1000, rng, "valid",
+                         config.description_share)
+    labels = label_matrix(valid, tower.intent.values).numpy()
+    tuned = {n: p.detach().clone() for n, p in tower.encoder.named_parameters()
+             if n in pretrained}
+    head = {k: v.clone() for k, v in tower.intent.state_dict().items()}
+
+    def accuracy() -> float:
+        with torch.no_grad():
+            e = torch.cat([tower.embed([r.text for r in valid[lo:lo + 256]])
+                           for lo in range(0, len(valid), 256)])
+            return interpret_accuracy(tower.intent.probabilities(e).cpu().numpy(), labels)
+
+    table = {1.0: accuracy()}
+    best, best_head = 1.0, head
+    for alpha in config.interpolations:
+        _blend(tower, tuned, pretrained, alpha)
+        tower.intent.load_state_dict(head)
+        _probe(tower, pool, config)
+        table[float(alpha)] = accuracy()
+        if table[float(alpha)] > table[best]:
+            best = float(alpha)
+            best_head = {k: v.clone() for k, v in tower.intent.state_dict().items()}
+    _blend(tower, tuned, pretrained, best)
+    tower.intent.load_state_dict(best_head)
+    tower.eval()
+    return {"alpha": best, "valid_accuracy": {str(a): v for a, v in table.items()},
+            "seconds": time.perf_counter() - started}
+
+
+def _blend(tower: PromptTower, tuned: dict[str, torch.Tensor],
+           pretrained: dict[str, torch.Tensor], alpha: float) -> None:
+    with torch.no_grad():
+        for name, param in tower.encoder.named_parameters():
+            if name in tuned:
+                param.copy_(alpha * tuned[name] + (1.0 - alpha) * pretrained[name])
 
 
 @dataclass
@@ -183,18 +237,22 @@ class PromptPool:
     @classmethod
     def build(cls, tower: PromptTower, grammar: Grammar, config: TowerTrainConfig,
               rng: np.random.Generator, max_seconds: float | None) -> PromptPool:
-        """Up to `config.pool_prompts` distinct prompts, fewer if `max_seconds` runs out."""
+        """Up to `config.pool_prompts` distinct prompts (no more than the probe and the steps
+        can use), fewer if `max_seconds` runs out."""
         started = time.perf_counter()
+        wanted = min(config.pool_prompts,
+                     max(config.probe_prompts if config.probe_steps else 0,
+                         config.steps * config.batch_size))
         renderings: list[Rendering] = []
         lower: list[torch.Tensor] = []
         seen: set[str] = set()
         tower.eval()
         stale = 0  # rounds in a row without a new sentence: a small grammar is exhausted
-        while len(renderings) < config.pool_prompts and stale < 20:
+        while len(renderings) < wanted and stale < 20:
             fresh = [r for r in render_batch(grammar, tower.intent.values, 256, rng, "train",
                                              config.description_share)
                      if r.text.strip() and not (r.text in seen or seen.add(r.text))]
-            fresh = fresh[:config.pool_prompts - len(renderings)]
+            fresh = fresh[:wanted - len(renderings)]
             stale = 0 if fresh else stale + 1
             if fresh:
                 renderings += fresh
