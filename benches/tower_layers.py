@@ -38,8 +38,6 @@ def main() -> None:
     parser.add_argument("--encoder", type=Path, default=None, help="sentence encoder folder")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--name", default="tower-layers")
-    parser.add_argument("--interpolations", type=float, nargs="*", default=[],
-                        help="WiSE-FT blends to try, chosen on the validation frames")
     args = parser.parse_args()
 
     grammar = Grammar.load()
@@ -54,8 +52,7 @@ def main() -> None:
             tower.to(args.device)
             config = TowerTrainConfig(tune_layers=layers, steps=args.steps,
                                       batch_size=args.batch_size, seed=seed, device=args.device,
-                                      max_minutes=args.minutes,
-                                      interpolations=tuple(args.interpolations))
+                                      max_minutes=args.minutes)
             started = time.perf_counter()
             report = train_tower(tower, grammar, config, progress=False)
             seconds = time.perf_counter() - started
@@ -69,7 +66,6 @@ def main() -> None:
                 return np.concatenate(out)
 
             row = {"tune_layers": layers, "seed": seed, "steps": report["steps"],
-                   "interpolation": report["interpolation"],
                    "seconds": seconds, "final_loss": report["curve"][-1]["loss"]}
             for split in ("valid", "heldout"):
                 result = interpret_report(readings, grammar, values, split=split, n=3000,

@@ -67,6 +67,23 @@ def test_heldout_frames_share_no_cue_with_training_frames() -> None:
     assert not train_cues & {f.cue.lower() for f in heldout}
 
 
+def test_few_training_words_carry_one_polarity_only() -> None:
+    """Contrast twins (docs/prompts.md): a word many training frames use appears in frames of
+    both polarities, so the read-out cannot take the word for the polarity."""
+    uses: dict[str, dict[str, int]] = {}
+    for frame in GRAMMAR.frames:
+        if frame.split != "train" or frame.kind != "frame" or frame.polarity == "neutral":
+            continue
+        words = set(re.findall(r"[a-z']+", re.sub(r"\{\w+\}", "", frame.text.lower())))
+        for word in words:
+            count = uses.setdefault(word, {"asked": 0, "refused": 0})
+            count[frame.polarity] += 1
+    one_sided = [w for w, c in uses.items() if sum(c.values()) >= 3 and min(c.values()) == 0]
+    assert len(one_sided) <= 20, sorted(one_sided)
+    for word in ("not", "no", "don't", "want", "keep", "enough", "give", "tired"):
+        assert min(uses[word].values()) > 0, word
+
+
 def test_descriptions_never_name_their_value() -> None:
     for family in GRAMMAR.families.values():
         for value, forms in family.values.items():

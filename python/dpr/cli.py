@@ -224,14 +224,14 @@ def _steering_arguments(parser: argparse.ArgumentParser) -> None:
                        help="random perturbation of training prompt embeddings (0 = none); "
                             "helps on wordings never trained on")
     tower = parser.add_argument_group("prompt tower (stage 2a)")
-    tower.add_argument("--tune-layers", type=int, default=2,
+    tower.add_argument("--tune-layers", type=int, default=6,
                        help="top encoder layers fine-tuned with the intent read-out")
     tower.add_argument("--freeze-encoder", action="store_true",
                        help="keep the sentence encoder frozen (ablation; same as "
                             "--tune-layers 0)")
     tower.add_argument("--tower-steps", type=int, default=3000)
     tower.add_argument("--tower-batch", type=int, default=64)
-    tower.add_argument("--tower-minutes", type=float, default=9.0,
+    tower.add_argument("--tower-minutes", type=float, default=12.0,
                        help="time budget of the prompt tower's fine-tuning")
     tower.add_argument("--tower-from", type=Path, default=None, metavar="RUN",
                        help="reuse the prompt tower another run on this catalogue trained "

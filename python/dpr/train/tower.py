@@ -36,7 +36,7 @@ _POLARITY_CLASS = {"asked": ASKED, "refused": REFUSED}
 class TowerTrainConfig:
     """How the prompt tower is fine-tuned."""
 
-    tune_layers: int = 2
+    tune_layers: int = 6
     """Top encoder layers fine-tuned (0: the frozen encoder, only the read-out trains)."""
     steps: int = 400
     batch_size: int = 64
@@ -56,11 +56,6 @@ class TowerTrainConfig:
     pool_share: float = 0.3
     """At most this share of the time budget goes to building the pool (fewer prompts on a
     slow machine)."""
-    interpolations: tuple[float, ...] = ()
-    """Weight-space ensembles tried after tuning (WiSE-FT, Wortsman et al., CVPR 2022): each
-    alpha blends the tuned layers as alpha * tuned + (1 - alpha) * pretrained, the read-out is
-    re-fitted on the blend, and the blend (or the tuned weights, alpha 1) that reads the
-    validation frames best is kept. Empty: keep the tuned weights."""
     max_minutes: float | None = None
     seed: int = 0
     device: str = "cpu"
@@ -132,8 +127,6 @@ def train_tower(tower: PromptTower, grammar: Grammar, config: TowerTrainConfig,
     pool = PromptPool.build(tower, grammar, config, rng,
                             None if budget is None else config.pool_share * budget)
     probe = _probe(tower, pool, config) if config.probe_steps else None
-    pretrained = {n: p.detach().clone() for n, p in tower.encoder.named_parameters()
-                  if p.requires_grad}
     groups = [{"params": list(tower.intent.parameters()), "lr": config.head_lr}]
     if tower.encoder_parameters():
         groups.append({"params": tower.encoder_parameters(), "lr": config.encoder_lr})
@@ -169,56 +162,9 @@ def train_tower(tower: PromptTower, grammar: Grammar, config: TowerTrainConfig,
         curve.append({"step": step - 1, "loss": float(loss.item()),
                       "seconds": time.perf_counter() - started})
     tower.eval()
-    blend = (_choose_interpolation(tower, grammar, pool, pretrained, config)
-             if config.interpolations and pretrained else None)
     return {"config": config.to_dict(), "steps": step, "pool_prompts": len(pool),
-            "pool_seconds": pool.seconds, "curve": curve, "interpolation": blend,
+            "pool_seconds": pool.seconds, "curve": curve,
             "seconds": time.perf_counter() - started}
-
-
-def _choose_interpolation(tower: PromptTower, grammar: Grammar, pool: PromptPool,
-                          pretrained: dict[str, torch.Tensor], config: TowerTrainConfig
-                          ) -> dict[str, Any]:
-    """Try each of `config.interpolations` (and the tuned weights); keep the one whose
-    read-out is most accurate on the validation frames."""
-    started = time.perf_counter()
-    rng = np.random.default_rng([config.seed, 23])
-    valid = render_batch(grammar, tower.intent.values, 1000, rng, "valid",
-                         config.description_share)
-    labels = label_matrix(valid, tower.intent.values).numpy()
-    tuned = {n: p.detach().clone() for n, p in tower.encoder.named_parameters()
-             if n in pretrained}
-    head = {k: v.clone() for k, v in tower.intent.state_dict().items()}
-
-    def accuracy() -> float:
-        with torch.no_grad():
-            e = torch.cat([tower.embed([r.text for r in valid[lo:lo + 256]])
-                           for lo in range(0, len(valid), 256)])
-            return interpret_accuracy(tower.intent.probabilities(e).cpu().numpy(), labels)
-
-    table = {1.0: accuracy()}
-    best, best_head = 1.0, head
-    for alpha in config.interpolations:
-        _blend(tower, tuned, pretrained, alpha)
-        tower.intent.load_state_dict(head)
-        _probe(tower, pool, config)
-        table[float(alpha)] = accuracy()
-        if table[float(alpha)] > table[best]:
-            best = float(alpha)
-            best_head = {k: v.clone() for k, v in tower.intent.state_dict().items()}
-    _blend(tower, tuned, pretrained, best)
-    tower.intent.load_state_dict(best_head)
-    tower.eval()
-    return {"alpha": best, "valid_accuracy": {str(a): v for a, v in table.items()},
-            "seconds": time.perf_counter() - started}
-
-
-def _blend(tower: PromptTower, tuned: dict[str, torch.Tensor],
-           pretrained: dict[str, torch.Tensor], alpha: float) -> None:
-    with torch.no_grad():
-        for name, param in tower.encoder.named_parameters():
-            if name in tuned:
-                param.copy_(alpha * tuned[name] + (1.0 - alpha) * pretrained[name])
 
 
 @dataclass
