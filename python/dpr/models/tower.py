@@ -62,15 +62,8 @@ class PromptTower(nn.Module):
         rows = [i for i, t in enumerate(texts) if t.strip()]
         if not rows:
             return out
-        tokens = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True,
-                                max_length=self.max_tokens, return_tensors="pt").to(
-                                    self._device())
-        states = self.encoder(**tokens).last_hidden_state
-        mask = tokens["attention_mask"].unsqueeze(-1).to(states.dtype)
-        pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        out = out.index_put((torch.tensor(rows, device=out.device),),
-                            F.normalize(pooled, p=2, dim=1))
-        return out
+        pooled = self.upper_embed(self.lower_states([texts[i] for i in rows]))
+        return out.index_put((torch.tensor(rows, device=out.device),), pooled)
 
     def lower_states(self, texts: Sequence[str]) -> list[torch.Tensor]:
         """Per non-blank text, the (tokens, dim) states below the tuned layers (the embedding
