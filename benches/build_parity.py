@@ -9,6 +9,10 @@ largest score difference and any differing `interpret` reading.
     PYTHONPATH=old/python python benches/build_parity.py dump runs/x/bundle old.json
     PYTHONPATH=new/python python benches/build_parity.py dump runs/x/bundle new.json
     python benches/build_parity.py compare old.json new.json
+
+`latency` times warm queries (prompt vector cached) and cold prompts (never seen) through the
+importable build and prints one JSON line; run it for both builds alternately, several rounds,
+and compare medians.
 """
 
 from __future__ import annotations
@@ -58,6 +62,31 @@ def dump(bundle: Path, out: Path, users: int, seed: int, index: str) -> None:
     print(f"{len(answers)} queries from {bundle} -> {out}")
 
 
+def latency(bundle: Path, queries: int, seed: int) -> None:
+    import statistics
+    import time
+
+    from dpr import Recommender
+
+    rec = Recommender.load(bundle)
+    ids = json.loads((bundle / "items.json").read_text("utf-8"))["ids"]
+    rng = random.Random(seed)
+    histories = [rng.sample(ids, 50) for _ in range(queries)]
+    rec.query(histories[0], PROMPTS[4])
+    warm = []
+    for history in histories:
+        start = time.perf_counter()
+        rec.query(history, PROMPTS[4], k=10)
+        warm.append(time.perf_counter() - start)
+    cold = []
+    for i in range(min(queries, 60)):
+        start = time.perf_counter()
+        rec.query(histories[i], f"{PROMPTS[4]} ({i} {seed})", k=10)
+        cold.append(time.perf_counter() - start)
+    print(json.dumps({"warm_p50_us": statistics.median(warm) * 1e6,
+                      "cold_p50_us": statistics.median(cold) * 1e6}))
+
+
 def compare(old_path: Path, new_path: Path) -> int:
     old, new = (json.loads(p.read_text()) for p in (old_path, new_path))
     same = 0
@@ -82,12 +111,19 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--users", type=int, default=25)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--index", choices=("auto", "exact", "hnsw"), default="auto")
+    t = commands.add_parser("latency")
+    t.add_argument("bundle", type=Path)
+    t.add_argument("--queries", type=int, default=2000)
+    t.add_argument("--seed", type=int, default=0)
     c = commands.add_parser("compare")
     c.add_argument("old", type=Path)
     c.add_argument("new", type=Path)
     args = parser.parse_args(argv)
     if args.command == "dump":
         dump(args.bundle, args.out, args.users, args.seed, args.index)
+        return 0
+    if args.command == "latency":
+        latency(args.bundle, args.queries, args.seed)
         return 0
     return compare(args.old, args.new)
 
