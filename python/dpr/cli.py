@@ -8,8 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dpr.bench import SUITES
-
 if TYPE_CHECKING:
     from dpr.data import SequenceDataset
     from dpr.train.steering import SteeringTrainConfig
@@ -52,11 +50,6 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--max-epochs", type=int, default=40)
     demo.set_defaults(handler=_build_demo)
-
-    bench = commands.add_parser("bench", help="run a benchmark suite (see benches/README.md)")
-    bench.add_argument("suite", choices=SUITES)
-    bench.add_argument("args", nargs=argparse.REMAINDER, help="the suite's own options")
-    bench.set_defaults(handler=_bench)
 
     train = commands.add_parser("train", help="train a backbone on a dataset folder")
     train.add_argument("--data", type=Path, required=True, help="dataset folder")
@@ -142,13 +135,6 @@ def _parser() -> argparse.ArgumentParser:
                        help="drop unknown history ids instead of failing")
     query.set_defaults(handler=_query)
     return parser
-
-
-def _bench(args: argparse.Namespace) -> int:
-    import importlib
-
-    suite = importlib.import_module(f"dpr.bench.{args.suite}")
-    return int(suite.main(list(args.args)))
 
 
 def _filters(pairs: list[str], flag: str) -> dict[str, list[str]]:
