@@ -25,7 +25,8 @@ class TorchReference:
     def __init__(self, bundle: Path, threads: int) -> None:
         import torch
 
-        from dpr.export import load_bundle_tensors, model_from_bundle
+        from dpr.bundle_schema import load_bundle_tensors
+        from dpr.export import model_from_bundle
 
         torch.set_num_threads(threads)
         self.torch = torch
