@@ -9,9 +9,10 @@ import torch
 from dpr.cli import main
 from dpr.data import synthetic_dataset
 from dpr.evaluate import evaluate_popularity, evaluate_scorer
+from dpr.models import make_backbone
 from dpr.train import BackboneTrainConfig, backbone_scorer, load_backbone, train_backbone
 from dpr.train.backbone import seen_items
-from dpr.train.experiment import make_backbone, run_backbone_experiment
+from dpr.train.experiment import run_backbone_experiment
 
 
 @pytest.fixture(scope="module")

@@ -308,6 +308,7 @@ def _train_steering(args: argparse.Namespace, dataset: SequenceDataset, backbone
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from dpr.atomic import write_json_atomic
     from dpr.data import load_dataset
     from dpr.encoder import encoder_dir
     from dpr.evaluate.frames import evaluate_frames, interpret_report, polarity_flips
@@ -315,7 +316,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     from dpr.evaluate.report import write_steering_report
     from dpr.models import load_dpr
     from dpr.prompts import Grammar
-    from dpr.train.experiment import write_json_atomic
     from dpr.train.pipeline import (
         MODEL_FILE,
         dpr_auto,

@@ -12,18 +12,17 @@ temporary directory is removed and an existing bundle at `out` is left untouched
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import shutil
-import tempfile
-from collections.abc import Hashable, Sequence
+import os  # noqa: F401  (tests reach os.rename, which staged_dir swaps with, through here)
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dpr.atomic import fsync_dir, staged_dir
+from dpr.atomic import write_synced as _write_bytes
 from dpr.bundle_schema import (
     CONFIG_FILE,
     ENCODER_DIR,
@@ -37,6 +36,7 @@ from dpr.bundle_schema import (
     load_bundle_tensors,
     sha256_file,
 )
+from dpr.catalogue import Catalogue
 from dpr.models.dpr import DPR
 
 __all__ = ["ENCODER_FILES", "export_bundle", "export_from_checkpoint", "model_from_bundle"]
@@ -80,15 +80,12 @@ def _json_id(value: Hashable) -> Any:
     raise ValueError(f"item id {value!r} ({type(value).__name__}) is not a string or integer")
 
 
-def _item_table(model: DPR, catalogue_extra: dict[str, Any]
+def _item_table(model: DPR, catalogue: Catalogue
                 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """items.json content and the `items.attributes.<name>` (N+1, V) uint8 matrices."""
     num_items = model.backbone.num_items
-    for key in ("item_ids", "titles"):
-        if key not in catalogue_extra:
-            raise ValueError(f"catalogue: missing field {key!r}")
-    ids = [_json_id(i) for i in catalogue_extra["item_ids"]]
-    titles = [str(t) for t in catalogue_extra["titles"]]
+    ids = [_json_id(i) for i in catalogue.item_ids]
+    titles = list(catalogue.titles)
     if len(ids) != num_items:
         raise ValueError(f"catalogue: item_ids has {len(ids)} entries, the model has "
                          f"num_items={num_items}")
@@ -97,7 +94,7 @@ def _item_table(model: DPR, catalogue_extra: dict[str, Any]
                          f"num_items={num_items}")
     if len(set(ids)) != len(ids):
         raise ValueError("catalogue: duplicate item ids")
-    raw: dict[str, Sequence[Sequence[str]]] = dict(catalogue_extra.get("attributes") or {})
+    raw: dict[str, Sequence[Sequence[str]]] = dict(catalogue.attributes)
     attribute_dim = model.steering.attribute_dim
     if attribute_dim:
         if model.attribute not in raw:
@@ -179,26 +176,8 @@ def _encoder_config(encoder_dir: Path, dtype: str) -> dict[str, Any]:
 # Writing
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Write and fsync one file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _write_json(path: Path, value: Any) -> None:
     _write_bytes(path, (json.dumps(value, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _json_safe(value: Any) -> Any:
@@ -210,15 +189,16 @@ def _json_safe(value: Any) -> Any:
         return str(value)
 
 
-def export_bundle(model: DPR, catalogue_extra: dict[str, Any], out: str | Path, *,
+def export_bundle(model: DPR, catalogue: Catalogue | Mapping[str, Any], out: str | Path, *,
                   encoder_dir: Path | None = None, encoder_dtype: str = "float16",
                   training: dict[str, Any] | None = None) -> Path:
     """Write `model` plus its item catalogue as a bundle (version 2) at `out`; returns `out`.
 
-    `catalogue_extra` holds `item_ids` and `titles` (internal order 1..N) and `attributes`
-    ({name: per-item value lists}), as `dpr.pt`'s extra does. `encoder_dir` is the sentence
-    encoder folder to ship (default: `dpr.encoder.encoder_dir()`), its weights stored as
-    `encoder_dtype`. Validates everything before writing; atomic (see the module docstring).
+    `catalogue` is the item table: a `Catalogue`, or the dict `dpr.pt`'s extra holds (`item_ids`
+    and `titles` in internal order 1..N, `attributes` as {name: per-item value lists}).
+    `encoder_dir` is the sentence encoder folder to ship (default: `dpr.encoder.encoder_dir()`),
+    its weights stored as `encoder_dtype`. Validates everything before writing; atomic (see
+    the module docstring).
     """
     from safetensors.numpy import save as save_numpy
 
@@ -241,7 +221,7 @@ def export_bundle(model: DPR, catalogue_extra: dict[str, Any], out: str | Path, 
                          f"{tensors['items.embedding'].shape[0]} rows, expected num_items+1="
                          f"{backbone.num_items + 1}")
     check_finite(tensors)
-    items, matrices = _item_table(model, catalogue_extra)
+    items, matrices = _item_table(model, Catalogue.coerce(catalogue))
     tensors.update(matrices)
     if not math.isfinite(steering.attribute_scale):
         raise ValueError(f"{CONFIG_FILE}: steer.attribute_scale is not finite")
@@ -262,9 +242,7 @@ def export_bundle(model: DPR, catalogue_extra: dict[str, Any], out: str | Path, 
     if model.intent is not None:
         config["intent"] = _intent_config(model, items)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staged_dir(out) as tmp:
         weights = {name: np.ascontiguousarray(a) for name, a in sorted(tensors.items())}
         _write_bytes(tmp / WEIGHTS_FILE, save_numpy(weights, metadata={"format": FORMAT}))
         _write_json(tmp / ITEMS_FILE, items)
@@ -273,39 +251,12 @@ def export_bundle(model: DPR, catalogue_extra: dict[str, Any], out: str | Path, 
         for name in ENCODER_FILES:
             if (encoder_dir / name).is_file():
                 _write_bytes(encoder_out / name, (encoder_dir / name).read_bytes())
-        _write_bytes(encoder_out / "model.safetensors", _encoder_bytes(encoder_dir,
-                                                                       encoder_dtype))
-        _fsync_dir(encoder_out)
+        _write_bytes(encoder_out / "model.safetensors", _encoder_bytes(encoder_dir, encoder_dtype))
+        fsync_dir(encoder_out)
         written = sorted(p for p in tmp.rglob("*") if p.is_file())
         config["files"] = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in written}
         _write_json(tmp / CONFIG_FILE, config)  # last: a bundle without it never loads
-        _fsync_dir(tmp)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move `tmp` to `out`, swapping out any existing `out` (restored if the swap fails)."""
-    aside: Path | None = None
-    if out.exists() or out.is_symlink():
-        aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        aside.rmdir()
-        os.rename(out, aside)
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        if aside is not None:
-            os.rename(aside, out)
-        raise
-    _fsync_dir(out.parent)
-    if aside is not None:
-        if aside.is_dir() and not aside.is_symlink():
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            aside.unlink()
 
 
 def export_from_checkpoint(model_path: str | Path, out: str | Path, **kw: Any) -> Path:
@@ -319,8 +270,8 @@ def export_from_checkpoint(model_path: str | Path, out: str | Path, **kw: Any) -
         kw["encoder_dir"] = Path(model_path).parent / tuned
     if "training" not in kw:
         kw["training"] = {k: _json_safe(v) for k, v in extra.items()
-                          if k not in ("item_ids", "titles", "attributes", "prompt_encoder")}
-    return export_bundle(model, extra, out, **kw)
+                          if k not in (*Catalogue.FIELDS, "prompt_encoder")}
+    return export_bundle(model, Catalogue.from_extra(extra), out, **kw)
 
 
 def model_from_bundle(path: str | Path) -> tuple[DPR, dict[str, Any]]:

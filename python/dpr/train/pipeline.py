@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dpr.atomic import write_json_atomic
+from dpr.catalogue import Catalogue
 from dpr.data.dataset import SequenceDataset
 from dpr.evaluate.protocols import AutoExclude, Render, Steerer, SteeringCases, evaluate_steering
 from dpr.models.backbone import Backbone
@@ -23,7 +25,7 @@ from dpr.prompts import Grammar
 from dpr.train import distributed
 from dpr.train.backbone import BEST_CHECKPOINT, load_backbone
 from dpr.train.config import BackboneTrainConfig
-from dpr.train.experiment import REPORT, run_backbone_experiment, write_json_atomic
+from dpr.train.experiment import REPORT, run_backbone_experiment
 from dpr.train.scoring import backbone_user_vectors
 from dpr.train.steering import SteeringTrainConfig, train_steering
 from dpr.train.tower import PromptInputs, TowerTrainConfig, calibrate, save_tower, train_tower
@@ -211,11 +213,9 @@ def evaluate_dpr(models: dict[str, tuple[DPR, Encode]], dataset: SequenceDataset
 def save_model(model: DPR, dataset: SequenceDataset, out_dir: Path,
                extra: dict[str, Any] | None = None) -> Path:
     """Write `dpr.pt` with the item table the export step needs."""
-    items = dataset.items
-    attributes = {name: [list(v) for v in values] for name, values in items.attributes.items()}
     path = out_dir / MODEL_FILE
-    model.save(path, {"dataset": dataset.name, "item_ids": list(items.ids),
-                      "titles": list(items.titles), "attributes": attributes, **(extra or {})})
+    model.save(path, {"dataset": dataset.name, **Catalogue.from_items(dataset.items).to_extra(),
+                      **(extra or {})})
     return path
 
 
