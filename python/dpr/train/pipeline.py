@@ -248,13 +248,15 @@ class SteeringRun:
 def run_steering(dataset: SequenceDataset, backbone: Backbone, out_dir: Path, *,
                  tower: TowerTrainConfig, steering: SteeringTrainConfig,
                  attribute: str = "genre", grammar: Grammar | None = None,
-                 tower_from: Path | None = None, export: bool = True, evaluate: str = "full",
+                 tower_from: Path | None = None, export: bool = True,
+                 bundle_dir: Path | None = None, evaluate: str = "full",
                  title: str | None = None, progress: bool = True, **hyper_parameters: Any
                  ) -> SteeringRun:
-    """The one train -> export -> evaluate pipeline after stage 1: the prompt tower (2a), the
-    steering head (2, 3), `dpr.pt`, the bundle (`out_dir/bundle`), and the evaluation:
-    "full" (every protocol on training and held-out frames, each held-out frame alone,
-    polarity flips, interpret accuracy), "protocols" (the protocols only) or "none".
+    """Everything after stage 1 (`dpr.train.fit` runs the whole pipeline): the prompt tower
+    (2a), the steering head (2, 3), `dpr.pt`, the bundle (`bundle_dir`, default
+    `out_dir/bundle`), and the evaluation: "full" (every protocol on training and held-out
+    frames, each held-out frame alone, polarity flips, interpret accuracy), "protocols" (the
+    protocols only) or "none".
     `tower_from` reuses the prompt tower another run on the same catalogue trained (its time
     is reported as that run's)."""
     from dpr.evaluate.frames import evaluate_frames, interpret_report, polarity_flips
@@ -288,7 +290,8 @@ def run_steering(dataset: SequenceDataset, backbone: Backbone, out_dir: Path, *,
     if "prompt_encoder" in tower_report:
         extra["prompt_encoder"] = tower_report["prompt_encoder"]
     model_path = save_model(model, dataset, out_dir, extra)
-    bundle = export_from_checkpoint(model_path, out_dir / "bundle") if export else None
+    bundle = (export_from_checkpoint(model_path, bundle_dir or out_dir / "bundle") if export
+              else None)
     title = title or f"{dataset.name} {backbone.kind}"
     if evaluate != "none":
         models = {"dpr": (model, inputs)}
