@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from dpr.train.steering import SteeringTrainConfig
     from dpr.train.tower import TowerTrainConfig
 
-TRAIN_EXTRA_HINT = 'training needs the train extra: pip install "dpr[train]"'
+TRAIN_EXTRA_HINT = 'training needs the train extra: pip install "dpr-recommender[train]"'
 
 
 def main(argv: Sequence[str] | None = None) -> int:
