@@ -213,3 +213,19 @@ def test_recipes_are_the_cli_defaults_and_take_overrides():
                                  "--backbone", "sasrec", "--out", "o"])
     assert _backbone_args(args) == params
     assert recipe("sasrec", **_recipe_overrides(args))[1] == config
+
+
+def test_fit_stops_after_stage_1_and_reuses_it(dataset, tmp_path):
+    from dpr.train import fit
+
+    seen = []
+    first = fit(dataset, tmp_path, backbone="gru4rec", steer=False, progress=False,
+                on_backbone=seen.append, dim=16, max_len=30, max_epochs=2, batch_size=64)
+    assert first.steering is None and first.bundle is None and first.model_path is None
+    assert first.backbone_report is not None and seen == [first.backbone_report]
+    assert (tmp_path / "backbone.pt").is_file() and (tmp_path / "metrics.json").is_file()
+    assert first.backbone_report["training"]["max_minutes"] == 30.0  # the recipe's budget
+    again = fit(dataset, tmp_path, backbone="gru4rec", steer=False, progress=False)
+    assert again.backbone_report == first.backbone_report  # the finished stage 1 is reused
+    with pytest.raises(ValueError, match="already trained"):
+        fit(dataset, tmp_path, backbone=first.backbone, max_minutes=1)

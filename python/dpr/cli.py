@@ -318,19 +318,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     from dpr.atomic import write_json_atomic
     from dpr.data import load_dataset
     from dpr.encoder import encoder_dir
-    from dpr.evaluate.frames import evaluate_frames, interpret_report, polarity_flips
     from dpr.evaluate.frames_report import write_frames_report
     from dpr.evaluate.report import write_steering_report
     from dpr.models import load_dpr
     from dpr.prompts import Grammar
-    from dpr.train.pipeline import (
-        MODEL_FILE,
-        dpr_auto,
-        dpr_steerer,
-        evaluate_dpr,
-        grammar_renderer,
-        steering_cases,
-    )
+    from dpr.train.pipeline import MODEL_FILE, evaluate_by_frame, evaluate_dpr, grammar_renderer
     from dpr.train.tower import PromptInputs
 
     path = args.model / MODEL_FILE if args.model.is_dir() else args.model
@@ -345,15 +337,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     inputs = PromptInputs(path.parent / tuned if tuned else encoder_dir(), model.intent)
     results = evaluate_dpr({"dpr": (model, inputs)}, dataset,
                            render=grammar_renderer(grammar, args.split), seed=args.seed)
-    cases = steering_cases(model, dataset, model.attribute)
-    steerers, auto = {"dpr": dpr_steerer(model, inputs)}, {"dpr": dpr_auto(model, inputs)}
-    values = [(model.attribute, v) for v in model.values]
-    results["by_frame"] = evaluate_frames(cases, steerers, grammar, auto=auto, split=args.split,
-                                          seed=args.seed)
-    results["flips"] = polarity_flips(cases, steerers, grammar, auto=auto, split=args.split,
-                                      seed=args.seed)
-    results["interpret"] = interpret_report(inputs.readings, grammar, values, split=args.split,
-                                            seed=args.seed)
+    results.update(evaluate_by_frame(model, inputs, dataset, grammar, split=args.split,
+                                     seed=args.seed))
     results["grammar"] = grammar.source
     write_json_atomic(results, args.json)
     title = f"{dataset.name}: {path} ({args.split} frames)"

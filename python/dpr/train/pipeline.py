@@ -210,6 +210,23 @@ def evaluate_dpr(models: dict[str, tuple[DPR, Encode]], dataset: SequenceDataset
                              auto=auto)
 
 
+def evaluate_by_frame(model: DPR, inputs: PromptInputs, dataset: SequenceDataset,
+                      grammar: Grammar, *, split: str = "heldout", seed: int = 0,
+                      progress: bool = True) -> dict[str, Any]:
+    """Each frame of `split` alone, polarity flips and the intent read-out's accuracy, on the
+    test cases: {"by_frame", "flips", "interpret"}."""
+    from dpr.evaluate.frames import evaluate_frames, interpret_report, polarity_flips
+
+    cases = steering_cases(model, dataset, model.attribute)
+    steerers, auto = {"dpr": dpr_steerer(model, inputs)}, {"dpr": dpr_auto(model, inputs)}
+    values = [(model.attribute, v) for v in model.values]
+    return {"by_frame": evaluate_frames(cases, steerers, grammar, auto=auto, split=split,
+                                        seed=seed, progress=progress),
+            "flips": polarity_flips(cases, steerers, grammar, auto=auto, split=split, seed=seed),
+            "interpret": interpret_report(inputs.readings, grammar, values, split=split,
+                                          seed=seed)}
+
+
 def save_model(model: DPR, dataset: SequenceDataset, out_dir: Path,
                extra: dict[str, Any] | None = None) -> Path:
     """Write `dpr.pt` with the item table the export step needs."""
@@ -259,7 +276,6 @@ def run_steering(dataset: SequenceDataset, backbone: Backbone, out_dir: Path, *,
     protocols only) or "none".
     `tower_from` reuses the prompt tower another run on the same catalogue trained (its time
     is reported as that run's)."""
-    from dpr.evaluate.frames import evaluate_frames, interpret_report, polarity_flips
     from dpr.evaluate.frames_report import write_frames_report
     from dpr.evaluate.report import write_steering_report
     from dpr.export import export_from_checkpoint
@@ -300,14 +316,7 @@ def run_steering(dataset: SequenceDataset, backbone: Backbone, out_dir: Path, *,
             report[f"{split}_frames"] = results
             write_steering_report(results, out_dir, f"{title} {split} frames")
     if evaluate == "full":
-        cases = steering_cases(model, dataset, attribute)
-        steerers = {"dpr": dpr_steerer(model, inputs)}
-        auto = {"dpr": dpr_auto(model, inputs)}
-        values = [(attribute, v) for v in model.values]
-        report["by_frame"] = evaluate_frames(cases, steerers, grammar, auto=auto,
-                                             progress=progress)
-        report["flips"] = polarity_flips(cases, steerers, grammar, auto=auto)
-        report["interpret"] = interpret_report(inputs.readings, grammar, values)
+        report.update(evaluate_by_frame(model, inputs, dataset, grammar, progress=progress))
         write_frames_report(report["by_frame"], report["flips"], report["interpret"], out_dir,
                             f"{title} by frame")
     write_json_atomic(report, out_dir / STEERING_REPORT)
