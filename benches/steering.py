@@ -2,7 +2,7 @@
 every held-out frame alone, polarity flips and the intent read-out's accuracy.
 
 Reuses the backbone a `dpr train` run left in --run (backbone.pt) and runs the one pipeline
-(`dpr.train.pipeline.run_steering`) per variant: full DPR (fine-tuned prompt tower), the frozen
+(`dpr.train.fit`, stage 1 skipped) per variant: full DPR (fine-tuned prompt tower), the frozen
 encoder (`--freeze-encoder`), no stage 2, no MoE (one shared expert). Each variant's run folder
 is `runs/<name>-<variant>`; the reports land in benches/results/steering-<name>-<variant>-*.
 
@@ -21,8 +21,7 @@ from pathlib import Path
 import torch
 
 from dpr.data import load_dataset
-from dpr.train import load_backbone
-from dpr.train.pipeline import run_steering
+from dpr.train import fit, load_backbone
 from dpr.train.steering import SteeringTrainConfig
 from dpr.train.tower import TowerTrainConfig
 
@@ -66,9 +65,11 @@ def main() -> None:
         out = Path("runs") / slug
         out.mkdir(parents=True, exist_ok=True)
         reuse = args.tower_from if not tower_changes else None
-        run = run_steering(dataset, backbone, out, tower=tower, steering=steering,
-                           tower_from=reuse, export=False, title=f"steering {slug}",
-                           **model_changes)
+        result = fit(dataset, out, backbone=backbone, tower=tower, steering=steering,
+                     tower_from=reuse, export=False, title=f"steering {slug}",
+                     steering_model=model_changes)
+        run = result.steering
+        assert run is not None
         RESULTS.mkdir(parents=True, exist_ok=True)
         for report in out.glob("steering-*.md"):
             shutil.copyfile(report, RESULTS / report.name)

@@ -12,9 +12,8 @@ import numpy as np
 import torch
 
 from dpr.data import synthetic_dataset
-from dpr.models import DPRSteering
+from dpr.models import DPRSteering, make_backbone
 from dpr.train import BackboneTrainConfig, distributed, train_backbone
-from dpr.train.experiment import make_backbone
 from dpr.train.steering import SteeringTrainConfig, train_steering
 
 PROMPT_DIM = 16

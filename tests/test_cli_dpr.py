@@ -127,7 +127,7 @@ def test_backbone_flags_reach_the_model_arguments():
     args = _parser().parse_args([*base, "--ffn-dim", "256", "--blocks", "3", "--max-len", "300"])
     assert _backbone_args(args) == {"dim": 64, "max_len": 300, "dropout": 0.2, "num_blocks": 3,
                                     "num_heads": 2, "ffn_dim": 256}
-    assert _backbone_args(_parser().parse_args(base))["ffn_dim"] is None
+    assert _backbone_args(_parser().parse_args(base))["ffn_dim"] == 256  # the SASRec recipe
     gru = _parser().parse_args([*base, "--backbone", "gru4rec", "--ffn-dim", "256"])
     assert "ffn_dim" not in _backbone_args(gru)
 

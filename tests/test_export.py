@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from dpr import export
-from dpr.export import export_bundle, export_from_checkpoint, load_bundle_tensors
+from dpr.bundle_schema import load_bundle_tensors
+from dpr.export import export_bundle, export_from_checkpoint
 from dpr.models.dpr import DPR
 from dpr.models.gru4rec import GRU4Rec
 from dpr.models.sasrec import SASRec

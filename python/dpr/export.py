@@ -12,34 +12,35 @@ temporary directory is removed and an existing bundle at `out` is left untouched
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
-from collections.abc import Hashable, Sequence
+import os  # noqa: F401  (tests reach os.rename, which staged_dir swaps with, through here)
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dpr.atomic import fsync_dir, staged_dir
+from dpr.atomic import write_synced as _write_bytes
+from dpr.bundle_schema import (
+    CONFIG_FILE,
+    ENCODER_DIR,
+    ENCODER_DTYPES,
+    ENCODER_FILES,
+    FORMAT,
+    ITEMS_FILE,
+    VERSION,
+    WEIGHTS_FILE,
+    check_finite,
+    load_bundle_tensors,
+    sha256_file,
+)
+from dpr.catalogue import Catalogue
 from dpr.models.dpr import DPR
 
-FORMAT = "dpr-bundle"
-VERSION = 2
-"""Version 2 adds the intent read-out (`intent` in dpr.json, `intent.*` tensors); readers
-accept `READ_VERSIONS`."""
-READ_VERSIONS = (1, 2)
-CONFIG_FILE = "dpr.json"
-WEIGHTS_FILE = "weights.safetensors"
-ITEMS_FILE = "items.json"
-ENCODER_DIR = "prompt_encoder"
-ENCODER_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json",
-                 "special_tokens_map.json", "vocab.txt", "sentence_bert_config.json")
-"""Encoder side files copied verbatim when present (config.json and tokenizer.json required)."""
-ENCODER_DTYPES = ("float16", "bfloat16", "float32")
+__all__ = ["ENCODER_FILES", "export_bundle", "export_from_checkpoint", "model_from_bundle"]
+
 LAYER_NORM_EPS = 1e-5
 
 
@@ -79,15 +80,12 @@ def _json_id(value: Hashable) -> Any:
     raise ValueError(f"item id {value!r} ({type(value).__name__}) is not a string or integer")
 
 
-def _item_table(model: DPR, catalogue_extra: dict[str, Any]
+def _item_table(model: DPR, catalogue: Catalogue
                 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """items.json content and the `items.attributes.<name>` (N+1, V) uint8 matrices."""
     num_items = model.backbone.num_items
-    for key in ("item_ids", "titles"):
-        if key not in catalogue_extra:
-            raise ValueError(f"catalogue: missing field {key!r}")
-    ids = [_json_id(i) for i in catalogue_extra["item_ids"]]
-    titles = [str(t) for t in catalogue_extra["titles"]]
+    ids = [_json_id(i) for i in catalogue.item_ids]
+    titles = list(catalogue.titles)
     if len(ids) != num_items:
         raise ValueError(f"catalogue: item_ids has {len(ids)} entries, the model has "
                          f"num_items={num_items}")
@@ -96,7 +94,7 @@ def _item_table(model: DPR, catalogue_extra: dict[str, Any]
                          f"num_items={num_items}")
     if len(set(ids)) != len(ids):
         raise ValueError("catalogue: duplicate item ids")
-    raw: dict[str, Sequence[Sequence[str]]] = dict(catalogue_extra.get("attributes") or {})
+    raw: dict[str, Sequence[Sequence[str]]] = dict(catalogue.attributes)
     attribute_dim = model.steering.attribute_dim
     if attribute_dim:
         if model.attribute not in raw:
@@ -149,12 +147,6 @@ DETECT_THRESHOLD = 0.5
 """`interpret` lists a value when its asked or refused probability reaches this."""
 
 
-def _check_finite(tensors: dict[str, np.ndarray]) -> None:
-    for name, array in tensors.items():
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
-            raise ValueError(f"{WEIGHTS_FILE}: tensor {name!r} holds NaN or Inf")
-
-
 def _encoder_bytes(encoder_dir: Path, dtype: str) -> bytes:
     """model.safetensors with its floating tensors converted to `dtype`, serialised."""
     import torch
@@ -184,34 +176,8 @@ def _encoder_config(encoder_dir: Path, dtype: str) -> dict[str, Any]:
 # Writing
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Write and fsync one file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _write_json(path: Path, value: Any) -> None:
     _write_bytes(path, (json.dumps(value, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _json_safe(value: Any) -> Any:
@@ -223,15 +189,16 @@ def _json_safe(value: Any) -> Any:
         return str(value)
 
 
-def export_bundle(model: DPR, catalogue_extra: dict[str, Any], out: str | Path, *,
+def export_bundle(model: DPR, catalogue: Catalogue | Mapping[str, Any], out: str | Path, *,
                   encoder_dir: Path | None = None, encoder_dtype: str = "float16",
                   training: dict[str, Any] | None = None) -> Path:
     """Write `model` plus its item catalogue as a bundle (version 2) at `out`; returns `out`.
 
-    `catalogue_extra` holds `item_ids` and `titles` (internal order 1..N) and `attributes`
-    ({name: per-item value lists}), as `dpr.pt`'s extra does. `encoder_dir` is the sentence
-    encoder folder to ship (default: `dpr.encoder.encoder_dir()`), its weights stored as
-    `encoder_dtype`. Validates everything before writing; atomic (see the module docstring).
+    `catalogue` is the item table: a `Catalogue`, or the dict `dpr.pt`'s extra holds (`item_ids`
+    and `titles` in internal order 1..N, `attributes` as {name: per-item value lists}).
+    `encoder_dir` is the sentence encoder folder to ship (default: `dpr.encoder.encoder_dir()`),
+    its weights stored as `encoder_dtype`. Validates everything before writing; atomic (see
+    the module docstring).
     """
     from safetensors.numpy import save as save_numpy
 
@@ -253,8 +220,8 @@ def export_bundle(model: DPR, catalogue_extra: dict[str, Any], out: str | Path, 
         raise ValueError(f"{WEIGHTS_FILE}: items.embedding has "
                          f"{tensors['items.embedding'].shape[0]} rows, expected num_items+1="
                          f"{backbone.num_items + 1}")
-    _check_finite(tensors)
-    items, matrices = _item_table(model, catalogue_extra)
+    check_finite(tensors)
+    items, matrices = _item_table(model, Catalogue.coerce(catalogue))
     tensors.update(matrices)
     if not math.isfinite(steering.attribute_scale):
         raise ValueError(f"{CONFIG_FILE}: steer.attribute_scale is not finite")
@@ -275,9 +242,7 @@ def export_bundle(model: DPR, catalogue_extra: dict[str, Any], out: str | Path, 
     if model.intent is not None:
         config["intent"] = _intent_config(model, items)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staged_dir(out) as tmp:
         weights = {name: np.ascontiguousarray(a) for name, a in sorted(tensors.items())}
         _write_bytes(tmp / WEIGHTS_FILE, save_numpy(weights, metadata={"format": FORMAT}))
         _write_json(tmp / ITEMS_FILE, items)
@@ -286,39 +251,12 @@ def export_bundle(model: DPR, catalogue_extra: dict[str, Any], out: str | Path, 
         for name in ENCODER_FILES:
             if (encoder_dir / name).is_file():
                 _write_bytes(encoder_out / name, (encoder_dir / name).read_bytes())
-        _write_bytes(encoder_out / "model.safetensors", _encoder_bytes(encoder_dir,
-                                                                       encoder_dtype))
-        _fsync_dir(encoder_out)
+        _write_bytes(encoder_out / "model.safetensors", _encoder_bytes(encoder_dir, encoder_dtype))
+        fsync_dir(encoder_out)
         written = sorted(p for p in tmp.rglob("*") if p.is_file())
-        config["files"] = {p.relative_to(tmp).as_posix(): _sha256(p) for p in written}
+        config["files"] = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in written}
         _write_json(tmp / CONFIG_FILE, config)  # last: a bundle without it never loads
-        _fsync_dir(tmp)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move `tmp` to `out`, swapping out any existing `out` (restored if the swap fails)."""
-    aside: Path | None = None
-    if out.exists() or out.is_symlink():
-        aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        aside.rmdir()
-        os.rename(out, aside)
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        if aside is not None:
-            os.rename(aside, out)
-        raise
-    _fsync_dir(out.parent)
-    if aside is not None:
-        if aside.is_dir() and not aside.is_symlink():
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            aside.unlink()
 
 
 def export_from_checkpoint(model_path: str | Path, out: str | Path, **kw: Any) -> Path:
@@ -332,134 +270,8 @@ def export_from_checkpoint(model_path: str | Path, out: str | Path, **kw: Any) -
         kw["encoder_dir"] = Path(model_path).parent / tuned
     if "training" not in kw:
         kw["training"] = {k: _json_safe(v) for k, v in extra.items()
-                          if k not in ("item_ids", "titles", "attributes", "prompt_encoder")}
-    return export_bundle(model, extra, out, **kw)
-
-
-# --------------------------------------------------------------------------------------------
-# Reading (a small reference reader; the serving side has its own)
-
-
-def expected_shapes(config: dict[str, Any], attribute_widths: dict[str, int]
-                    ) -> dict[str, tuple[int, ...]]:
-    """Canonical tensor name -> shape that `dpr.json` implies (`attribute_widths`: name -> V)."""
-    n, d = int(config["num_items"]), int(config["dim"])
-    backbone, steer = config["backbone"], config["steer"]
-    shapes: dict[str, tuple[int, ...]] = {"items.embedding": (n + 1, d)}
-    kind = backbone.get("kind")
-    if kind == "sasrec":
-        f = int(backbone["ffn_dim"])
-        shapes["backbone.position_embedding.weight"] = (int(backbone["max_len"]), d)
-        for b in range(int(backbone["num_blocks"])):
-            p = f"backbone.blocks.{b}."
-            for norm in ("attention_norm", "ffn_norm"):
-                shapes[f"{p}{norm}.weight"] = shapes[f"{p}{norm}.bias"] = (d,)
-            for proj in ("query", "key", "value", "out"):
-                shapes[f"{p}attention.{proj}.weight"] = (d, d)
-                shapes[f"{p}attention.{proj}.bias"] = (d,)
-            shapes[f"{p}ffn_in.weight"], shapes[f"{p}ffn_in.bias"] = (f, d), (f,)
-            shapes[f"{p}ffn_out.weight"], shapes[f"{p}ffn_out.bias"] = (d, f), (d,)
-        shapes["backbone.final_norm.weight"] = shapes["backbone.final_norm.bias"] = (d,)
-    elif kind == "gru4rec":
-        for layer in range(int(backbone["num_layers"])):
-            for kind_ in ("ih", "hh"):
-                shapes[f"backbone.gru.weight_{kind_}_l{layer}"] = (3 * d, d)
-                shapes[f"backbone.gru.bias_{kind_}_l{layer}"] = (3 * d,)
-    else:
-        raise ValueError(f"{CONFIG_FILE}: backbone.kind {kind!r} is not sasrec or gru4rec")
-    prompt_dim, a = int(steer["prompt_dim"]), int(steer["attribute_dim"])
-    k = int(steer["positive_experts"]) + int(steer["negative_experts"])
-    ph, rh, eh = (int(steer["projector_hidden"]), int(steer["router_hidden"]),
-                  int(steer["expert_hidden"]))
-    shapes.update({
-        "steer.projector.hidden_layer.weight": (ph, prompt_dim),
-        "steer.projector.hidden_layer.bias": (ph,),
-        "steer.projector.output_layer.weight": (d, ph),
-        "steer.projector.output_layer.bias": (d,),
-        "steer.router.hidden_layer.weight": (rh, prompt_dim + d),
-        "steer.router.hidden_layer.bias": (rh,),
-        "steer.router.output_layer.weight": (k, rh),
-        "steer.router.output_layer.bias": (k,),
-        "steer.experts.in_weight": (k, eh, 3 * d),
-        "steer.experts.in_bias": (k, eh),
-        "steer.experts.out_weight": (k, d + a, eh),
-        "steer.experts.out_bias": (k, d + a),
-    })
-    for name, width in attribute_widths.items():
-        shapes[f"items.attributes.{name}"] = (n + 1, width)
-    intent = config.get("intent")
-    if intent is not None:
-        e, h, v = int(intent["embedding_dim"]), int(intent["hidden"]), len(intent["values"])
-        shapes.update({"intent.hidden_layer.weight": (h, e), "intent.hidden_layer.bias": (h,),
-                       "intent.output_layer.weight": (3 * v, h),
-                       "intent.output_layer.bias": (3 * v,)})
-    return shapes
-
-
-def load_bundle_tensors(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Read and validate a bundle: (dpr.json as a dict, canonical name -> numpy array).
-
-    Checks format and version, every file's sha256, that every expected tensor is present with
-    the shape `dpr.json` implies (and no other), and that no tensor holds NaN/Inf. Errors name
-    the file and the field.
-    """
-    from safetensors.numpy import load_file
-
-    root = Path(path)
-    config_path = root / CONFIG_FILE
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path}: missing (not a bundle, or an unfinished one)")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{CONFIG_FILE}: not valid JSON ({e})") from e
-    if config.get("format") != FORMAT:
-        raise ValueError(f"{CONFIG_FILE}: format {config.get('format')!r} is not {FORMAT!r}")
-    if config.get("version") not in READ_VERSIONS:
-        raise ValueError(f"{CONFIG_FILE}: version {config.get('version')!r} is not supported "
-                         f"(this reader knows {READ_VERSIONS})")
-    for field in ("backbone", "dim", "num_items", "steer", "prompt_encoder", "items", "files"):
-        if field not in config:
-            raise ValueError(f"{CONFIG_FILE}: missing field {field!r}")
-    files = config["files"]
-    for required in (WEIGHTS_FILE, config["items"].get("file", ITEMS_FILE)):
-        if required not in files:
-            raise ValueError(f"{CONFIG_FILE}: files has no entry for {required}")
-    for name, digest in files.items():
-        file = root / name
-        if not file.is_file():
-            raise FileNotFoundError(f"{name}: missing (listed in {CONFIG_FILE} files)")
-        if _sha256(file) != digest:
-            raise ValueError(f"{name}: sha256 differs from {CONFIG_FILE} files[{name!r}] "
-                             "(truncated or modified)")
-    items = json.loads((root / config["items"].get("file", ITEMS_FILE)).read_text("utf-8"))
-    n = int(config["num_items"])
-    for field in ("ids", "titles"):
-        if len(items.get(field, [])) != n:
-            raise ValueError(f"{ITEMS_FILE}: {field} has {len(items.get(field, []))} entries, "
-                             f"{CONFIG_FILE} num_items={n}")
-    widths = {name: len(a["values"]) for name, a in items.get("attributes", {}).items()}
-    steer = config["steer"]
-    if int(steer["attribute_dim"]):
-        if steer.get("attribute") not in widths:
-            raise ValueError(f"{ITEMS_FILE}: attributes lacks {steer.get('attribute')!r} "
-                             f"({CONFIG_FILE} steer.attribute)")
-        if items["attributes"][steer["attribute"]]["values"] != steer.get("values"):
-            raise ValueError(f"{ITEMS_FILE}: attributes.{steer['attribute']}.values differ "
-                             f"from {CONFIG_FILE} steer.values")
-    tensors = load_file(str(root / WEIGHTS_FILE))
-    shapes = expected_shapes(config, widths)
-    for name, shape in shapes.items():
-        if name not in tensors:
-            raise ValueError(f"{WEIGHTS_FILE}: missing tensor {name!r}")
-        if tuple(tensors[name].shape) != shape:
-            raise ValueError(f"{WEIGHTS_FILE}: tensor {name!r} has shape "
-                             f"{tuple(tensors[name].shape)}, {CONFIG_FILE} implies {shape}")
-    extra = sorted(set(tensors) - set(shapes))
-    if extra:
-        raise ValueError(f"{WEIGHTS_FILE}: unexpected tensors {extra[:5]}")
-    _check_finite(tensors)
-    return config, tensors
+                          if k not in (*Catalogue.FIELDS, "prompt_encoder")}
+    return export_bundle(model, Catalogue.from_extra(extra), out, **kw)
 
 
 def model_from_bundle(path: str | Path) -> tuple[DPR, dict[str, Any]]:

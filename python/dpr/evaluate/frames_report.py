@@ -8,7 +8,8 @@ import re
 from pathlib import Path
 from typing import IO, Any
 
-from dpr.evaluate.report import _atomic_write, _colours
+from dpr.atomic import atomic_write
+from dpr.evaluate.report import _colours
 
 _FILTER = {"positive": "pre-filter", "negative": "hard filter", "compound": "filter"}
 _KINDS = ("refusal", "request", "compound", "description", "description refusal")
@@ -156,8 +157,8 @@ def write_frames_report(frames: dict[str, Any], flips: dict[str, Any] | None,
     slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "frames"
     md, png = out / f"{slug}.md", out / f"{slug}.png"
     text = frames_markdown(frames, flips, interpret, title, steerer)
-    _atomic_write(md, "w", lambda f: f.write(text))
-    _atomic_write(png, "wb", lambda f: _plot(frames, title, steerer, f))
+    atomic_write(md, lambda f: f.write(text), mode="w")
+    atomic_write(png, lambda f: _plot(frames, title, steerer, f), mode="wb")
     return md, png
 
 

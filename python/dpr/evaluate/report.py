@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from dpr.atomic import atomic_write
 from dpr.evaluate.protocols import BASELINES, ratios
 
 _NOTES = {
@@ -37,8 +36,8 @@ def write_steering_report(results: dict[str, Any], out_dir: str | os.PathLike, t
     slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "steering"
     markdown_path, png_path = out / f"{slug}.md", out / f"{slug}.png"
     text = steering_markdown(results, title)
-    _atomic_write(markdown_path, "w", lambda f: f.write(text))
-    _atomic_write(png_path, "wb", lambda f: _plot(results, title, f))
+    atomic_write(markdown_path, lambda f: f.write(text), mode="w")
+    atomic_write(png_path, lambda f: _plot(results, title, f), mode="wb")
     return markdown_path, png_path
 
 
@@ -166,17 +165,3 @@ def _bars(axes: Any, groups: list[tuple[str, dict[str, float]]], colour: dict[st
             axes.bar(offset + i * width, height, width=width * 0.95, color=colour[method])
     axes.set_xticks(range(len(groups)), [label for label, _ in groups])
     axes.grid(axis="y", alpha=0.3)
-
-
-def _atomic_write(path: Path, mode: str, write: Callable[[IO[Any]], object]) -> None:
-    """Write through a temp file in the same folder, then rename over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for reading
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

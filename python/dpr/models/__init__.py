@@ -1,6 +1,13 @@
 """PyTorch models: SASRec and GRU4Rec backbones (and, on top of them, the DPR steering model)."""
 
-from dpr.models.backbone import BACKBONES, Backbone, build_backbone, last_positions, user_vectors
+from dpr.models.backbone import (
+    BACKBONES,
+    Backbone,
+    build_backbone,
+    last_positions,
+    make_backbone,
+    user_vectors,
+)
 from dpr.models.dpr import DPR, load_dpr
 from dpr.models.gru4rec import GRU4Rec
 from dpr.models.sasrec import SASRec
@@ -17,5 +24,6 @@ __all__ = [
     "build_backbone",
     "last_positions",
     "load_dpr",
+    "make_backbone",
     "user_vectors",
 ]

@@ -15,16 +15,25 @@ BACKBONES: dict[str, type[nn.Module]] = {"sasrec": SASRec, "gru4rec": GRU4Rec}
 Backbone = SASRec | GRU4Rec
 
 
+def make_backbone(kind: str | None, num_items: int | None, **hyper_parameters: Any
+                  ) -> Backbone:
+    """A fresh backbone of `kind` ('sasrec' or 'gru4rec') over `num_items` items: the one
+    backbone factory."""
+    if kind not in BACKBONES:
+        raise ValueError(f"unknown backbone kind {kind!r}; known: {', '.join(BACKBONES)}")
+    if num_items is None:
+        raise ValueError(f"a {kind} backbone needs num_items")
+    return BACKBONES[kind](num_items, **hyper_parameters)
+
+
 def build_backbone(hyper_parameters: dict[str, Any]) -> Backbone:
     """Rebuild a backbone from `hyper_parameters()` output (the `kind` key picks the class)."""
     params = dict(hyper_parameters)
     kind = params.pop("kind", None)
-    if kind not in BACKBONES:
-        raise ValueError(f"unknown backbone kind {kind!r}; known: {', '.join(BACKBONES)}")
-    num_items = params.pop("num_items")
     if kind == "sasrec":
         params.setdefault("positions", "from_start")  # saved before positions were counted back
-    return BACKBONES[kind](num_items, **params)
+    num_items = params.pop("num_items", None)
+    return make_backbone(kind, num_items, **params)
 
 
 def last_positions(hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

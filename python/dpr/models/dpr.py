@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dpr.atomic import atomic_write
 from dpr.models.backbone import Backbone, build_backbone, user_vectors
 from dpr.models.intent import IntentHead
 from dpr.models.steering import DPRSteering
@@ -74,22 +75,21 @@ class DPR(nn.Module):
 
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
         """Write a checkpoint `load_dpr` reads (atomically)."""
-        from dpr.train.checkpoint import save_atomic
-
-        save_atomic({"format": "dpr-model", "version": 1,
-                     "backbone": self.backbone.hyper_parameters(),
-                     "steering": self.steering.hyper_parameters(),
-                     "attribute": self.attribute, "values": self.values,
-                     "intent": None if self.intent is None else self.intent.hyper_parameters(),
-                     "refuse_threshold": self.refuse_threshold,
-                     "state_dict": self.state_dict(), "extra": extra or {}}, path)
+        payload = {"format": "dpr-model", "version": 1,
+                   "backbone": self.backbone.hyper_parameters(),
+                   "steering": self.steering.hyper_parameters(),
+                   "attribute": self.attribute, "values": self.values,
+                   "intent": None if self.intent is None else self.intent.hyper_parameters(),
+                   "refuse_threshold": self.refuse_threshold,
+                   "state_dict": self.state_dict(), "extra": extra or {}}
+        atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_dpr(path: str | Path, device: str = "cpu") -> tuple[DPR, dict[str, Any]]:
     """Rebuild a DPR model saved by `DPR.save`; returns it (in eval mode) and its `extra` dict."""
-    from dpr.train.checkpoint import load_checkpoint
-
-    checkpoint = load_checkpoint(path)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     if checkpoint.get("format") != "dpr-model":
         raise ValueError(f"{path}: not a dpr model checkpoint")
     intent = checkpoint.get("intent")

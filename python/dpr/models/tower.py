@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dpr.atomic import atomic_write
 from dpr.models.intent import IntentHead
 
 ENCODER_SIDE_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json",
@@ -121,7 +122,7 @@ class PromptTower(nn.Module):
     def save_encoder(self, out_dir: str | Path) -> Path:
         """Write the (tuned) encoder as a sentence-transformers folder: the original side files
         and `model.safetensors` with the current weights under the original tensor names."""
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import load_file, save
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -133,9 +134,8 @@ class PromptTower(nn.Module):
         tensors = {}
         for name, tensor in original.items():
             tensors[name] = state.get(name, tensor).to(tensor.dtype).contiguous()
-        tmp = out / ".model.safetensors.tmp"
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, out / "model.safetensors")
+        data = save(tensors, metadata={"format": "pt"})
+        atomic_write(out / "model.safetensors", lambda f: f.write(data))
         return out
 
 

@@ -124,7 +124,7 @@ def train_backbone(backbone: Backbone, split: LeaveOneOutSplit, config: Backbone
     for epoch in range(state.next_epoch, config.max_epochs):
         epoch_start = time.perf_counter()
         loss = _train_epoch(backbone, model, optimizer, split, trainable, rng, config, epoch,
-                            progress and distributed.is_main(), averaged)
+                            started, progress and distributed.is_main(), averaged)
         valid = evaluate_scorer(backbone_scorer(evaluated), valid_histories, valid_targets,
                                 batch_size=config.eval_batch_size)
         record = EpochRecord(epoch, loss, valid, time.perf_counter() - epoch_start)
@@ -177,7 +177,7 @@ class _TrainingState:
 
 def _train_epoch(backbone: Backbone, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  split: LeaveOneOutSplit, trainable: np.ndarray, rng: np.random.Generator,
-                 config: BackboneTrainConfig, epoch: int, progress: bool,
+                 config: BackboneTrainConfig, epoch: int, started: float, progress: bool,
                  averaged: AveragedModel | None) -> float:
     backbone.train()
     device = next(backbone.parameters()).device
@@ -188,7 +188,8 @@ def _train_epoch(backbone: Backbone, model: torch.nn.Module, optimizer: torch.op
     total, count = 0.0, 0
     bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not progress, unit="batch")
     for step, users in enumerate(bar):
-        lr = config.lr_at((epoch + step / len(batches)) / config.max_epochs)
+        lr = config.lr_at(config.schedule_progress(epoch + step / len(batches),
+                                                   time.perf_counter() - started))
         for group in optimizer.param_groups:
             group["lr"] = lr
         inputs, targets = next_item_batch([split.train[u] for u in users], backbone.max_len,

@@ -51,15 +51,24 @@ class BackboneTrainConfig:
             raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
 
     def lr_at(self, progress: float) -> float:
-        """Learning rate after `progress` of the `max_epochs` (0 = start, 1 = end).
+        """Learning rate at schedule `progress` (0 = start, 1 = end; `schedule_progress`).
 
-        "constant" keeps `lr`; "cosine" anneals it to `min_lr_ratio * lr` at `max_epochs`, so
-        the last epochs settle instead of oscillating around the optimum.
+        "constant" keeps `lr`; "cosine" anneals it to `min_lr_ratio * lr` at the end, so the
+        last epochs settle instead of oscillating around the optimum.
         """
         if self.lr_schedule == "constant":
             return self.lr
         floor = self.min_lr_ratio * self.lr
         return floor + (self.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    def schedule_progress(self, epochs: float, seconds: float) -> float:
+        """How far the learning-rate schedule has run: the larger of the epochs done over
+        `max_epochs` and the minutes used over `max_minutes` (when there is a budget), so that a
+        slow machine still anneals before its time budget ends."""
+        progress = epochs / self.max_epochs
+        if self.max_minutes:
+            progress = max(progress, seconds / (60.0 * self.max_minutes))
+        return progress
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -2,31 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dpr.atomic import write_json_atomic
 from dpr.data.dataset import SequenceDataset
 from dpr.evaluate.ranking import evaluate_popularity, evaluate_scorer
-from dpr.models.backbone import BACKBONES, Backbone
+from dpr.models.backbone import make_backbone
 from dpr.train import distributed
 from dpr.train.backbone import BackboneTrainResult, train_backbone
 from dpr.train.config import BackboneTrainConfig
 from dpr.train.scoring import backbone_scorer
 
 REPORT = "metrics.json"
-
-
-def make_backbone(kind: str, num_items: int, **hyper_parameters: Any) -> Backbone:
-    """A fresh backbone of `kind` ('sasrec' or 'gru4rec') over `num_items` items."""
-    if kind not in BACKBONES:
-        raise ValueError(f"unknown backbone {kind!r}; known: {', '.join(BACKBONES)}")
-    return BACKBONES[kind](num_items, **hyper_parameters)
 
 
 def run_backbone_experiment(dataset: SequenceDataset, kind: str, config: BackboneTrainConfig,
@@ -60,20 +52,6 @@ def run_backbone_experiment(dataset: SequenceDataset, kind: str, config: Backbon
         write_json_atomic(report, Path(out_dir) / REPORT)
         plot_training_curve(result, Path(out_dir) / "training_curve.png")
     return report
-
-
-def write_json_atomic(obj: Any, path: Path) -> None:
-    """Write JSON beside `path` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def plot_training_curve(result: BackboneTrainResult, path: Path) -> None:

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dpr.atomic import write_json_atomic
+from dpr.catalogue import Catalogue
 from dpr.data.dataset import SequenceDataset
 from dpr.evaluate.protocols import AutoExclude, Render, Steerer, SteeringCases, evaluate_steering
 from dpr.models.backbone import Backbone
@@ -23,7 +25,7 @@ from dpr.prompts import Grammar
 from dpr.train import distributed
 from dpr.train.backbone import BEST_CHECKPOINT, load_backbone
 from dpr.train.config import BackboneTrainConfig
-from dpr.train.experiment import REPORT, run_backbone_experiment, write_json_atomic
+from dpr.train.experiment import REPORT, run_backbone_experiment
 from dpr.train.scoring import backbone_user_vectors
 from dpr.train.steering import SteeringTrainConfig, train_steering
 from dpr.train.tower import PromptInputs, TowerTrainConfig, calibrate, save_tower, train_tower
@@ -208,14 +210,29 @@ def evaluate_dpr(models: dict[str, tuple[DPR, Encode]], dataset: SequenceDataset
                              auto=auto)
 
 
+def evaluate_by_frame(model: DPR, inputs: PromptInputs, dataset: SequenceDataset,
+                      grammar: Grammar, *, split: str = "heldout", seed: int = 0,
+                      progress: bool = True) -> dict[str, Any]:
+    """Each frame of `split` alone, polarity flips and the intent read-out's accuracy, on the
+    test cases: {"by_frame", "flips", "interpret"}."""
+    from dpr.evaluate.frames import evaluate_frames, interpret_report, polarity_flips
+
+    cases = steering_cases(model, dataset, model.attribute)
+    steerers, auto = {"dpr": dpr_steerer(model, inputs)}, {"dpr": dpr_auto(model, inputs)}
+    values = [(model.attribute, v) for v in model.values]
+    return {"by_frame": evaluate_frames(cases, steerers, grammar, auto=auto, split=split,
+                                        seed=seed, progress=progress),
+            "flips": polarity_flips(cases, steerers, grammar, auto=auto, split=split, seed=seed),
+            "interpret": interpret_report(inputs.readings, grammar, values, split=split,
+                                          seed=seed)}
+
+
 def save_model(model: DPR, dataset: SequenceDataset, out_dir: Path,
                extra: dict[str, Any] | None = None) -> Path:
     """Write `dpr.pt` with the item table the export step needs."""
-    items = dataset.items
-    attributes = {name: [list(v) for v in values] for name, values in items.attributes.items()}
     path = out_dir / MODEL_FILE
-    model.save(path, {"dataset": dataset.name, "item_ids": list(items.ids),
-                      "titles": list(items.titles), "attributes": attributes, **(extra or {})})
+    model.save(path, {"dataset": dataset.name, **Catalogue.from_items(dataset.items).to_extra(),
+                      **(extra or {})})
     return path
 
 
@@ -248,16 +265,17 @@ class SteeringRun:
 def run_steering(dataset: SequenceDataset, backbone: Backbone, out_dir: Path, *,
                  tower: TowerTrainConfig, steering: SteeringTrainConfig,
                  attribute: str = "genre", grammar: Grammar | None = None,
-                 tower_from: Path | None = None, export: bool = True, evaluate: str = "full",
+                 tower_from: Path | None = None, export: bool = True,
+                 bundle_dir: Path | None = None, evaluate: str = "full",
                  title: str | None = None, progress: bool = True, **hyper_parameters: Any
                  ) -> SteeringRun:
-    """The one train -> export -> evaluate pipeline after stage 1: the prompt tower (2a), the
-    steering head (2, 3), `dpr.pt`, the bundle (`out_dir/bundle`), and the evaluation:
-    "full" (every protocol on training and held-out frames, each held-out frame alone,
-    polarity flips, interpret accuracy), "protocols" (the protocols only) or "none".
+    """Everything after stage 1 (`dpr.train.fit` runs the whole pipeline): the prompt tower
+    (2a), the steering head (2, 3), `dpr.pt`, the bundle (`bundle_dir`, default
+    `out_dir/bundle`), and the evaluation: "full" (every protocol on training and held-out
+    frames, each held-out frame alone, polarity flips, interpret accuracy), "protocols" (the
+    protocols only) or "none".
     `tower_from` reuses the prompt tower another run on the same catalogue trained (its time
     is reported as that run's)."""
-    from dpr.evaluate.frames import evaluate_frames, interpret_report, polarity_flips
     from dpr.evaluate.frames_report import write_frames_report
     from dpr.evaluate.report import write_steering_report
     from dpr.export import export_from_checkpoint
@@ -288,7 +306,8 @@ def run_steering(dataset: SequenceDataset, backbone: Backbone, out_dir: Path, *,
     if "prompt_encoder" in tower_report:
         extra["prompt_encoder"] = tower_report["prompt_encoder"]
     model_path = save_model(model, dataset, out_dir, extra)
-    bundle = export_from_checkpoint(model_path, out_dir / "bundle") if export else None
+    bundle = (export_from_checkpoint(model_path, bundle_dir or out_dir / "bundle") if export
+              else None)
     title = title or f"{dataset.name} {backbone.kind}"
     if evaluate != "none":
         models = {"dpr": (model, inputs)}
@@ -297,14 +316,7 @@ def run_steering(dataset: SequenceDataset, backbone: Backbone, out_dir: Path, *,
             report[f"{split}_frames"] = results
             write_steering_report(results, out_dir, f"{title} {split} frames")
     if evaluate == "full":
-        cases = steering_cases(model, dataset, attribute)
-        steerers = {"dpr": dpr_steerer(model, inputs)}
-        auto = {"dpr": dpr_auto(model, inputs)}
-        values = [(attribute, v) for v in model.values]
-        report["by_frame"] = evaluate_frames(cases, steerers, grammar, auto=auto,
-                                             progress=progress)
-        report["flips"] = polarity_flips(cases, steerers, grammar, auto=auto)
-        report["interpret"] = interpret_report(inputs.readings, grammar, values)
+        report.update(evaluate_by_frame(model, inputs, dataset, grammar, progress=progress))
         write_frames_report(report["by_frame"], report["flips"], report["interpret"], out_dir,
                             f"{title} by frame")
     write_json_atomic(report, out_dir / STEERING_REPORT)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-DEFAULT_RESULTS = Path("benches/results")
+DEFAULT_RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def timings(call: Callable[[int], object], count: int, warmup: int = 20) -> np.ndarray:
@@ -85,7 +85,7 @@ def publish(suite: str, argv: list[str] | None, results: dict[str, Any],
     import sys
 
     args = argv if argv is not None else sys.argv[1:]
-    markdown = to_markdown(f"dpr bench {suite} {' '.join(args)}".strip())
+    markdown = to_markdown(f"python benches/{suite}.py {' '.join(args)}".strip())
     print(markdown)
     write_results(name, results, markdown, out_dir)
     return 0

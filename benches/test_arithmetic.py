@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dpr.bench.latency import query_flops
-from dpr.bench.retrieval import _matched, catalogue, recall
+from latency import query_flops
+from retrieval import _matched, catalogue, recall
 
 
 def test_query_flops_matches_a_hand_count() -> None:
