@@ -4,7 +4,7 @@ The committed tiny bundles (tests/fixtures/, see its README) come with `golden.j
 by `tests/fixtures/make_tiny_bundles.py` from the PyTorch models: prompt inputs (sentence
 embedding and intent read-out), backbone and steered user vectors, full-catalogue scores, the
 exact top-k and the top-k over all items. Tolerances (golden.json `tolerance`): 1e-4 on scores
-and vector entries, cosine >= 0.9999 on vectors, identical top-k.
+and vector entries, cosine >= 0.9999 on vectors, identical top-k (soft and auto mode).
 """
 
 from __future__ import annotations
@@ -103,6 +103,8 @@ def test_exact_top_k_and_catalogue_scores(tiny: TinyBundle, tiny_rec: Recommende
         assert [h.item_id for h in hits] == case["top_k_ids"], what
         np.testing.assert_allclose([h.score for h in hits], case["top_k_scores"], rtol=0,
                                    atol=tol, err_msg=what)
+        auto = tiny_rec.query(ids, prompt, k=k, strength=strength, mode="auto")
+        assert [h.item_id for h in auto] == case["auto_top_k_ids"], f"{what}: auto"
         everything = tiny_rec.query(ids, prompt, k=tiny.num_items, strength=strength,
                                     exclude_seen=False, mode="soft")
         scores = {h.item_id: h.score for h in everything}
@@ -114,12 +116,16 @@ def test_query_batch_matches_golden(tiny: TinyBundle, tiny_rec: Recommender) -> 
     k = tiny.golden["k"]
     for strength in sorted({c["strength"] for c in tiny.golden["cases"]}):
         cases = [c for c in _cases(tiny) if c[2] == strength]
-        found, scores = tiny_rec.query_batch([c[0] for c in cases], [c[1] for c in cases], k=k,
-                                             strength=strength, mode="soft")
+        histories, prompts = [c[0] for c in cases], [c[1] for c in cases]
+        found, scores = tiny_rec.query_batch(histories, prompts, k=k, strength=strength,
+                                             mode="soft")
+        auto, _ = tiny_rec.query_batch(histories, prompts, k=k, strength=strength, mode="auto")
         for row, (ids, prompt, _, case) in enumerate(cases):
-            assert list(found[row]) == case["top_k_ids"], (tiny.kind, ids, prompt, strength)
+            what = (tiny.kind, ids, prompt, strength)
+            assert list(found[row]) == case["top_k_ids"], what
             np.testing.assert_allclose(scores[row], case["top_k_scores"], rtol=0,
                                        atol=tiny.tolerance["score"])
+            assert list(auto[row]) == case["auto_top_k_ids"], what
 
 
 def test_hnsw_graph_walk_returns_the_exact_top_k(tiny: TinyBundle) -> None:

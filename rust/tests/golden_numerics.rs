@@ -8,7 +8,8 @@
 //!   read-out probabilities: |Δ| ≤ 1e-4);
 //! - the backbone's user vector (steering off) and the steered vector (cosine ≥ 0.9999 and
 //!   |Δ| ≤ 1e-4);
-//! - the exact scan: the same top-k rows, seen items excluded, scores within 1e-4;
+//! - the exact scan: the same top-k rows, seen items excluded, scores within 1e-4; the same
+//!   rows in `mode="auto"` (the items of values the intent read-out refuses left out too);
 //! - an HNSW graph over the item vectors: the graph walk returns exactly the top-k over all
 //!   items, before and after a save and load (with and without the flat graph file).
 //!
@@ -229,6 +230,18 @@ fn steered_vectors_and_exact_scan() {
             assert!(
                 diff <= tolerance(&all, "score"),
                 "{what}: scores differ by {diff}"
+            );
+            // mode="auto": the items of the values the prompt refuses are left out as well.
+            let auto = QueryOptions {
+                auto_exclude: true,
+                ..options.clone()
+            };
+            let hits = model.query(&history, &prompts[p], &auto, false).unwrap();
+            let got: Vec<u32> = hits.iter().map(|hit| hit.row as u32).collect();
+            assert_eq!(
+                got,
+                rows(&case["auto_top_k_rows"]),
+                "{what}: auto top-k rows"
             );
             // Every item's score: the whole catalogue, seen items included.
             let everything = QueryOptions {
