@@ -1,25 +1,26 @@
-"""Serving parity and API: the Rust core against the PyTorch model on the same bundle."""
+"""Serving parity and API: the Rust core against the PyTorch model on the same bundle.
+
+The parity tests (`served`: bundles exported here from PyTorch models) need torch and are
+skipped without it; the API tests run on the committed tiny bundles (`tiny`, `tiny_rec` in
+conftest.py) with numpy and the extension alone.
+"""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
-import torch
 
 import dpr
 from dpr import Recommender
-from dpr.encoder import PromptEncoder
-from dpr.export import export_bundle, model_from_bundle
-from dpr.models.backbone import user_vectors
-from dpr.models.dpr import DPR
-from dpr.models.gru4rec import GRU4Rec
-from dpr.models.sasrec import SASRec
-from dpr.models.steering import DPRSteering
-from dpr.train.batches import history_batch
+
+if TYPE_CHECKING:
+    from conftest import TinyBundle
+    from dpr.encoder import PromptEncoder
+    from dpr.models.dpr import DPR
 
 GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance"]
 N = 300
@@ -31,6 +32,13 @@ PROMPTS = ["", "something funny tonight", "no horror please", "a romantic drama"
 def _model(kind: str) -> DPR:
     """kind: "sasrec" (positions counted from the most recent item), "sasrec-from-start"
     (the layout of bundles written before that) or "gru4rec"."""
+    import torch
+
+    from dpr.models.dpr import DPR
+    from dpr.models.gru4rec import GRU4Rec
+    from dpr.models.sasrec import SASRec
+    from dpr.models.steering import DPRSteering
+
     torch.manual_seed(4 if kind == "gru4rec" else 3)
     positions = "from_start" if kind == "sasrec-from-start" else "from_end"
     backbone = (GRU4Rec(N, dim=32, max_len=MAX_LEN, num_layers=2) if kind == "gru4rec" else
@@ -58,6 +66,9 @@ def _catalogue() -> dict[str, Any]:
 @pytest.fixture(scope="module", params=["sasrec", "sasrec-from-start", "gru4rec"])
 def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
            ) -> tuple[DPR, Recommender, dict[str, Any]]:
+    pytest.importorskip("torch")
+    from dpr.export import export_bundle
+
     kind = request.param
     model = _model(kind)
     catalogue = _catalogue()
@@ -68,6 +79,9 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 @pytest.fixture(scope="module")
 def torch_encoder() -> PromptEncoder:
+    pytest.importorskip("torch")
+    from dpr.encoder import PromptEncoder
+
     return PromptEncoder()
 
 
@@ -79,6 +93,11 @@ def _histories(rng: np.random.Generator, count: int) -> list[list[int]]:
 
 def _torch_steered(model: DPR, rows: list[list[int]], prompts: np.ndarray,
                    strength: float = 1.0) -> np.ndarray:
+    import torch
+
+    from dpr.models.backbone import user_vectors
+    from dpr.train.batches import history_batch
+
     # An empty history is served as the lone padding item (what PyTorch computes for length 0).
     items, lengths = history_batch([np.array(r or [0], dtype=np.int64) for r in rows], MAX_LEN)
     with torch.inference_mode():
@@ -87,6 +106,8 @@ def _torch_steered(model: DPR, rows: list[list[int]], prompts: np.ndarray,
 
 
 def _item_table(model: DPR, catalogue: dict[str, Any]) -> np.ndarray:
+    import torch
+
     attributes = np.zeros((N, len(GENRES)), dtype=np.float32)
     for i, genres in enumerate(catalogue["attributes"]["genre"]):
         attributes[i, [GENRES.index(g) for g in genres]] = 1
@@ -113,14 +134,12 @@ def test_user_vectors_match_pytorch(served: tuple[DPR, Recommender, dict[str, An
     assert worst < 1e-4, f"max |rust - torch| = {worst}"
 
 
-def test_empty_prompt_is_exactly_the_backbone(served: tuple[DPR, Recommender, dict[str, Any]]
-                                              ) -> None:
-    _, rec, catalogue = served
-    history = catalogue["item_ids"][:10]
+def test_empty_prompt_is_exactly_the_backbone(tiny: TinyBundle, tiny_rec: Recommender) -> None:
+    rec, history = tiny_rec, tiny.ids[:10]
     plain = rec.user_vector(history, "")
     steered_zero = rec.user_vector(history, "no horror please", strength=0.0)
     assert np.array_equal(plain, steered_zero)
-    assert np.all(plain[32:] == 0.0)
+    assert np.all(plain[tiny.dim:] == 0.0)
     hits = rec.query(history, "", k=10)
     hard = rec.query(history, "no horror please", k=10, mode="hard", exclude={"decade": []})
     assert [h.item_id for h in hits] == [h.item_id for h in hard]
@@ -171,18 +190,24 @@ def test_top_k_matches_pytorch(served: tuple[DPR, Recommender, dict[str, Any]],
             np.testing.assert_allclose([h.score for h in hits], scores[got], atol=1e-4)
 
 
-def test_filters_and_modes(served: tuple[DPR, Recommender, dict[str, Any]]) -> None:
-    _, rec, catalogue = served
-    history = catalogue["item_ids"][20:40]
-    hybrid = rec.query(history, "something funny", k=15, include={"genre": ["Comedy"]},
-                       exclude={"decade": "2000s"})
-    assert len(hybrid) == 15
-    for hit in hybrid:
-        assert "Comedy" in hit.attributes["genre"] and hit.attributes["decade"] == ["1990s"]
-        assert hit.item_id not in history
+def test_filters_and_modes(tiny: TinyBundle, tiny_rec: Recommender) -> None:
+    rec, ids = tiny_rec, tiny.ids
+    genres, decades = tiny.values("genre"), tiny.values("decade")
+    history = ids[10:20]
+    eligible = {ids[i] for i in range(tiny.num_items) if "Comedy" in genres[i]
+                and decades[i] == ["1990s"] and ids[i] not in history}
+    assert len(eligible) > 4
+    for k in (4, tiny.num_items):  # fewer than pass the filters, and all of them
+        hybrid = rec.query(history, "something funny", k=k, include={"genre": ["Comedy"]},
+                           exclude={"decade": "2000s"})
+        assert len(hybrid) == min(k, len(eligible))
+        for hit in hybrid:
+            assert "Comedy" in hit.attributes["genre"] and hit.attributes["decade"] == ["1990s"]
+            assert hit.item_id not in history
     hard = rec.query(history, "something funny", k=15, include={"genre": ["Comedy"]},
                      mode="hard")
-    plain = [h for h in rec.query(history, "", k=N) if "Comedy" in h.attributes["genre"]]
+    plain = [h for h in rec.query(history, "", k=tiny.num_items)
+             if "Comedy" in h.attributes["genre"]]
     assert [h.item_id for h in hard] == [h.item_id for h in plain[:15]]
     with pytest.raises(ValueError, match="soft"):
         rec.query(history, "x", include={"genre": ["Comedy"]}, mode="soft")
@@ -195,19 +220,17 @@ def test_filters_and_modes(served: tuple[DPR, Recommender, dict[str, Any]]) -> N
     assert nothing == []
 
 
-def test_ids_titles_and_unknown_ids(served: tuple[DPR, Recommender, dict[str, Any]]) -> None:
-    _, rec, catalogue = served
-    hits = rec.query(catalogue["item_ids"][:5], "", k=3)
+def test_ids_titles_and_unknown_ids(tiny: TinyBundle, tiny_rec: Recommender) -> None:
+    rec, ids = tiny_rec, tiny.ids
+    hits = rec.query(ids[:5], "", k=3)
     assert len(hits) == 3
     for hit in hits:
-        row = catalogue["item_ids"].index(hit.item_id)
-        assert hit.title == catalogue["titles"][row]
-        assert isinstance(hit.item_id, int) and isinstance(hit.score, float)
+        assert hit.title == tiny.titles[ids.index(hit.item_id)]
+        assert isinstance(hit.item_id, type(ids[0])) and isinstance(hit.score, float)
     with pytest.raises(KeyError, match="unknown item id 5"):
-        rec.query([catalogue["item_ids"][0], 5], "")
-    ignored = rec.query([catalogue["item_ids"][0], 5], "", unknown="ignore")
-    assert [h.item_id for h in ignored] == [
-        h.item_id for h in rec.query([catalogue["item_ids"][0]], "")]
+        rec.query([ids[0], 5], "")
+    ignored = rec.query([ids[0], 5], "", unknown="ignore")
+    assert [h.item_id for h in ignored] == [h.item_id for h in rec.query([ids[0]], "")]
     with pytest.raises(TypeError):
         rec.query([1.5], "")
     with pytest.raises(ValueError, match="k must be"):
@@ -216,16 +239,23 @@ def test_ids_titles_and_unknown_ids(served: tuple[DPR, Recommender, dict[str, An
         rec.query([], "x", strength=float("nan"))
 
 
-def test_query_batch_matches_single_queries(served: tuple[DPR, Recommender, dict[str, Any]]
-                                            ) -> None:
-    _, rec, catalogue = served
-    rng = np.random.default_rng(5)
-    ids = catalogue["item_ids"]
-    histories = [[ids[r - 1] for r in h] for h in _histories(rng, 30)]
+def _tiny_histories(tiny: TinyBundle, rng: np.random.Generator, count: int) -> list[list[Any]]:
+    """Histories of dataset ids: empty, short, around max_len, longer, then random lengths."""
+    n, max_len = tiny.num_items, tiny.max_len
+    lengths = [0, 1, 2, max_len - 1, max_len, max_len + 3, n // 2]
+    lengths += list(rng.integers(1, n // 2, size=count - len(lengths)))
+    return [[tiny.ids[i] for i in rng.choice(n, size=length, replace=False)]
+            for length in lengths]
+
+
+def test_query_batch_matches_single_queries(tiny: TinyBundle, tiny_rec: Recommender) -> None:
+    rec, ids = tiny_rec, tiny.ids
+    histories = _tiny_histories(tiny, np.random.default_rng(5), 30)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(len(histories))]
     found, scores = rec.query_batch(histories, prompts, k=10)
     assert found.shape == scores.shape == (len(histories), 10)
-    assert found.dtype == np.int64 and scores.dtype == np.float32
+    assert scores.dtype == np.float32
+    assert found.dtype == (np.int64 if isinstance(ids[0], int) else object)
     for i, (history, prompt) in enumerate(zip(histories, prompts, strict=True)):
         hits = rec.query(history, prompt, k=10)
         assert list(found[i]) == [h.item_id for h in hits]
@@ -234,16 +264,15 @@ def test_query_batch_matches_single_queries(served: tuple[DPR, Recommender, dict
     for i in range(3):
         assert list(one_prompt[i]) == [h.item_id for h in
                                        rec.query(histories[i], "no horror please", k=5)]
-    padded, padded_scores = rec.query_batch([ids[:N - 2]], "", k=5)
-    assert list(padded[0][2:]) == [-1, -1, -1] and np.isneginf(padded_scores[0][2:]).all()
+    padded, padded_scores = rec.query_batch([ids[:tiny.num_items - 2]], "", k=5)
+    pad = -1 if isinstance(ids[0], int) else None
+    assert list(padded[0][2:]) == [pad] * 3 and np.isneginf(padded_scores[0][2:]).all()
 
 
-def test_shared_between_threads(served: tuple[DPR, Recommender, dict[str, Any]]) -> None:
-    _, rec, catalogue = served
-    rng = np.random.default_rng(6)
-    ids = catalogue["item_ids"]
-    cases = [([ids[r - 1] for r in h], PROMPTS[i % len(PROMPTS)])
-             for i, h in enumerate(_histories(rng, 40))]
+def test_shared_between_threads(tiny: TinyBundle, tiny_rec: Recommender) -> None:
+    rec = tiny_rec
+    cases = [(h, PROMPTS[i % len(PROMPTS)])
+             for i, h in enumerate(_tiny_histories(tiny, np.random.default_rng(6), 40))]
     serial = [[h.item_id for h in rec.query(h, p)] for h, p in cases]
     results: dict[int, list[list[Any]]] = {}
 
@@ -271,6 +300,10 @@ def test_load_errors(tmp_path: Path) -> None:
 
 
 def test_reference_model_round_trip(served: tuple[DPR, Recommender, dict[str, Any]]) -> None:
+    import torch
+
+    from dpr.export import model_from_bundle
+
     model, rec, _ = served
     rebuilt, config = model_from_bundle(rec.path)
     for (name, a), (_, b) in zip(model.state_dict().items(), rebuilt.state_dict().items(),
@@ -279,14 +312,12 @@ def test_reference_model_round_trip(served: tuple[DPR, Recommender, dict[str, An
     assert config["backbone"]["kind"] == model.backbone.kind
 
 
-def test_hnsw_index_agrees_with_exact(served: tuple[DPR, Recommender, dict[str, Any]],
+def test_hnsw_index_agrees_with_exact(tiny: TinyBundle, tiny_rec: Recommender,
                                       tmp_path: Path) -> None:
-    _, exact, catalogue = served
-    graph = Recommender.load(exact.path, index="hnsw")
+    exact, ids, genres = tiny_rec, tiny.ids, tiny.values("genre")
+    graph = Recommender.load(tiny.path, index="hnsw")
     assert graph.uses_hnsw and not exact.uses_hnsw
-    rng = np.random.default_rng(7)
-    ids = catalogue["item_ids"]
-    histories = [[ids[r - 1] for r in h] for h in _histories(rng, 40)]
+    histories = _tiny_histories(tiny, np.random.default_rng(7), 40)
     overlap = []
     for i, history in enumerate(histories):
         prompt = PROMPTS[i % len(PROMPTS)]
@@ -296,27 +327,22 @@ def test_hnsw_index_agrees_with_exact(served: tuple[DPR, Recommender, dict[str, 
         overlap.append(len(want & {h.item_id for h in got}) / max(len(want), 1))
         filtered = graph.query(history, prompt, k=10, include={"genre": ["Horror"]})
         assert all("Horror" in h.attributes["genre"] for h in filtered)
-        assert len(filtered) == min(10, sum("Horror" in g and 1000 + 7 * j not in history
-                                            for j, g in enumerate(
-                                                catalogue["attributes"]["genre"])))
+        assert len(filtered) == min(10, sum("Horror" in g and ids[j] not in history
+                                            for j, g in enumerate(genres)))
     assert np.mean(overlap) >= 0.98, np.mean(overlap)
     saved = graph.save_index(tmp_path / "index.usearch")
     assert saved.is_file() and saved.stat().st_size > 0
 
 
-def test_saved_index_is_served_and_can_be_replaced_while_open(
-        served: tuple[DPR, Recommender, dict[str, Any]], tmp_path: Path) -> None:
+def test_saved_index_is_served_and_can_be_replaced_while_open(tiny: TinyBundle,
+                                                              tmp_path: Path) -> None:
     """A saved graph is memory-mapped by later loads; saving again replaces the file without
     disturbing a process that has the old one open."""
-    import shutil
-
-    _, exact, catalogue = served
-    bundle = tmp_path / "bundle"
-    shutil.copytree(exact.path, bundle)
+    bundle = tiny.copy_to(tmp_path)
     built = Recommender.load(bundle, index="hnsw")
     built.save_index()
     viewing = Recommender.load(bundle, index="hnsw")
-    history = catalogue["item_ids"][:5]
+    history = tiny.ids[:5]
     before = viewing.query(history, PROMPTS[0], k=10)
     assert before == built.query(history, PROMPTS[0], k=10)
     viewing.save_index()  # rewrites the file this Recommender is viewing
@@ -332,16 +358,16 @@ def test_missing_demo_bundle_says_how_to_get_one(monkeypatch: pytest.MonkeyPatch
         Recommender.load()
 
 
-def test_filtered_queries_never_return_seen_items(
-        served: tuple[DPR, Recommender, dict[str, Any]]) -> None:
-    _, rec, catalogue = served
-    ids, genres = catalogue["item_ids"], catalogue["attributes"]["genre"]
+def test_filtered_queries_never_return_seen_items(tiny: TinyBundle,
+                                                  tiny_rec: Recommender) -> None:
+    ids, genres = tiny.ids, tiny.values("genre")
     # Seen items both passing and failing the filter, interleaved in row order.
-    history = ids[:60]
+    history = ids[:20]
+    assert sum("Horror" not in g for g in genres[20:]) > 10
     for mode in ("hard", "hybrid"):
-        hits = rec.query(history, "something funny", k=50, exclude={"genre": ["Horror"]},
-                         mode=mode)
-        assert len(hits) == 50
+        hits = tiny_rec.query(history, "something funny", k=10, exclude={"genre": ["Horror"]},
+                              mode=mode)
+        assert len(hits) == 10
         assert not {h.item_id for h in hits} & set(history)
         assert all("Horror" not in genres[ids.index(h.item_id)] for h in hits)
 
