@@ -1,4 +1,5 @@
-"""Run under torchrun by tests/test_distributed.py: stages 1 and 3 with DDP on gloo.
+"""Run under torchrun by tests/test_distributed.py: stages 1 (also under a time budget) and 3
+with DDP on gloo.
 
 Each rank writes the checksums of its trained parameters; DDP must keep them identical.
 """
@@ -37,6 +38,11 @@ def main(out: Path) -> None:
     backbone = make_backbone("gru4rec", dataset.num_items, dim=16, max_len=16)
     result = train_backbone(backbone, split, BackboneTrainConfig(max_epochs=2, batch_size=16),
                             progress=False)
+    # A time budget drives the schedule and the stop: every rank must still step alike.
+    budget = train_backbone(make_backbone("gru4rec", dataset.num_items, dim=16, max_len=16),
+                            split, BackboneTrainConfig(max_epochs=1000, max_minutes=0.02,
+                                                       patience=1000, lr_schedule="cosine",
+                                                       batch_size=16), progress=False)
     values = dataset.items.attribute_values("genre")
     steering = DPRSteering(16, attribute_dim=len(values), prompt_dim=PROMPT_DIM)
     config = SteeringTrainConfig(epochs=1, positions_per_user=4, prompts_per_genre=2,
@@ -46,7 +52,8 @@ def main(out: Path) -> None:
     rank, size = distributed.world()
     (out / f"rank{rank}.json").write_text(json.dumps({
         "rank": rank, "world_size": size, "epochs": result.epochs,
-        "backbone": checksum(result.backbone), "steering": checksum(steering)}))
+        "backbone": checksum(result.backbone), "steering": checksum(steering),
+        "budget_epochs": budget.epochs, "budget_backbone": checksum(budget.backbone)}))
 
 
 if __name__ == "__main__":

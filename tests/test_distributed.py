@@ -26,3 +26,5 @@ def test_two_process_ddp_keeps_replicas_identical(tmp_path):
     assert ranks[0]["epochs"] == ranks[1]["epochs"] == 2
     assert ranks[0]["backbone"] == ranks[1]["backbone"]
     assert ranks[0]["steering"] == ranks[1]["steering"]
+    assert ranks[0]["budget_epochs"] == ranks[1]["budget_epochs"] < 1000
+    assert ranks[0]["budget_backbone"] == ranks[1]["budget_backbone"]

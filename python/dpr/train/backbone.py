@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,14 +122,25 @@ def train_backbone(backbone: Backbone, split: LeaveOneOutSplit, config: Backbone
 
     started = time.perf_counter() - state.seconds
     stopped_because = "max_epochs"
+    last_epoch_seconds = state.history[-1].seconds if state.history else 0.0
     for epoch in range(state.next_epoch, config.max_epochs):
         epoch_start = time.perf_counter()
+        # Minutes are read at epoch boundaries, from rank 0, and extrapolated within the epoch
+        # by the last epoch's length: every DDP rank then steps with the same learning rate.
+        elapsed = distributed.main_value(epoch_start - started)
+        last = distributed.main_value(last_epoch_seconds)
+
+        def schedule(fraction: float, epoch: int = epoch, elapsed: float = elapsed,
+                     last: float = last) -> float:
+            return config.schedule_progress(epoch + fraction, elapsed + fraction * last)
+
         loss = _train_epoch(backbone, model, optimizer, split, trainable, rng, config, epoch,
-                            started, progress and distributed.is_main(), averaged)
+                            schedule, progress and distributed.is_main(), averaged)
         valid = evaluate_scorer(backbone_scorer(evaluated), valid_histories, valid_targets,
                                 batch_size=config.eval_batch_size)
         record = EpochRecord(epoch, loss, valid, time.perf_counter() - epoch_start)
         state.history.append(record)
+        last_epoch_seconds = record.seconds
         if valid[METRIC] > state.best_valid.get(METRIC, -1.0):
             state.best_valid, state.best_epoch = valid, epoch
             state.best_state = copy.deepcopy(evaluated.state_dict())
@@ -141,7 +153,7 @@ def train_backbone(backbone: Backbone, split: LeaveOneOutSplit, config: Backbone
                        f"recall@10 {valid['recall@10']:.4f}  best {state.best_valid[METRIC]:.4f}"
                        f" (epoch {state.best_epoch})")
         state.next_epoch = epoch + 1
-        state.seconds = time.perf_counter() - started
+        state.seconds = distributed.main_value(time.perf_counter() - started)  # ranks agree
         if out is not None and distributed.is_main():
             _save_last(out / LAST_CHECKPOINT, backbone, optimizer, rng, state, config, averaged)
         if epoch - state.best_epoch >= config.patience:
@@ -177,8 +189,10 @@ class _TrainingState:
 
 def _train_epoch(backbone: Backbone, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  split: LeaveOneOutSplit, trainable: np.ndarray, rng: np.random.Generator,
-                 config: BackboneTrainConfig, epoch: int, started: float, progress: bool,
-                 averaged: AveragedModel | None) -> float:
+                 config: BackboneTrainConfig, epoch: int, schedule: Callable[[float], float],
+                 progress: bool, averaged: AveragedModel | None) -> float:
+    """One pass over the training users; `schedule(fraction of the epoch done)` is the
+    learning-rate schedule's progress."""
     backbone.train()
     device = next(backbone.parameters()).device
     lengths = np.fromiter((min(len(s), backbone.max_len + 1) for s in split.train), dtype=np.int64,
@@ -188,8 +202,7 @@ def _train_epoch(backbone: Backbone, model: torch.nn.Module, optimizer: torch.op
     total, count = 0.0, 0
     bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not progress, unit="batch")
     for step, users in enumerate(bar):
-        lr = config.lr_at(config.schedule_progress(epoch + step / len(batches),
-                                                   time.perf_counter() - started))
+        lr = config.lr_at(schedule(step / len(batches)))
         for group in optimizer.param_groups:
             group["lr"] = lr
         inputs, targets = next_item_batch([split.train[u] for u in users], backbone.max_len,

@@ -64,6 +64,17 @@ def broadcast_state(module: nn.Module) -> None:
             dist.broadcast(tensor, src=0)
 
 
+def main_value(value: float) -> float:
+    """Rank 0's `value` on every rank (`value` itself in one process)."""
+    if world()[1] == 1:
+        return value
+    device = (torch.device("cuda", torch.cuda.current_device())
+              if dist.get_backend() == "nccl" else torch.device("cpu"))
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(tensor, src=0)
+    return float(tensor.item())
+
+
 def barrier() -> None:
     """Wait for every rank (no-op in one process)."""
     if world()[1] > 1:
