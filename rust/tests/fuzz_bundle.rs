@@ -14,10 +14,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use _core::backbone::{Backbone, Rows};
 use _core::bundle::{expected_float_shapes, BackboneConfig, Bundle, IntentConfig, SteerConfig};
-use _core::intent::IntentHead;
-use _core::steer::Steering;
+use _core::nn::backbone::{Backbone, Rows};
+use _core::nn::intent::IntentHead;
+use _core::nn::steer::Steering;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use safetensors::tensor::TensorView;

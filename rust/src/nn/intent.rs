@@ -13,9 +13,9 @@
 //! A zero embedding (the blank prompt) has, by definition, a zero reading, so its whole prompt
 //! input is zero and the steering leaves the backbone's vector exactly as it is.
 
-use crate::backbone::sasrec_linear as linear;
 use crate::bundle::{Bundle, BundleError, IntentConfig};
-use crate::linalg::{relu, softmax, Linear};
+use crate::nn::backbone::sasrec_linear as linear;
+use crate::nn::linalg::{relu, softmax, Linear};
 
 /// Class indices of a value's softmax.
 pub const NONE: usize = 0;

@@ -1,4 +1,4 @@
-//! Python face of `prompt::PromptEncoder`: `dpr._core.PromptEncoder`.
+//! Python face of `encoder::PromptEncoder`: `dpr._core.PromptEncoder`.
 //!
 //! Errors: a missing folder or file is `FileNotFoundError`; a malformed file, an out-of-range
 //! argument or a prompt the tokenizer rejects is `ValueError`; a failed model run (a bug) is
@@ -11,8 +11,9 @@ use numpy::{IntoPyArray, PyArray1, PyArray2};
 use pyo3::exceptions::{PyFileNotFoundError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
-use crate::detached;
-use crate::prompt::{self, PromptError, PromptErrorKind};
+use super::convert::non_negative;
+use super::detached;
+use crate::nn::encoder::{self, PromptError, PromptErrorKind};
 
 fn py_error(err: PromptError) -> PyErr {
     match err.kind {
@@ -22,15 +23,10 @@ fn py_error(err: PromptError) -> PyErr {
     }
 }
 
-fn non_negative(value: i64, name: &str) -> PyResult<usize> {
-    usize::try_from(value)
-        .map_err(|_| PyValueError::new_err(format!("{name} must be >= 0, got {value}")))
-}
-
 /// Sentence encoder for prompts (all-MiniLM-L6-v2 by default) with an LRU cache.
 #[pyclass(frozen, name = "PromptEncoder", module = "dpr._core")]
 pub struct PyPromptEncoder {
-    inner: prompt::PromptEncoder,
+    inner: encoder::PromptEncoder,
 }
 
 #[pymethods]
@@ -41,7 +37,7 @@ impl PyPromptEncoder {
         let max_tokens = non_negative(max_tokens, "max_tokens")?;
         let cache_capacity = non_negative(cache_capacity, "cache_capacity")?;
         let inner = detached(py, "PromptEncoder", || {
-            prompt::PromptEncoder::load(&path, max_tokens, cache_capacity)
+            encoder::PromptEncoder::load(&path, max_tokens, cache_capacity)
         })?
         .map_err(py_error)?;
         Ok(Self { inner })

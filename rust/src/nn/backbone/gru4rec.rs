@@ -3,12 +3,12 @@
 use super::sasrec::linear;
 use super::Rows;
 use crate::bundle::{Bundle, BundleError};
-use crate::linalg::sigmoid;
+use crate::nn::linalg::sigmoid;
 
 #[derive(Debug)]
 struct Layer {
-    input: crate::linalg::Linear,
-    recurrent: crate::linalg::Linear,
+    input: crate::nn::linalg::Linear,
+    recurrent: crate::nn::linalg::Linear,
 }
 
 /// The GRU4Rec weights (see `docs/bundle.md`).
@@ -28,7 +28,7 @@ impl Gru4Rec {
         let d = bundle.dim;
         let layers = (0..num_layers)
             .map(|l| {
-                let mut part = |kind: &str| -> Result<crate::linalg::Linear, BundleError> {
+                let mut part = |kind: &str| -> Result<crate::nn::linalg::Linear, BundleError> {
                     // The bundle names weight and bias `weight_ih_l0` / `bias_ih_l0`; rename them
                     // into the `<prefix>.weight` / `<prefix>.bias` pair `linear` expects.
                     let prefix = format!("backbone.gru.{kind}_l{l}");

@@ -17,9 +17,9 @@ use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
-use crate::backbone::sasrec_linear as linear;
 use crate::bundle::{Bundle, BundleError};
-use crate::linalg::{axpy, gemv, relu, softmax, Linear};
+use crate::nn::backbone::sasrec_linear as linear;
+use crate::nn::linalg::{axpy, gemv, relu, softmax, Linear};
 
 /// A dense `rows × cols` matrix without bias, applied to one vector at a time.
 #[derive(Debug)]

@@ -8,7 +8,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray1, PyArray2};
 use pyo3::create_exception;
 use pyo3::exceptions::{
@@ -17,11 +16,12 @@ use pyo3::exceptions::{
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
 
+use super::convert::{hits_1d, hits_2d, non_negative, pad};
+use super::detached;
 use crate::bundle::{BundleError, ItemId};
-use crate::detached;
-use crate::model::{Filter, Model, ModelError, QueryOptions, Retrieval};
-use crate::prompt::PromptErrorKind;
-use crate::retrieve::Hit;
+use crate::engine::{Filter, Model, ModelError, QueryOptions, Retrieval};
+use crate::index::exact::Hit;
+use crate::nn::encoder::PromptErrorKind;
 
 /// `(rows, scores)` as handed back to Python.
 type Found<'py, A, B> = PyResult<(Bound<'py, A>, Bound<'py, B>)>;
@@ -50,11 +50,6 @@ pub(crate) fn model_error(err: ModelError) -> PyErr {
         ModelError::Argument(m) => PyValueError::new_err(m),
         ModelError::Key(m) => PyKeyError::new_err(m),
     }
-}
-
-fn non_negative(value: i64, name: &str) -> PyResult<usize> {
-    usize::try_from(value)
-        .map_err(|_| PyValueError::new_err(format!("{name} must be >= 0, got {value}")))
 }
 
 fn finite_strength(strength: f64) -> PyResult<f32> {
@@ -231,9 +226,7 @@ impl Engine {
             model.query(&rows, &embedding, &options, parallel)
         })?
         .map_err(model_error)?;
-        let ids: Vec<i64> = hits.iter().map(|h| h.row as i64).collect();
-        let scores: Vec<f32> = hits.iter().map(|h| h.score).collect();
-        Ok((ids.into_pyarray(py), scores.into_pyarray(py)))
+        Ok(hits_1d(py, &hits))
     }
 
     /// Top-`k` for many queries, in parallel: `(rows (B, k) int64, scores (B, k) float32)`,
@@ -269,7 +262,7 @@ impl Engine {
         }
         let model = &self.model;
         let width = k.min(model.num_items);
-        let (ids, scores) = detached(py, "Engine.query_batch", || -> Result<_, ModelError> {
+        let padded = detached(py, "Engine.query_batch", || -> Result<_, ModelError> {
             let texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
             let encoded = model.encode_prompts(&texts)?;
             let per_query: Vec<Arc<[f32]>> = if encoded.len() == 1 {
@@ -278,21 +271,10 @@ impl Engine {
                 encoded
             };
             let hits = model.query_batch(&histories, &per_query, &options)?;
-            let mut ids = vec![-1i64; b * width];
-            let mut scores = vec![f32::NEG_INFINITY; b * width];
-            for (q, row_hits) in hits.iter().enumerate() {
-                for (j, hit) in row_hits.iter().take(width).enumerate() {
-                    ids[q * width + j] = hit.row as i64;
-                    scores[q * width + j] = hit.score;
-                }
-            }
-            Ok((ids, scores))
+            Ok(pad(&hits, width))
         })?
         .map_err(model_error)?;
-        let to_err = |e: numpy::ndarray::ShapeError| PyRuntimeError::new_err(e.to_string());
-        let ids = Array2::from_shape_vec((b, width), ids).map_err(to_err)?;
-        let scores = Array2::from_shape_vec((b, width), scores).map_err(to_err)?;
-        Ok((ids.into_pyarray(py), scores.into_pyarray(py)))
+        hits_2d(py, padded, b, width)
     }
 
     /// The (steered) user vector, `d + A` floats.

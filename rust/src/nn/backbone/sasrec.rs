@@ -2,7 +2,7 @@
 
 use super::{take, Rows};
 use crate::bundle::{Bundle, BundleError, Positions};
-use crate::linalg::{gemv, gemv_transposed, layer_norm, relu, softmax, Linear};
+use crate::nn::linalg::{gemv, gemv_transposed, layer_norm, relu, softmax, Linear};
 
 #[derive(Debug)]
 struct Norm {

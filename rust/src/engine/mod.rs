@@ -11,13 +11,15 @@ use std::sync::{Arc, OnceLock};
 
 use rayon::prelude::*;
 
-use crate::backbone::{Backbone, Rows};
 use crate::bundle::{Attribute, Bundle, BundleError, IdRows, ItemId};
-use crate::hnsw::{HnswIndex, HnswParams, SharedItems};
-use crate::intent::{IntentHead, Reading};
-use crate::prompt::{PromptEncoder, PromptError};
-use crate::retrieve::{self, Hit, Matrix};
-use crate::steer::Steering;
+use crate::index::exact::{self, Hit, Matrix};
+use crate::index::hnsw::{HnswIndex, HnswParams, SharedItems};
+use crate::index::policy::{self, INDEX_FILE};
+pub use crate::index::policy::{Filter, Retrieval};
+use crate::nn::backbone::{Backbone, Rows};
+use crate::nn::encoder::{PromptEncoder, PromptError};
+use crate::nn::intent::{IntentHead, Reading};
+use crate::nn::steer::Steering;
 
 /// Why a load or a query failed.
 #[derive(Debug)]
@@ -53,40 +55,6 @@ impl From<PromptError> for ModelError {
         ModelError::Prompt(e)
     }
 }
-
-/// Hard attribute constraints: an item passes if, for every `include` attribute, it has at
-/// least one of the listed values, and it has none of the `exclude` values.
-#[derive(Debug, Clone, Default)]
-pub struct Filter {
-    /// (attribute index, value indices)
-    pub include: Vec<(usize, Vec<usize>)>,
-    pub exclude: Vec<(usize, Vec<usize>)>,
-}
-
-impl Filter {
-    pub fn is_empty(&self) -> bool {
-        self.include.is_empty() && self.exclude.is_empty()
-    }
-}
-
-/// Which search answers queries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retrieval {
-    /// The exact scan below [`HNSW_MIN_ITEMS`] items, the HNSW index from there on.
-    Auto,
-    Exact,
-    Hnsw,
-}
-
-/// From this many items on, `Retrieval::Auto` searches the HNSW graph.
-pub const HNSW_MIN_ITEMS: usize = 50_000;
-
-/// A filter expected to pass fewer than this share of the items is answered by the exact scan:
-/// a graph walk would visit mostly rejected nodes.
-const SELECTIVE_FILTER_SHARE: f64 = 0.05;
-
-/// The saved graph inside a bundle (optional; built at load time when absent).
-pub const INDEX_FILE: &str = "index.usearch";
 
 /// How one query runs.
 #[derive(Debug, Clone)]
@@ -132,15 +100,6 @@ const _: () = {
     shared::<Model>();
 };
 
-/// Whether queries over `num_items` items search an HNSW graph (unless a filter is selective).
-fn uses_index(retrieval: Retrieval, num_items: usize) -> bool {
-    match retrieval {
-        Retrieval::Exact => false,
-        Retrieval::Hnsw => true,
-        Retrieval::Auto => num_items >= HNSW_MIN_ITEMS,
-    }
-}
-
 /// The saved graph at `file` if there is one, else a new one over rows 1..=N of `table`
 /// (`(N+1) × width`); either way the index rescores from `table` itself.
 fn open_index(
@@ -149,7 +108,7 @@ fn open_index(
     num_items: usize,
     file: &Path,
 ) -> Result<HnswIndex, ModelError> {
-    let index_error = |e: crate::hnsw::HnswError| {
+    let index_error = |e: crate::index::hnsw::HnswError| {
         ModelError::Bundle(BundleError::Invalid {
             file: INDEX_FILE.into(),
             message: e.to_string(),
@@ -328,7 +287,7 @@ impl Model {
             }
         }
         let table = Arc::new(table);
-        let index = if uses_index(retrieval, n) {
+        let index = if retrieval.uses_graph(n) {
             Some(open_index(&table, width, n, &path.join(INDEX_FILE))?)
         } else {
             None
@@ -362,18 +321,7 @@ impl Model {
 
     /// An upper bound on the share of items passing `filter`.
     fn filter_share(&self, filter: &Filter) -> f64 {
-        let n = self.num_items.max(1) as f64;
-        filter
-            .include
-            .iter()
-            .map(|(a, values)| {
-                values
-                    .iter()
-                    .map(|&v| self.value_counts[*a][v])
-                    .sum::<usize>() as f64
-                    / n
-            })
-            .fold(1.0, f64::min)
+        filter.share_bound(&self.value_counts, self.num_items)
     }
 
     /// Width of a steered user vector (`d + A`).
@@ -504,17 +452,6 @@ impl Model {
         Ok(out)
     }
 
-    fn passes(&self, filter: &Filter, row: usize) -> bool {
-        filter
-            .include
-            .iter()
-            .all(|(a, values)| values.iter().any(|&v| self.attributes[*a].has(row, v)))
-            && !filter
-                .exclude
-                .iter()
-                .any(|(a, values)| values.iter().any(|&v| self.attributes[*a].has(row, v)))
-    }
-
     /// The best `k` items for `vector` (a steered user vector), never row 0, never a row in
     /// `seen` when `exclude_seen`, only rows passing `filter`. `parallel` lets one large scan
     /// use every core; batch callers parallelise across queries instead.
@@ -535,20 +472,20 @@ impl Model {
         if let Some(index) = self
             .index
             .get()
-            .filter(|_| self.filter_share(filter) >= SELECTIVE_FILTER_SHARE)
+            .filter(|_| policy::graph_serves_filter(self.filter_share(filter)))
         {
             exclude.sort_unstable();
             let allowed = |row: usize| {
                 exclude.binary_search(&row).is_err()
-                    && (filter.is_empty() || self.passes(filter, row))
+                    && (filter.is_empty() || filter.passes(&self.attributes, row))
             };
             return index
                 .search(vector, options.k, 0, Some(&allowed))
                 .map_err(|e| ModelError::Argument(e.to_string()));
         }
-        let keep = |row: usize| self.passes(filter, row);
-        let keep: retrieve::Keep<'_> = if filter.is_empty() { None } else { Some(&keep) };
-        retrieve::top_k_where(items, vector, options.k, &exclude, keep, parallel)
+        let keep = |row: usize| filter.passes(&self.attributes, row);
+        let keep: exact::Keep<'_> = if filter.is_empty() { None } else { Some(&keep) };
+        exact::top_k_where(items, vector, options.k, &exclude, keep, parallel)
             .map_err(|e| ModelError::Argument(e.to_string()))
     }
 

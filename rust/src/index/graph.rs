@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 use usearch::Index;
 
-use crate::linalg;
+use crate::nn::linalg;
 
 /// The graph over local nodes `0..len` (usearch key `start + i` is node `i`).
 pub struct FlatGraph {
