@@ -23,6 +23,8 @@ import numpy as np
 import numpy.typing as npt
 
 __version__: str
+INDEX_FILE: str
+"""The file name of the saved HNSW graph inside a bundle (``"index.usearch"``)."""
 
 def top_k(
     items: npt.ArrayLike,

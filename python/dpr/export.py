@@ -28,10 +28,10 @@ import numpy as np
 from dpr.models.dpr import DPR
 
 FORMAT = "dpr-bundle"
-VERSION = 2
-"""Version 2 adds the intent read-out (`intent` in dpr.json, `intent.*` tensors); readers
-accept `READ_VERSIONS`."""
-READ_VERSIONS = (1, 2)
+VERSION = 3
+"""Version 2 adds the intent read-out (`intent` in dpr.json, `intent.*` tensors); version 3
+makes SASRec's `backbone.positions` mandatory; readers accept `READ_VERSIONS`."""
+READ_VERSIONS = (1, 2, 3)
 CONFIG_FILE = "dpr.json"
 WEIGHTS_FILE = "weights.safetensors"
 ITEMS_FILE = "items.json"

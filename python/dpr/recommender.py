@@ -16,7 +16,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from dpr._core import BundleFormatError, Engine
+from dpr._core import INDEX_FILE, BundleFormatError, Engine
 
 __all__ = ["BundleFormatError", "Hit", "Reading", "Recommender"]
 
@@ -115,7 +115,7 @@ class Recommender:
     def save_index(self, path: str | os.PathLike[str] | None = None) -> Path:
         """Save the HNSW graph (built if needed) so later loads read it instead of building;
         default location: the bundle's `index.usearch`. Returns the file written."""
-        target = self.path / "index.usearch" if path is None else Path(path)
+        target = self.path / INDEX_FILE if path is None else Path(path)
         self._engine.save_index(str(target))
         return target
 
@@ -162,15 +162,12 @@ class Recommender:
     # Queries
 
     def _strength(self, strength: float | None) -> float:
+        """The bundle default for None; the value rule (finite, 0 to 1e6) is the engine's."""
         if strength is None:
             return self._engine.strength_default
         if isinstance(strength, bool) or not isinstance(strength, Real):
             raise TypeError(f"strength must be a number, got {type(strength).__name__}")
-        value = float(strength)
-        if not (math.isfinite(value) and 0.0 <= value <= _MAX_STRENGTH):
-            raise ValueError(f"strength must be a finite number >= 0 (at most {_MAX_STRENGTH:g})"
-                             f", got {strength!r}")
-        return value
+        return float(strength)
 
     def _k(self, k: int) -> int:
         """`k` checked; anything beyond the catalogue means "every eligible item"."""
@@ -300,9 +297,6 @@ class Recommender:
         return [Reading(*reading) for reading in self._engine.interpret(prompt)]
 
 
-_MAX_STRENGTH = 1e6
-"""Far beyond any useful steering (the model is trained at 1.0); a bound keeps the float32
-user vector and its scores finite."""
 
 
 def _check_prompt(prompt: object, name: str = "prompt") -> None:

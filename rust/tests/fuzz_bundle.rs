@@ -680,8 +680,13 @@ fn intent_section_errors_name_the_file_and_field() {
         ),
         (
             "unknown version",
+            with_config(|c| c["version"] = json!(4)),
+            "dpr.json: version Some(4) is not supported (this reader knows 1, 2 and 3)",
+        ),
+        (
+            "a version-3 SASRec bundle that does not say its positions",
             with_config(|c| c["version"] = json!(3)),
-            "dpr.json: version Some(3) is not supported (this reader knows 1 and 2)",
+            "dpr.json: backbone.positions is required for SASRec from version 3",
         ),
         (
             "hidden width disagrees with the tensors",
@@ -744,6 +749,37 @@ fn intent_section_errors_name_the_file_and_field() {
                 message.contains(want),
                 "{what}: {message:?} does not contain {want:?}"
             ),
+        }
+    }
+}
+
+#[test]
+fn version_3_reads_sasrec_positions_and_gru4rec_needs_none() {
+    use _core::bundle::Positions;
+    let dir = tempfile::tempdir().unwrap();
+    for (kind, positions) in [
+        ("sasrec", Some("from_end")),
+        ("sasrec", Some("from_start")),
+        ("gru4rec", None),
+    ] {
+        let mut files = valid_bundle(kind);
+        let mut config: Value = serde_json::from_slice(&files.0[0]).unwrap();
+        config["version"] = json!(3);
+        if let Some(p) = positions {
+            config["backbone"]["positions"] = json!(p);
+        }
+        files.0[0] = serde_json::to_vec(&config).unwrap();
+        let at = dir.path().join(format!("{kind}-{positions:?}"));
+        open_files(&at, &files).unwrap();
+        let bundle = Bundle::open(&at, true).unwrap();
+        assert_eq!(bundle.version, 3);
+        if let BackboneConfig::Sasrec { positions: p, .. } = bundle.backbone {
+            let want = if positions == Some("from_end") {
+                Positions::FromEnd
+            } else {
+                Positions::FromStart
+            };
+            assert_eq!(p, want);
         }
     }
 }

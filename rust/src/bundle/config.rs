@@ -8,14 +8,17 @@ use serde::Deserialize;
 
 use super::{inside_bundle, BundleError, CONFIG_FILE, FORMAT, MAX_LAYERS, MAX_SIZE, READ_VERSIONS};
 
+/// The first bundle version in which a SASRec backbone must state `positions`.
+pub const POSITIONS_REQUIRED_FROM: i64 = 3;
+
 /// Which SASRec position embedding row each history item gets.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Positions {
     /// The most recent item is row 0, the one before it row 1, and so on.
     FromEnd,
-    /// The oldest item of the (at most `max_len`) history is row 0: bundles written before
-    /// `positions` existed.
+    /// The oldest item of the (at most `max_len`) history is row 0: the default of bundles
+    /// before version 3, written before `positions` existed.
     #[default]
     FromStart,
 }
@@ -154,14 +157,32 @@ pub(super) fn parse_config(text: &str) -> Result<RawConfig, BundleError> {
             format!("format {:?} is not \"{FORMAT}\"", value.get("format")),
         ));
     }
-    match value.get("version").and_then(|v| v.as_i64()) {
-        Some(v) if READ_VERSIONS.contains(&v) => {}
+    let version = match value.get("version").and_then(|v| v.as_i64()) {
+        Some(v) if READ_VERSIONS.contains(&v) => v,
         other => {
             return Err(BundleError::invalid(
                 CONFIG_FILE,
-                format!("version {other:?} is not supported (this reader knows 1 and 2)"),
+                format!("version {other:?} is not supported (this reader knows 1, 2 and 3)"),
             ))
         }
+    };
+    // Before version 3 a SASRec bundle without `positions` means `from_start`; a reader that
+    // predates the field would silently rank a `from_end` model wrongly, hence the bump.
+    let backbone = value.get("backbone");
+    let sasrec = backbone
+        .and_then(|b| b.get("kind"))
+        .and_then(|k| k.as_str())
+        == Some("sasrec");
+    if version >= POSITIONS_REQUIRED_FROM
+        && sasrec
+        && backbone.and_then(|b| b.get("positions")).is_none()
+    {
+        return Err(BundleError::invalid(
+            CONFIG_FILE,
+            format!(
+                "backbone.positions is required for SASRec from version {POSITIONS_REQUIRED_FROM} (\"from_end\" or \"from_start\")"
+            ),
+        ));
     }
     let raw: RawConfig = serde_json::from_value(value)
         .map_err(|e| BundleError::invalid(CONFIG_FILE, e.to_string()))?;

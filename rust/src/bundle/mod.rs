@@ -24,7 +24,7 @@ pub use config::{
 };
 pub use error::BundleError;
 pub use items::{Attribute, IdRows, ItemId};
-pub use weights::{expected_float_shapes, Tensor};
+pub use weights::{attribute_shape, expected_float_shapes, Tensor, ATTRIBUTE_PREFIX};
 
 use checksum::verify_files;
 use config::parse_config;
@@ -32,10 +32,11 @@ use items::read_items;
 use weights::{check_attributes, read_weights, Weights};
 
 pub const FORMAT: &str = "dpr-bundle";
-/// The newest bundle version (2 adds the optional intent read-out).
-pub const VERSION: i64 = 2;
+/// The newest bundle version (2 adds the optional intent read-out, 3 makes SASRec's
+/// `backbone.positions` mandatory).
+pub const VERSION: i64 = 3;
 /// Every version this reader accepts.
-pub const READ_VERSIONS: [i64; 2] = [1, 2];
+pub const READ_VERSIONS: [i64; 3] = [1, 2, 3];
 pub const CONFIG_FILE: &str = "dpr.json";
 pub const WEIGHTS_FILE: &str = "weights.safetensors";
 /// The largest dimension or count `dpr.json` may state (items are addressed by u32 rows).

@@ -25,6 +25,15 @@ pub(super) struct Weights {
     pub(super) attributes: HashMap<String, (Vec<usize>, Vec<u8>)>,
 }
 
+/// Prefix of the uint8 attribute matrices: `items.attributes.<family>`.
+pub const ATTRIBUTE_PREFIX: &str = "items.attributes.";
+
+/// Shape of the uint8 matrix of an attribute with `width` values over `num_items` items: one
+/// row per item plus the padding row 0.
+pub fn attribute_shape(num_items: usize, width: usize) -> [usize; 2] {
+    [num_items + 1, width]
+}
+
 /// Name → shape of every float tensor `dpr.json` implies (`intent`: its `intent` section).
 pub fn expected_float_shapes(
     backbone: &BackboneConfig,
@@ -177,7 +186,7 @@ pub(super) fn read_weights(root: &Path, raw: &RawConfig) -> Result<Weights, Bund
                 ));
             }
             floats.insert(name.clone(), Tensor { shape, data });
-        } else if let Some(attr) = name.strip_prefix("items.attributes.") {
+        } else if let Some(attr) = name.strip_prefix(ATTRIBUTE_PREFIX) {
             // Which attributes exist, and their widths, are checked against the items file
             // once both are read (`check_attributes`).
             if view.dtype() != Dtype::U8 {
@@ -224,14 +233,14 @@ pub(super) fn check_attributes(
 ) -> Result<(), BundleError> {
     let items_file = &raw.items.file;
     for (attr, a) in &items.attributes {
-        let name = format!("items.attributes.{attr}");
+        let name = format!("{ATTRIBUTE_PREFIX}{attr}");
         let (shape, matrix) = weights.attributes.get(attr).ok_or_else(|| {
             BundleError::invalid(
                 WEIGHTS_FILE,
                 format!("missing tensor '{name}' ({items_file} lists it)"),
             )
         })?;
-        let want = [raw.num_items + 1, a.values.len()];
+        let want = attribute_shape(raw.num_items, a.values.len());
         if shape[..] != want {
             return Err(BundleError::invalid(
                 WEIGHTS_FILE,

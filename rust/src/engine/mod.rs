@@ -56,6 +56,21 @@ impl From<PromptError> for ModelError {
     }
 }
 
+/// The largest steering strength a query may ask for: far beyond any useful steering (the model
+/// is trained at 1.0); a bound keeps the float32 user vector and its scores finite.
+pub const MAX_STRENGTH: f64 = 1e6;
+
+/// The strength rule, the one place it is written: a finite number in `0..=MAX_STRENGTH`.
+pub fn check_strength(strength: f64) -> Result<f32, ModelError> {
+    if strength.is_finite() && (0.0..=MAX_STRENGTH).contains(&strength) {
+        Ok(strength as f32)
+    } else {
+        Err(ModelError::Argument(format!(
+            "strength must be a finite number >= 0 (at most 1e+06), got {strength}"
+        )))
+    }
+}
+
 /// How one query runs.
 #[derive(Debug, Clone)]
 pub struct QueryOptions {
@@ -427,11 +442,7 @@ impl Model {
                 self.prompt_dim()
             )));
         }
-        if !strength.is_finite() {
-            return Err(ModelError::Argument(format!(
-                "strength must be finite, got {strength}"
-            )));
-        }
+        check_strength(f64::from(strength))?;
         let rows = Rows {
             data: &self.table,
             stride: self.width,

@@ -19,7 +19,7 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
 use super::convert::{hits_1d, hits_2d, non_negative, pad};
 use super::detached;
 use crate::bundle::{BundleError, ItemId};
-use crate::engine::{Filter, Model, ModelError, QueryOptions, Retrieval};
+use crate::engine::{check_strength, Filter, Model, ModelError, QueryOptions, Retrieval};
 use crate::index::exact::Hit;
 use crate::nn::encoder::PromptErrorKind;
 
@@ -53,13 +53,7 @@ pub(crate) fn model_error(err: ModelError) -> PyErr {
 }
 
 fn finite_strength(strength: f64) -> PyResult<f32> {
-    if strength.is_finite() && strength >= 0.0 {
-        Ok(strength as f32)
-    } else {
-        Err(PyValueError::new_err(format!(
-            "strength must be a finite number >= 0, got {strength}"
-        )))
-    }
+    check_strength(strength).map_err(model_error)
 }
 
 /// `[(attribute, [values])]` → indices.

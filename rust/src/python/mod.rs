@@ -38,6 +38,7 @@ where
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("INDEX_FILE", crate::index::policy::INDEX_FILE)?;
     exact::register(m)?;
     probes::register(m)?;
     encoder::register(m)?;
