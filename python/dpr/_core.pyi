@@ -145,24 +145,16 @@ class Engine:
         """
     def item_ids(self) -> list[int | str]:
         """External ids of rows 1..N."""
-    def titles(self) -> list[str]:
-        """Titles of rows 1..N."""
     def attribute_values(self) -> dict[str, list[str]]:
         """Attribute name -> its values."""
     def describe(self, rows: list[int]) -> list[tuple[str, dict[str, list[str]]]]:
         """``(title, {attribute: [values]})`` of each item row."""
-    def item_attributes(self, row: int) -> dict[str, list[str]]:
-        """Attribute name -> the values item ``row`` has."""
     def save_index(self, path: str) -> None:
         """Write the HNSW graph (built if needed) to ``path``."""
     @property
     def uses_hnsw(self) -> bool: ...
     @property
     def num_items(self) -> int: ...
-    @property
-    def dim(self) -> int: ...
-    @property
-    def vector_dim(self) -> int: ...
     @property
     def prompt_dim(self) -> int:
         """Width of the steering head's prompt input (embedding + 2V intent features)."""
@@ -179,8 +171,6 @@ class Engine:
     def max_len(self) -> int: ...
     @property
     def strength_default(self) -> float: ...
-    @property
-    def prompt_cache_len(self) -> int: ...
 
 class PromptEncoder:
     """Sentence encoder for prompts (all-MiniLM-L6-v2 by default), with an LRU cache.

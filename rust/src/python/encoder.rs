@@ -8,20 +8,13 @@ use std::path::PathBuf;
 
 use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray1, PyArray2};
-use pyo3::exceptions::{PyFileNotFoundError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
 use super::convert::non_negative;
 use super::detached;
-use crate::nn::encoder::{self, PromptError, PromptErrorKind};
-
-fn py_error(err: PromptError) -> PyErr {
-    match err.kind {
-        PromptErrorKind::NotFound => PyFileNotFoundError::new_err(err.message),
-        PromptErrorKind::Invalid | PromptErrorKind::Prompt => PyValueError::new_err(err.message),
-        PromptErrorKind::Model => PyRuntimeError::new_err(err.message),
-    }
-}
+use super::errors::prompt_error;
+use crate::nn::encoder;
 
 /// Sentence encoder for prompts (all-MiniLM-L6-v2 by default) with an LRU cache.
 #[pyclass(frozen, name = "PromptEncoder", module = "dpr._core")]
@@ -39,14 +32,14 @@ impl PyPromptEncoder {
         let inner = detached(py, "PromptEncoder", || {
             encoder::PromptEncoder::load(&path, max_tokens, cache_capacity)
         })?
-        .map_err(py_error)?;
+        .map_err(prompt_error)?;
         Ok(Self { inner })
     }
 
     /// The prompt's vector, float32 of shape (dim,); zeros for a blank prompt.
     fn encode<'py>(&self, py: Python<'py>, prompt: &str) -> PyResult<Bound<'py, PyArray1<f32>>> {
         let vector = detached(py, "PromptEncoder.encode", || self.inner.encode(prompt))?
-            .map_err(py_error)?;
+            .map_err(prompt_error)?;
         Ok(PyArray1::from_slice(py, &vector))
     }
 
@@ -65,7 +58,7 @@ impl PyPromptEncoder {
                 flat
             })
         })?
-        .map_err(py_error)?;
+        .map_err(prompt_error)?;
         let matrix = Array2::from_shape_vec((prompts.len(), dim), flat)
             .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
         Ok(matrix.into_pyarray(py))

@@ -9,48 +9,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use numpy::{IntoPyArray, PyArray1, PyArray2};
-use pyo3::create_exception;
-use pyo3::exceptions::{
-    PyFileNotFoundError, PyKeyError, PyRuntimeError, PyTypeError, PyValueError,
-};
+use pyo3::exceptions::{PyKeyError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
 
 use super::convert::{hits_1d, hits_2d, non_negative, pad};
 use super::detached;
-use crate::bundle::{BundleError, ItemId};
+use super::errors::{model_error, BundleFormatError};
+use crate::bundle::ItemId;
 use crate::engine::{check_strength, Filter, Model, ModelError, QueryOptions, Retrieval};
 use crate::index::exact::Hit;
-use crate::nn::encoder::PromptErrorKind;
 
 /// `(rows, scores)` as handed back to Python.
 type Found<'py, A, B> = PyResult<(Bound<'py, A>, Bound<'py, B>)>;
-
-create_exception!(
-    _core,
-    BundleFormatError,
-    PyValueError,
-    "A bundle file is damaged or disagrees with dpr.json (the message names the file and field)."
-);
-
-pub(crate) fn model_error(err: ModelError) -> PyErr {
-    match err {
-        ModelError::Bundle(BundleError::Missing { .. }) => {
-            PyFileNotFoundError::new_err(err.to_string())
-        }
-        ModelError::Bundle(BundleError::Invalid { .. }) => {
-            BundleFormatError::new_err(err.to_string())
-        }
-        ModelError::Prompt(ref e) => match e.kind {
-            PromptErrorKind::NotFound => PyFileNotFoundError::new_err(err.to_string()),
-            PromptErrorKind::Invalid => BundleFormatError::new_err(err.to_string()),
-            PromptErrorKind::Prompt => PyValueError::new_err(err.to_string()),
-            PromptErrorKind::Model => PyRuntimeError::new_err(err.to_string()),
-        },
-        ModelError::Argument(m) => PyValueError::new_err(m),
-        ModelError::Key(m) => PyKeyError::new_err(m),
-    }
-}
 
 fn finite_strength(strength: f64) -> PyResult<f32> {
     check_strength(strength).map_err(model_error)
@@ -72,6 +43,21 @@ fn id_to_py(py: Python<'_>, id: &ItemId) -> PyResult<Py<PyAny>> {
         ItemId::Int(i) => i.into_pyobject(py)?.into_any().unbind(),
         ItemId::Str(s) => PyString::new(py, s).into_any().unbind(),
     })
+}
+
+/// `{attribute: [values]}` of item `row`.
+fn item_attributes<'py>(model: &Model, py: Python<'py>, row: i64) -> PyResult<Bound<'py, PyDict>> {
+    let n = model.num_items;
+    let row = usize::try_from(row)
+        .ok()
+        .filter(|&r| (1..=n).contains(&r))
+        .ok_or_else(|| PyValueError::new_err(format!("row {row} is not an item row (1..={n})")))?;
+    let out = PyDict::new(py);
+    for a in &model.attributes {
+        let values: Vec<&str> = a.values_of(row).map(|v| a.values[v].as_str()).collect();
+        out.set_item(&a.name, values)?;
+    }
+    Ok(out)
 }
 
 /// A loaded bundle. Thread-safe: every method takes `&self`, compute runs without the GIL.
@@ -381,33 +367,11 @@ impl Engine {
         PyList::new(py, ids)
     }
 
-    /// Titles of rows 1..=N, in row order.
-    fn titles(&self) -> Vec<String> {
-        self.model.titles.clone()
-    }
-
     /// `{attribute: [values]}` of the catalogue.
     fn attribute_values<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let out = PyDict::new(py);
         for a in &self.model.attributes {
             out.set_item(&a.name, &a.values)?;
-        }
-        Ok(out)
-    }
-
-    /// `{attribute: [values]}` of item `row`.
-    fn item_attributes<'py>(&self, py: Python<'py>, row: i64) -> PyResult<Bound<'py, PyDict>> {
-        let n = self.model.num_items;
-        let row = usize::try_from(row)
-            .ok()
-            .filter(|&r| (1..=n).contains(&r))
-            .ok_or_else(|| {
-                PyValueError::new_err(format!("row {row} is not an item row (1..={n})"))
-            })?;
-        let out = PyDict::new(py);
-        for a in &self.model.attributes {
-            let values: Vec<&str> = a.values_of(row).map(|v| a.values[v].as_str()).collect();
-            out.set_item(&a.name, values)?;
         }
         Ok(out)
     }
@@ -420,7 +384,7 @@ impl Engine {
     ) -> PyResult<Vec<(String, Bound<'py, PyDict>)>> {
         rows.into_iter()
             .map(|row| {
-                let attributes = self.item_attributes(py, row)?;
+                let attributes = item_attributes(&self.model, py, row)?;
                 // `item_attributes` checked the row.
                 Ok((self.model.titles[row as usize - 1].clone(), attributes))
             })
@@ -445,16 +409,6 @@ impl Engine {
     }
 
     #[getter]
-    fn dim(&self) -> usize {
-        self.model.dim
-    }
-
-    #[getter]
-    fn vector_dim(&self) -> usize {
-        self.model.vector_dim()
-    }
-
-    #[getter]
     fn prompt_dim(&self) -> usize {
         self.model.prompt_dim()
     }
@@ -467,11 +421,6 @@ impl Engine {
     #[getter]
     fn strength_default(&self) -> f32 {
         self.model.strength_default
-    }
-
-    #[getter]
-    fn prompt_cache_len(&self) -> usize {
-        self.model.encoder().cache_len()
     }
 }
 

@@ -8,11 +8,8 @@ use pyo3::prelude::*;
 
 use super::convert::{check_dim, f32_array, hits_1d, hits_2d, non_negative, pad, row_ids, Hits};
 use super::detached;
-use crate::index::exact::{self, Matrix, RetrieveError};
-
-fn value_error(err: RetrieveError) -> PyErr {
-    PyValueError::new_err(err.to_string())
-}
+use super::errors::retrieve_error;
+use crate::index::exact::{self, Matrix};
 
 /// Exact top-k rows of `items` by inner product with `query`, best first.
 ///
@@ -36,10 +33,10 @@ fn top_k<'py>(
         Some(e) if !e.is_none() => row_ids(e, n, "exclude")?,
         _ => Vec::new(),
     };
-    let items = Matrix::new(items.as_slice()?, n, d).map_err(value_error)?;
+    let items = Matrix::new(items.as_slice()?, n, d).map_err(retrieve_error)?;
     let query = query.as_slice()?;
-    let hits =
-        detached(py, "top_k", || exact::top_k(items, query, k, &exclude))?.map_err(value_error)?;
+    let hits = detached(py, "top_k", || exact::top_k(items, query, k, &exclude))?
+        .map_err(retrieve_error)?;
     Ok(hits_1d(py, &hits))
 }
 
@@ -91,13 +88,13 @@ fn top_k_batch<'py>(
         }
         _ => Vec::new(),
     };
-    let items = Matrix::new(items.as_slice()?, n, d).map_err(value_error)?;
-    let queries = Matrix::new(queries.as_slice()?, b, d).map_err(value_error)?;
+    let items = Matrix::new(items.as_slice()?, n, d).map_err(retrieve_error)?;
+    let queries = Matrix::new(queries.as_slice()?, b, d).map_err(retrieve_error)?;
     let width = k.min(n);
     let padded = detached(py, "top_k_batch", || {
         exact::top_k_batch(items, queries, k, &excludes).map(|hits| pad(&hits, width))
     })?
-    .map_err(value_error)?;
+    .map_err(retrieve_error)?;
     hits_2d(py, padded, b, width)
 }
 

@@ -8,22 +8,15 @@ use numpy::{
     PyArray, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArray, PyUntypedArray,
     PyUntypedArrayMethods,
 };
-use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use rayon::prelude::*;
 
 use super::convert::{check_dim, f32_array, hits_1d, hits_2d, non_negative, pad, positive, Hits};
 use super::detached;
+use super::errors::hnsw_error;
 use crate::index::exact::Matrix;
-use crate::index::hnsw::{self, HnswError, HnswParams};
-
-fn hnsw_error(err: HnswError) -> PyErr {
-    match err {
-        HnswError::Backend(_) => PyRuntimeError::new_err(err.to_string()),
-        HnswError::File { .. } => PyOSError::new_err(err.to_string()),
-        _ => PyValueError::new_err(err.to_string()),
-    }
-}
+use crate::index::hnsw::{self, HnswParams};
 
 /// A 1-D boolean mask of length `rows`, C-contiguous.
 fn bool_mask<'py>(

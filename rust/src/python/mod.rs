@@ -9,6 +9,7 @@
 mod convert;
 mod encoder;
 mod engine;
+mod errors;
 mod exact;
 mod hnsw;
 mod probes;
