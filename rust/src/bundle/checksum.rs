@@ -7,7 +7,7 @@ use std::path::Path;
 use memmap2::Mmap;
 use sha2::{Digest, Sha256};
 
-use super::{BundleError, CONFIG_FILE};
+use super::BundleError;
 
 /// Checks every file listed in `dpr.json` `files` against its sha256.
 pub(super) fn verify_files(
@@ -16,25 +16,20 @@ pub(super) fn verify_files(
 ) -> Result<(), BundleError> {
     for (name, digest) in files {
         if &sha256_of(&root.join(name), name)? != digest {
-            return Err(BundleError::invalid(
-                name,
-                format!(
-                    "sha256 differs from {CONFIG_FILE} files[\"{name}\"] (truncated or modified)"
-                ),
-            ));
+            return Err(BundleError::Checksum { file: name.clone() });
         }
     }
     Ok(())
 }
 
 fn sha256_of(path: &Path, name: &str) -> Result<String, BundleError> {
-    let file = File::open(path).map_err(|e| BundleError::invalid(name, e.to_string()))?;
+    let file = File::open(path).map_err(|e| BundleError::unreadable(name, e.to_string()))?;
     let mut hasher = Sha256::new();
     if file.metadata().map(|m| m.len()).unwrap_or(0) > 0 {
         // SAFETY: the bundle is read-only while served; a concurrent writer would at worst
         // change the digest, which is then reported as a mismatch.
-        let map =
-            unsafe { Mmap::map(&file) }.map_err(|e| BundleError::invalid(name, e.to_string()))?;
+        let map = unsafe { Mmap::map(&file) }
+            .map_err(|e| BundleError::unreadable(name, e.to_string()))?;
         hasher.update(&map[..]);
     }
     Ok(hasher

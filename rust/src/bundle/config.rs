@@ -149,19 +149,19 @@ pub(super) struct RawConfig {
 
 pub(super) fn parse_config(text: &str) -> Result<RawConfig, BundleError> {
     let value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| BundleError::invalid(CONFIG_FILE, format!("not valid JSON ({e})")))?;
+        .map_err(|e| BundleError::unreadable(CONFIG_FILE, format!("not valid JSON ({e})")))?;
     let format = value.get("format").and_then(|f| f.as_str());
     if format != Some(FORMAT) {
-        return Err(BundleError::invalid(
-            CONFIG_FILE,
+        return Err(BundleError::config(
+            "format",
             format!("format {:?} is not \"{FORMAT}\"", value.get("format")),
         ));
     }
     let version = match value.get("version").and_then(|v| v.as_i64()) {
         Some(v) if READ_VERSIONS.contains(&v) => v,
         other => {
-            return Err(BundleError::invalid(
-                CONFIG_FILE,
+            return Err(BundleError::config(
+                "version",
                 format!("version {other:?} is not supported (this reader knows 1, 2 and 3)"),
             ))
         }
@@ -177,20 +177,20 @@ pub(super) fn parse_config(text: &str) -> Result<RawConfig, BundleError> {
         && sasrec
         && backbone.and_then(|b| b.get("positions")).is_none()
     {
-        return Err(BundleError::invalid(
-            CONFIG_FILE,
+        return Err(BundleError::config(
+            "backbone.positions",
             format!(
                 "backbone.positions is required for SASRec from version {POSITIONS_REQUIRED_FROM} (\"from_end\" or \"from_start\")"
             ),
         ));
     }
-    let raw: RawConfig = serde_json::from_value(value)
-        .map_err(|e| BundleError::invalid(CONFIG_FILE, e.to_string()))?;
-    let check = |ok: bool, msg: &str| {
+    let raw: RawConfig =
+        serde_json::from_value(value).map_err(|e| BundleError::config("", e.to_string()))?;
+    let check = |ok: bool, field: &str, msg: &str| {
         if ok {
             Ok(())
         } else {
-            Err(BundleError::invalid(CONFIG_FILE, msg))
+            Err(BundleError::config(field, msg))
         }
     };
     // Sizes index u32 rows and multiply into shapes: bounding them keeps every product in
@@ -221,14 +221,20 @@ pub(super) fn parse_config(text: &str) -> Result<RawConfig, BundleError> {
         }
     }
     for (field, value) in sizes {
-        check(value > 0, &format!("{field} must be positive, got {value}"))?;
+        check(
+            value > 0,
+            field,
+            &format!("{field} must be positive, got {value}"),
+        )?;
         check(
             value <= MAX_SIZE,
+            field,
             &format!("{field} = {value} is beyond the largest size a bundle may have ({MAX_SIZE})"),
         )?;
     }
     check(
         layers <= MAX_LAYERS,
+        layer_field,
         &format!("{layer_field} = {layers} is more than {MAX_LAYERS}"),
     )?;
     for (field, value) in [
@@ -238,17 +244,20 @@ pub(super) fn parse_config(text: &str) -> Result<RawConfig, BundleError> {
     ] {
         check(
             value <= MAX_SIZE,
+            field,
             &format!("{field} = {value} is beyond the largest size a bundle may have ({MAX_SIZE})"),
         )?;
     }
     if let BackboneConfig::Sasrec { num_heads, .. } = raw.backbone {
         check(
             raw.dim.is_multiple_of(num_heads),
+            "backbone.num_heads",
             "backbone.num_heads must divide dim",
         )?;
     }
     check(
         s.positive_experts + s.negative_experts > 0,
+        "steer",
         "steer: at least one expert",
     )?;
     for (field, path) in raw
@@ -262,30 +271,36 @@ pub(super) fn parse_config(text: &str) -> Result<RawConfig, BundleError> {
     {
         check(
             inside_bundle(path),
+            field,
             &format!("{field}: {path:?} is not a relative path inside the bundle"),
         )?;
     }
     match &raw.intent {
         None => check(
             s.prompt_dim == raw.prompt_encoder.dim,
+            "steer.prompt_dim",
             "steer.prompt_dim differs from prompt_encoder.dim",
         )?,
         Some(intent) => check_intent_config(&raw, intent)?,
     }
     check(
         s.values.len() == s.attribute_dim,
+        "steer.values",
         "steer.values must hold steer.attribute_dim values",
     )?;
     check(
         s.attribute_dim == 0 || s.attribute.is_some(),
+        "steer.attribute",
         "steer.attribute is required when steer.attribute_dim > 0",
     )?;
     check(
         s.strength_default.is_finite(),
+        "steer.strength_default",
         "steer.strength_default must be finite",
     )?;
     check(
         s.layer_norm_eps.is_finite() && s.layer_norm_eps > 0.0,
+        "steer.layer_norm_eps",
         "steer.layer_norm_eps must be positive",
     )?;
     Ok(raw)
@@ -294,40 +309,52 @@ pub(super) fn parse_config(text: &str) -> Result<RawConfig, BundleError> {
 /// The `intent` section on its own and against the rest of `dpr.json` (its values are checked
 /// against `items.json` once that is read, in [`check_intent_values`]).
 fn check_intent_config(raw: &RawConfig, intent: &IntentConfig) -> Result<(), BundleError> {
-    let check = |ok: bool, msg: String| {
+    let check = |ok: bool, field: &str, msg: String| {
         if ok {
             Ok(())
         } else {
-            Err(BundleError::invalid(CONFIG_FILE, msg))
+            Err(BundleError::config(field, msg))
         }
     };
     check(
         raw.version >= 2,
+        "intent",
         format!(
             "intent: the intent section needs version 2, the file says version {}",
             raw.version
         ),
     )?;
     let v = intent.num_values();
-    check(v > 0, "intent.values must hold at least one value".into())?;
+    check(
+        v > 0,
+        "intent.values",
+        "intent.values must hold at least one value".into(),
+    )?;
     for (field, value) in [
         ("intent.embedding_dim", intent.embedding_dim),
         ("intent.hidden", intent.hidden),
     ] {
-        check(value > 0, format!("{field} must be positive, got {value}"))?;
+        check(
+            value > 0,
+            field,
+            format!("{field} must be positive, got {value}"),
+        )?;
         check(
             value <= MAX_SIZE,
+            field,
             format!("{field} = {value} is beyond the largest size a bundle may have ({MAX_SIZE})"),
         )?;
     }
     check(
         v <= MAX_SIZE / 3,
+        "intent.values",
         format!("intent.values holds {v} values, more than a bundle may have"),
     )?;
     let mut seen = std::collections::BTreeSet::new();
     for (i, (family, value)) in intent.values.iter().enumerate() {
         check(
             seen.insert((family, value)),
+            "intent.values",
             format!("intent.values[{i}] = [{family:?}, {value:?}] repeats an earlier value"),
         )?;
     }
@@ -337,23 +364,27 @@ fn check_intent_config(raw: &RawConfig, intent: &IntentConfig) -> Result<(), Bun
     ] {
         check(
             t.is_finite() && t > 0.0 && t <= 1.0,
+            field,
             format!("{field} must lie in (0, 1], got {t}"),
         )?;
     }
     if let Some(activation) = &intent.activation {
         check(
             activation == "relu",
+            "intent.activation",
             format!("intent.activation {activation:?} is not supported (only \"relu\")"),
         )?;
     }
     if let Some(features) = &intent.features {
         check(
             features == INTENT_FEATURES,
+            "intent.features",
             format!("intent.features {features:?} is not supported (only {INTENT_FEATURES:?})"),
         )?;
     }
     check(
         intent.embedding_dim == raw.prompt_encoder.dim,
+        "intent.embedding_dim",
         format!(
             "intent.embedding_dim {} differs from prompt_encoder.dim {}",
             intent.embedding_dim, raw.prompt_encoder.dim
@@ -361,7 +392,7 @@ fn check_intent_config(raw: &RawConfig, intent: &IntentConfig) -> Result<(), Bun
     )?;
     let want = intent.embedding_dim + intent.feature_dim();
     check(
-        raw.steer.prompt_dim == want,
+        raw.steer.prompt_dim == want, "steer.prompt_dim",
         format!(
             "steer.prompt_dim {} differs from intent.embedding_dim + 2 x {v} intent values = {want}",
             raw.steer.prompt_dim

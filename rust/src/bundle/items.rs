@@ -138,12 +138,13 @@ pub(super) fn read_items(root: &Path, raw: &RawConfig) -> Result<Items, BundleEr
     let name = raw.items.file.as_str();
     let text = read_text(root, name)?;
     let items: RawItems =
-        serde_json::from_str(&text).map_err(|e| BundleError::invalid(name, e.to_string()))?;
+        serde_json::from_str(&text).map_err(|e| BundleError::items(name, "", e.to_string()))?;
     let n = raw.num_items;
     for (field, len) in [("ids", items.ids.len()), ("titles", items.titles.len())] {
         if len != n {
-            return Err(BundleError::invalid(
+            return Err(BundleError::items(
                 name,
+                field,
                 format!("{field} has {len} entries, {CONFIG_FILE} num_items={n}"),
             ));
         }
@@ -156,20 +157,26 @@ pub(super) fn read_items(root: &Path, raw: &RawConfig) -> Result<Items, BundleEr
                 ItemId::Int(x.as_i64().unwrap_or_default())
             }
             other => {
-                return Err(BundleError::invalid(
+                return Err(BundleError::items(
                     name,
+                    "ids",
                     format!("ids[{i}] is {other}, not a string or integer"),
                 ))
             }
         });
     }
     let id_rows = IdRows::new(&ids).map_err(|i| {
-        BundleError::invalid(name, format!("ids[{i}] = {} is a duplicate", items.ids[i]))
+        BundleError::items(
+            name,
+            "ids",
+            format!("ids[{i}] = {} is a duplicate", items.ids[i]),
+        )
     })?;
     for (attr, a) in &items.attributes {
         if a.items.len() != n {
-            return Err(BundleError::invalid(
+            return Err(BundleError::items(
                 name,
+                &format!("attributes.{attr}.items"),
                 format!(
                     "attributes.{attr}.items has {} rows, num_items={n}",
                     a.items.len()
@@ -182,8 +189,9 @@ pub(super) fn read_items(root: &Path, raw: &RawConfig) -> Result<Items, BundleEr
             .enumerate()
             .find_map(|(r, vs)| vs.iter().find(|&&v| v >= a.values.len()).map(|&v| (r, v)))
         {
-            return Err(BundleError::invalid(
+            return Err(BundleError::items(
                 name,
+                &format!("attributes.{attr}.items"),
                 format!(
                     "attributes.{attr}.items[{row}] holds value index {bad}, beyond its {} values",
                     a.values.len()
@@ -199,8 +207,9 @@ pub(super) fn read_items(root: &Path, raw: &RawConfig) -> Result<Items, BundleEr
     {
         let values = items.attributes.get(attr).map(|a| &a.values);
         if values != Some(&steer.values) {
-            return Err(BundleError::invalid(
+            return Err(BundleError::items(
                 name,
+                &format!("attributes.{attr}.values"),
                 format!("attributes.{attr}.values differ from {CONFIG_FILE} steer.values"),
             ));
         }
@@ -230,8 +239,8 @@ fn check_intent_values(
             }
             Some(_) => continue,
         };
-        return Err(BundleError::invalid(
-            CONFIG_FILE,
+        return Err(BundleError::config(
+            "intent.values",
             format!("intent.values[{i}] = [{family:?}, {value:?}]: {problem}"),
         ));
     }

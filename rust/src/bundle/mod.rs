@@ -89,8 +89,8 @@ impl Bundle {
         }
         for required in [WEIGHTS_FILE, raw.items.file.as_str()] {
             if !raw.files.contains_key(required) {
-                return Err(BundleError::invalid(
-                    CONFIG_FILE,
+                return Err(BundleError::config(
+                    "files",
                     format!("files has no entry for {required}"),
                 ));
             }
@@ -173,7 +173,7 @@ impl Bundle {
     pub fn take(&mut self, name: &str) -> Result<Tensor, BundleError> {
         self.tensors
             .remove(name)
-            .ok_or_else(|| BundleError::invalid(WEIGHTS_FILE, format!("missing tensor '{name}'")))
+            .ok_or_else(|| BundleError::tensor(name, format!("missing tensor '{name}'")))
     }
 }
 
@@ -187,8 +187,10 @@ pub(super) fn read_text(root: &Path, name: &str) -> Result<String, BundleError> 
                 file: path.clone(),
                 why: "missing (not a bundle, or an unfinished one)".into(),
             },
-            std::io::ErrorKind::InvalidData => BundleError::invalid(name, "not valid UTF-8 text"),
-            _ => BundleError::invalid(name, format!("cannot read: {e}")),
+            std::io::ErrorKind::InvalidData => {
+                BundleError::unreadable(name, "not valid UTF-8 text")
+            }
+            _ => BundleError::unreadable(name, format!("cannot read: {e}")),
         })?;
     Ok(text)
 }

@@ -137,9 +137,9 @@ pub(super) fn read_weights(root: &Path, raw: &RawConfig) -> Result<Weights, Bund
     // SAFETY: the file is only read; a bundle must not be rewritten in place while loaded
     // (the exporter replaces whole directories, never files).
     let map = unsafe { Mmap::map(&file) }
-        .map_err(|e| BundleError::invalid(WEIGHTS_FILE, format!("cannot map: {e}")))?;
+        .map_err(|e| BundleError::unreadable(WEIGHTS_FILE, format!("cannot map: {e}")))?;
     let st = SafeTensors::deserialize(&map).map_err(|e| {
-        BundleError::invalid(WEIGHTS_FILE, format!("not a valid safetensors file ({e})"))
+        BundleError::unreadable(WEIGHTS_FILE, format!("not a valid safetensors file ({e})"))
     })?;
     let mut expected = expected_float_shapes(
         &raw.backbone,
@@ -155,18 +155,18 @@ pub(super) fn read_weights(root: &Path, raw: &RawConfig) -> Result<Weights, Bund
     for name in &names {
         let view = st
             .tensor(name)
-            .map_err(|e| BundleError::invalid(WEIGHTS_FILE, format!("tensor '{name}': {e}")))?;
+            .map_err(|e| BundleError::tensor(name, format!("tensor '{name}': {e}")))?;
         let shape = view.shape().to_vec();
         if let Some(want) = expected.remove(name) {
             if view.dtype() != Dtype::F32 {
-                return Err(BundleError::invalid(
-                    WEIGHTS_FILE,
+                return Err(BundleError::tensor(
+                    name,
                     format!("tensor '{name}' has dtype {:?}, expected F32", view.dtype()),
                 ));
             }
             if shape != want {
-                return Err(BundleError::invalid(
-                    WEIGHTS_FILE,
+                return Err(BundleError::tensor(
+                    name,
                     format!(
                         "tensor '{name}' has shape {}, {CONFIG_FILE} implies {}",
                         shape_str(&shape),
@@ -180,8 +180,8 @@ pub(super) fn read_weights(root: &Path, raw: &RawConfig) -> Result<Weights, Bund
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect();
             if let Some(i) = data.iter().position(|x| !x.is_finite()) {
-                return Err(BundleError::invalid(
-                    WEIGHTS_FILE,
+                return Err(BundleError::tensor(
+                    name,
                     format!("tensor '{name}' holds NaN or Inf (flat index {i})"),
                 ));
             }
@@ -190,34 +190,34 @@ pub(super) fn read_weights(root: &Path, raw: &RawConfig) -> Result<Weights, Bund
             // Which attributes exist, and their widths, are checked against the items file
             // once both are read (`check_attributes`).
             if view.dtype() != Dtype::U8 {
-                return Err(BundleError::invalid(
-                    WEIGHTS_FILE,
+                return Err(BundleError::tensor(
+                    name,
                     format!("tensor '{name}' has dtype {:?}, expected U8", view.dtype()),
                 ));
             }
             attributes.insert(attr.to_owned(), (shape, view.data().to_vec()));
         } else if name.starts_with("intent.") && raw.intent.is_none() {
-            return Err(BundleError::invalid(
-                WEIGHTS_FILE,
+            return Err(BundleError::tensor(
+                name,
                 format!("unexpected tensor '{name}' ({CONFIG_FILE} has no intent section)"),
             ));
         } else {
-            return Err(BundleError::invalid(
-                WEIGHTS_FILE,
+            return Err(BundleError::tensor(
+                name,
                 format!("unexpected tensor '{name}'"),
             ));
         }
     }
     if let Some(name) = expected.keys().next() {
-        return Err(BundleError::invalid(
-            WEIGHTS_FILE,
+        return Err(BundleError::tensor(
+            name,
             format!("missing tensor '{name}'"),
         ));
     }
     let embedding = &floats["items.embedding"].data;
     if embedding[..raw.dim].iter().any(|&x| x != 0.0) {
-        return Err(BundleError::invalid(
-            WEIGHTS_FILE,
+        return Err(BundleError::tensor(
+            "items.embedding",
             "tensor 'items.embedding' row 0 (padding) is not zero",
         ));
     }
@@ -235,15 +235,15 @@ pub(super) fn check_attributes(
     for (attr, a) in &items.attributes {
         let name = format!("{ATTRIBUTE_PREFIX}{attr}");
         let (shape, matrix) = weights.attributes.get(attr).ok_or_else(|| {
-            BundleError::invalid(
-                WEIGHTS_FILE,
+            BundleError::tensor(
+                &name,
                 format!("missing tensor '{name}' ({items_file} lists it)"),
             )
         })?;
         let want = attribute_shape(raw.num_items, a.values.len());
         if shape[..] != want {
-            return Err(BundleError::invalid(
-                WEIGHTS_FILE,
+            return Err(BundleError::tensor(
+                &name,
                 format!(
                     "tensor '{name}' has shape {}, {items_file} implies {}",
                     shape_str(shape),
@@ -258,8 +258,8 @@ pub(super) fn check_attributes(
         .keys()
         .find(|attr| !items.attributes.contains_key(*attr))
     {
-        return Err(BundleError::invalid(
-            WEIGHTS_FILE,
+        return Err(BundleError::tensor(
+            &format!("{ATTRIBUTE_PREFIX}{attr}"),
             format!("unexpected tensor 'items.attributes.{attr}'"),
         ));
     }
@@ -276,8 +276,8 @@ fn check_attribute_matrix(
     let w = a.values.len();
     let mut want = vec![0u8; w];
     if matrix[..w].iter().any(|&x| x != 0) {
-        return Err(BundleError::invalid(
-            WEIGHTS_FILE,
+        return Err(BundleError::tensor(
+            &format!("{ATTRIBUTE_PREFIX}{attr}"),
             format!("tensor 'items.attributes.{attr}' row 0 (padding) is not zero"),
         ));
     }
@@ -288,8 +288,8 @@ fn check_attribute_matrix(
         }
         let row = i + 1;
         if matrix[row * w..(row + 1) * w] != want[..] {
-            return Err(BundleError::invalid(
-                WEIGHTS_FILE,
+            return Err(BundleError::tensor(
+                &format!("{ATTRIBUTE_PREFIX}{attr}"),
                 format!(
                     "tensor 'items.attributes.{attr}' row {row} disagrees with {items_file} attributes.{attr}.items[{i}]"
                 ),

@@ -124,8 +124,7 @@ fn open_index(
     file: &Path,
 ) -> Result<HnswIndex, ModelError> {
     let index_error = |e: crate::index::hnsw::HnswError| {
-        ModelError::Bundle(BundleError::Invalid {
-            file: INDEX_FILE.into(),
+        ModelError::Bundle(BundleError::Index {
             message: e.to_string(),
         })
     };
@@ -136,8 +135,7 @@ fn open_index(
     if file.is_file() {
         let index = HnswIndex::load_shared(file, shared).map_err(index_error)?;
         if index.rows() != (1..num_items + 1) || index.dim() != width {
-            return Err(ModelError::Bundle(BundleError::Invalid {
-                file: INDEX_FILE.into(),
+            return Err(ModelError::Bundle(BundleError::Index {
                 message: "the saved index does not cover this bundle's items".into(),
             }));
         }
@@ -161,8 +159,8 @@ fn intent_targets(
                 .find(|(_, a)| &a.name == family)
                 .and_then(|(i, a)| Some((i, a.values.iter().position(|v| v == value)?)))
                 .ok_or_else(|| {
-                    ModelError::Bundle(BundleError::Invalid {
-                        file: crate::bundle::CONFIG_FILE.into(),
+                    ModelError::Bundle(BundleError::Config {
+                        field: "intent.values".into(),
                         message: format!(
                             "intent.values: [{family:?}, {value:?}] is not an item attribute value"
                         ),
@@ -200,7 +198,7 @@ impl Model {
             } else {
                 String::new()
             };
-            return Err(ModelError::Bundle(BundleError::Invalid {
+            return Err(ModelError::Bundle(BundleError::Encoder {
                 file: format!("{}/config.json", bundle.encoder.dir),
                 message: format!(
                     "the encoder's hidden size {}{plus} differs from steer.prompt_dim {}",
@@ -216,7 +214,7 @@ impl Model {
         let encoder = match intent {
             None => encoder,
             Some(head) => encoder.with_intent(Arc::new(head)).map_err(|message| {
-                ModelError::Bundle(BundleError::Invalid {
+                ModelError::Bundle(BundleError::Encoder {
                     file: format!("{}/config.json", bundle.encoder.dir),
                     message,
                 })

@@ -106,8 +106,8 @@ impl IntentHead {
         )?;
         IntentHead::new(&config, hidden, output)
             .map(Some)
-            .map_err(|message| BundleError::Invalid {
-                file: crate::bundle::WEIGHTS_FILE.into(),
+            .map_err(|message| BundleError::Tensor {
+                tensor: "intent".into(),
                 message,
             })
     }

@@ -101,9 +101,9 @@ pub struct PreparedPrompt {
     experts: Vec<Vec<f32>>,
 }
 
-fn invalid(message: String) -> BundleError {
-    BundleError::Invalid {
-        file: crate::bundle::WEIGHTS_FILE.into(),
+fn invalid(tensor: &str, message: String) -> BundleError {
+    BundleError::Tensor {
+        tensor: tensor.to_owned(),
         message,
     }
 }
@@ -141,7 +141,10 @@ impl Steering {
             || out_weight.len() != k * (d + a) * h
             || out_bias.len() != k * (d + a)
         {
-            return Err(invalid(format!("steer.experts: expected {k} experts")));
+            return Err(invalid(
+                "steer.experts",
+                format!("steer.experts: expected {k} experts"),
+            ));
         }
         let experts = (0..k)
             .map(|i| {
@@ -158,7 +161,12 @@ impl Steering {
                     d + a,
                     h,
                 )
-                .ok_or_else(|| invalid("steer.experts.out_weight has the wrong size".into()))?;
+                .ok_or_else(|| {
+                    invalid(
+                        "steer.experts.out_weight",
+                        "steer.experts.out_weight has the wrong size".into(),
+                    )
+                })?;
                 Ok(Expert {
                     prompt: Dense::columns(w, 3 * d, d, 2 * d),
                     bias: in_bias[i * h..(i + 1) * h].to_vec(),

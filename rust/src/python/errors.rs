@@ -30,9 +30,15 @@ pub(crate) fn model_error(err: ModelError) -> PyErr {
         ModelError::Bundle(BundleError::Missing { .. }) => {
             PyFileNotFoundError::new_err(err.to_string())
         }
-        ModelError::Bundle(BundleError::Invalid { .. }) => {
-            BundleFormatError::new_err(err.to_string())
-        }
+        ModelError::Bundle(
+            BundleError::Unreadable { .. }
+            | BundleError::Config { .. }
+            | BundleError::Items { .. }
+            | BundleError::Tensor { .. }
+            | BundleError::Checksum { .. }
+            | BundleError::Index { .. }
+            | BundleError::Encoder { .. },
+        ) => BundleFormatError::new_err(err.to_string()),
         ModelError::Prompt(ref e) => match e.kind {
             PromptErrorKind::NotFound => PyFileNotFoundError::new_err(err.to_string()),
             PromptErrorKind::Invalid => BundleFormatError::new_err(err.to_string()),

@@ -50,8 +50,8 @@ pub(crate) fn linear(
 ) -> Result<Linear, BundleError> {
     let weight = take(bundle, &format!("{prefix}.weight"))?;
     let bias = take(bundle, &format!("{prefix}.bias"))?;
-    Linear::new(weight, bias, out_dim, in_dim).ok_or_else(|| BundleError::Invalid {
-        file: crate::bundle::WEIGHTS_FILE.into(),
+    Linear::new(weight, bias, out_dim, in_dim).ok_or_else(|| BundleError::Tensor {
+        tensor: prefix.to_owned(),
         message: format!("tensor '{prefix}' has the wrong size"),
     })
 }
