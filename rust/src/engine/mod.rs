@@ -1,3 +1,4 @@
+// Over 400 lines because loading and the query path share `Model`'s private fields.
 //! A loaded model: bundle + backbone + steering + prompt encoder + retrieval, queried by
 //! internal item rows. Item-id mapping and result decoration live in the bindings / Python.
 //!

@@ -1,3 +1,4 @@
+// Over 400 lines because ~330 of them are tests against a brute-force reference.
 //! Exact top-k retrieval by inner product.
 //!
 //! Given an item matrix (`N × d`, row-major `f32`) and a query vector (`d`), return the `k`

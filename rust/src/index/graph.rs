@@ -1,3 +1,4 @@
+// Over 400 lines because the flat file's writer, reader and the walk share one private layout.
 //! Best-first search over a flat copy of the HNSW graph that usearch built.
 //!
 //! usearch builds, saves and loads the graph; searching it through usearch measured 3-4x

@@ -1,3 +1,4 @@
+// Over 400 lines because ~390 are tests; build, persistence and search share private state.
 //! Approximate top-k by inner product: an HNSW graph built by the `usearch` crate
 //! (inner-product metric), searched by dpr's own walk over a flat copy of it
 //! ([`crate::index::graph`]), with row filters, an exact fallback, and exact scores.

@@ -1,3 +1,4 @@
+// Over 400 lines because ~430 of them are tests (tokenizer, batching, cache, damaged files).
 //! The prompt encoder: text → one L2-normalised sentence vector (all-MiniLM-L6-v2 by default),
 //! with an LRU cache of the vectors of recent prompts.
 //!

@@ -1,3 +1,4 @@
+// Over 400 lines because Engine is one #[pymethods] block (pyo3 cannot split it across files).
 //! The `Engine` class: a loaded bundle, queried by internal rows. `dpr.Recommender` wraps it
 //! with external ids, hit objects and argument defaults; this layer only converts, checks,
 //! releases the GIL and maps errors:
