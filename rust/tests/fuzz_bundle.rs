@@ -385,12 +385,28 @@ fn apply(files: &mut Files, m: &Mutation) {
 /// head and runs them.
 fn open_and_use(root: &Path, verify: bool) -> Result<(), String> {
     let mut bundle = Bundle::open(root, verify).map_err(|e| e.to_string())?;
-    let backbone = Backbone::from_bundle(&mut bundle).map_err(|e| e.to_string())?;
-    let steering = Steering::from_bundle(&mut bundle, 2).map_err(|e| e.to_string())?;
-    let intent = IntentHead::from_bundle(&mut bundle).map_err(|e| e.to_string())?;
-    let table = bundle.take("items.embedding").map_err(|e| e.to_string())?;
+    let weights = bundle.take_weights().map_err(|e| e.to_string())?;
+    let backbone = Backbone::new(
+        &bundle.backbone,
+        bundle.dim,
+        bundle.steer.layer_norm_eps,
+        weights.backbone,
+    )
+    .map_err(|e| e.to_string())?;
+    let steering =
+        Steering::new(bundle.dim, &bundle.steer, weights.steer, 2).map_err(|e| e.to_string())?;
+    if bundle.intent.is_some() != weights.intent.is_some() {
+        return Err("intent weights without an intent section, or the reverse".into());
+    }
+    let intent = match (&bundle.intent, weights.intent) {
+        (Some(config), Some(w)) => {
+            Some(IntentHead::from_weights(config, w).map_err(|e| e.to_string())?)
+        }
+        _ => None,
+    };
+    let table = weights.item_embedding;
     let rows = Rows {
-        data: &table.data,
+        data: &table,
         stride: bundle.dim,
         width: bundle.dim,
     };
@@ -431,11 +447,8 @@ fn open_and_use(root: &Path, verify: bool) -> Result<(), String> {
         &mut steered,
         &mut gates,
     );
-    if !bundle.tensors.is_empty() {
-        return Err(format!(
-            "tensors left unread: {:?}",
-            bundle.tensors.keys().collect::<Vec<_>>()
-        ));
+    if bundle.weights.is_some() || bundle.take_weights().is_ok() {
+        return Err("the weights were handed out twice".into());
     }
     if h.iter().chain(&steered).all(|x| x.is_finite()) {
         Ok(())
@@ -809,7 +822,8 @@ fn bundles_without_an_intent_section_open_in_both_versions() {
     let intent = bundle.intent.clone().unwrap();
     assert_eq!(intent.num_values(), 2);
     assert_eq!(intent.refuse_threshold, 0.6);
-    let head = IntentHead::from_bundle(&mut bundle).unwrap().unwrap();
+    let weights = bundle.take_weights().unwrap().intent.unwrap();
+    let head = IntentHead::from_weights(&intent, weights).unwrap();
     assert_eq!(head.feature_dim(), 4);
     assert_eq!(head.values()[1], ("decade".to_owned(), "2000s".to_owned()));
 }

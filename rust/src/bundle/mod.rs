@@ -14,7 +14,6 @@ mod error;
 pub mod items;
 pub mod weights;
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -24,12 +23,16 @@ pub use config::{
 };
 pub use error::BundleError;
 pub use items::{Attribute, IdRows, ItemId};
-pub use weights::{attribute_shape, expected_float_shapes, Tensor, ATTRIBUTE_PREFIX};
+pub use weights::{
+    attribute_shape, expected_float_shapes, BackboneWeights, GruLayerWeights, IntentWeights,
+    LinearWeights, NormWeights, SasRecBlockWeights, SteerWeights, Tensor, Weights,
+    ATTRIBUTE_PREFIX,
+};
 
 use checksum::verify_files;
 use config::parse_config;
 use items::read_items;
-use weights::{check_attributes, read_weights, Weights};
+use weights::{check_attributes, read_weights, ReadWeights};
 
 pub const FORMAT: &str = "dpr-bundle";
 /// The newest bundle version (2 adds the optional intent read-out, 3 makes SASRec's
@@ -63,7 +66,8 @@ pub struct Bundle {
     pub id_rows: IdRows,
     pub titles: Vec<String>,
     pub attributes: Vec<Attribute>,
-    pub tensors: HashMap<String, Tensor>,
+    /// The float tensors, typed; [`Bundle::take_weights`] moves them out.
+    pub weights: Option<Weights<Vec<f32>>>,
 }
 
 impl Bundle {
@@ -124,10 +128,24 @@ impl Bundle {
                 why: "the prompt encoder folder is missing".into(),
             });
         }
-        let Weights {
-            floats,
+        let ReadWeights {
+            mut floats,
             attributes: mut matrices,
         } = weights;
+        // `read_weights` checked that the file holds exactly these tensors.
+        let typed = Weights::walk(
+            &raw.backbone,
+            raw.dim,
+            raw.num_items,
+            &raw.steer,
+            raw.intent.as_ref(),
+            &mut |name, _| {
+                floats
+                    .remove(name)
+                    .map(|t| t.data)
+                    .ok_or_else(|| BundleError::tensor(name, format!("missing tensor '{name}'")))
+            },
+        )?;
         let attributes = items
             .attributes
             .into_iter()
@@ -156,7 +174,7 @@ impl Bundle {
             id_rows: items.id_rows,
             titles: items.titles,
             attributes,
-            tensors: floats,
+            weights: Some(typed),
         })
     }
 
@@ -169,11 +187,11 @@ impl Bundle {
         self.attributes.iter().find(|a| a.name == name)
     }
 
-    /// Takes tensor `name` out of the bundle (validated to exist by `open`).
-    pub fn take(&mut self, name: &str) -> Result<Tensor, BundleError> {
-        self.tensors
-            .remove(name)
-            .ok_or_else(|| BundleError::tensor(name, format!("missing tensor '{name}'")))
+    /// Moves the float tensors out of the bundle (once; validated by `open`).
+    pub fn take_weights(&mut self) -> Result<Weights<Vec<f32>>, BundleError> {
+        self.weights
+            .take()
+            .ok_or_else(|| BundleError::tensor("", "the weights were already taken"))
     }
 }
 

@@ -19,7 +19,7 @@ pub struct Tensor {
     pub data: Vec<f32>,
 }
 
-pub(super) struct Weights {
+pub(super) struct ReadWeights {
     pub(super) floats: HashMap<String, Tensor>,
     /// Attribute name → (shape, uint8 matrix).
     pub(super) attributes: HashMap<String, (Vec<usize>, Vec<u8>)>,
@@ -34,7 +34,218 @@ pub fn attribute_shape(num_items: usize, width: usize) -> [usize; 2] {
     [num_items + 1, width]
 }
 
-/// Name → shape of every float tensor `dpr.json` implies (`intent`: its `intent` section).
+/// A `nn.Linear` layer's tensors: `weight` (`out_dim × in_dim`, row-major) and `bias`.
+#[derive(Debug, Clone)]
+pub struct LinearWeights<T> {
+    pub weight: T,
+    pub bias: T,
+    pub out_dim: usize,
+    pub in_dim: usize,
+}
+
+/// A LayerNorm's scale and shift.
+#[derive(Debug, Clone)]
+pub struct NormWeights<T> {
+    pub weight: T,
+    pub bias: T,
+}
+
+/// One pre-norm SASRec block.
+#[derive(Debug, Clone)]
+pub struct SasRecBlockWeights<T> {
+    pub attention_norm: NormWeights<T>,
+    pub query: LinearWeights<T>,
+    pub key: LinearWeights<T>,
+    pub value: LinearWeights<T>,
+    pub out: LinearWeights<T>,
+    pub ffn_norm: NormWeights<T>,
+    pub ffn_in: LinearWeights<T>,
+    pub ffn_out: LinearWeights<T>,
+}
+
+/// One GRU layer: input and recurrent projections, gates stacked `r, z, n` (PyTorch order).
+#[derive(Debug, Clone)]
+pub struct GruLayerWeights<T> {
+    pub input: LinearWeights<T>,
+    pub recurrent: LinearWeights<T>,
+}
+
+#[derive(Debug, Clone)]
+pub enum BackboneWeights<T> {
+    SasRec {
+        /// `max_len × d`.
+        position: T,
+        blocks: Vec<SasRecBlockWeights<T>>,
+        final_norm: NormWeights<T>,
+    },
+    Gru4Rec {
+        layers: Vec<GruLayerWeights<T>>,
+    },
+}
+
+/// The steering head. The experts are stored stacked, `K` at a time.
+#[derive(Debug, Clone)]
+pub struct SteerWeights<T> {
+    pub projector_hidden: LinearWeights<T>,
+    pub projector_output: LinearWeights<T>,
+    pub router_hidden: LinearWeights<T>,
+    pub router_output: LinearWeights<T>,
+    /// `K × H × 3d`.
+    pub experts_in_weight: T,
+    /// `K × H`.
+    pub experts_in_bias: T,
+    /// `K × (d + A) × H`.
+    pub experts_out_weight: T,
+    /// `K × (d + A)`.
+    pub experts_out_bias: T,
+}
+
+/// The intent read-out's two layers.
+#[derive(Debug, Clone)]
+pub struct IntentWeights<T> {
+    pub hidden: LinearWeights<T>,
+    pub output: LinearWeights<T>,
+}
+
+/// Every float tensor of a bundle, typed. `T` is the tensor (`Vec<f32>` when read, `()` when
+/// only the name/shape table is wanted).
+#[derive(Debug, Clone)]
+pub struct Weights<T> {
+    /// `(N+1) × d`, row 0 the zero padding row.
+    pub item_embedding: T,
+    pub backbone: BackboneWeights<T>,
+    pub steer: SteerWeights<T>,
+    pub intent: Option<IntentWeights<T>>,
+}
+
+fn linear<T, E>(
+    tensor: &mut impl FnMut(&str, Vec<usize>) -> Result<T, E>,
+    name: &str,
+    out_dim: usize,
+    in_dim: usize,
+) -> Result<LinearWeights<T>, E> {
+    Ok(LinearWeights {
+        weight: tensor(&format!("{name}.weight"), vec![out_dim, in_dim])?,
+        bias: tensor(&format!("{name}.bias"), vec![out_dim])?,
+        out_dim,
+        in_dim,
+    })
+}
+
+fn norm<T, E>(
+    tensor: &mut impl FnMut(&str, Vec<usize>) -> Result<T, E>,
+    name: &str,
+    d: usize,
+) -> Result<NormWeights<T>, E> {
+    Ok(NormWeights {
+        weight: tensor(&format!("{name}.weight"), vec![d])?,
+        bias: tensor(&format!("{name}.bias"), vec![d])?,
+    })
+}
+
+impl<T> Weights<T> {
+    /// The one tensor name/shape table: asks `tensor(name, shape)` for every float tensor
+    /// `dpr.json` implies (`intent`: its `intent` section) and assembles the answers.
+    pub fn walk<E>(
+        backbone: &BackboneConfig,
+        d: usize,
+        n: usize,
+        steer: &SteerConfig,
+        intent: Option<&IntentConfig>,
+        tensor: &mut impl FnMut(&str, Vec<usize>) -> Result<T, E>,
+    ) -> Result<Self, E> {
+        let item_embedding = tensor("items.embedding", vec![n + 1, d])?;
+        let backbone = match *backbone {
+            BackboneConfig::Sasrec {
+                max_len,
+                num_blocks,
+                ffn_dim,
+                ..
+            } => {
+                let position = tensor("backbone.position_embedding.weight", vec![max_len, d])?;
+                let blocks = (0..num_blocks)
+                    .map(|b| {
+                        let p = format!("backbone.blocks.{b}.");
+                        Ok(SasRecBlockWeights {
+                            attention_norm: norm(tensor, &format!("{p}attention_norm"), d)?,
+                            query: linear(tensor, &format!("{p}attention.query"), d, d)?,
+                            key: linear(tensor, &format!("{p}attention.key"), d, d)?,
+                            value: linear(tensor, &format!("{p}attention.value"), d, d)?,
+                            out: linear(tensor, &format!("{p}attention.out"), d, d)?,
+                            ffn_norm: norm(tensor, &format!("{p}ffn_norm"), d)?,
+                            ffn_in: linear(tensor, &format!("{p}ffn_in"), ffn_dim, d)?,
+                            ffn_out: linear(tensor, &format!("{p}ffn_out"), d, ffn_dim)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, E>>()?;
+                BackboneWeights::SasRec {
+                    position,
+                    blocks,
+                    final_norm: norm(tensor, "backbone.final_norm", d)?,
+                }
+            }
+            BackboneConfig::Gru4rec { num_layers, .. } => {
+                // PyTorch's GRU names its tensors `weight_ih_l0` / `bias_ih_l0`, not
+                // `<layer>.weight` / `<layer>.bias`.
+                let mut part = |kind: &str, l: usize| -> Result<LinearWeights<T>, E> {
+                    Ok(LinearWeights {
+                        weight: tensor(
+                            &format!("backbone.gru.weight_{kind}_l{l}"),
+                            vec![3 * d, d],
+                        )?,
+                        bias: tensor(&format!("backbone.gru.bias_{kind}_l{l}"), vec![3 * d])?,
+                        out_dim: 3 * d,
+                        in_dim: d,
+                    })
+                };
+                let layers = (0..num_layers)
+                    .map(|l| {
+                        Ok(GruLayerWeights {
+                            input: part("ih", l)?,
+                            recurrent: part("hh", l)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, E>>()?;
+                BackboneWeights::Gru4Rec { layers }
+            }
+        };
+        let (e, a) = (steer.prompt_dim, steer.attribute_dim);
+        let k = steer.positive_experts + steer.negative_experts;
+        let (ph, rh, eh) = (
+            steer.projector_hidden,
+            steer.router_hidden,
+            steer.expert_hidden,
+        );
+        let steer = SteerWeights {
+            projector_hidden: linear(tensor, "steer.projector.hidden_layer", ph, e)?,
+            projector_output: linear(tensor, "steer.projector.output_layer", d, ph)?,
+            router_hidden: linear(tensor, "steer.router.hidden_layer", rh, e + d)?,
+            router_output: linear(tensor, "steer.router.output_layer", k, rh)?,
+            experts_in_weight: tensor("steer.experts.in_weight", vec![k, eh, 3 * d])?,
+            experts_in_bias: tensor("steer.experts.in_bias", vec![k, eh])?,
+            experts_out_weight: tensor("steer.experts.out_weight", vec![k, d + a, eh])?,
+            experts_out_bias: tensor("steer.experts.out_bias", vec![k, d + a])?,
+        };
+        let intent = intent
+            .map(|intent| {
+                let (e, h, v) = (intent.embedding_dim, intent.hidden, intent.num_values());
+                Ok(IntentWeights {
+                    hidden: linear(tensor, "intent.hidden_layer", h, e)?,
+                    output: linear(tensor, "intent.output_layer", 3 * v, h)?,
+                })
+            })
+            .transpose()?;
+        Ok(Weights {
+            item_embedding,
+            backbone,
+            steer,
+            intent,
+        })
+    }
+}
+
+/// Name → shape of every float tensor `dpr.json` implies (`intent`: its `intent` section):
+/// [`Weights::walk`]'s table.
 pub fn expected_float_shapes(
     backbone: &BackboneConfig,
     d: usize,
@@ -42,81 +253,15 @@ pub fn expected_float_shapes(
     steer: &SteerConfig,
     intent: Option<&IntentConfig>,
 ) -> BTreeMap<String, Vec<usize>> {
-    let mut s: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    s.insert("items.embedding".into(), vec![n + 1, d]);
-    match *backbone {
-        BackboneConfig::Sasrec {
-            max_len,
-            num_blocks,
-            ffn_dim,
-            ..
-        } => {
-            s.insert(
-                "backbone.position_embedding.weight".into(),
-                vec![max_len, d],
-            );
-            for b in 0..num_blocks {
-                let p = format!("backbone.blocks.{b}.");
-                for norm in ["attention_norm", "ffn_norm"] {
-                    s.insert(format!("{p}{norm}.weight"), vec![d]);
-                    s.insert(format!("{p}{norm}.bias"), vec![d]);
-                }
-                for proj in ["query", "key", "value", "out"] {
-                    s.insert(format!("{p}attention.{proj}.weight"), vec![d, d]);
-                    s.insert(format!("{p}attention.{proj}.bias"), vec![d]);
-                }
-                s.insert(format!("{p}ffn_in.weight"), vec![ffn_dim, d]);
-                s.insert(format!("{p}ffn_in.bias"), vec![ffn_dim]);
-                s.insert(format!("{p}ffn_out.weight"), vec![d, ffn_dim]);
-                s.insert(format!("{p}ffn_out.bias"), vec![d]);
-            }
-            s.insert("backbone.final_norm.weight".into(), vec![d]);
-            s.insert("backbone.final_norm.bias".into(), vec![d]);
-        }
-        BackboneConfig::Gru4rec { num_layers, .. } => {
-            for l in 0..num_layers {
-                for k in ["ih", "hh"] {
-                    s.insert(format!("backbone.gru.weight_{k}_l{l}"), vec![3 * d, d]);
-                    s.insert(format!("backbone.gru.bias_{k}_l{l}"), vec![3 * d]);
-                }
-            }
-        }
+    let mut shapes = BTreeMap::new();
+    let walked = Weights::<()>::walk(backbone, d, n, steer, intent, &mut |name, shape| {
+        shapes.insert(name.to_owned(), shape);
+        Ok::<(), std::convert::Infallible>(())
+    });
+    match walked {
+        Ok(_) => shapes,
+        Err(never) => match never {},
     }
-    let (e, a) = (steer.prompt_dim, steer.attribute_dim);
-    let k = steer.positive_experts + steer.negative_experts;
-    let (ph, rh, eh) = (
-        steer.projector_hidden,
-        steer.router_hidden,
-        steer.expert_hidden,
-    );
-    for (name, shape) in [
-        ("steer.projector.hidden_layer.weight", vec![ph, e]),
-        ("steer.projector.hidden_layer.bias", vec![ph]),
-        ("steer.projector.output_layer.weight", vec![d, ph]),
-        ("steer.projector.output_layer.bias", vec![d]),
-        ("steer.router.hidden_layer.weight", vec![rh, e + d]),
-        ("steer.router.hidden_layer.bias", vec![rh]),
-        ("steer.router.output_layer.weight", vec![k, rh]),
-        ("steer.router.output_layer.bias", vec![k]),
-        ("steer.experts.in_weight", vec![k, eh, 3 * d]),
-        ("steer.experts.in_bias", vec![k, eh]),
-        ("steer.experts.out_weight", vec![k, d + a, eh]),
-        ("steer.experts.out_bias", vec![k, d + a]),
-    ] {
-        s.insert(name.into(), shape);
-    }
-    if let Some(intent) = intent {
-        let (e, h, v) = (intent.embedding_dim, intent.hidden, intent.num_values());
-        for (name, shape) in [
-            ("intent.hidden_layer.weight", vec![h, e]),
-            ("intent.hidden_layer.bias", vec![h]),
-            ("intent.output_layer.weight", vec![3 * v, h]),
-            ("intent.output_layer.bias", vec![3 * v]),
-        ] {
-            s.insert(name.into(), shape);
-        }
-    }
-    s
 }
 
 fn shape_str(shape: &[usize]) -> String {
@@ -128,7 +273,7 @@ fn shape_str(shape: &[usize]) -> String {
     }
 }
 
-pub(super) fn read_weights(root: &Path, raw: &RawConfig) -> Result<Weights, BundleError> {
+pub(super) fn read_weights(root: &Path, raw: &RawConfig) -> Result<ReadWeights, BundleError> {
     let path = root.join(WEIGHTS_FILE);
     let file = File::open(&path).map_err(|e| BundleError::Missing {
         file: path.clone(),
@@ -221,7 +366,7 @@ pub(super) fn read_weights(root: &Path, raw: &RawConfig) -> Result<Weights, Bund
             "tensor 'items.embedding' row 0 (padding) is not zero",
         ));
     }
-    Ok(Weights { floats, attributes })
+    Ok(ReadWeights { floats, attributes })
 }
 
 /// Every attribute of the items file has its uint8 matrix in the weights, of the implied
@@ -229,7 +374,7 @@ pub(super) fn read_weights(root: &Path, raw: &RawConfig) -> Result<Weights, Bund
 pub(super) fn check_attributes(
     raw: &RawConfig,
     items: &Items,
-    weights: &Weights,
+    weights: &ReadWeights,
 ) -> Result<(), BundleError> {
     let items_file = &raw.items.file;
     for (attr, a) in &items.attributes {

@@ -274,15 +274,24 @@ impl Model {
         ),
         ModelError,
     > {
-        let backbone = Backbone::from_bundle(bundle)?;
-        let steering = Steering::from_bundle(bundle, cache_capacity)?;
-        let intent = IntentHead::from_bundle(bundle)?;
+        let weights = bundle.take_weights()?;
+        let backbone = Backbone::new(
+            &bundle.backbone,
+            bundle.dim,
+            bundle.steer.layer_norm_eps,
+            weights.backbone,
+        )?;
+        let steering = Steering::new(bundle.dim, &bundle.steer, weights.steer, cache_capacity)?;
+        let intent = match (&bundle.intent, weights.intent) {
+            (Some(config), Some(w)) => Some(IntentHead::from_weights(config, w)?),
+            _ => None,
+        };
         let (d, n) = (bundle.dim, bundle.num_items);
         let width = steering.output_dim();
         // Widen the embedding's own buffer into the table (rows move back to front, so none is
         // overwritten before it moves): a large catalogue loads without a second table-sized
         // allocation.
-        let mut table = bundle.take("items.embedding")?.data;
+        let mut table = weights.item_embedding;
         let steer_attribute = bundle
             .steer
             .attribute
