@@ -87,7 +87,6 @@ class Recommender:
         pad: ItemId | None = -1 if self._int_ids else None
         # Row r of the model is item r; row -1 (padding in batch results) maps to `pad`.
         self._ids = np.array([pad, *ids, pad], dtype=np.int64 if self._int_ids else object)
-        self._id_list: list[ItemId | None] = [pad, *ids]
         self._num_items = engine.num_items
 
     @classmethod
@@ -218,16 +217,12 @@ class Recommender:
             raise TypeError(f"exclude_seen must be a bool, got {type(exclude_seen).__name__}")
         k = self._k(k)
         strength = self._strength(strength)
-        rows, _ = self._engine.rows(history, unknown)
-        found, scores = self._engine.query(
-            rows, prompt, k, strength, mode != "hard", bool(exclude_seen),
-            include_pairs, exclude_pairs, True, mode == "auto")
-        rows, score_list = found.tolist(), scores.tolist()
-        if not all(map(math.isfinite, score_list)):
-            _check_finite(scores, strength)  # raises
-        ids = self._id_list
-        return [Hit(ids[r], s, title, attributes) for r, s, (title, attributes)
-                in zip(rows, score_list, self._engine.describe(rows), strict=True)]
+        hits = self._engine.query(
+            history, prompt, k, strength, mode != "hard", bool(exclude_seen),
+            include_pairs, exclude_pairs, mode == "auto", unknown)
+        if not all(math.isfinite(hit[1]) for hit in hits):
+            _check_finite(np.array([hit[1] for hit in hits], dtype=np.float32), strength)  # raises
+        return [Hit(*hit) for hit in hits]
 
     def query_batch(self, histories: Sequence[Sequence[ItemId]], prompts: str | Sequence[str] = "",
                     k: int = 10, strength: float | None = None, exclude_seen: bool = True,

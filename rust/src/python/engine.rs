@@ -14,12 +14,15 @@ use pyo3::exceptions::{PyKeyError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
 
-use super::convert::{hits_1d, hits_2d, non_negative, pad};
+use super::convert::{hits_2d, non_negative, pad};
 use super::detached;
 use super::errors::{model_error, BundleFormatError};
 use crate::bundle::ItemId;
 use crate::engine::{check_strength, Filter, Model, ModelError, QueryOptions, Retrieval};
 use crate::index::exact::Hit;
+
+/// `(id, score, title, {attribute: [values]})`: one hit of [`Engine::query`].
+type QueryHit<'py> = (Py<PyAny>, f32, String, Bound<'py, PyDict>);
 
 /// `(rows, scores)` as handed back to Python.
 type Found<'py, A, B> = PyResult<(Bound<'py, A>, Bound<'py, B>)>;
@@ -166,16 +169,18 @@ impl Engine {
         Ok((rows, dropped))
     }
 
-    /// Top-`k` rows and scores for one query. `steer=False` ranks with the plain backbone
+    /// One query, ids in and hits out: the best `k` items for a user with `history`
+    /// (dataset item ids, oldest first; `unknown` as in `rows`) as `(id, score, title,
+    /// {attribute: [values]})`, best first. `steer=False` ranks with the plain backbone
     /// vector; `include`/`exclude` are `[(attribute, [values])]` hard filters;
     /// `auto_exclude=True` (mode "auto") also excludes the values the intent head reads as
     /// refused with probability ≥ its refuse threshold.
-    #[pyo3(signature = (rows, prompt, k=10, strength=1.0, steer=true, exclude_seen=true, include=Vec::new(), exclude=Vec::new(), parallel=true, auto_exclude=false))]
+    #[pyo3(signature = (history, prompt, k=10, strength=1.0, steer=true, exclude_seen=true, include=Vec::new(), exclude=Vec::new(), auto_exclude=false, unknown="error"))]
     #[allow(clippy::too_many_arguments)]
     fn query<'py>(
         &self,
         py: Python<'py>,
-        rows: Vec<u32>,
+        history: &Bound<'py, PyAny>,
         prompt: &str,
         k: i64,
         strength: f64,
@@ -183,12 +188,15 @@ impl Engine {
         exclude_seen: bool,
         include: Vec<(String, Vec<String>)>,
         exclude: Vec<(String, Vec<String>)>,
-        parallel: bool,
         auto_exclude: bool,
-    ) -> Found<'py, PyArray1<i64>, PyArray1<f32>> {
+        unknown: &str,
+    ) -> PyResult<Vec<QueryHit<'py>>> {
+        let k = non_negative(k, "k")?;
+        let strength = finite_strength(strength)?;
+        let (rows, _) = self.rows(history, unknown)?;
         let options = QueryOptions {
-            k: non_negative(k, "k")?,
-            strength: finite_strength(strength)?,
+            k,
+            strength,
             steer,
             auto_exclude,
             exclude_seen,
@@ -204,10 +212,22 @@ impl Engine {
             } else {
                 vec![0.0f32; model.prompt_dim()].into()
             };
-            model.query(&rows, &embedding, &options, parallel)
+            model.query(&rows, &embedding, &options, true)
         })?
         .map_err(model_error)?;
-        Ok(hits_1d(py, &hits))
+        hits.iter()
+            .map(|hit| {
+                // Hits are item rows 1..=N; `item_attributes` checks the row first.
+                let attributes = item_attributes(model, py, hit.row as i64)?;
+                let item = hit.row - 1;
+                Ok((
+                    id_to_py(py, &model.ids[item])?,
+                    hit.score,
+                    model.titles[item].clone(),
+                    attributes,
+                ))
+            })
+            .collect()
     }
 
     /// Top-`k` for many queries, in parallel: `(rows (B, k) int64, scores (B, k) float32)`,
@@ -375,21 +395,6 @@ impl Engine {
             out.set_item(&a.name, &a.values)?;
         }
         Ok(out)
-    }
-
-    /// `(title, {attribute: [values]})` of each row in `rows` (item rows 1..=N).
-    fn describe<'py>(
-        &self,
-        py: Python<'py>,
-        rows: Vec<i64>,
-    ) -> PyResult<Vec<(String, Bound<'py, PyDict>)>> {
-        rows.into_iter()
-            .map(|row| {
-                let attributes = item_attributes(&self.model, py, row)?;
-                // `item_attributes` checked the row.
-                Ok((self.model.titles[row as usize - 1].clone(), attributes))
-            })
-            .collect()
     }
 
     /// Writes the HNSW graph to `path` (e.g. `BUNDLE/index.usearch`), building it if needed.
