@@ -1,3 +1,4 @@
+// Over 400 lines because the schema, every check of it and their tests belong together.
 //! `dpr.json`: the configuration schema and its checks, on their own and against each other
 //! (the items file and the weights are checked against it in [`super::items`] and
 //! [`super::weights`]).

@@ -1,3 +1,4 @@
+// Over 400 lines because the typed weights, the one table that builds them and the reader share it.
 //! `weights.safetensors`: the one table of tensor names and shapes a configuration implies,
 //! and the reader that holds the file to it.
 
