@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dpr.bundle_schema import VERSION
 from dpr.cli import main
 
 GENRES = ["Comedy", "Horror", "Drama", "Sci-Fi"]
@@ -41,7 +42,7 @@ def test_train_then_evaluate_with_a_custom_grammar(tmp_path, capsys):
     assert (out / "dpr.pt").is_file() and (out / "tower.pt").is_file()
     assert (out / "prompt_encoder" / "model.safetensors").is_file()
     bundle = json.loads((out / "bundle" / "dpr.json").read_text())
-    assert bundle["version"] == 2 and 0.5 <= bundle["intent"]["refuse_threshold"] <= 0.95
+    assert bundle["version"] == VERSION and 0.5 <= bundle["intent"]["refuse_threshold"] <= 0.95
     assert main(["export", str(out), "--out", str(tmp_path / "b2"), "--encoder-dtype",
                  "float32"]) == 0
     assert json.loads((tmp_path / "b2" / "dpr.json").read_text())["format"] == "dpr-bundle"

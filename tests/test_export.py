@@ -123,7 +123,7 @@ def test_round_trip_tensors_and_config(tmp_path: Path, fake_encoder: Path) -> No
     out = export_bundle(model, catalogue(), tmp_path / "bundle", encoder_dir=fake_encoder,
                         training={"ndcg@10": 0.5})
     config, tensors = load_bundle_tensors(out)
-    assert config["format"] == "dpr-bundle" and config["version"] == 2
+    assert config["format"] == "dpr-bundle" and config["version"] == 3
     assert "intent" not in config  # this model has no read-out
     assert config["backbone"] == model.backbone.hyper_parameters()
     assert config["dim"] == 8 and config["num_items"] == N
@@ -274,11 +274,11 @@ def test_reader_rejects_damage(tmp_path: Path, fake_encoder: Path) -> None:
         load_bundle_tensors(out)
     weights.write_bytes(data)
     config = json.loads((out / "dpr.json").read_text())
-    config["version"] = 3
+    config["version"] = 4
     (out / "dpr.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="version"):
         load_bundle_tensors(out)
-    config["version"] = 2
+    config["version"] = 3
     config["steer"]["expert_hidden"] = 17
     (out / "dpr.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=re.escape("steer.experts.in_weight")):

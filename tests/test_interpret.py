@@ -125,9 +125,9 @@ def _ids(hits: list[dpr.Hit]) -> list[Any]:
 # Parity with PyTorch
 
 
-def test_the_bundle_is_version_2_with_an_intent_section(bundle: Path, rec: Recommender) -> None:
+def test_the_bundle_is_version_3_with_an_intent_section(bundle: Path, rec: Recommender) -> None:
     config = json.loads((bundle / "dpr.json").read_text())
-    assert config["version"] == 2
+    assert config["version"] == 3
     assert config["intent"]["values"] == [list(v) for v in INTENT_VALUES]
     assert config["steer"]["prompt_dim"] == 384 + 2 * V
     assert rec.refuse_threshold == REFUSE
@@ -414,18 +414,21 @@ def test_auto_queries_from_eight_threads_equal_serial(rec: Recommender) -> None:
 
 @pytest.fixture(scope="module")
 def plain_bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A version-2 bundle without an intent section, and the same relabelled as version 1."""
+    """A version-3 bundle without an intent section, and the same relabelled as versions 1 and 2."""
     root = tmp_path_factory.mktemp("plain")
-    v2 = export_bundle(_model("sasrec"), _catalogue(), root / "v2", encoder_dtype="float32")
-    v1 = _copy(v2, root / "v1")
-    config = json.loads((v1 / "dpr.json").read_text())
-    assert "intent" not in config and config["version"] == 2
-    config["version"] = 1  # dpr.json is not in `files`: no rehash needed
-    (v1 / "dpr.json").write_text(json.dumps(config))
-    return {"v1": v1, "v2": v2}
+    v3 = export_bundle(_model("sasrec"), _catalogue(), root / "v3", encoder_dtype="float32")
+    bundles = {"v3": v3}
+    for version in (1, 2):
+        relabelled = _copy(v3, root / f"v{version}")
+        config = json.loads((relabelled / "dpr.json").read_text())
+        assert "intent" not in config and config["version"] == 3
+        config["version"] = version  # dpr.json is not in `files`: no rehash needed
+        (relabelled / "dpr.json").write_text(json.dumps(config))
+        bundles[f"v{version}"] = relabelled
+    return bundles
 
 
-@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("version", ["v1", "v2", "v3"])
 def test_bundles_without_a_head_serve_auto_as_soft(plain_bundles: dict[str, Path],
                                                    version: str) -> None:
     rec = Recommender.load(plain_bundles[version])

@@ -23,6 +23,8 @@ import numpy as np
 import numpy.typing as npt
 
 __version__: str
+INDEX_FILE: str
+"""The file name of the saved HNSW graph inside a bundle (``"index.usearch"``)."""
 
 def top_k(
     items: npt.ArrayLike,
@@ -103,13 +105,15 @@ class Engine:
 
         Raises KeyError on an unknown id (``unknown="error"``), TypeError on a non-id value.
         """
-    def query(self, rows: Sequence[int], prompt: str, k: int = 10, strength: float = 1.0,
-              steer: bool = True, exclude_seen: bool = True,
+    def query(self, history: Iterable[int | str], prompt: str, k: int = 10,
+              strength: float = 1.0, steer: bool = True, exclude_seen: bool = True,
               include: Sequence[tuple[str, Sequence[str]]] = (),
-              exclude: Sequence[tuple[str, Sequence[str]]] = (), parallel: bool = True,
-              auto_exclude: bool = False,
-              ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        """Best-first ``(rows, scores)`` of one query (at most ``k``).
+              exclude: Sequence[tuple[str, Sequence[str]]] = (),
+              auto_exclude: bool = False, unknown: str = "error",
+              ) -> list[tuple[int | str, float, str, dict[str, list[str]]]]:
+        """One query, ids in and hits out: ``(id, score, title, {attribute: [values]})`` of
+        the best items (at most ``k``), best first. ``history`` holds dataset item ids
+        (``unknown`` as in :meth:`rows`).
 
         ``steer=False`` ranks with the unsteered backbone. ``auto_exclude=True`` (mode
         "auto") also hard-excludes every value the intent head reads as refused with
@@ -143,24 +147,14 @@ class Engine:
         """
     def item_ids(self) -> list[int | str]:
         """External ids of rows 1..N."""
-    def titles(self) -> list[str]:
-        """Titles of rows 1..N."""
     def attribute_values(self) -> dict[str, list[str]]:
         """Attribute name -> its values."""
-    def describe(self, rows: list[int]) -> list[tuple[str, dict[str, list[str]]]]:
-        """``(title, {attribute: [values]})`` of each item row."""
-    def item_attributes(self, row: int) -> dict[str, list[str]]:
-        """Attribute name -> the values item ``row`` has."""
     def save_index(self, path: str) -> None:
         """Write the HNSW graph (built if needed) to ``path``."""
     @property
     def uses_hnsw(self) -> bool: ...
     @property
     def num_items(self) -> int: ...
-    @property
-    def dim(self) -> int: ...
-    @property
-    def vector_dim(self) -> int: ...
     @property
     def prompt_dim(self) -> int:
         """Width of the steering head's prompt input (embedding + 2V intent features)."""
@@ -177,8 +171,6 @@ class Engine:
     def max_len(self) -> int: ...
     @property
     def strength_default(self) -> float: ...
-    @property
-    def prompt_cache_len(self) -> int: ...
 
 class PromptEncoder:
     """Sentence encoder for prompts (all-MiniLM-L6-v2 by default), with an LRU cache.

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 
 FORMAT = "dpr-bundle"
-VERSION = 2
-"""Version 2 adds the intent read-out (`intent` in dpr.json, `intent.*` tensors); readers
-accept `READ_VERSIONS`."""
-READ_VERSIONS = (1, 2)
+VERSION = 3
+"""Version 2 adds the intent read-out (`intent` in dpr.json, `intent.*` tensors); version 3
+makes SASRec's `backbone.positions` mandatory; readers accept `READ_VERSIONS`."""
+READ_VERSIONS = (1, 2, 3)
 CONFIG_FILE = "dpr.json"
 WEIGHTS_FILE = "weights.safetensors"
 ITEMS_FILE = "items.json"
@@ -127,6 +127,11 @@ def load_bundle_tensors(path: str | Path) -> tuple[dict[str, Any], dict[str, np.
     for field in ("backbone", "dim", "num_items", "steer", "prompt_encoder", "items", "files"):
         if field not in config:
             raise ValueError(f"{CONFIG_FILE}: missing field {field!r}")
+    backbone = config["backbone"]
+    if (config["version"] >= 3 and isinstance(backbone, dict) and backbone.get("kind") == "sasrec"
+            and "positions" not in backbone):
+        raise ValueError(f"{CONFIG_FILE}: missing field 'backbone.positions' (mandatory for "
+                         "SASRec from version 3)")
     files = config["files"]
     for required in (WEIGHTS_FILE, config["items"].get("file", ITEMS_FILE)):
         if required not in files:

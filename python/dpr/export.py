@@ -192,7 +192,8 @@ def _json_safe(value: Any) -> Any:
 def export_bundle(model: DPR, catalogue: Catalogue | Mapping[str, Any], out: str | Path, *,
                   encoder_dir: Path | None = None, encoder_dtype: str = "float16",
                   training: dict[str, Any] | None = None) -> Path:
-    """Write `model` plus its item catalogue as a bundle (version 2) at `out`; returns `out`.
+    """Write `model` plus its item catalogue as a bundle (version `dpr.bundle_schema.VERSION`)
+    at `out`; returns `out`.
 
     `catalogue` is the item table: a `Catalogue`, or the dict `dpr.pt`'s extra holds (`item_ids`
     and `titles` in internal order 1..N, `attributes` as {name: per-item value lists}).

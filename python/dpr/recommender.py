@@ -16,7 +16,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from dpr._core import BundleFormatError, Engine
+from dpr._core import INDEX_FILE, BundleFormatError, Engine
 
 __all__ = ["BundleFormatError", "Hit", "Reading", "Recommender"]
 
@@ -87,7 +87,6 @@ class Recommender:
         pad: ItemId | None = -1 if self._int_ids else None
         # Row r of the model is item r; row -1 (padding in batch results) maps to `pad`.
         self._ids = np.array([pad, *ids, pad], dtype=np.int64 if self._int_ids else object)
-        self._id_list: list[ItemId | None] = [pad, *ids]
         self._num_items = engine.num_items
 
     @classmethod
@@ -115,7 +114,7 @@ class Recommender:
     def save_index(self, path: str | os.PathLike[str] | None = None) -> Path:
         """Save the HNSW graph (built if needed) so later loads read it instead of building;
         default location: the bundle's `index.usearch`. Returns the file written."""
-        target = self.path / "index.usearch" if path is None else Path(path)
+        target = self.path / INDEX_FILE if path is None else Path(path)
         self._engine.save_index(str(target))
         return target
 
@@ -162,15 +161,12 @@ class Recommender:
     # Queries
 
     def _strength(self, strength: float | None) -> float:
+        """The bundle default for None; the value rule (finite, 0 to 1e6) is the engine's."""
         if strength is None:
             return self._engine.strength_default
         if isinstance(strength, bool) or not isinstance(strength, Real):
             raise TypeError(f"strength must be a number, got {type(strength).__name__}")
-        value = float(strength)
-        if not (math.isfinite(value) and 0.0 <= value <= _MAX_STRENGTH):
-            raise ValueError(f"strength must be a finite number >= 0 (at most {_MAX_STRENGTH:g})"
-                             f", got {strength!r}")
-        return value
+        return float(strength)
 
     def _k(self, k: int) -> int:
         """`k` checked; anything beyond the catalogue means "every eligible item"."""
@@ -221,16 +217,12 @@ class Recommender:
             raise TypeError(f"exclude_seen must be a bool, got {type(exclude_seen).__name__}")
         k = self._k(k)
         strength = self._strength(strength)
-        rows, _ = self._engine.rows(history, unknown)
-        found, scores = self._engine.query(
-            rows, prompt, k, strength, mode != "hard", bool(exclude_seen),
-            include_pairs, exclude_pairs, True, mode == "auto")
-        rows, score_list = found.tolist(), scores.tolist()
-        if not all(map(math.isfinite, score_list)):
-            _check_finite(scores, strength)  # raises
-        ids = self._id_list
-        return [Hit(ids[r], s, title, attributes) for r, s, (title, attributes)
-                in zip(rows, score_list, self._engine.describe(rows), strict=True)]
+        hits = self._engine.query(
+            history, prompt, k, strength, mode != "hard", bool(exclude_seen),
+            include_pairs, exclude_pairs, mode == "auto", unknown)
+        if not all(math.isfinite(hit[1]) for hit in hits):
+            _check_finite(np.array([hit[1] for hit in hits], dtype=np.float32), strength)  # raises
+        return [Hit(*hit) for hit in hits]
 
     def query_batch(self, histories: Sequence[Sequence[ItemId]], prompts: str | Sequence[str] = "",
                     k: int = 10, strength: float | None = None, exclude_seen: bool = True,
@@ -300,9 +292,6 @@ class Recommender:
         return [Reading(*reading) for reading in self._engine.interpret(prompt)]
 
 
-_MAX_STRENGTH = 1e6
-"""Far beyond any useful steering (the model is trained at 1.0); a bound keeps the float32
-user vector and its scores finite."""
 
 
 def _check_prompt(prompt: object, name: str = "prompt") -> None:

@@ -14,10 +14,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use _core::backbone::{Backbone, Rows};
 use _core::bundle::{expected_float_shapes, BackboneConfig, Bundle, IntentConfig, SteerConfig};
-use _core::intent::IntentHead;
-use _core::steer::Steering;
+use _core::nn::backbone::{Backbone, Rows};
+use _core::nn::intent::IntentHead;
+use _core::nn::steer::Steering;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use safetensors::tensor::TensorView;
@@ -385,12 +385,28 @@ fn apply(files: &mut Files, m: &Mutation) {
 /// head and runs them.
 fn open_and_use(root: &Path, verify: bool) -> Result<(), String> {
     let mut bundle = Bundle::open(root, verify).map_err(|e| e.to_string())?;
-    let backbone = Backbone::from_bundle(&mut bundle).map_err(|e| e.to_string())?;
-    let steering = Steering::from_bundle(&mut bundle, 2).map_err(|e| e.to_string())?;
-    let intent = IntentHead::from_bundle(&mut bundle).map_err(|e| e.to_string())?;
-    let table = bundle.take("items.embedding").map_err(|e| e.to_string())?;
+    let weights = bundle.take_weights().map_err(|e| e.to_string())?;
+    let backbone = Backbone::new(
+        &bundle.backbone,
+        bundle.dim,
+        bundle.steer.layer_norm_eps,
+        weights.backbone,
+    )
+    .map_err(|e| e.to_string())?;
+    let steering =
+        Steering::new(bundle.dim, &bundle.steer, weights.steer, 2).map_err(|e| e.to_string())?;
+    if bundle.intent.is_some() != weights.intent.is_some() {
+        return Err("intent weights without an intent section, or the reverse".into());
+    }
+    let intent = match (&bundle.intent, weights.intent) {
+        (Some(config), Some(w)) => {
+            Some(IntentHead::from_weights(config, w).map_err(|e| e.to_string())?)
+        }
+        _ => None,
+    };
+    let table = weights.item_embedding;
     let rows = Rows {
-        data: &table.data,
+        data: &table,
         stride: bundle.dim,
         width: bundle.dim,
     };
@@ -431,11 +447,8 @@ fn open_and_use(root: &Path, verify: bool) -> Result<(), String> {
         &mut steered,
         &mut gates,
     );
-    if !bundle.tensors.is_empty() {
-        return Err(format!(
-            "tensors left unread: {:?}",
-            bundle.tensors.keys().collect::<Vec<_>>()
-        ));
+    if bundle.weights.is_some() || bundle.take_weights().is_ok() {
+        return Err("the weights were handed out twice".into());
     }
     if h.iter().chain(&steered).all(|x| x.is_finite()) {
         Ok(())
@@ -680,8 +693,13 @@ fn intent_section_errors_name_the_file_and_field() {
         ),
         (
             "unknown version",
+            with_config(|c| c["version"] = json!(4)),
+            "dpr.json: version Some(4) is not supported (this reader knows 1, 2 and 3)",
+        ),
+        (
+            "a version-3 SASRec bundle that does not say its positions",
             with_config(|c| c["version"] = json!(3)),
-            "dpr.json: version Some(3) is not supported (this reader knows 1 and 2)",
+            "dpr.json: backbone.positions is required for SASRec from version 3",
         ),
         (
             "hidden width disagrees with the tensors",
@@ -749,6 +767,37 @@ fn intent_section_errors_name_the_file_and_field() {
 }
 
 #[test]
+fn version_3_reads_sasrec_positions_and_gru4rec_needs_none() {
+    use _core::bundle::Positions;
+    let dir = tempfile::tempdir().unwrap();
+    for (kind, positions) in [
+        ("sasrec", Some("from_end")),
+        ("sasrec", Some("from_start")),
+        ("gru4rec", None),
+    ] {
+        let mut files = valid_bundle(kind);
+        let mut config: Value = serde_json::from_slice(&files.0[0]).unwrap();
+        config["version"] = json!(3);
+        if let Some(p) = positions {
+            config["backbone"]["positions"] = json!(p);
+        }
+        files.0[0] = serde_json::to_vec(&config).unwrap();
+        let at = dir.path().join(format!("{kind}-{positions:?}"));
+        open_files(&at, &files).unwrap();
+        let bundle = Bundle::open(&at, true).unwrap();
+        assert_eq!(bundle.version, 3);
+        if let BackboneConfig::Sasrec { positions: p, .. } = bundle.backbone {
+            let want = if positions == Some("from_end") {
+                Positions::FromEnd
+            } else {
+                Positions::FromStart
+            };
+            assert_eq!(p, want);
+        }
+    }
+}
+
+#[test]
 fn bundles_without_an_intent_section_open_in_both_versions() {
     let dir = tempfile::tempdir().unwrap();
     // Version 2 without the section (and without its tensors) is a plain bundle.
@@ -773,7 +822,8 @@ fn bundles_without_an_intent_section_open_in_both_versions() {
     let intent = bundle.intent.clone().unwrap();
     assert_eq!(intent.num_values(), 2);
     assert_eq!(intent.refuse_threshold, 0.6);
-    let head = IntentHead::from_bundle(&mut bundle).unwrap().unwrap();
+    let weights = bundle.take_weights().unwrap().intent.unwrap();
+    let head = IntentHead::from_weights(&intent, weights).unwrap();
     assert_eq!(head.feature_dim(), 4);
     assert_eq!(head.values()[1], ("decade".to_owned(), "2000s".to_owned()));
 }

@@ -19,10 +19,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-// Every path into the crate is here (the module layout is being reorganised).
-use _core::hnsw::{HnswIndex, HnswParams};
-use _core::model::{Filter, Model, QueryOptions, Retrieval};
-use _core::retrieve::Matrix;
+use _core::engine::{Model, QueryOptions};
+use _core::index::exact::Matrix;
+use _core::index::hnsw::{HnswIndex, HnswParams};
+use _core::index::policy::{Filter, Retrieval};
 
 const KINDS: [&str; 2] = ["sasrec", "gru4rec"];
 

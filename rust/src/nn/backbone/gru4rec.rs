@@ -2,13 +2,13 @@
 
 use super::sasrec::linear;
 use super::Rows;
-use crate::bundle::{Bundle, BundleError};
-use crate::linalg::sigmoid;
+use crate::bundle::{BundleError, GruLayerWeights};
+use crate::nn::linalg::sigmoid;
 
 #[derive(Debug)]
 struct Layer {
-    input: crate::linalg::Linear,
-    recurrent: crate::linalg::Linear,
+    input: crate::nn::linalg::Linear,
+    recurrent: crate::nn::linalg::Linear,
 }
 
 /// The GRU4Rec weights (see `docs/bundle.md`).
@@ -20,27 +20,18 @@ pub struct Gru4Rec {
 }
 
 impl Gru4Rec {
-    pub fn from_bundle(
-        bundle: &mut Bundle,
+    pub fn new(
         max_len: usize,
-        num_layers: usize,
+        d: usize,
+        layers: Vec<GruLayerWeights<Vec<f32>>>,
     ) -> Result<Gru4Rec, BundleError> {
-        let d = bundle.dim;
-        let layers = (0..num_layers)
-            .map(|l| {
-                let mut part = |kind: &str| -> Result<crate::linalg::Linear, BundleError> {
-                    // The bundle names weight and bias `weight_ih_l0` / `bias_ih_l0`; rename them
-                    // into the `<prefix>.weight` / `<prefix>.bias` pair `linear` expects.
-                    let prefix = format!("backbone.gru.{kind}_l{l}");
-                    let weight = bundle.take(&format!("backbone.gru.weight_{kind}_l{l}"))?;
-                    let bias = bundle.take(&format!("backbone.gru.bias_{kind}_l{l}"))?;
-                    bundle.tensors.insert(format!("{prefix}.weight"), weight);
-                    bundle.tensors.insert(format!("{prefix}.bias"), bias);
-                    linear(bundle, &prefix, 3 * d, d)
-                };
+        let layers = layers
+            .into_iter()
+            .enumerate()
+            .map(|(l, w)| {
                 Ok(Layer {
-                    input: part("ih")?,
-                    recurrent: part("hh")?,
+                    input: linear(w.input, &format!("backbone.gru.weight_ih_l{l}"))?,
+                    recurrent: linear(w.recurrent, &format!("backbone.gru.weight_hh_l{l}"))?,
                 })
             })
             .collect::<Result<Vec<_>, BundleError>>()?;

@@ -1,3 +1,4 @@
+// Over 400 lines because the flat file's writer, reader and the walk share one private layout.
 //! Best-first search over a flat copy of the HNSW graph that usearch built.
 //!
 //! usearch builds, saves and loads the graph; searching it through usearch measured 3-4x
@@ -17,7 +18,7 @@ use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 use usearch::Index;
 
-use crate::linalg;
+use crate::nn::linalg;
 
 /// The graph over local nodes `0..len` (usearch key `start + i` is node `i`).
 pub struct FlatGraph {

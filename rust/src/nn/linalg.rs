@@ -1,3 +1,4 @@
+// Over 400 lines because each hot kernel has a portable and an AVX2+FMA twin, and tests.
 //! The few dense operations inference needs, on row-major `f32` slices.
 //!
 //! Weights follow PyTorch's `nn.Linear` layout (`out × in`, `y = x Wᵀ + b`). Matrix products

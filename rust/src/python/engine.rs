@@ -1,3 +1,4 @@
+// Over 400 lines because Engine is one #[pymethods] block (pyo3 cannot split it across files).
 //! The `Engine` class: a loaded bundle, queried by internal rows. `dpr.Recommender` wraps it
 //! with external ids, hit objects and argument defaults; this layer only converts, checks,
 //! releases the GIL and maps errors:
@@ -8,63 +9,26 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray1, PyArray2};
-use pyo3::create_exception;
-use pyo3::exceptions::{
-    PyFileNotFoundError, PyKeyError, PyRuntimeError, PyTypeError, PyValueError,
-};
+use pyo3::exceptions::{PyKeyError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
 
-use crate::bundle::{BundleError, ItemId};
-use crate::detached;
-use crate::model::{Filter, Model, ModelError, QueryOptions, Retrieval};
-use crate::prompt::PromptErrorKind;
-use crate::retrieve::Hit;
+use super::convert::{hits_2d, non_negative, pad};
+use super::detached;
+use super::errors::{model_error, BundleFormatError};
+use crate::bundle::ItemId;
+use crate::engine::{check_strength, Filter, Model, ModelError, QueryOptions, Retrieval};
+use crate::index::exact::Hit;
+
+/// `(id, score, title, {attribute: [values]})`: one hit of [`Engine::query`].
+type QueryHit<'py> = (Py<PyAny>, f32, String, Bound<'py, PyDict>);
 
 /// `(rows, scores)` as handed back to Python.
 type Found<'py, A, B> = PyResult<(Bound<'py, A>, Bound<'py, B>)>;
 
-create_exception!(
-    _core,
-    BundleFormatError,
-    PyValueError,
-    "A bundle file is damaged or disagrees with dpr.json (the message names the file and field)."
-);
-
-pub(crate) fn model_error(err: ModelError) -> PyErr {
-    match err {
-        ModelError::Bundle(BundleError::Missing { .. }) => {
-            PyFileNotFoundError::new_err(err.to_string())
-        }
-        ModelError::Bundle(BundleError::Invalid { .. }) => {
-            BundleFormatError::new_err(err.to_string())
-        }
-        ModelError::Prompt(ref e) => match e.kind {
-            PromptErrorKind::NotFound => PyFileNotFoundError::new_err(err.to_string()),
-            PromptErrorKind::Invalid => BundleFormatError::new_err(err.to_string()),
-            PromptErrorKind::Prompt => PyValueError::new_err(err.to_string()),
-            PromptErrorKind::Model => PyRuntimeError::new_err(err.to_string()),
-        },
-        ModelError::Argument(m) => PyValueError::new_err(m),
-        ModelError::Key(m) => PyKeyError::new_err(m),
-    }
-}
-
-fn non_negative(value: i64, name: &str) -> PyResult<usize> {
-    usize::try_from(value)
-        .map_err(|_| PyValueError::new_err(format!("{name} must be >= 0, got {value}")))
-}
-
 fn finite_strength(strength: f64) -> PyResult<f32> {
-    if strength.is_finite() && strength >= 0.0 {
-        Ok(strength as f32)
-    } else {
-        Err(PyValueError::new_err(format!(
-            "strength must be a finite number >= 0, got {strength}"
-        )))
-    }
+    check_strength(strength).map_err(model_error)
 }
 
 /// `[(attribute, [values])]` → indices.
@@ -83,6 +47,21 @@ fn id_to_py(py: Python<'_>, id: &ItemId) -> PyResult<Py<PyAny>> {
         ItemId::Int(i) => i.into_pyobject(py)?.into_any().unbind(),
         ItemId::Str(s) => PyString::new(py, s).into_any().unbind(),
     })
+}
+
+/// `{attribute: [values]}` of item `row`.
+fn item_attributes<'py>(model: &Model, py: Python<'py>, row: i64) -> PyResult<Bound<'py, PyDict>> {
+    let n = model.num_items;
+    let row = usize::try_from(row)
+        .ok()
+        .filter(|&r| (1..=n).contains(&r))
+        .ok_or_else(|| PyValueError::new_err(format!("row {row} is not an item row (1..={n})")))?;
+    let out = PyDict::new(py);
+    for a in &model.attributes {
+        let values: Vec<&str> = a.values_of(row).map(|v| a.values[v].as_str()).collect();
+        out.set_item(&a.name, values)?;
+    }
+    Ok(out)
 }
 
 /// A loaded bundle. Thread-safe: every method takes `&self`, compute runs without the GIL.
@@ -190,16 +169,18 @@ impl Engine {
         Ok((rows, dropped))
     }
 
-    /// Top-`k` rows and scores for one query. `steer=False` ranks with the plain backbone
+    /// One query, ids in and hits out: the best `k` items for a user with `history`
+    /// (dataset item ids, oldest first; `unknown` as in `rows`) as `(id, score, title,
+    /// {attribute: [values]})`, best first. `steer=False` ranks with the plain backbone
     /// vector; `include`/`exclude` are `[(attribute, [values])]` hard filters;
     /// `auto_exclude=True` (mode "auto") also excludes the values the intent head reads as
     /// refused with probability ≥ its refuse threshold.
-    #[pyo3(signature = (rows, prompt, k=10, strength=1.0, steer=true, exclude_seen=true, include=Vec::new(), exclude=Vec::new(), parallel=true, auto_exclude=false))]
+    #[pyo3(signature = (history, prompt, k=10, strength=1.0, steer=true, exclude_seen=true, include=Vec::new(), exclude=Vec::new(), auto_exclude=false, unknown="error"))]
     #[allow(clippy::too_many_arguments)]
     fn query<'py>(
         &self,
         py: Python<'py>,
-        rows: Vec<u32>,
+        history: &Bound<'py, PyAny>,
         prompt: &str,
         k: i64,
         strength: f64,
@@ -207,12 +188,15 @@ impl Engine {
         exclude_seen: bool,
         include: Vec<(String, Vec<String>)>,
         exclude: Vec<(String, Vec<String>)>,
-        parallel: bool,
         auto_exclude: bool,
-    ) -> Found<'py, PyArray1<i64>, PyArray1<f32>> {
+        unknown: &str,
+    ) -> PyResult<Vec<QueryHit<'py>>> {
+        let k = non_negative(k, "k")?;
+        let strength = finite_strength(strength)?;
+        let (rows, _) = self.rows(history, unknown)?;
         let options = QueryOptions {
-            k: non_negative(k, "k")?,
-            strength: finite_strength(strength)?,
+            k,
+            strength,
             steer,
             auto_exclude,
             exclude_seen,
@@ -228,12 +212,22 @@ impl Engine {
             } else {
                 vec![0.0f32; model.prompt_dim()].into()
             };
-            model.query(&rows, &embedding, &options, parallel)
+            model.query(&rows, &embedding, &options, true)
         })?
         .map_err(model_error)?;
-        let ids: Vec<i64> = hits.iter().map(|h| h.row as i64).collect();
-        let scores: Vec<f32> = hits.iter().map(|h| h.score).collect();
-        Ok((ids.into_pyarray(py), scores.into_pyarray(py)))
+        hits.iter()
+            .map(|hit| {
+                // Hits are item rows 1..=N; `item_attributes` checks the row first.
+                let attributes = item_attributes(model, py, hit.row as i64)?;
+                let item = hit.row - 1;
+                Ok((
+                    id_to_py(py, &model.ids[item])?,
+                    hit.score,
+                    model.titles[item].clone(),
+                    attributes,
+                ))
+            })
+            .collect()
     }
 
     /// Top-`k` for many queries, in parallel: `(rows (B, k) int64, scores (B, k) float32)`,
@@ -269,7 +263,7 @@ impl Engine {
         }
         let model = &self.model;
         let width = k.min(model.num_items);
-        let (ids, scores) = detached(py, "Engine.query_batch", || -> Result<_, ModelError> {
+        let padded = detached(py, "Engine.query_batch", || -> Result<_, ModelError> {
             let texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
             let encoded = model.encode_prompts(&texts)?;
             let per_query: Vec<Arc<[f32]>> = if encoded.len() == 1 {
@@ -278,21 +272,10 @@ impl Engine {
                 encoded
             };
             let hits = model.query_batch(&histories, &per_query, &options)?;
-            let mut ids = vec![-1i64; b * width];
-            let mut scores = vec![f32::NEG_INFINITY; b * width];
-            for (q, row_hits) in hits.iter().enumerate() {
-                for (j, hit) in row_hits.iter().take(width).enumerate() {
-                    ids[q * width + j] = hit.row as i64;
-                    scores[q * width + j] = hit.score;
-                }
-            }
-            Ok((ids, scores))
+            Ok(pad(&hits, width))
         })?
         .map_err(model_error)?;
-        let to_err = |e: numpy::ndarray::ShapeError| PyRuntimeError::new_err(e.to_string());
-        let ids = Array2::from_shape_vec((b, width), ids).map_err(to_err)?;
-        let scores = Array2::from_shape_vec((b, width), scores).map_err(to_err)?;
-        Ok((ids.into_pyarray(py), scores.into_pyarray(py)))
+        hits_2d(py, padded, b, width)
     }
 
     /// The (steered) user vector, `d + A` floats.
@@ -405,11 +388,6 @@ impl Engine {
         PyList::new(py, ids)
     }
 
-    /// Titles of rows 1..=N, in row order.
-    fn titles(&self) -> Vec<String> {
-        self.model.titles.clone()
-    }
-
     /// `{attribute: [values]}` of the catalogue.
     fn attribute_values<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let out = PyDict::new(py);
@@ -417,38 +395,6 @@ impl Engine {
             out.set_item(&a.name, &a.values)?;
         }
         Ok(out)
-    }
-
-    /// `{attribute: [values]}` of item `row`.
-    fn item_attributes<'py>(&self, py: Python<'py>, row: i64) -> PyResult<Bound<'py, PyDict>> {
-        let n = self.model.num_items;
-        let row = usize::try_from(row)
-            .ok()
-            .filter(|&r| (1..=n).contains(&r))
-            .ok_or_else(|| {
-                PyValueError::new_err(format!("row {row} is not an item row (1..={n})"))
-            })?;
-        let out = PyDict::new(py);
-        for a in &self.model.attributes {
-            let values: Vec<&str> = a.values_of(row).map(|v| a.values[v].as_str()).collect();
-            out.set_item(&a.name, values)?;
-        }
-        Ok(out)
-    }
-
-    /// `(title, {attribute: [values]})` of each row in `rows` (item rows 1..=N).
-    fn describe<'py>(
-        &self,
-        py: Python<'py>,
-        rows: Vec<i64>,
-    ) -> PyResult<Vec<(String, Bound<'py, PyDict>)>> {
-        rows.into_iter()
-            .map(|row| {
-                let attributes = self.item_attributes(py, row)?;
-                // `item_attributes` checked the row.
-                Ok((self.model.titles[row as usize - 1].clone(), attributes))
-            })
-            .collect()
     }
 
     /// Writes the HNSW graph to `path` (e.g. `BUNDLE/index.usearch`), building it if needed.
@@ -469,16 +415,6 @@ impl Engine {
     }
 
     #[getter]
-    fn dim(&self) -> usize {
-        self.model.dim
-    }
-
-    #[getter]
-    fn vector_dim(&self) -> usize {
-        self.model.vector_dim()
-    }
-
-    #[getter]
     fn prompt_dim(&self) -> usize {
         self.model.prompt_dim()
     }
@@ -491,11 +427,6 @@ impl Engine {
     #[getter]
     fn strength_default(&self) -> f32 {
         self.model.strength_default
-    }
-
-    #[getter]
-    fn prompt_cache_len(&self) -> usize {
-        self.model.encoder().cache_len()
     }
 }
 

@@ -1,31 +1,22 @@
-//! `dpr._core.HnswIndex`: the Python face of [`crate::hnsw`]. Thin: check and convert
-//! arguments (the float input policy of `lib.rs`), release the GIL, map errors to exceptions.
+//! `dpr._core.HnswIndex`: the Python face of [`crate::index::hnsw`]. Thin: check and convert
+//! arguments (the float input policy of `convert.rs`), release the GIL, map errors to exceptions.
 
 use std::path::PathBuf;
 
-use numpy::ndarray::{Array2, Ix1, Ix2};
+use numpy::ndarray::{Ix1, Ix2};
 use numpy::{
-    IntoPyArray, PyArray, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArray, PyUntypedArray,
+    PyArray, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArray, PyUntypedArray,
     PyUntypedArrayMethods,
 };
-use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use rayon::prelude::*;
 
-use crate::hnsw::{self, HnswError, HnswParams};
-use crate::retrieve::{Hit, Matrix};
-use crate::{detached, f32_array};
-
-/// `(ids, scores)` as handed back to Python.
-type Hits<'py, D> = (Bound<'py, PyArray<i64, D>>, Bound<'py, PyArray<f32, D>>);
-
-fn hnsw_error(err: HnswError) -> PyErr {
-    match err {
-        HnswError::Backend(_) => PyRuntimeError::new_err(err.to_string()),
-        HnswError::File { .. } => PyOSError::new_err(err.to_string()),
-        _ => PyValueError::new_err(err.to_string()),
-    }
-}
+use super::convert::{check_dim, f32_array, hits_1d, hits_2d, non_negative, pad, positive, Hits};
+use super::detached;
+use super::errors::hnsw_error;
+use crate::index::exact::Matrix;
+use crate::index::hnsw::{self, HnswParams};
 
 /// A 1-D boolean mask of length `rows`, C-contiguous.
 fn bool_mask<'py>(
@@ -60,43 +51,9 @@ fn bool_mask<'py>(
     Ok(ready.try_readonly()?)
 }
 
-fn positive(value: i64, name: &str) -> PyResult<usize> {
-    usize::try_from(value)
-        .ok()
-        .filter(|&v| v > 0)
-        .ok_or_else(|| PyValueError::new_err(format!("{name} must be >= 1, got {value}")))
-}
-
-fn non_negative_k(k: i64) -> PyResult<usize> {
-    usize::try_from(k).map_err(|_| PyValueError::new_err(format!("k must be >= 0, got {k}")))
-}
-
 /// `ef=None` is the index default (0 for [`hnsw::HnswIndex::search`]).
 fn ef_arg(ef: Option<i64>) -> PyResult<usize> {
     ef.map_or(Ok(0), |ef| positive(ef, "ef"))
-}
-
-fn check_dim(expected: usize, got: usize, what: &str) -> PyResult<()> {
-    if expected == got {
-        Ok(())
-    } else {
-        Err(PyValueError::new_err(format!(
-            "{what} has dimension {got} but the index has dimension {expected}"
-        )))
-    }
-}
-
-/// Lays per-query hits out as `(B, width)` arrays padded with id -1 and score -inf.
-fn pad(hits: &[Vec<Hit>], width: usize) -> (Vec<i64>, Vec<f32>) {
-    let mut ids = vec![-1i64; hits.len() * width];
-    let mut scores = vec![f32::NEG_INFINITY; hits.len() * width];
-    for (q, row_hits) in hits.iter().enumerate() {
-        for (j, hit) in row_hits.iter().take(width).enumerate() {
-            ids[q * width + j] = hit.row as i64;
-            scores[q * width + j] = hit.score;
-        }
-    }
-    (ids, scores)
 }
 
 /// Approximate top-k by inner product over the rows of an item matrix (HNSW, usearch).
@@ -169,10 +126,10 @@ impl PyHnswIndex {
         ef: Option<i64>,
         allowed: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Hits<'py, Ix1>> {
-        let k = non_negative_k(k)?;
+        let k = non_negative(k, "k")?;
         let ef = ef_arg(ef)?;
         let query = f32_array::<Ix1>(query, "query")?;
-        check_dim(self.index.dim(), query.shape()[0], "query")?;
+        check_dim(self.index.dim(), query.shape()[0], "query", "the index has")?;
         let mask = match allowed {
             Some(a) if !a.is_none() => Some(bool_mask(a, self.items)?),
             _ => None,
@@ -186,9 +143,7 @@ impl PyHnswIndex {
             self.index.search(query, k, ef, keep)
         })?
         .map_err(hnsw_error)?;
-        let ids: Vec<i64> = hits.iter().map(|h| h.row as i64).collect();
-        let scores: Vec<f32> = hits.iter().map(|h| h.score).collect();
-        Ok((ids.into_pyarray(py), scores.into_pyarray(py)))
+        Ok(hits_1d(py, &hits))
     }
 
     #[pyo3(signature = (queries, k, ef=None))]
@@ -199,14 +154,14 @@ impl PyHnswIndex {
         k: i64,
         ef: Option<i64>,
     ) -> PyResult<Hits<'py, Ix2>> {
-        let k = non_negative_k(k)?;
+        let k = non_negative(k, "k")?;
         let ef = ef_arg(ef)?;
         let queries = f32_array::<Ix2>(queries, "queries")?;
         let (b, d) = (queries.shape()[0], queries.shape()[1]);
-        check_dim(self.index.dim(), d, "queries")?;
+        check_dim(self.index.dim(), d, "queries", "the index has")?;
         let queries = queries.as_slice()?;
         let width = k.min(self.index.len());
-        let (ids, scores) = detached(py, "HnswIndex.search_batch", || {
+        let padded = detached(py, "HnswIndex.search_batch", || {
             let hits = if d == 0 {
                 Ok(vec![Vec::new(); b])
             } else {
@@ -218,10 +173,7 @@ impl PyHnswIndex {
             hits.map(|hits| pad(&hits, width))
         })?
         .map_err(hnsw_error)?;
-        let to_err = |e: numpy::ndarray::ShapeError| PyRuntimeError::new_err(e.to_string());
-        let ids = Array2::from_shape_vec((b, width), ids).map_err(to_err)?;
-        let scores = Array2::from_shape_vec((b, width), scores).map_err(to_err)?;
-        Ok((ids.into_pyarray(py), scores.into_pyarray(py)))
+        hits_2d(py, padded, b, width)
     }
 
     fn __len__(&self) -> usize {

@@ -1,18 +1,19 @@
+// Over 400 lines because ~390 are tests; build, persistence and search share private state.
 //! Approximate top-k by inner product: an HNSW graph built by the `usearch` crate
 //! (inner-product metric), searched by dpr's own walk over a flat copy of it
-//! ([`crate::hnsw_graph`]), with row filters, an exact fallback, and exact scores.
+//! ([`crate::index::graph`]), with row filters, an exact fallback, and exact scores.
 //!
 //! Why `usearch` and why the inner-product metric: see `benches/results/hnsw-crates.md`. In
 //! short, item vectors are not normalised; `hnsw_rs`'s `DistDot` asserts unit vectors and its
 //! search asserts non-negative distances, and the usual MIPS→L2 transform (an extra coordinate
 //! `sqrt(M² - |x|²)`) made recall collapse on catalogues whose norms vary, in both crates.
 //! Why dpr walks the graph itself: searching through usearch measured 3-4x slower than
-//! hnswlib at the same recall (see [`crate::hnsw_graph`]).
+//! hnswlib at the same recall (see [`crate::index::graph`]).
 //!
 //! What this module adds on top of the graph:
 //!
-//! * **Exact scores and order.** Scores are [`crate::retrieve::dot`] on this index's own copy
-//!   of the rows, and the best `k` are ranked exactly as [`crate::retrieve::top_k`] ranks them
+//! * **Exact scores and order.** Scores are [`crate::index::exact::dot`] on this index's own copy
+//!   of the rows, and the best `k` are ranked exactly as [`crate::index::exact::top_k`] ranks them
 //!   (higher score first, ties to the lower row, NaN last). A score therefore equals the exact
 //!   scan's score bit for bit.
 //! * **Filters that keep their promise.** A row for which `allowed` is false is never returned,
@@ -25,7 +26,6 @@
 //!   reserved up front, and fail when all are taken; a small semaphore makes a builder thread
 //!   wait for a free context instead. Searches keep their state per thread.
 
-use std::cmp::Ordering;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -35,24 +35,15 @@ use memmap2::{Mmap, MmapOptions};
 use rayon::prelude::*;
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
-use crate::hnsw_graph::FlatGraph;
-use crate::retrieve::{self, rank_key, Hit, Matrix};
+use crate::index::exact::{self, Matrix};
+use crate::index::graph::FlatGraph;
+use crate::index::policy;
+use crate::index::rank::{rank_order, Hit};
 
 /// Concurrent usearch inserts while building (searches use dpr's own walk); more builder
 /// threads wait for a free context. Each context costs a visited-set and two heaps of `ef`
 /// entries, so this can be generous.
 const CONTEXTS: usize = 64;
-
-/// Rows sampled to estimate how many rows a filter keeps.
-const FILTER_SAMPLE: usize = 256;
-
-/// Whether a filter that keeps a fraction `f` of the rows is answered by the exact scan over the
-/// kept rows rather than the graph: the scan costs a predicate call per row plus `f·N`
-/// dot products, a filtered graph walk visits about `ef / f` rows and scores their `2M`
-/// neighbours, so the scan wins while `f² < FLAT_COST · 2M · ef / N`. `FLAT_COST` is the
-/// measured constant (`benches/results/hnsw-crates.md`: at N = 50k, d = 64, M = 16, ef = 64 the
-/// two cost the same near f = 0.3); the scan is exact, so ties go to it.
-const FLAT_COST: f64 = 2.0;
 
 /// Largest accepted `connectivity` (usearch stores neighbour counts compactly; hnswlib's
 /// documentation recommends 2..100).
@@ -168,7 +159,7 @@ impl Drop for ContextGuard<'_> {
 pub struct HnswIndex {
     /// Declared before `_file`: a viewed graph points into the mapping, so it is dropped first.
     graph: Index,
-    /// The graph copied into the layout its searches walk (see [`crate::hnsw_graph`]).
+    /// The graph copied into the layout its searches walk (see [`crate::index::graph`]).
     flat: FlatGraph,
     /// The saved index file, mapped, when the graph is a view of it (see [`HnswIndex::load`]).
     _file: Option<Mmap>,
@@ -189,13 +180,6 @@ const _: () = {
     const fn send_sync<T: Send + Sync>() {}
     send_sync::<HnswIndex>()
 };
-
-/// `Less` means `a` ranks before `b` (the order of [`retrieve::top_k`]).
-fn rank_order(a: &Hit, b: &Hit) -> Ordering {
-    rank_key(b.score)
-        .cmp(&rank_key(a.score))
-        .then_with(|| a.row.cmp(&b.row))
-}
 
 /// Where [`HnswIndex::save`] puts the flat copy of the graph saved at `path`: beside it,
 /// with the extension `flat`, so that loading skips the copy.
@@ -410,7 +394,7 @@ impl HnswIndex {
     /// The (about) `k` best indexed rows by inner product with `query`, best first, among rows
     /// for which `allowed` (if given) holds; `ef` is the search breadth (0: the index default;
     /// it is raised to `k`). Scores are exact inner products, ordered as
-    /// [`retrieve::top_k`] orders them. Returns exactly `min(k, allowed rows)` hits.
+    /// [`exact::top_k`] orders them. Returns exactly `min(k, allowed rows)` hits.
     pub fn search(
         &self,
         query: &[f32],
@@ -449,15 +433,14 @@ impl HnswIndex {
     }
 
     /// Whether `keep`, judged on evenly spaced sample rows, keeps so few rows that the exact
-    /// scan over them is cheaper than a graph walk with breadth `ef` (see [`FLAT_COST`]).
+    /// scan over them is cheaper than a graph walk with breadth `ef` (see [`policy::scan_beats_walk`]).
     fn keeps_few(&self, keep: &(dyn Fn(usize) -> bool + Sync), ef: usize) -> bool {
-        let samples = self.len.min(FILTER_SAMPLE);
+        let samples = self.len.min(policy::FILTER_SAMPLE);
         let kept = (0..samples)
             .filter(|&s| keep(self.start + s * self.len / samples))
             .count();
         let fraction = kept as f64 / samples as f64;
-        let walk = FLAT_COST * (2 * self.connectivity) as f64 * ef as f64 / self.len as f64;
-        fraction * fraction < walk
+        policy::scan_beats_walk(fraction, self.connectivity, ef, self.len)
     }
 
     /// Exact top-k over the indexed rows that `allowed` keeps.
@@ -473,8 +456,7 @@ impl HnswIndex {
             .as_ref()
             .map(|f| f as &(dyn Fn(usize) -> bool + Sync));
         // The query length was checked against `dim`, the only error `top_k_where` reports.
-        let hits =
-            retrieve::top_k_where(self.matrix(), query, k, &[], keep, true).unwrap_or_default();
+        let hits = exact::top_k_where(self.matrix(), query, k, &[], keep, true).unwrap_or_default();
         hits.into_iter()
             .map(|h| Hit {
                 row: h.row + start,
@@ -690,6 +672,7 @@ impl fmt::Debug for HnswIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cmp::Ordering;
     use std::panic::{catch_unwind, AssertUnwindSafe};
     use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 
@@ -759,7 +742,7 @@ mod tests {
             .collect();
         let truth: Vec<Vec<Hit>> = queries
             .iter()
-            .map(|q| retrieve::top_k(items, q, 10, &[]).unwrap())
+            .map(|q| exact::top_k(items, q, 10, &[]).unwrap())
             .collect();
         let r = recall(&found, &truth);
         println!("recall@10 at default params: {r:.4}");
@@ -767,7 +750,7 @@ mod tests {
         for (f, q) in found.iter().zip(&queries) {
             assert_eq!(f.len(), 10);
             for h in f {
-                assert_eq!(h.score, retrieve::dot(&data[h.row * d..(h.row + 1) * d], q));
+                assert_eq!(h.score, exact::dot(&data[h.row * d..(h.row + 1) * d], q));
             }
             assert!(f
                 .windows(2)
@@ -789,9 +772,9 @@ mod tests {
         for _ in 0..20 {
             let q = rng.gauss_vec(d);
             found.push(index.search(&q, 10, n, None).unwrap());
-            truth.push(retrieve::top_k(items, &q, 10, &[]).unwrap());
+            truth.push(exact::top_k(items, &q, 10, &[]).unwrap());
             found.push(index.search(&q, 10, n, Some(&odd as _)).unwrap());
-            truth.push(retrieve::top_k_where(items, &q, 10, &[], Some(&odd as _), true).unwrap());
+            truth.push(exact::top_k_where(items, &q, 10, &[], Some(&odd as _), true).unwrap());
         }
         let r = recall(&found, &truth);
         assert!(r >= 0.99, "recall@10 = {r}");
@@ -817,7 +800,7 @@ mod tests {
             0.0,
         ];
         let items = Matrix::new(&values, values.len(), 1).unwrap();
-        let expected = retrieve::top_k(items, &[1.0], values.len(), &[]).unwrap();
+        let expected = exact::top_k(items, &[1.0], values.len(), &[]).unwrap();
         let mut hits: Vec<Hit> = values
             .iter()
             .enumerate()
@@ -845,10 +828,9 @@ mod tests {
                     let hits = index.search(&q, k, 0, Some(&keep)).unwrap();
                     assert_eq!(hits.len(), k.min(allowed), "{per_mille}‰, k = {k}");
                     assert!(hits.iter().all(|h| mask[h.row]), "{per_mille}‰ leaked");
-                    let exact =
-                        retrieve::top_k_where(items, &q, k, &[], Some(&keep), false).unwrap();
+                    let exact = exact::top_k_where(items, &q, k, &[], Some(&keep), false).unwrap();
                     for h in &hits {
-                        assert_eq!(h.score, retrieve::dot(&data[h.row * d..][..d], &q));
+                        assert_eq!(h.score, exact::dot(&data[h.row * d..][..d], &q));
                     }
                     if per_mille <= 10 {
                         // Selective filters take the exact scan.
@@ -871,7 +853,7 @@ mod tests {
         let all = index.search(&q, n, 0, None).unwrap();
         assert_eq!(all.len(), n - 1);
         assert!(all.iter().all(|h| h.row >= 1));
-        let exact = retrieve::top_k(items, &q, n, &[0]).unwrap();
+        let exact = exact::top_k(items, &q, n, &[0]).unwrap();
         assert_eq!(all, exact);
         let hits = index.search(&q, 10, 0, None).unwrap();
         assert!(hits.iter().all(|h| h.row >= 1));
@@ -989,7 +971,7 @@ mod tests {
         let calls = AtomicUsize::new(0);
         // Passes the sampling (256 calls), then panics inside usearch's search.
         let keep = |_row: usize| {
-            if calls.fetch_add(1, AtomicOrdering::Relaxed) > FILTER_SAMPLE + 10 {
+            if calls.fetch_add(1, AtomicOrdering::Relaxed) > policy::FILTER_SAMPLE + 10 {
                 panic!("filter failed");
             }
             true
@@ -997,7 +979,7 @@ mod tests {
         let q = vec![1.0; d];
         let result = catch_unwind(AssertUnwindSafe(|| index.search(&q, 10, 0, Some(&keep))));
         assert!(result.is_err());
-        assert!(calls.load(AtomicOrdering::Relaxed) > FILTER_SAMPLE + 10);
+        assert!(calls.load(AtomicOrdering::Relaxed) > policy::FILTER_SAMPLE + 10);
         // The index is still usable (its search context was released).
         assert_eq!(index.search(&q, 10, 0, None).unwrap().len(), 10);
     }

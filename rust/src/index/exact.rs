@@ -1,3 +1,4 @@
+// Over 400 lines because ~330 of them are tests against a brute-force reference.
 //! Exact top-k retrieval by inner product.
 //!
 //! Given an item matrix (`N × d`, row-major `f32`) and a query vector (`d`), return the `k`
@@ -136,36 +137,6 @@ impl<'a> Matrix<'a> {
     }
 }
 
-/// One result: a row of the item matrix and its inner product with the query.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Hit {
-    pub row: usize,
-    pub score: f32,
-}
-
-/// The rank of a score as an integer whose order is the documented one: `f32::total_cmp`'s
-/// bit trick applied after mapping every NaN to a negative NaN (below `-inf`) and `-0.0` to
-/// `0.0` (so that zeros tie and fall back to the row index). An integer compare keeps the
-/// scan's hot path, rejecting a row that cannot enter the top k, to one instruction.
-#[inline]
-pub(crate) fn rank_key(score: f32) -> i32 {
-    let canonical = if score.is_nan() {
-        f32::from_bits(0xFFC0_0000)
-    } else {
-        score + 0.0
-    };
-    let bits = canonical.to_bits() as i32;
-    bits ^ (((bits >> 31) as u32) >> 1) as i32
-}
-
-/// `Greater` means `a` ranks before `b`.
-#[inline]
-fn compare(a: &Hit, b: &Hit) -> Ordering {
-    rank_key(a.score)
-        .cmp(&rank_key(b.score))
-        .then_with(|| b.row.cmp(&a.row))
-}
-
 /// A hit with its precomputed rank key, ordered by rank (`Greater` ranks first), so
 /// `BinaryHeap<Reverse<Ranked>>` keeps the worst kept hit on top.
 #[derive(Clone, Copy, Debug)]
@@ -190,14 +161,14 @@ impl PartialOrd for Ranked {
 
 impl Ord for Ranked {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.key
-            .cmp(&other.key)
-            .then_with(|| other.hit.row.cmp(&self.hit.row))
+        rank_cmp((self.key, self.hit.row), (other.key, other.hit.row)).reverse()
     }
 }
 
-pub use crate::linalg::dot;
-use crate::linalg::gemv;
+use super::rank::{rank_cmp, rank_key};
+pub use super::rank::{rank_order, Hit};
+pub use crate::nn::linalg::dot;
+use crate::nn::linalg::gemv;
 
 /// Rows scored per matrix-vector product in a scan.
 const SCORE_BLOCK: usize = 64;
@@ -345,7 +316,7 @@ fn merge(a: Vec<Hit>, b: Vec<Hit>, k: usize) -> Vec<Hit> {
     let (mut ia, mut ib) = (a.into_iter().peekable(), b.into_iter().peekable());
     while out.len() < k {
         let next = match (ia.peek(), ib.peek()) {
-            (Some(x), Some(y)) if compare(x, y) == Ordering::Less => ib.next(),
+            (Some(x), Some(y)) if rank_order(x, y) == Ordering::Greater => ib.next(),
             (Some(_), _) => ia.next(),
             (None, _) => ib.next(),
         };
@@ -482,7 +453,7 @@ mod tests {
                 score: dot(items.row(row), query),
             })
             .collect();
-        all.sort_by(|a, b| compare(b, a));
+        all.sort_by(rank_order);
         all.truncate(k);
         all
     }

@@ -1,8 +1,8 @@
 //! SASRec inference: pre-norm causal self-attention blocks, user vector at the last position.
 
-use super::{take, Rows};
-use crate::bundle::{Bundle, BundleError, Positions};
-use crate::linalg::{gemv, gemv_transposed, layer_norm, relu, softmax, Linear};
+use super::Rows;
+use crate::bundle::{BundleError, LinearWeights, NormWeights, Positions, SasRecBlockWeights};
+use crate::nn::linalg::{gemv, gemv_transposed, layer_norm, relu, softmax, Linear};
 
 #[derive(Debug)]
 struct Norm {
@@ -35,24 +35,19 @@ pub struct SasRec {
     final_norm: Norm,
 }
 
-fn norm(bundle: &mut Bundle, prefix: &str) -> Result<Norm, BundleError> {
-    Ok(Norm {
-        weight: take(bundle, &format!("{prefix}.weight"))?,
-        bias: take(bundle, &format!("{prefix}.bias"))?,
-    })
+fn norm(w: NormWeights<Vec<f32>>) -> Norm {
+    Norm {
+        weight: w.weight,
+        bias: w.bias,
+    }
 }
 
-pub(crate) fn linear(
-    bundle: &mut Bundle,
-    prefix: &str,
-    out_dim: usize,
-    in_dim: usize,
-) -> Result<Linear, BundleError> {
-    let weight = take(bundle, &format!("{prefix}.weight"))?;
-    let bias = take(bundle, &format!("{prefix}.bias"))?;
-    Linear::new(weight, bias, out_dim, in_dim).ok_or_else(|| BundleError::Invalid {
-        file: crate::bundle::WEIGHTS_FILE.into(),
-        message: format!("tensor '{prefix}' has the wrong size"),
+/// A [`Linear`] from its weights (`what` names the layer in the error, which the bundle
+/// reader's shape check makes unreachable).
+pub(crate) fn linear(w: LinearWeights<Vec<f32>>, what: &str) -> Result<Linear, BundleError> {
+    Linear::new(w.weight, w.bias, w.out_dim, w.in_dim).ok_or_else(|| BundleError::Tensor {
+        tensor: what.to_owned(),
+        message: format!("tensor '{what}' has the wrong size"),
     })
 }
 
@@ -79,35 +74,39 @@ pub struct SasRecShape {
 }
 
 impl SasRec {
-    pub fn from_bundle(bundle: &mut Bundle, shape: SasRecShape) -> Result<SasRec, BundleError> {
+    pub fn new(
+        shape: SasRecShape,
+        d: usize,
+        eps: f32,
+        position: Vec<f32>,
+        blocks: Vec<SasRecBlockWeights<Vec<f32>>>,
+        final_norm: NormWeights<Vec<f32>>,
+    ) -> Result<SasRec, BundleError> {
         let SasRecShape {
             max_len,
-            num_blocks,
             num_heads,
-            ffn_dim,
             positions,
+            ..
         } = shape;
-        let d = bundle.dim;
-        let eps = bundle.steer.layer_norm_eps;
-        let position = take(bundle, "backbone.position_embedding.weight")?;
-        let blocks = (0..num_blocks)
-            .map(|b| {
+        let blocks = blocks
+            .into_iter()
+            .enumerate()
+            .map(|(b, w)| {
                 let p = format!("backbone.blocks.{b}");
                 Ok(Block {
-                    attention_norm: norm(bundle, &format!("{p}.attention_norm"))?,
-                    query: linear(bundle, &format!("{p}.attention.query"), d, d)?,
+                    attention_norm: norm(w.attention_norm),
+                    query: linear(w.query, &format!("{p}.attention.query"))?,
                     key_value: stacked(
-                        linear(bundle, &format!("{p}.attention.key"), d, d)?,
-                        linear(bundle, &format!("{p}.attention.value"), d, d)?,
+                        linear(w.key, &format!("{p}.attention.key"))?,
+                        linear(w.value, &format!("{p}.attention.value"))?,
                     ),
-                    out: linear(bundle, &format!("{p}.attention.out"), d, d)?,
-                    ffn_norm: norm(bundle, &format!("{p}.ffn_norm"))?,
-                    ffn_in: linear(bundle, &format!("{p}.ffn_in"), ffn_dim, d)?,
-                    ffn_out: linear(bundle, &format!("{p}.ffn_out"), d, ffn_dim)?,
+                    out: linear(w.out, &format!("{p}.attention.out"))?,
+                    ffn_norm: norm(w.ffn_norm),
+                    ffn_in: linear(w.ffn_in, &format!("{p}.ffn_in"))?,
+                    ffn_out: linear(w.ffn_out, &format!("{p}.ffn_out"))?,
                 })
             })
             .collect::<Result<Vec<_>, BundleError>>()?;
-        let final_norm = norm(bundle, "backbone.final_norm")?;
         Ok(SasRec {
             max_len,
             dim: d,
@@ -116,7 +115,7 @@ impl SasRec {
             positions,
             position,
             blocks,
-            final_norm,
+            final_norm: norm(final_norm),
         })
     }
 

@@ -8,12 +8,12 @@
 mod gru4rec;
 mod sasrec;
 
-pub(crate) use sasrec::linear as sasrec_linear;
+pub(crate) use sasrec::linear;
 
 pub use gru4rec::Gru4Rec;
 pub use sasrec::{SasRec, SasRecShape};
 
-use crate::bundle::{BackboneConfig, Bundle, BundleError};
+use crate::bundle::{BackboneConfig, BackboneWeights, BundleError};
 
 /// A loaded backbone (the item embedding table is shared, passed in at each call).
 #[derive(Debug)]
@@ -23,17 +23,28 @@ pub enum Backbone {
 }
 
 impl Backbone {
-    /// Takes the backbone's tensors out of `bundle`.
-    pub fn from_bundle(bundle: &mut Bundle) -> Result<Backbone, BundleError> {
-        match bundle.backbone.clone() {
-            BackboneConfig::Sasrec {
-                max_len,
-                num_blocks,
-                num_heads,
-                ffn_dim,
-                positions,
-            } => Ok(Backbone::SasRec(SasRec::from_bundle(
-                bundle,
+    /// The backbone `config` describes, from its weights (`d`: width, `eps`: LayerNorm epsilon).
+    pub fn new(
+        config: &BackboneConfig,
+        d: usize,
+        eps: f32,
+        weights: BackboneWeights<Vec<f32>>,
+    ) -> Result<Backbone, BundleError> {
+        match (config.clone(), weights) {
+            (
+                BackboneConfig::Sasrec {
+                    max_len,
+                    num_blocks,
+                    num_heads,
+                    ffn_dim,
+                    positions,
+                },
+                BackboneWeights::SasRec {
+                    position,
+                    blocks,
+                    final_norm,
+                },
+            ) => Ok(Backbone::SasRec(SasRec::new(
                 SasRecShape {
                     max_len,
                     num_blocks,
@@ -41,13 +52,19 @@ impl Backbone {
                     ffn_dim,
                     positions,
                 },
+                d,
+                eps,
+                position,
+                blocks,
+                final_norm,
             )?)),
-            BackboneConfig::Gru4rec {
-                max_len,
-                num_layers,
-            } => Ok(Backbone::Gru4Rec(Gru4Rec::from_bundle(
-                bundle, max_len, num_layers,
-            )?)),
+            (BackboneConfig::Gru4rec { max_len, .. }, BackboneWeights::Gru4Rec { layers }) => {
+                Ok(Backbone::Gru4Rec(Gru4Rec::new(max_len, d, layers)?))
+            }
+            _ => Err(BundleError::tensor(
+                "backbone",
+                "the backbone weights are of another kind than dpr.json's backbone",
+            )),
         }
     }
 
@@ -72,11 +89,6 @@ impl Backbone {
             Backbone::Gru4Rec(m) => m.user_vector(embedding, history, out),
         }
     }
-}
-
-/// A float tensor's data, taken out of the bundle.
-pub(crate) fn take(bundle: &mut Bundle, name: &str) -> Result<Vec<f32>, BundleError> {
-    Ok(bundle.take(name)?.data)
 }
 
 /// The item embedding rows as the backbone reads them: the first `width` floats of each

@@ -1,3 +1,4 @@
+// Over 400 lines because ~430 of them are tests (tokenizer, batching, cache, damaged files).
 //! The prompt encoder: text → one L2-normalised sentence vector (all-MiniLM-L6-v2 by default),
 //! with an LRU cache of the vectors of recent prompts.
 //!
@@ -36,7 +37,7 @@ use candle_transformers::models::bert::{BertModel, Config};
 use lru::LruCache;
 use tokenizers::{PostProcessor, Tokenizer, TruncationParams};
 
-use crate::intent::IntentHead;
+use crate::nn::intent::IntentHead;
 
 const CONFIG_FILE: &str = "config.json";
 const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -829,8 +830,8 @@ mod tests {
             detect_threshold: 0.5,
         };
         let wave = |n: usize, k: f32| (0..n).map(|i| (i as f32 * k).sin()).collect::<Vec<_>>();
-        let hidden = crate::linalg::Linear::new(wave(3 * e, 0.7), wave(3, 1.3), 3, e).unwrap();
-        let output = crate::linalg::Linear::new(wave(18, 2.1), wave(6, 0.4), 6, 3).unwrap();
+        let hidden = crate::nn::linalg::Linear::new(wave(3 * e, 0.7), wave(3, 1.3), 3, e).unwrap();
+        let output = crate::nn::linalg::Linear::new(wave(18, 2.1), wave(6, 0.4), 6, 3).unwrap();
         IntentHead::new(&config, hidden, output).unwrap()
     }
 

@@ -1,4 +1,4 @@
-//! Python face of `prompt::PromptEncoder`: `dpr._core.PromptEncoder`.
+//! Python face of `encoder::PromptEncoder`: `dpr._core.PromptEncoder`.
 //!
 //! Errors: a missing folder or file is `FileNotFoundError`; a malformed file, an out-of-range
 //! argument or a prompt the tokenizer rejects is `ValueError`; a failed model run (a bug) is
@@ -8,29 +8,18 @@ use std::path::PathBuf;
 
 use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray1, PyArray2};
-use pyo3::exceptions::{PyFileNotFoundError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
-use crate::detached;
-use crate::prompt::{self, PromptError, PromptErrorKind};
-
-fn py_error(err: PromptError) -> PyErr {
-    match err.kind {
-        PromptErrorKind::NotFound => PyFileNotFoundError::new_err(err.message),
-        PromptErrorKind::Invalid | PromptErrorKind::Prompt => PyValueError::new_err(err.message),
-        PromptErrorKind::Model => PyRuntimeError::new_err(err.message),
-    }
-}
-
-fn non_negative(value: i64, name: &str) -> PyResult<usize> {
-    usize::try_from(value)
-        .map_err(|_| PyValueError::new_err(format!("{name} must be >= 0, got {value}")))
-}
+use super::convert::non_negative;
+use super::detached;
+use super::errors::prompt_error;
+use crate::nn::encoder;
 
 /// Sentence encoder for prompts (all-MiniLM-L6-v2 by default) with an LRU cache.
 #[pyclass(frozen, name = "PromptEncoder", module = "dpr._core")]
 pub struct PyPromptEncoder {
-    inner: prompt::PromptEncoder,
+    inner: encoder::PromptEncoder,
 }
 
 #[pymethods]
@@ -41,16 +30,16 @@ impl PyPromptEncoder {
         let max_tokens = non_negative(max_tokens, "max_tokens")?;
         let cache_capacity = non_negative(cache_capacity, "cache_capacity")?;
         let inner = detached(py, "PromptEncoder", || {
-            prompt::PromptEncoder::load(&path, max_tokens, cache_capacity)
+            encoder::PromptEncoder::load(&path, max_tokens, cache_capacity)
         })?
-        .map_err(py_error)?;
+        .map_err(prompt_error)?;
         Ok(Self { inner })
     }
 
     /// The prompt's vector, float32 of shape (dim,); zeros for a blank prompt.
     fn encode<'py>(&self, py: Python<'py>, prompt: &str) -> PyResult<Bound<'py, PyArray1<f32>>> {
         let vector = detached(py, "PromptEncoder.encode", || self.inner.encode(prompt))?
-            .map_err(py_error)?;
+            .map_err(prompt_error)?;
         Ok(PyArray1::from_slice(py, &vector))
     }
 
@@ -69,7 +58,7 @@ impl PyPromptEncoder {
                 flat
             })
         })?
-        .map_err(py_error)?;
+        .map_err(prompt_error)?;
         let matrix = Array2::from_shape_vec((prompts.len(), dim), flat)
             .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
         Ok(matrix.into_pyarray(py))

@@ -1,3 +1,4 @@
+// Over 400 lines because loading and the query path share `Model`'s private fields.
 //! A loaded model: bundle + backbone + steering + prompt encoder + retrieval, queried by
 //! internal item rows. Item-id mapping and result decoration live in the bindings / Python.
 //!
@@ -11,13 +12,15 @@ use std::sync::{Arc, OnceLock};
 
 use rayon::prelude::*;
 
-use crate::backbone::{Backbone, Rows};
 use crate::bundle::{Attribute, Bundle, BundleError, IdRows, ItemId};
-use crate::hnsw::{HnswIndex, HnswParams, SharedItems};
-use crate::intent::{IntentHead, Reading};
-use crate::prompt::{PromptEncoder, PromptError};
-use crate::retrieve::{self, Hit, Matrix};
-use crate::steer::Steering;
+use crate::index::exact::{self, Hit, Matrix};
+use crate::index::hnsw::{HnswIndex, HnswParams, SharedItems};
+use crate::index::policy::{self, INDEX_FILE};
+pub use crate::index::policy::{Filter, Retrieval};
+use crate::nn::backbone::{Backbone, Rows};
+use crate::nn::encoder::{PromptEncoder, PromptError};
+use crate::nn::intent::{IntentHead, Reading};
+use crate::nn::steer::Steering;
 
 /// Why a load or a query failed.
 #[derive(Debug)]
@@ -54,39 +57,20 @@ impl From<PromptError> for ModelError {
     }
 }
 
-/// Hard attribute constraints: an item passes if, for every `include` attribute, it has at
-/// least one of the listed values, and it has none of the `exclude` values.
-#[derive(Debug, Clone, Default)]
-pub struct Filter {
-    /// (attribute index, value indices)
-    pub include: Vec<(usize, Vec<usize>)>,
-    pub exclude: Vec<(usize, Vec<usize>)>,
-}
+/// The largest steering strength a query may ask for: far beyond any useful steering (the model
+/// is trained at 1.0); a bound keeps the float32 user vector and its scores finite.
+pub const MAX_STRENGTH: f64 = 1e6;
 
-impl Filter {
-    pub fn is_empty(&self) -> bool {
-        self.include.is_empty() && self.exclude.is_empty()
+/// The strength rule, the one place it is written: a finite number in `0..=MAX_STRENGTH`.
+pub fn check_strength(strength: f64) -> Result<f32, ModelError> {
+    if strength.is_finite() && (0.0..=MAX_STRENGTH).contains(&strength) {
+        Ok(strength as f32)
+    } else {
+        Err(ModelError::Argument(format!(
+            "strength must be a finite number >= 0 (at most 1e+06), got {strength}"
+        )))
     }
 }
-
-/// Which search answers queries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retrieval {
-    /// The exact scan below [`HNSW_MIN_ITEMS`] items, the HNSW index from there on.
-    Auto,
-    Exact,
-    Hnsw,
-}
-
-/// From this many items on, `Retrieval::Auto` searches the HNSW graph.
-pub const HNSW_MIN_ITEMS: usize = 50_000;
-
-/// A filter expected to pass fewer than this share of the items is answered by the exact scan:
-/// a graph walk would visit mostly rejected nodes.
-const SELECTIVE_FILTER_SHARE: f64 = 0.05;
-
-/// The saved graph inside a bundle (optional; built at load time when absent).
-pub const INDEX_FILE: &str = "index.usearch";
 
 /// How one query runs.
 #[derive(Debug, Clone)]
@@ -132,15 +116,6 @@ const _: () = {
     shared::<Model>();
 };
 
-/// Whether queries over `num_items` items search an HNSW graph (unless a filter is selective).
-fn uses_index(retrieval: Retrieval, num_items: usize) -> bool {
-    match retrieval {
-        Retrieval::Exact => false,
-        Retrieval::Hnsw => true,
-        Retrieval::Auto => num_items >= HNSW_MIN_ITEMS,
-    }
-}
-
 /// The saved graph at `file` if there is one, else a new one over rows 1..=N of `table`
 /// (`(N+1) × width`); either way the index rescores from `table` itself.
 fn open_index(
@@ -149,9 +124,8 @@ fn open_index(
     num_items: usize,
     file: &Path,
 ) -> Result<HnswIndex, ModelError> {
-    let index_error = |e: crate::hnsw::HnswError| {
-        ModelError::Bundle(BundleError::Invalid {
-            file: INDEX_FILE.into(),
+    let index_error = |e: crate::index::hnsw::HnswError| {
+        ModelError::Bundle(BundleError::Index {
             message: e.to_string(),
         })
     };
@@ -162,8 +136,7 @@ fn open_index(
     if file.is_file() {
         let index = HnswIndex::load_shared(file, shared).map_err(index_error)?;
         if index.rows() != (1..num_items + 1) || index.dim() != width {
-            return Err(ModelError::Bundle(BundleError::Invalid {
-                file: INDEX_FILE.into(),
+            return Err(ModelError::Bundle(BundleError::Index {
                 message: "the saved index does not cover this bundle's items".into(),
             }));
         }
@@ -187,8 +160,8 @@ fn intent_targets(
                 .find(|(_, a)| &a.name == family)
                 .and_then(|(i, a)| Some((i, a.values.iter().position(|v| v == value)?)))
                 .ok_or_else(|| {
-                    ModelError::Bundle(BundleError::Invalid {
-                        file: crate::bundle::CONFIG_FILE.into(),
+                    ModelError::Bundle(BundleError::Config {
+                        field: "intent.values".into(),
                         message: format!(
                             "intent.values: [{family:?}, {value:?}] is not an item attribute value"
                         ),
@@ -226,7 +199,7 @@ impl Model {
             } else {
                 String::new()
             };
-            return Err(ModelError::Bundle(BundleError::Invalid {
+            return Err(ModelError::Bundle(BundleError::Encoder {
                 file: format!("{}/config.json", bundle.encoder.dir),
                 message: format!(
                     "the encoder's hidden size {}{plus} differs from steer.prompt_dim {}",
@@ -242,7 +215,7 @@ impl Model {
         let encoder = match intent {
             None => encoder,
             Some(head) => encoder.with_intent(Arc::new(head)).map_err(|message| {
-                ModelError::Bundle(BundleError::Invalid {
+                ModelError::Bundle(BundleError::Encoder {
                     file: format!("{}/config.json", bundle.encoder.dir),
                     message,
                 })
@@ -301,15 +274,24 @@ impl Model {
         ),
         ModelError,
     > {
-        let backbone = Backbone::from_bundle(bundle)?;
-        let steering = Steering::from_bundle(bundle, cache_capacity)?;
-        let intent = IntentHead::from_bundle(bundle)?;
+        let weights = bundle.take_weights()?;
+        let backbone = Backbone::new(
+            &bundle.backbone,
+            bundle.dim,
+            bundle.steer.layer_norm_eps,
+            weights.backbone,
+        )?;
+        let steering = Steering::new(bundle.dim, &bundle.steer, weights.steer, cache_capacity)?;
+        let intent = match (&bundle.intent, weights.intent) {
+            (Some(config), Some(w)) => Some(IntentHead::from_weights(config, w)?),
+            _ => None,
+        };
         let (d, n) = (bundle.dim, bundle.num_items);
         let width = steering.output_dim();
         // Widen the embedding's own buffer into the table (rows move back to front, so none is
         // overwritten before it moves): a large catalogue loads without a second table-sized
         // allocation.
-        let mut table = bundle.take("items.embedding")?.data;
+        let mut table = weights.item_embedding;
         let steer_attribute = bundle
             .steer
             .attribute
@@ -328,7 +310,7 @@ impl Model {
             }
         }
         let table = Arc::new(table);
-        let index = if uses_index(retrieval, n) {
+        let index = if retrieval.uses_graph(n) {
             Some(open_index(&table, width, n, &path.join(INDEX_FILE))?)
         } else {
             None
@@ -362,18 +344,7 @@ impl Model {
 
     /// An upper bound on the share of items passing `filter`.
     fn filter_share(&self, filter: &Filter) -> f64 {
-        let n = self.num_items.max(1) as f64;
-        filter
-            .include
-            .iter()
-            .map(|(a, values)| {
-                values
-                    .iter()
-                    .map(|&v| self.value_counts[*a][v])
-                    .sum::<usize>() as f64
-                    / n
-            })
-            .fold(1.0, f64::min)
+        filter.share_bound(&self.value_counts, self.num_items)
     }
 
     /// Width of a steered user vector (`d + A`).
@@ -479,11 +450,7 @@ impl Model {
                 self.prompt_dim()
             )));
         }
-        if !strength.is_finite() {
-            return Err(ModelError::Argument(format!(
-                "strength must be finite, got {strength}"
-            )));
-        }
+        check_strength(f64::from(strength))?;
         let rows = Rows {
             data: &self.table,
             stride: self.width,
@@ -502,17 +469,6 @@ impl Model {
             out[..self.dim].copy_from_slice(&h);
         }
         Ok(out)
-    }
-
-    fn passes(&self, filter: &Filter, row: usize) -> bool {
-        filter
-            .include
-            .iter()
-            .all(|(a, values)| values.iter().any(|&v| self.attributes[*a].has(row, v)))
-            && !filter
-                .exclude
-                .iter()
-                .any(|(a, values)| values.iter().any(|&v| self.attributes[*a].has(row, v)))
     }
 
     /// The best `k` items for `vector` (a steered user vector), never row 0, never a row in
@@ -535,20 +491,20 @@ impl Model {
         if let Some(index) = self
             .index
             .get()
-            .filter(|_| self.filter_share(filter) >= SELECTIVE_FILTER_SHARE)
+            .filter(|_| policy::graph_serves_filter(self.filter_share(filter)))
         {
             exclude.sort_unstable();
             let allowed = |row: usize| {
                 exclude.binary_search(&row).is_err()
-                    && (filter.is_empty() || self.passes(filter, row))
+                    && (filter.is_empty() || filter.passes(&self.attributes, row))
             };
             return index
                 .search(vector, options.k, 0, Some(&allowed))
                 .map_err(|e| ModelError::Argument(e.to_string()));
         }
-        let keep = |row: usize| self.passes(filter, row);
-        let keep: retrieve::Keep<'_> = if filter.is_empty() { None } else { Some(&keep) };
-        retrieve::top_k_where(items, vector, options.k, &exclude, keep, parallel)
+        let keep = |row: usize| filter.passes(&self.attributes, row);
+        let keep: exact::Keep<'_> = if filter.is_empty() { None } else { Some(&keep) };
+        exact::top_k_where(items, vector, options.k, &exclude, keep, parallel)
             .map_err(|e| ModelError::Argument(e.to_string()))
     }
 

@@ -13,9 +13,9 @@
 //! A zero embedding (the blank prompt) has, by definition, a zero reading, so its whole prompt
 //! input is zero and the steering leaves the backbone's vector exactly as it is.
 
-use crate::backbone::sasrec_linear as linear;
-use crate::bundle::{Bundle, BundleError, IntentConfig};
-use crate::linalg::{relu, softmax, Linear};
+use crate::bundle::{BundleError, IntentConfig, IntentWeights};
+use crate::nn::backbone::linear;
+use crate::nn::linalg::{relu, softmax, Linear};
 
 /// Class indices of a value's softmax.
 pub const NONE: usize = 0;
@@ -87,29 +87,17 @@ impl IntentHead {
         })
     }
 
-    /// Takes the `intent.*` tensors out of `bundle`; `None` when it has no intent section.
-    pub fn from_bundle(bundle: &mut Bundle) -> Result<Option<IntentHead>, BundleError> {
-        let Some(config) = bundle.intent.clone() else {
-            return Ok(None);
-        };
-        let hidden = linear(
-            bundle,
-            "intent.hidden_layer",
-            config.hidden,
-            config.embedding_dim,
-        )?;
-        let output = linear(
-            bundle,
-            "intent.output_layer",
-            3 * config.num_values(),
-            config.hidden,
-        )?;
-        IntentHead::new(&config, hidden, output)
-            .map(Some)
-            .map_err(|message| BundleError::Invalid {
-                file: crate::bundle::WEIGHTS_FILE.into(),
-                message,
-            })
+    /// The head `config` describes, from its weights.
+    pub fn from_weights(
+        config: &IntentConfig,
+        w: IntentWeights<Vec<f32>>,
+    ) -> Result<IntentHead, BundleError> {
+        let hidden = linear(w.hidden, "intent.hidden_layer")?;
+        let output = linear(w.output, "intent.output_layer")?;
+        IntentHead::new(config, hidden, output).map_err(|message| BundleError::Tensor {
+            tensor: "intent".into(),
+            message,
+        })
     }
 
     /// `(family, value)` of each output, in order.

@@ -17,9 +17,9 @@ use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
-use crate::backbone::sasrec_linear as linear;
-use crate::bundle::{Bundle, BundleError};
-use crate::linalg::{axpy, gemv, relu, softmax, Linear};
+use crate::bundle::{BundleError, SteerConfig, SteerWeights};
+use crate::nn::backbone::linear;
+use crate::nn::linalg::{axpy, gemv, relu, softmax, Linear};
 
 /// A dense `rows × cols` matrix without bias, applied to one vector at a time.
 #[derive(Debug)]
@@ -101,47 +101,41 @@ pub struct PreparedPrompt {
     experts: Vec<Vec<f32>>,
 }
 
-fn invalid(message: String) -> BundleError {
-    BundleError::Invalid {
-        file: crate::bundle::WEIGHTS_FILE.into(),
+fn invalid(tensor: &str, message: String) -> BundleError {
+    BundleError::Tensor {
+        tensor: tensor.to_owned(),
         message,
     }
 }
 
 impl Steering {
     /// Reads the head; up to `cache_capacity` prepared prompts are kept (0: none).
-    pub fn from_bundle(
-        bundle: &mut Bundle,
+    /// `d`: the backbone width; `s`: `dpr.json` `steer`.
+    pub fn new(
+        d: usize,
+        s: &SteerConfig,
+        w: SteerWeights<Vec<f32>>,
         cache_capacity: usize,
     ) -> Result<Steering, BundleError> {
-        let d = bundle.dim;
-        let s = bundle.steer.clone();
         let k = s.positive_experts + s.negative_experts;
         let (e, a, h) = (s.prompt_dim, s.attribute_dim, s.expert_hidden);
-        let projector_hidden = linear(
-            bundle,
-            "steer.projector.hidden_layer",
-            s.projector_hidden,
-            e,
-        )?;
-        let projector_output = linear(
-            bundle,
-            "steer.projector.output_layer",
-            d,
-            s.projector_hidden,
-        )?;
-        let router_hidden = linear(bundle, "steer.router.hidden_layer", s.router_hidden, e + d)?;
-        let router_output = linear(bundle, "steer.router.output_layer", k, s.router_hidden)?;
-        let in_weight = bundle.take("steer.experts.in_weight")?.data;
-        let in_bias = bundle.take("steer.experts.in_bias")?.data;
-        let out_weight = bundle.take("steer.experts.out_weight")?.data;
-        let out_bias = bundle.take("steer.experts.out_bias")?.data;
+        let projector_hidden = linear(w.projector_hidden, "steer.projector.hidden_layer")?;
+        let projector_output = linear(w.projector_output, "steer.projector.output_layer")?;
+        let router_hidden = linear(w.router_hidden, "steer.router.hidden_layer")?;
+        let router_output = linear(w.router_output, "steer.router.output_layer")?;
+        let in_weight = w.experts_in_weight;
+        let in_bias = w.experts_in_bias;
+        let out_weight = w.experts_out_weight;
+        let out_bias = w.experts_out_bias;
         if in_weight.len() != k * h * 3 * d
             || in_bias.len() != k * h
             || out_weight.len() != k * (d + a) * h
             || out_bias.len() != k * (d + a)
         {
-            return Err(invalid(format!("steer.experts: expected {k} experts")));
+            return Err(invalid(
+                "steer.experts",
+                format!("steer.experts: expected {k} experts"),
+            ));
         }
         let experts = (0..k)
             .map(|i| {
@@ -158,7 +152,12 @@ impl Steering {
                     d + a,
                     h,
                 )
-                .ok_or_else(|| invalid("steer.experts.out_weight has the wrong size".into()))?;
+                .ok_or_else(|| {
+                    invalid(
+                        "steer.experts.out_weight",
+                        "steer.experts.out_weight has the wrong size".into(),
+                    )
+                })?;
                 Ok(Expert {
                     prompt: Dense::columns(w, 3 * d, d, 2 * d),
                     bias: in_bias[i * h..(i + 1) * h].to_vec(),

@@ -1,0 +1,425 @@
+// Over 400 lines because the schema, every check of it and their tests belong together.
+//! `dpr.json`: the configuration schema and its checks, on their own and against each other
+//! (the items file and the weights are checked against it in [`super::items`] and
+//! [`super::weights`]).
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::{inside_bundle, BundleError, CONFIG_FILE, FORMAT, MAX_LAYERS, MAX_SIZE, READ_VERSIONS};
+
+/// The first bundle version in which a SASRec backbone must state `positions`.
+pub const POSITIONS_REQUIRED_FROM: i64 = 3;
+
+/// Which SASRec position embedding row each history item gets.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Positions {
+    /// The most recent item is row 0, the one before it row 1, and so on.
+    FromEnd,
+    /// The oldest item of the (at most `max_len`) history is row 0: the default of bundles
+    /// before version 3, written before `positions` existed.
+    #[default]
+    FromStart,
+}
+
+/// The backbone's hyper-parameters (`dpr.json` `backbone`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum BackboneConfig {
+    Sasrec {
+        max_len: usize,
+        num_blocks: usize,
+        num_heads: usize,
+        ffn_dim: usize,
+        #[serde(default)]
+        positions: Positions,
+    },
+    Gru4rec {
+        max_len: usize,
+        num_layers: usize,
+    },
+}
+
+impl BackboneConfig {
+    pub fn max_len(&self) -> usize {
+        match self {
+            BackboneConfig::Sasrec { max_len, .. } | BackboneConfig::Gru4rec { max_len, .. } => {
+                *max_len
+            }
+        }
+    }
+}
+
+/// The steering head's hyper-parameters (`dpr.json` `steer`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SteerConfig {
+    pub attribute_dim: usize,
+    pub prompt_dim: usize,
+    pub positive_experts: usize,
+    pub negative_experts: usize,
+    pub projector_hidden: usize,
+    pub expert_hidden: usize,
+    pub router_hidden: usize,
+    #[serde(default)]
+    pub attribute: Option<String>,
+    #[serde(default)]
+    pub values: Vec<String>,
+    #[serde(default = "one")]
+    pub strength_default: f32,
+    #[serde(default = "layer_norm_eps")]
+    pub layer_norm_eps: f32,
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+fn layer_norm_eps() -> f32 {
+    1e-5
+}
+
+/// How prompts are encoded (`dpr.json` `prompt_encoder`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct EncoderConfig {
+    pub dir: String,
+    pub max_tokens: usize,
+    pub dim: usize,
+}
+
+/// The intent read-out head (`dpr.json` `intent`, version 2): per attribute value, the
+/// probability that a prompt asks for it or refuses it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct IntentConfig {
+    /// `(family, value)` of each of the V outputs, in order.
+    pub values: Vec<(String, String)>,
+    /// Width of the sentence embedding it reads (the prompt encoder's `dim`).
+    pub embedding_dim: usize,
+    pub hidden: usize,
+    /// Informative; when present it must be [`INTENT_FEATURES`].
+    #[serde(default)]
+    pub features: Option<String>,
+    /// When present it must be `"relu"`.
+    #[serde(default)]
+    pub activation: Option<String>,
+    /// `mode="auto"` hard-excludes a value whose refused probability reaches this (0 < t ≤ 1).
+    pub refuse_threshold: f64,
+    /// `interpret` lists a value whose asked or refused probability reaches this (0 < t ≤ 1).
+    #[serde(default = "half")]
+    pub detect_threshold: f64,
+}
+
+/// The layout of the steering head's prompt input with an intent head.
+pub const INTENT_FEATURES: &str = "embedding, p_asked, p_refused";
+
+fn half() -> f64 {
+    0.5
+}
+
+impl IntentConfig {
+    /// V, the number of attribute values read out.
+    pub fn num_values(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Floats the head appends to the embedding: `2V`.
+    pub fn feature_dim(&self) -> usize {
+        2 * self.values.len()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub(super) struct ItemsConfig {
+    pub(super) file: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub(super) struct RawConfig {
+    pub(super) version: i64,
+    pub(super) backbone: BackboneConfig,
+    pub(super) dim: usize,
+    pub(super) num_items: usize,
+    pub(super) steer: SteerConfig,
+    pub(super) prompt_encoder: EncoderConfig,
+    pub(super) items: ItemsConfig,
+    pub(super) files: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(super) intent: Option<IntentConfig>,
+}
+
+pub(super) fn parse_config(text: &str) -> Result<RawConfig, BundleError> {
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| BundleError::unreadable(CONFIG_FILE, format!("not valid JSON ({e})")))?;
+    let format = value.get("format").and_then(|f| f.as_str());
+    if format != Some(FORMAT) {
+        return Err(BundleError::config(
+            "format",
+            format!("format {:?} is not \"{FORMAT}\"", value.get("format")),
+        ));
+    }
+    let version = match value.get("version").and_then(|v| v.as_i64()) {
+        Some(v) if READ_VERSIONS.contains(&v) => v,
+        other => {
+            return Err(BundleError::config(
+                "version",
+                format!("version {other:?} is not supported (this reader knows 1, 2 and 3)"),
+            ))
+        }
+    };
+    // Before version 3 a SASRec bundle without `positions` means `from_start`; a reader that
+    // predates the field would silently rank a `from_end` model wrongly, hence the bump.
+    let backbone = value.get("backbone");
+    let sasrec = backbone
+        .and_then(|b| b.get("kind"))
+        .and_then(|k| k.as_str())
+        == Some("sasrec");
+    if version >= POSITIONS_REQUIRED_FROM
+        && sasrec
+        && backbone.and_then(|b| b.get("positions")).is_none()
+    {
+        return Err(BundleError::config(
+            "backbone.positions",
+            format!(
+                "backbone.positions is required for SASRec from version {POSITIONS_REQUIRED_FROM} (\"from_end\" or \"from_start\")"
+            ),
+        ));
+    }
+    let raw: RawConfig =
+        serde_json::from_value(value).map_err(|e| BundleError::config("", e.to_string()))?;
+    let check = |ok: bool, field: &str, msg: &str| {
+        if ok {
+            Ok(())
+        } else {
+            Err(BundleError::config(field, msg))
+        }
+    };
+    // Sizes index u32 rows and multiply into shapes: bounding them keeps every product in
+    // range, and a layer count is bounded because each layer needs tensors in the file.
+    let s = &raw.steer;
+    let (layers, layer_field) = match raw.backbone {
+        BackboneConfig::Sasrec { num_blocks, .. } => (num_blocks, "backbone.num_blocks"),
+        BackboneConfig::Gru4rec { num_layers, .. } => (num_layers, "backbone.num_layers"),
+    };
+    let mut sizes = vec![
+        ("dim", raw.dim),
+        ("num_items", raw.num_items),
+        ("backbone.max_len", raw.backbone.max_len()),
+        ("steer.prompt_dim", s.prompt_dim),
+        ("steer.projector_hidden", s.projector_hidden),
+        ("steer.expert_hidden", s.expert_hidden),
+        ("steer.router_hidden", s.router_hidden),
+    ];
+    match raw.backbone {
+        BackboneConfig::Sasrec {
+            num_heads, ffn_dim, ..
+        } => sizes.extend([
+            ("backbone.num_heads", num_heads),
+            ("backbone.ffn_dim", ffn_dim),
+        ]),
+        BackboneConfig::Gru4rec { num_layers, .. } => {
+            sizes.push(("backbone.num_layers", num_layers))
+        }
+    }
+    for (field, value) in sizes {
+        check(
+            value > 0,
+            field,
+            &format!("{field} must be positive, got {value}"),
+        )?;
+        check(
+            value <= MAX_SIZE,
+            field,
+            &format!("{field} = {value} is beyond the largest size a bundle may have ({MAX_SIZE})"),
+        )?;
+    }
+    check(
+        layers <= MAX_LAYERS,
+        layer_field,
+        &format!("{layer_field} = {layers} is more than {MAX_LAYERS}"),
+    )?;
+    for (field, value) in [
+        ("steer.attribute_dim", s.attribute_dim),
+        ("steer.positive_experts", s.positive_experts),
+        ("steer.negative_experts", s.negative_experts),
+    ] {
+        check(
+            value <= MAX_SIZE,
+            field,
+            &format!("{field} = {value} is beyond the largest size a bundle may have ({MAX_SIZE})"),
+        )?;
+    }
+    if let BackboneConfig::Sasrec { num_heads, .. } = raw.backbone {
+        check(
+            raw.dim.is_multiple_of(num_heads),
+            "backbone.num_heads",
+            "backbone.num_heads must divide dim",
+        )?;
+    }
+    check(
+        s.positive_experts + s.negative_experts > 0,
+        "steer",
+        "steer: at least one expert",
+    )?;
+    for (field, path) in raw
+        .files
+        .keys()
+        .map(|name| ("files", name.as_str()))
+        .chain([
+            ("items.file", raw.items.file.as_str()),
+            ("prompt_encoder.dir", raw.prompt_encoder.dir.as_str()),
+        ])
+    {
+        check(
+            inside_bundle(path),
+            field,
+            &format!("{field}: {path:?} is not a relative path inside the bundle"),
+        )?;
+    }
+    match &raw.intent {
+        None => check(
+            s.prompt_dim == raw.prompt_encoder.dim,
+            "steer.prompt_dim",
+            "steer.prompt_dim differs from prompt_encoder.dim",
+        )?,
+        Some(intent) => check_intent_config(&raw, intent)?,
+    }
+    check(
+        s.values.len() == s.attribute_dim,
+        "steer.values",
+        "steer.values must hold steer.attribute_dim values",
+    )?;
+    check(
+        s.attribute_dim == 0 || s.attribute.is_some(),
+        "steer.attribute",
+        "steer.attribute is required when steer.attribute_dim > 0",
+    )?;
+    check(
+        s.strength_default.is_finite(),
+        "steer.strength_default",
+        "steer.strength_default must be finite",
+    )?;
+    check(
+        s.layer_norm_eps.is_finite() && s.layer_norm_eps > 0.0,
+        "steer.layer_norm_eps",
+        "steer.layer_norm_eps must be positive",
+    )?;
+    Ok(raw)
+}
+
+/// The `intent` section on its own and against the rest of `dpr.json` (its values are checked
+/// against `items.json` once that is read, in [`check_intent_values`]).
+fn check_intent_config(raw: &RawConfig, intent: &IntentConfig) -> Result<(), BundleError> {
+    let check = |ok: bool, field: &str, msg: String| {
+        if ok {
+            Ok(())
+        } else {
+            Err(BundleError::config(field, msg))
+        }
+    };
+    check(
+        raw.version >= 2,
+        "intent",
+        format!(
+            "intent: the intent section needs version 2, the file says version {}",
+            raw.version
+        ),
+    )?;
+    let v = intent.num_values();
+    check(
+        v > 0,
+        "intent.values",
+        "intent.values must hold at least one value".into(),
+    )?;
+    for (field, value) in [
+        ("intent.embedding_dim", intent.embedding_dim),
+        ("intent.hidden", intent.hidden),
+    ] {
+        check(
+            value > 0,
+            field,
+            format!("{field} must be positive, got {value}"),
+        )?;
+        check(
+            value <= MAX_SIZE,
+            field,
+            format!("{field} = {value} is beyond the largest size a bundle may have ({MAX_SIZE})"),
+        )?;
+    }
+    check(
+        v <= MAX_SIZE / 3,
+        "intent.values",
+        format!("intent.values holds {v} values, more than a bundle may have"),
+    )?;
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, (family, value)) in intent.values.iter().enumerate() {
+        check(
+            seen.insert((family, value)),
+            "intent.values",
+            format!("intent.values[{i}] = [{family:?}, {value:?}] repeats an earlier value"),
+        )?;
+    }
+    for (field, t) in [
+        ("intent.refuse_threshold", intent.refuse_threshold),
+        ("intent.detect_threshold", intent.detect_threshold),
+    ] {
+        check(
+            t.is_finite() && t > 0.0 && t <= 1.0,
+            field,
+            format!("{field} must lie in (0, 1], got {t}"),
+        )?;
+    }
+    if let Some(activation) = &intent.activation {
+        check(
+            activation == "relu",
+            "intent.activation",
+            format!("intent.activation {activation:?} is not supported (only \"relu\")"),
+        )?;
+    }
+    if let Some(features) = &intent.features {
+        check(
+            features == INTENT_FEATURES,
+            "intent.features",
+            format!("intent.features {features:?} is not supported (only {INTENT_FEATURES:?})"),
+        )?;
+    }
+    check(
+        intent.embedding_dim == raw.prompt_encoder.dim,
+        "intent.embedding_dim",
+        format!(
+            "intent.embedding_dim {} differs from prompt_encoder.dim {}",
+            intent.embedding_dim, raw.prompt_encoder.dim
+        ),
+    )?;
+    let want = intent.embedding_dim + intent.feature_dim();
+    check(
+        raw.steer.prompt_dim == want, "steer.prompt_dim",
+        format!(
+            "steer.prompt_dim {} differs from intent.embedding_dim + 2 x {v} intent values = {want}",
+            raw.steer.prompt_dim
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sasrec_positions_default_to_from_start() {
+        let parse = |json: &str| serde_json::from_str::<BackboneConfig>(json).unwrap();
+        let old = r#"{"kind": "sasrec", "max_len": 8, "num_blocks": 1, "num_heads": 1,
+                      "ffn_dim": 4}"#;
+        let new = r#"{"kind": "sasrec", "max_len": 8, "num_blocks": 1, "num_heads": 1,
+                      "ffn_dim": 4, "positions": "from_end"}"#;
+        let positions = |config| match config {
+            BackboneConfig::Sasrec { positions, .. } => positions,
+            BackboneConfig::Gru4rec { .. } => unreachable!("parsed a sasrec config"),
+        };
+        assert_eq!(positions(parse(old)), Positions::FromStart);
+        assert_eq!(positions(parse(new)), Positions::FromEnd);
+        let wrong = r#"{"kind": "sasrec", "max_len": 8, "num_blocks": 1, "num_heads": 1,
+                        "ffn_dim": 4, "positions": "sideways"}"#;
+        assert!(serde_json::from_str::<BackboneConfig>(wrong).is_err());
+    }
+}
