@@ -4,7 +4,6 @@ thread safety, save/load, and (printed only) a comparison with hnswlib."""
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -289,32 +288,3 @@ def test_save_and_load(tmp_path, data):
     with pytest.raises(OSError, match="junk"):
         _core.HnswIndex.load(junk, items)
 
-
-def test_compare_with_hnswlib(data, index):
-    """Printed, not asserted: the same catalogue through hnswlib's 'ip' space."""
-    hnswlib = pytest.importorskip("hnswlib")
-    items, queries = data
-    truth = [exact(items, q, K) for q in queries]
-    start = time.perf_counter()
-    ours_build = _core.HnswIndex(items)
-    ours_build_s = time.perf_counter() - start
-    start = time.perf_counter()
-    ref = hnswlib.Index(space="ip", dim=D)
-    ref.init_index(max_elements=N, M=16, ef_construction=128, random_seed=1)
-    ref.add_items(items, np.arange(N))
-    ref_build_s = time.perf_counter() - start
-    ref.set_ef(64)
-    ref.set_num_threads(1)
-    start = time.perf_counter()
-    ref_found = [ref.knn_query(q, k=K)[0][0] for q in queries]
-    ref_qps = Q / (time.perf_counter() - start)
-    start = time.perf_counter()
-    ours_found = [ours_build.search(q, K)[0] for q in queries]
-    ours_qps = Q / (time.perf_counter() - start)
-    print(
-        f"\n{N}x{D} ip, M=16 ef_add=128 ef=64, one query at a time from Python:"
-        f"\n  dpr HnswIndex: build {ours_build_s:.2f}s recall@10 {recall(ours_found, truth):.4f}"
-        f" {ours_qps:.0f} q/s"
-        f"\n  hnswlib:       build {ref_build_s:.2f}s recall@10 {recall(ref_found, truth):.4f}"
-        f" {ref_qps:.0f} q/s"
-    )

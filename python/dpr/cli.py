@@ -1,4 +1,8 @@
-"""The `dpr` command: quickstart, train (all three stages), evaluate, export and query."""
+"""The `dpr` command: quickstart, train (all three stages), evaluate, export and query.
+
+Longer than ~400 lines because it holds every command's argument parser and its text output;
+the work itself is in `dpr.train.fit`, `dpr.evaluate` and `dpr.Recommender`.
+"""
 
 from __future__ import annotations
 

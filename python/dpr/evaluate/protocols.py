@@ -21,6 +21,9 @@ same cases and the same prompts):
   be shown and wants gone ("a comedy, but no romance": romance co-occurs with comedy). It is
   therefore never the positive genre nor any genre of the target, so the target always passes
   the compound filter. Cases with no positive genre or no such avoided genre are skipped.
+
+Longer than ~400 lines because the four protocols share their case selection, baselines and
+scoring; split, each would re-state these rules.
 """
 
 from __future__ import annotations
