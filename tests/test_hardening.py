@@ -1,6 +1,10 @@
 """Hardening: every bad query and every damaged bundle gets a defined result or a specific
 exception (docs/errors.md), a Rust panic becomes a Python exception, and a shared
-`Recommender` gives the serial results from many threads with flat memory."""
+`Recommender` gives the serial results from many threads with flat memory.
+
+Everything here runs on the committed tiny SASRec bundle (tests/fixtures/tiny_sasrec: 40 items
+with the ids, titles, genres and decades of test_recommender's catalogue), without torch; the
+damage tests damage a copy of it."""
 
 from __future__ import annotations
 
@@ -18,20 +22,31 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import dpr
+from conftest import tiny_bundle
 from dpr import Recommender
-from dpr.export import export_bundle
-from test_recommender import GENRES, MAX_LEN, N, _catalogue, _model
+from test_recommender import GENRES
 
-IDS = _catalogue()["item_ids"]
+TINY = tiny_bundle("sasrec")
+IDS: list[int] = TINY.ids  # type: ignore[assignment]
+N = TINY.num_items
+MAX_LEN = TINY.max_len
+CONFIG: dict[str, Any] = json.loads((TINY.path / "dpr.json").read_text(encoding="utf-8"))
+DIM = int(CONFIG["dim"])
+PROMPT_DIM = int(CONFIG["prompt_encoder"]["dim"])
+STEER_PROMPT_DIM = int(CONFIG["steer"]["prompt_dim"])
+"""The prompt input: the sentence embedding and, as this bundle has an intent head, its
+reading (p_asked, p_refused per value)."""
+ROUTER_HIDDEN = int(CONFIG["steer"]["router_hidden"])
+EXPERTS = int(CONFIG["steer"]["positive_experts"]) + int(CONFIG["steer"]["negative_experts"])
 PROMPTS = ["", "   ", "something funny tonight", "no horror please", "a romantic drama",
            "I want action, but nothing too scary", "😂🤣 funny", "面白い映画が見たい",
            "películas de terror", "kids movies!!"]
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_bundle(_model("sasrec"), _catalogue(),
-                         tmp_path_factory.mktemp("hardening") / "bundle")
+def bundle() -> Path:
+    """The committed tiny bundle: read only (the damage tests damage a `_copy`)."""
+    return TINY.path
 
 
 @pytest.fixture(scope="module")
@@ -196,8 +211,10 @@ def test_prompts_of_any_text(rec: Recommender) -> None:
     for prompt in ["😂🤣", "😂🤣 funny", "面白い映画が見たい", "películas de terror sin romance",
                    "Ужасы", "abc\x00def", "\ufeffcomedy", "x" * 5000]:
         vector = rec.encode_prompt(prompt)
-        assert vector.shape == (384,) and np.isfinite(vector).all()
-        assert abs(float(np.linalg.norm(vector)) - 1.0) < 1e-4, prompt
+        # The tiny bundle has an intent head: [sentence embedding, p_asked, p_refused].
+        assert vector.shape == (STEER_PROMPT_DIM,) and np.isfinite(vector).all()
+        assert abs(float(np.linalg.norm(vector[:PROMPT_DIM])) - 1.0) < 1e-4, prompt
+        assert ((vector[PROMPT_DIM:] >= 0) & (vector[PROMPT_DIM:] <= 1)).all(), prompt
         hits = rec.query(history, prompt, k=10)
         assert len(hits) == 10 and all(np.isfinite(h.score) for h in hits)
     # 100 KB: truncated to the encoder's maximum length, so equal to any prefix past it.
@@ -217,10 +234,10 @@ def test_filters_that_match_nothing_or_everything(rec: Recommender) -> None:
     assert _ids(rec.query(history, "", k=10, exclude={"genre": []}, mode="hard")) == plain
     assert _ids(rec.query(history, "", k=10, include={"genre": GENRES}, mode="hard")) == plain
     # Fewer items pass than k: all of them, best first.
-    catalogue = _catalogue()
-    horror_2000s = [i for i, g, d in zip(IDS, catalogue["attributes"]["genre"],
-                                         catalogue["attributes"]["decade"], strict=True)
+    horror_2000s = [i for i, g, d in zip(IDS, TINY.values("genre"), TINY.values("decade"),
+                                         strict=True)
                     if "Horror" in g and d == ["2000s"] and i not in history]
+    assert horror_2000s                                 # the case is not vacuous
     hits = rec.query(history, "", k=N, include={"genre": "Horror", "decade": "2000s"})
     assert sorted(_ids(hits)) == sorted(horror_2000s)
 
@@ -358,10 +375,11 @@ DAMAGE: list[tuple[str, Callable[[Path], None], bool, type[Exception], str]] = [
     ("encoder tokenizer not JSON",
      lambda p: _damage_encoder_file(p, "tokenizer.json", b"{\"model\": "), True,
      dpr.BundleFormatError, r"tokenizer\.json"),
-    ("encoder config wrong width",
+    ("encoder config wrong width",  # one more than the real width: not a multiple of the heads
      lambda p: _damage_encoder_file(p, "config.json", json.dumps(
-         {**json.loads((p / "prompt_encoder" / "config.json").read_text()),
-          "hidden_size": 128}).encode()), True, dpr.BundleFormatError, r"config\.json"),
+         {**(c := json.loads((p / "prompt_encoder" / "config.json").read_text())),
+          "hidden_size": c["hidden_size"] + 1}).encode()), True, dpr.BundleFormatError,
+     r"config\.json"),
     ("dpr.json not JSON", lambda p: (p / "dpr.json").write_text("{\"format\": "), True,
      dpr.BundleFormatError, r"dpr\.json: not valid JSON"),
     ("dpr.json empty", lambda p: (p / "dpr.json").write_text(""), True,
@@ -412,10 +430,10 @@ DAMAGE: list[tuple[str, Callable[[Path], None], bool, type[Exception], str]] = [
      dpr.BundleFormatError, r"items\.attributes\.genre' has dtype F32, expected U8"),
     ("wrong shape", lambda p: _edit_weights(p, _set_tensor(ROUTER, lambda a: a[:-1])), True,
      dpr.BundleFormatError,
-     rf"weights\.safetensors: tensor '{ROUTER}' has shape \(3, 32\), dpr\.json implies "
-     r"\(4, 32\)"),
+     rf"weights\.safetensors: tensor '{ROUTER}' has shape \({EXPERTS - 1}, {ROUTER_HIDDEN}\), "
+     rf"dpr\.json implies \({EXPERTS}, {ROUTER_HIDDEN}\)"),
     ("transposed", lambda p: _edit_weights(p, _set_tensor(ROUTER, lambda a: a.T)), True,
-     dpr.BundleFormatError, rf"'{ROUTER}' has shape \(32, 4\)"),
+     dpr.BundleFormatError, rf"'{ROUTER}' has shape \({ROUTER_HIDDEN}, {EXPERTS}\)"),
     ("missing tensor", lambda p: _edit_weights(p, lambda t: t.pop(ROUTER)), True,
      dpr.BundleFormatError, rf"weights\.safetensors: missing tensor '{ROUTER}'"),
     ("unexpected tensor", lambda p: _edit_weights(p, lambda t: t.update(extra=np.zeros(3))),
@@ -423,7 +441,7 @@ DAMAGE: list[tuple[str, Callable[[Path], None], bool, type[Exception], str]] = [
     ("NaN weight", lambda p: _edit_weights(p, _poke(ROUTER, (1, 2), np.nan)), True,
      dpr.BundleFormatError, rf"weights\.safetensors: tensor '{ROUTER}' holds NaN or Inf"),
     ("Inf weight", lambda p: _edit_weights(p, _poke(EMBED, (3, 0), -np.inf)), True,
-     dpr.BundleFormatError, rf"tensor '{EMBED}' holds NaN or Inf \(flat index 96\)"),
+     dpr.BundleFormatError, rf"tensor '{EMBED}' holds NaN or Inf \(flat index {3 * DIM}\)"),
     ("padding row not zero", lambda p: _edit_weights(p, _poke(EMBED, (0, 1), 0.5)), True,
      dpr.BundleFormatError, r"row 0 \(padding\) is not zero"),
     ("fewer ids than items", lambda p: _edit_json(
@@ -459,7 +477,7 @@ DAMAGE: list[tuple[str, Callable[[Path], None], bool, type[Exception], str]] = [
     ("num_items disagrees", lambda p: _edit_json(
         p, "dpr.json", lambda c: c.update(num_items=N + 1)), True, dpr.BundleFormatError,
      rf"items\.json: ids has {N} entries, dpr\.json num_items={N + 1}"),
-    ("dim disagrees", lambda p: _edit_json(p, "dpr.json", lambda c: c.update(dim=16)), True,
+    ("dim disagrees", lambda p: _edit_json(p, "dpr.json", lambda c: c.update(dim=DIM // 2)), True,
      dpr.BundleFormatError, r"weights\.safetensors: tensor '.*' has shape"),
     ("modified file", lambda p: (p / "items.json").write_text(
         (p / "items.json").read_text().replace("Film 1", "Film X")), True,
