@@ -1,6 +1,9 @@
 """Data that is never lost: a training run killed with SIGKILL resumes from its last
 checkpoint, checkpoints and exports are written atomically, and a failed export never
-replaces a good bundle (served by the Rust reader afterwards, not just present)."""
+replaces a good bundle (served by the Rust reader afterwards, not just present).
+
+Training, checkpoints and export are PyTorch: those tests import it where they run and are
+skipped without it (`_torch`, `_export`); the rest runs with numpy and the extension alone."""
 
 from __future__ import annotations
 
@@ -11,16 +14,26 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
-import torch
 
-from dpr import Recommender, export
-from dpr.export import export_bundle
-from dpr.train import checkpoint as checkpoint_module
-from dpr.train.checkpoint import load_checkpoint, save_atomic
+from dpr import Recommender
 from test_recommender import _catalogue, _model
+
+
+def _torch() -> ModuleType:
+    """torch, or the test is skipped (training and checkpoints are PyTorch)."""
+    return pytest.importorskip("torch")
+
+
+def _export() -> ModuleType:
+    """dpr.export (it needs torch), or the test is skipped."""
+    _torch()
+    from dpr import export
+
+    return export
 
 # The same run in the child (killed) and here (resumed, and straight through for reference).
 RUN = """
@@ -46,6 +59,9 @@ def _run(out: Path | None, epochs: int) -> Any:
 
 
 def test_training_killed_by_sigkill_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
+    torch = _torch()
+    from dpr.train.checkpoint import load_checkpoint
+
     out = tmp_path / "run"
     child = textwrap.dedent(RUN) + textwrap.dedent(f"""
         torch.set_num_threads({torch.get_num_threads()})
@@ -79,6 +95,10 @@ def test_training_killed_by_sigkill_resumes_from_its_last_checkpoint(tmp_path: P
 
 def test_checkpoint_write_failure_keeps_the_previous_file(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    torch = _torch()
+    from dpr.train import checkpoint as checkpoint_module
+    from dpr.train.checkpoint import load_checkpoint, save_atomic
+
     path = tmp_path / "ckpt.pt"
     save_atomic({"epoch": 1, "weights": torch.arange(5)}, path)
 
@@ -109,13 +129,15 @@ def test_training_data_errors_name_file_and_line(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def good_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, bytes]]:
+    export = _export()
     out = tmp_path_factory.mktemp("export") / "bundle"
-    export_bundle(_model("sasrec"), _catalogue(), out, training={"run": "good"})
+    export.export_bundle(_model("sasrec"), _catalogue(), out, training={"run": "good"})
     return out, {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*")
                  if p.is_file()}
 
 
 def _writes_in_one_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    export = _export()
     count = {"n": 0}
     original = export._write_bytes
 
@@ -124,7 +146,7 @@ def _writes_in_one_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> in
         original(path, data)
 
     monkeypatch.setattr(export, "_write_bytes", counting)
-    export_bundle(_model("gru4rec"), _catalogue(), tmp_path / "probe")
+    export.export_bundle(_model("gru4rec"), _catalogue(), tmp_path / "probe")
     monkeypatch.undo()
     return count["n"]
 
@@ -132,6 +154,7 @@ def _writes_in_one_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> in
 def test_failed_export_at_any_write_keeps_the_good_bundle(
         good_bundle: tuple[Path, dict[str, bytes]], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
+    export = _export()
     out, before = good_bundle
     writes = _writes_in_one_export(tmp_path, monkeypatch)
     assert writes >= 5          # weights, items, encoder files, dpr.json
@@ -149,7 +172,7 @@ def test_failed_export_at_any_write_keeps_the_good_bundle(
 
         monkeypatch.setattr(export, "_write_bytes", failing)
         with pytest.raises(OSError, match=f"disk full at write {fail_at}"):
-            export_bundle(_model("gru4rec"), _catalogue(), out, training={"run": "bad"})
+            export.export_bundle(_model("gru4rec"), _catalogue(), out, training={"run": "bad"})
         monkeypatch.undo()
         after = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
         assert after == before, f"bundle changed by a failure at write {fail_at}"
@@ -159,6 +182,7 @@ def test_failed_export_at_any_write_keeps_the_good_bundle(
 
 def test_failed_swap_restores_the_good_bundle(good_bundle: tuple[Path, dict[str, bytes]],
                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    export = _export()
     out, before = good_bundle
     real_rename = os.rename
 
@@ -169,7 +193,7 @@ def test_failed_swap_restores_the_good_bundle(good_bundle: tuple[Path, dict[str,
 
     monkeypatch.setattr(export.os, "rename", rename)
     with pytest.raises(OSError, match="rename failed"):
-        export_bundle(_model("gru4rec"), _catalogue(), out, training={"run": "bad"})
+        export.export_bundle(_model("gru4rec"), _catalogue(), out, training={"run": "bad"})
     monkeypatch.undo()
     after = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
@@ -179,6 +203,7 @@ def test_failed_swap_restores_the_good_bundle(good_bundle: tuple[Path, dict[str,
 
 def test_export_interrupted_by_keyboard_interrupt(good_bundle: tuple[Path, dict[str, bytes]],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    export = _export()
     out, before = good_bundle
 
     def interrupted(path: Path, value: Any) -> None:
@@ -186,7 +211,7 @@ def test_export_interrupted_by_keyboard_interrupt(good_bundle: tuple[Path, dict[
 
     monkeypatch.setattr(export, "_write_json", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        export_bundle(_model("gru4rec"), _catalogue(), out)
+        export.export_bundle(_model("gru4rec"), _catalogue(), out)
     monkeypatch.undo()
     after = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before and sorted(p.name for p in out.parent.iterdir()) == ["bundle"]
