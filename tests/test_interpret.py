@@ -1,31 +1,42 @@
 """The intent read-out (bundle version 2) served by the Rust core: prompt inputs, `interpret`
-and `mode="auto"` against the PyTorch model on the same bundle; bundles without a head."""
+and `mode="auto"` against the PyTorch model on the same bundle; bundles without a head.
+
+The parity tests (`bundle`: a model with a purpose-built head, exported here) and those on a
+bundle without a head (`plain_bundles`) need torch and are skipped without it; the API,
+thread and damaged-section tests run on the committed tiny bundles (`tiny`, `tiny_rec`,
+`tiny_sasrec` in conftest.py, both with an intent head) with numpy and the extension alone."""
 
 from __future__ import annotations
 
 import json
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
-import torch
 from safetensors.numpy import load_file, save_file
 
 import dpr
+from conftest import tiny_bundle
 from dpr import Reading, Recommender
 from dpr.cli import main
-from dpr.encoder import PromptEncoder
-from dpr.export import export_bundle, model_from_bundle
-from dpr.models.backbone import user_vectors
-from dpr.models.dpr import DPR
-from dpr.models.intent import ASKED, REFUSED, IntentHead
-from dpr.models.sasrec import SASRec
-from dpr.models.steering import DPRSteering
-from dpr.train.batches import history_batch
 from test_hardening import SURROGATE, _copy, _rehash
-from test_recommender import GENRES, MAX_LEN, N, _catalogue, _histories, _model, _same_up_to_ties
+from test_recommender import (
+    GENRES,
+    MAX_LEN,
+    N,
+    _catalogue,
+    _histories,
+    _model,
+    _same_up_to_ties,
+    _tiny_histories,
+)
+
+if TYPE_CHECKING:
+    from conftest import TinyBundle
+    from dpr.encoder import PromptEncoder
+    from dpr.models.dpr import DPR
 
 INTENT_VALUES = [("genre", g) for g in GENRES] + [("decade", "2000s")]
 V = len(INTENT_VALUES)
@@ -43,6 +54,13 @@ put the two sides on different sides of it)."""
 
 
 def _intent_model() -> DPR:
+    import torch
+
+    from dpr.models.dpr import DPR
+    from dpr.models.intent import ASKED, REFUSED, IntentHead
+    from dpr.models.sasrec import SASRec
+    from dpr.models.steering import DPRSteering
+
     torch.manual_seed(11)
     backbone = SASRec(N, dim=32, max_len=MAX_LEN, num_blocks=2, num_heads=2, ffn_dim=48,
                       positions="from_end")
@@ -67,6 +85,9 @@ def _intent_model() -> DPR:
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("torch")
+    from dpr.export import export_bundle
+
     return export_bundle(_intent_model(), _catalogue(),
                          tmp_path_factory.mktemp("intent") / "bundle", encoder_dtype="float32")
 
@@ -79,17 +100,23 @@ def rec(bundle: Path) -> Recommender:
 @pytest.fixture(scope="module")
 def reference(bundle: Path) -> DPR:
     """The PyTorch model the bundle holds (as read back from it)."""
+    from dpr.export import model_from_bundle
+
     return model_from_bundle(bundle)[0]
 
 
 @pytest.fixture(scope="module")
 def torch_encoder(bundle: Path) -> PromptEncoder:
+    from dpr.encoder import PromptEncoder
+
     return PromptEncoder(bundle / "prompt_encoder")
 
 
 @pytest.fixture(scope="module")
 def torch_inputs(reference: DPR, torch_encoder: PromptEncoder) -> dict[str, np.ndarray]:
     """Prompt -> the PyTorch prompt input `[e, p_asked, p_refused]`."""
+    import torch
+
     embeddings = torch.from_numpy(torch_encoder.encode(PROMPTS))
     with torch.inference_mode():
         inputs = reference.prompt_input(embeddings).numpy()
@@ -108,6 +135,8 @@ def _item_table(model: DPR, catalogue: dict[str, Any]) -> np.ndarray:
     attributes = np.zeros((N, len(GENRES)), dtype=np.float32)
     for i, genres in enumerate(catalogue["attributes"]["genre"]):
         attributes[i, [GENRES.index(g) for g in genres]] = 1
+    import torch
+
     with torch.no_grad():
         return model.item_vectors(torch.from_numpy(attributes)).numpy()
 
@@ -119,6 +148,11 @@ def _has_value(catalogue: dict[str, Any], family: str, value: str) -> np.ndarray
 
 def _ids(hits: list[dpr.Hit]) -> list[Any]:
     return [h.item_id for h in hits]
+
+
+def _intent(tiny: TinyBundle) -> dict[str, Any]:
+    """The tiny bundle's dpr.json `intent` section (its values, thresholds, widths)."""
+    return json.loads((tiny.path / "dpr.json").read_text(encoding="utf-8"))["intent"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -137,6 +171,8 @@ def test_the_bundle_is_version_3_with_an_intent_section(bundle: Path, rec: Recom
 
 
 def test_reference_model_round_trip(bundle: Path, reference: DPR) -> None:
+    import torch
+
     original = _intent_model()
     for (name, a), (_, b) in zip(original.state_dict().items(),
                                  reference.state_dict().items(), strict=True):
@@ -192,6 +228,11 @@ def test_interpret_lists_what_the_torch_probabilities_put_above_the_threshold(
 
 def _torch_scores(model: DPR, rows: list[list[int]], prompt_input: np.ndarray,
                   table: np.ndarray, strength: float = 1.0) -> np.ndarray:
+    import torch
+
+    from dpr.models.backbone import user_vectors
+    from dpr.train.batches import history_batch
+
     items, lengths = history_batch([np.array(r or [0], dtype=np.int64) for r in rows], MAX_LEN)
     prompts = torch.from_numpy(np.repeat(prompt_input[None], len(rows), 0))
     with torch.inference_mode():
@@ -281,16 +322,18 @@ def test_auto_combines_with_explicit_filters(rec: Recommender,
     assert hard == rec.query(history, "", k=N, mode="hard")
 
 
-def test_query_batch_auto_and_soft_match_single_queries(rec: Recommender) -> None:
-    ids = _catalogue()["item_ids"]
-    histories = [[ids[r - 1] for r in h] for h in _histories(np.random.default_rng(9), 16)]
+def test_query_batch_auto_and_soft_match_single_queries(tiny: TinyBundle,
+                                                         tiny_rec: Recommender) -> None:
+    rec = tiny_rec
+    histories = _tiny_histories(tiny, np.random.default_rng(9), 16)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(len(histories))]
+    pad = -1 if isinstance(tiny.ids[0], int) else None
     for mode in ("auto", "soft"):
         found, scores = rec.query_batch(histories, prompts, k=10, mode=mode)
         for i, (history, prompt) in enumerate(zip(histories, prompts, strict=True)):
             hits = rec.query(history, prompt, k=10, mode=mode)
             assert list(found[i][:len(hits)]) == _ids(hits), (mode, prompt)
-            assert (found[i][len(hits):] == -1).all()
+            assert list(found[i][len(hits):]) == [pad] * (10 - len(hits))
             np.testing.assert_array_equal(scores[i][:len(hits)],
                                           np.array([h.score for h in hits], np.float32))
     default, _ = rec.query_batch(histories, prompts, k=10)
@@ -315,8 +358,9 @@ BAD_PROMPTS: list[tuple[str, object, type[Exception], str]] = [
 
 @pytest.mark.parametrize(("prompt", "error", "match"), [b[1:] for b in BAD_PROMPTS],
                          ids=[b[0] for b in BAD_PROMPTS])
-def test_interpret_rejects_bad_prompts_as_query_does(rec: Recommender, prompt: object,
+def test_interpret_rejects_bad_prompts_as_query_does(tiny_rec: Recommender, prompt: object,
                                                      error: type[Exception], match: str) -> None:
+    rec = tiny_rec
     with pytest.raises(error, match=match) as from_interpret:
         rec.interpret(prompt)  # type: ignore[arg-type]
     with pytest.raises(error) as from_query:
@@ -324,14 +368,16 @@ def test_interpret_rejects_bad_prompts_as_query_does(rec: Recommender, prompt: o
     assert str(from_interpret.value) == str(from_query.value)
 
 
-def test_interpret_reads_any_text(rec: Recommender) -> None:
+def test_interpret_reads_any_text(tiny: TinyBundle, tiny_rec: Recommender) -> None:
+    rec, intent = tiny_rec, _intent(tiny)
+    values = [tuple(v) for v in intent["values"]]
     for prompt in ["😂🤣", "😀", "面白い映画が見たい", "películas de terror sin romance", "Ужасы",
                    "abc\x00def", "\ufeffcomedy", "x" * 5000, "\ufffd\ufffd"]:
         readings = rec.interpret(prompt)
         for r in readings:
-            assert (r.attribute, r.value) in INTENT_VALUES
+            assert (r.attribute, r.value) in values
             assert r.polarity in ("asked", "refused")
-            assert DETECT <= r.confidence <= 1.0
+            assert intent["detect_threshold"] <= r.confidence <= 1.0
         assert len(rec.query([], prompt, k=5)) == 5
     # 1 MB: truncated to the encoder's window, so read like any prefix longer than it.
     huge = "no horror please " * 62_000
@@ -341,7 +387,8 @@ def test_interpret_reads_any_text(rec: Recommender) -> None:
     assert np.array_equal(rec.encode_prompt(huge), rec.encode_prompt(prefix))
 
 
-def test_interpret_from_eight_threads_equals_serial(rec: Recommender) -> None:
+def test_interpret_from_eight_threads_equals_serial(tiny_rec: Recommender) -> None:
+    rec = tiny_rec
     prompts = [f"{p} #{i}" for i in range(6) for p in PROMPTS]
     serial = [rec.interpret(p) for p in prompts]
     results: dict[int, list[list[Reading]]] = {}
@@ -375,14 +422,15 @@ def test_interpret_from_eight_threads_equals_serial(rec: Recommender) -> None:
     assert ticks[0] > 0
 
 
-def test_auto_queries_from_eight_threads_equal_serial(rec: Recommender) -> None:
+def test_auto_queries_from_eight_threads_equal_serial(tiny: TinyBundle,
+                                                      tiny_rec: Recommender) -> None:
+    rec, ids, n = tiny_rec, tiny.ids, tiny.num_items
     rng = np.random.default_rng(13)
-    ids = _catalogue()["item_ids"]
     cases: list[dict[str, Any]] = []
     for i in range(1600):
         case: dict[str, Any] = {
-            "history": [ids[j] for j in rng.integers(0, N, size=int(rng.integers(0, 40)))],
-            "prompt": PROMPTS[i % len(PROMPTS)], "k": int(rng.choice([1, 10, N])),
+            "history": [ids[j] for j in rng.integers(0, n, size=int(rng.integers(0, n)))],
+            "prompt": PROMPTS[i % len(PROMPTS)], "k": int(rng.choice([1, 10, n])),
             "strength": float(rng.choice([0.0, 1.0, 2.0]))}
         if i % 3 == 1:
             case.update(mode="auto", exclude={"genre": ["Drama"]})
@@ -415,6 +463,9 @@ def test_auto_queries_from_eight_threads_equal_serial(rec: Recommender) -> None:
 @pytest.fixture(scope="module")
 def plain_bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A version-3 bundle without an intent section, and the same relabelled as versions 1 and 2."""
+    pytest.importorskip("torch")
+    from dpr.export import export_bundle
+
     root = tmp_path_factory.mktemp("plain")
     v3 = export_bundle(_model("sasrec"), _catalogue(), root / "v3", encoder_dtype="float32")
     bundles = {"v3": v3}
@@ -476,15 +527,25 @@ def _set(section: str, **fields: Any) -> Any:
     return lambda c: c[section].update(fields)
 
 
+# The damage tests damage a copy of the committed tiny SASRec bundle: its intent section's
+# values, embedding width E and hidden width H give the numbers in the messages.
+TINY = tiny_bundle("sasrec")
+TINY_INTENT: dict[str, Any] = json.loads((TINY.path / "dpr.json").read_text("utf-8"))["intent"]
+TINY_VALUES = [list(v) for v in TINY_INTENT["values"]]
+TV = len(TINY_VALUES)
+E, H = int(TINY_INTENT["embedding_dim"]), int(TINY_INTENT["hidden"])
+LAST_VALUE = TINY_VALUES[-1][1]
+
+
 DAMAGE: list[tuple[str, Any, str]] = [
-    ("unknown value", lambda p: _edit_config(p, _set("intent", values=[["genre", "Western"]]
-                                                     + [list(v) for v in INTENT_VALUES[1:]])),
+    ("unknown value", lambda p: _edit_config(p, _set("intent", values=[
+        ["genre", "Western"], *TINY_VALUES[1:]])),
      r"dpr\.json: intent\.values\[0\] = \[\"genre\", \"Western\"\]: items\.json "
      r"attributes\.genre\.values has no value \"Western\""),
     ("unknown family", lambda p: _edit_config(p, _set("intent", values=[
-        *[list(v) for v in INTENT_VALUES[:-1]], ["mood", "2000s"]])),
-     r"dpr\.json: intent\.values\[5\] = \[\"mood\", \"2000s\"\]: items\.json has no "
-     r"attribute \"mood\""),
+        *TINY_VALUES[:-1], ["mood", LAST_VALUE]])),
+     rf"dpr\.json: intent\.values\[{TV - 1}\] = \[\"mood\", \"{LAST_VALUE}\"\]: items\.json "
+     r"has no attribute \"mood\""),
     ("refuse threshold 0", lambda p: _edit_config(p, _set("intent", refuse_threshold=0)),
      r"dpr\.json: intent\.refuse_threshold must lie in \(0, 1\], got 0"),
     ("refuse threshold 2", lambda p: _edit_config(p, _set("intent", refuse_threshold=2.0)),
@@ -492,29 +553,28 @@ DAMAGE: list[tuple[str, Any, str]] = [
     ("detect threshold NaN", lambda p: (p / "dpr.json").write_text(
         (p / "dpr.json").read_text().replace('"detect_threshold": 0.5', '"detect_threshold": NaN')),
      r"dpr\.json: not valid JSON"),
-    ("prompt_dim without the features", lambda p: _edit_config(p, _set("steer", prompt_dim=384)),
-     r"dpr\.json: steer\.prompt_dim 384 differs from intent\.embedding_dim \+ 2 x 6 intent "
-     r"values = 396"),
-    ("a value dropped", lambda p: _edit_config(p, _set(
-        "intent", values=[list(v) for v in INTENT_VALUES[:-1]])),
-     r"dpr\.json: steer\.prompt_dim 396 differs"),
-    ("hidden width", lambda p: _edit_config(p, _set("intent", hidden=65)),
-     r"weights\.safetensors: tensor 'intent\.hidden_layer\.bias' has shape \(64,\), "
-     r"dpr\.json implies \(65,\)"),
+    ("prompt_dim without the features", lambda p: _edit_config(p, _set("steer", prompt_dim=E)),
+     rf"dpr\.json: steer\.prompt_dim {E} differs from intent\.embedding_dim \+ 2 x {TV} intent "
+     rf"values = {E + 2 * TV}"),
+    ("a value dropped", lambda p: _edit_config(p, _set("intent", values=TINY_VALUES[:-1])),
+     rf"dpr\.json: steer\.prompt_dim {E + 2 * TV} differs"),
+    ("hidden width", lambda p: _edit_config(p, _set("intent", hidden=H + 1)),
+     rf"weights\.safetensors: tensor 'intent\.hidden_layer\.bias' has shape \({H},\), "
+     rf"dpr\.json implies \({H + 1},\)"),
     ("intent in version 1", lambda p: _edit_config(p, lambda c: c.update(version=1)),
      r"dpr\.json: intent: the intent section needs version 2"),
     ("section removed", lambda p: _edit_config(p, lambda c: c.pop("intent")),
      r"dpr\.json: steer\.prompt_dim differs from prompt_encoder\.dim"),
     ("section and width removed", lambda p: _edit_config(
-        p, lambda c: (c.pop("intent"), c["steer"].update(prompt_dim=384))),
+        p, lambda c: (c.pop("intent"), c["steer"].update(prompt_dim=E))),
      r"weights\.safetensors: unexpected tensor 'intent\.hidden_layer\.bias' \(dpr\.json has "
      r"no intent section\)"),
     ("tensor missing", lambda p: _edit_weights(p, lambda t: t.pop("intent.output_layer.bias")),
      r"weights\.safetensors: missing tensor 'intent\.output_layer\.bias'"),
     ("tensor transposed", lambda p: _edit_weights(p, lambda t: t.update({
         "intent.hidden_layer.weight": np.ascontiguousarray(t["intent.hidden_layer.weight"].T)})),
-     r"weights\.safetensors: tensor 'intent\.hidden_layer\.weight' has shape \(384, 64\), "
-     r"dpr\.json implies \(64, 384\)"),
+     rf"weights\.safetensors: tensor 'intent\.hidden_layer\.weight' has shape \({E}, {H}\), "
+     rf"dpr\.json implies \({H}, {E}\)"),
     ("unexpected tensor", lambda p: _edit_weights(p, lambda t: t.update({
         "intent.extra.bias": np.zeros(3, np.float32)})),
      r"weights\.safetensors: unexpected tensor 'intent\.extra\.bias'"),
@@ -525,9 +585,8 @@ DAMAGE: list[tuple[str, Any, str]] = [
 
 
 @pytest.mark.parametrize(("damage", "match"), [d[1:] for d in DAMAGE], ids=[d[0] for d in DAMAGE])
-def test_damaged_intent_sections_raise(bundle: Path, tmp_path: Path, damage: Any,
-                                       match: str) -> None:
-    path = _copy(bundle, tmp_path / "b")
+def test_damaged_intent_sections_raise(tmp_path: Path, damage: Any, match: str) -> None:
+    path = _copy(TINY.path, tmp_path / "b")
     damage(path)
     with pytest.raises(dpr.BundleFormatError, match=match):
         Recommender.load(path)
