@@ -132,11 +132,11 @@ def _refused(vector: np.ndarray) -> np.ndarray:
 
 
 def _item_table(model: DPR, catalogue: dict[str, Any]) -> np.ndarray:
+    import torch
+
     attributes = np.zeros((N, len(GENRES)), dtype=np.float32)
     for i, genres in enumerate(catalogue["attributes"]["genre"]):
         attributes[i, [GENRES.index(g) for g in genres]] = 1
-    import torch
-
     with torch.no_grad():
         return model.item_vectors(torch.from_numpy(attributes)).numpy()
 
