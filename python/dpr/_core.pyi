@@ -85,10 +85,12 @@ class BundleFormatError(ValueError):
     """A bundle file is damaged or disagrees with dpr.json (the message names file and field)."""
 
 class Engine:
-    """A loaded model bundle, queried by internal item rows (1..N; 0 is padding).
+    """A loaded model bundle. :meth:`query` and :meth:`query_batch` take and return the
+    dataset's item ids (the id <-> row mapping happens here only); :meth:`user_vector` and
+    :meth:`user_vector_for` take internal item rows (1..N; 0 is padding), as :meth:`rows` maps.
 
-    ``dpr.Recommender`` wraps it with the dataset's item ids; use that. Thread-safe: every
-    method releases the GIL while it computes.
+    ``dpr.Recommender`` wraps it with hit objects and argument defaults; use that.
+    Thread-safe: every method releases the GIL while it computes.
     """
 
     def __init__(self, path: str, verify_checksums: bool = True,
@@ -120,12 +122,18 @@ class Engine:
         probability >= ``refuse_threshold``, on top of ``exclude``; it does nothing without a
         head, with ``steer=False``, at strength 0 or for a blank prompt.
         """
-    def query_batch(self, histories: Sequence[Sequence[int]], prompts: Sequence[str],
+    def query_batch(self, histories: Iterable[Iterable[int | str]], prompts: Sequence[str],
                     k: int = 10, strength: float = 1.0, exclude_seen: bool = True,
-                    auto_exclude: bool = False,
-                    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        """``(B, min(k, N))`` rows and scores, padded with -1 / -inf; run in parallel.
-        ``auto_exclude`` as in :meth:`query`."""
+                    auto_exclude: bool = False, unknown: str = "error",
+                    ) -> tuple[npt.NDArray[np.generic], npt.NDArray[np.float32]]:
+        """``(ids, scores)`` of shape ``(B, min(k, N))``, best first; run in parallel.
+        Each history holds dataset item ids, mapped as in :meth:`query` (``unknown`` as in
+        :meth:`rows`). ``ids`` is int64 padded with -1 when the bundle's ids are all ints,
+        else an object array padded with None; scores are float32 padded with -inf.
+        ``auto_exclude`` as in :meth:`query`.
+
+        Raises ValueError when a hit's score is not finite (steering overflowed float32).
+        """
     def user_vector(self, rows: Sequence[int], prompt: str = "", strength: float = 1.0,
                     steer: bool = True) -> npt.NDArray[np.float32]:
         """The steered user vector (``vector_dim`` floats)."""

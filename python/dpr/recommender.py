@@ -82,11 +82,6 @@ class Recommender:
     def __init__(self, engine: Engine, path: Path) -> None:
         self._engine = engine
         self.path = path
-        ids = engine.item_ids()
-        self._int_ids = all(isinstance(i, int) for i in ids)
-        pad: ItemId | None = -1 if self._int_ids else None
-        # Row r of the model is item r; row -1 (padding in batch results) maps to `pad`.
-        self._ids = np.array([pad, *ids, pad], dtype=np.int64 if self._int_ids else object)
         self._num_items = engine.num_items
 
     @classmethod
@@ -255,11 +250,8 @@ class Recommender:
             raise ValueError(f"query_batch: mode must be 'auto' or 'soft', got {mode!r}")
         k = self._k(k)
         strength = self._strength(strength)
-        rows = [self._engine.rows(h, unknown)[0] for h in histories]
-        found, scores = self._engine.query_batch(rows, prompts, k, strength, bool(exclude_seen),
-                                                 mode == "auto")
-        _check_finite(scores[found >= 0], strength)
-        return self._ids[found], scores
+        return self._engine.query_batch(histories, prompts, k, strength, bool(exclude_seen),
+                                        mode == "auto", unknown)
 
     def user_vector(self, history: Sequence[ItemId] | npt.ArrayLike, prompt: str = "",
                     strength: float | None = None,

@@ -37,6 +37,13 @@ pub(crate) fn shape_str(shape: &[usize]) -> String {
     }
 }
 
+/// The name of `obj`'s type, for error messages ("?" if Python cannot say).
+pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type()
+        .name()
+        .map_or_else(|_| "?".to_owned(), |n| n.to_string())
+}
+
 /// A read-only, C-contiguous float32 view of `obj`, converted per the module's input policy.
 pub(crate) fn f32_array<'py, D: Dimension>(
     obj: &Bound<'py, PyAny>,
@@ -114,12 +121,9 @@ pub(crate) fn row_ids(obj: &Bound<'_, PyAny>, rows: usize, label: &str) -> PyRes
         return ids.as_array().iter().map(|&id| check(id)).collect();
     }
     let items = obj.try_iter().map_err(|_| {
-        let type_name = obj
-            .get_type()
-            .name()
-            .map_or_else(|_| "?".to_owned(), |n| n.to_string());
         PyTypeError::new_err(format!(
-            "{label} must be a 1-D integer array or an iterable of ints, got {type_name}"
+            "{label} must be a 1-D integer array or an iterable of ints, got {}",
+            type_name(obj)
         ))
     })?;
     let mut out = Vec::new();

@@ -1,7 +1,8 @@
 // Over 400 lines because Engine is one #[pymethods] block (pyo3 cannot split it across files).
-//! The `Engine` class: a loaded bundle, queried by internal rows. `dpr.Recommender` wraps it
-//! with external ids, hit objects and argument defaults; this layer only converts, checks,
-//! releases the GIL and maps errors:
+//! The `Engine` class: a loaded bundle. Queries take external ids and hand back external ids
+//! (the id ↔ row mapping lives here only); `dpr.Recommender` wraps it with hit objects and
+//! argument defaults. This layer only converts, checks, maps ids, releases the GIL and maps
+//! errors:
 //! missing file → `FileNotFoundError`; a damaged bundle → `dpr._core.BundleError` (a
 //! `ValueError`); an unknown id, attribute or value → `KeyError`; a bad argument →
 //! `ValueError`/`TypeError`; a bug → `RuntimeError` (never a panic across the boundary).
@@ -9,12 +10,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray1, PyArray2};
-use pyo3::exceptions::{PyKeyError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
 
-use super::convert::{hits_2d, non_negative, pad};
+use super::convert::{non_negative, pad, type_name};
 use super::detached;
 use super::errors::{model_error, BundleFormatError};
 use crate::bundle::ItemId;
@@ -24,8 +26,58 @@ use crate::index::exact::Hit;
 /// `(id, score, title, {attribute: [values]})`: one hit of [`Engine::query`].
 type QueryHit<'py> = (Py<PyAny>, f32, String, Bound<'py, PyDict>);
 
-/// `(rows, scores)` as handed back to Python.
-type Found<'py, A, B> = PyResult<(Bound<'py, A>, Bound<'py, B>)>;
+/// `(ids, scores)` of [`Engine::query_batch`]: ids an int64 or object array.
+type BatchHits<'py> = PyResult<(Bound<'py, PyAny>, Bound<'py, PyArray2<f32>>)>;
+
+/// The external ids as [`Engine::query_batch`] hands them back: when all are ints, an int64
+/// array padded with -1; otherwise an object array padded with None.
+enum BatchIds {
+    Int(Vec<i64>),
+    Object(Vec<Py<PyAny>>),
+}
+
+impl BatchIds {
+    fn new(py: Python<'_>, ids: &[ItemId]) -> PyResult<Self> {
+        let ints: Option<Vec<i64>> = ids
+            .iter()
+            .map(|id| match id {
+                ItemId::Int(i) => Some(*i),
+                ItemId::Str(_) => None,
+            })
+            .collect();
+        Ok(match ints {
+            Some(ints) => BatchIds::Int(ints),
+            None => BatchIds::Object(
+                ids.iter()
+                    .map(|id| id_to_py(py, id))
+                    .collect::<PyResult<_>>()?,
+            ),
+        })
+    }
+
+    /// The Python ids of an object table (empty for ints, which map without the GIL).
+    fn objects(&self) -> &[Py<PyAny>] {
+        match self {
+            BatchIds::Int(_) => &[],
+            BatchIds::Object(objects) => objects,
+        }
+    }
+}
+
+/// Index into the id tables of a padded hit row (1..=N); `None` for the padding row -1.
+fn item_index(row: i64) -> Option<usize> {
+    usize::try_from(row).ok()?.checked_sub(1)
+}
+
+fn bad_row(row: i64) -> PyErr {
+    PyRuntimeError::new_err(format!(
+        "internal error in dpr._core.Engine.query_batch: hit row {row} is not an item row"
+    ))
+}
+
+fn shaped<T>(b: usize, width: usize, values: Vec<T>) -> PyResult<Array2<T>> {
+    Array2::from_shape_vec((b, width), values).map_err(|e| PyRuntimeError::new_err(e.to_string()))
+}
 
 fn finite_strength(strength: f64) -> PyResult<f32> {
     check_strength(strength).map_err(model_error)
@@ -68,6 +120,8 @@ fn item_attributes<'py>(model: &Model, py: Python<'py>, row: i64) -> PyResult<Bo
 #[pyclass(frozen, module = "dpr._core")]
 pub struct Engine {
     model: Arc<Model>,
+    /// `model.ids` in the form `query_batch` returns them.
+    batch_ids: BatchIds,
 }
 
 #[pymethods]
@@ -100,6 +154,7 @@ impl Engine {
         })?
         .map_err(model_error)?;
         Ok(Engine {
+            batch_ids: BatchIds::new(py, &model.ids)?,
             model: Arc::new(model),
         })
     }
@@ -150,12 +205,9 @@ impl Engine {
                 None
             };
             let Some(id) = id else {
-                let name = item
-                    .get_type()
-                    .name()
-                    .map_or_else(|_| "?".into(), |n| n.to_string());
                 return Err(PyTypeError::new_err(format!(
-                    "item ids must be int or str, got {name} ({item})"
+                    "item ids must be int or str, got {} ({item})",
+                    type_name(&item)
                 )));
             };
             match self.model.row_of(&id) {
@@ -230,21 +282,40 @@ impl Engine {
             .collect()
     }
 
-    /// Top-`k` for many queries, in parallel: `(rows (B, k) int64, scores (B, k) float32)`,
-    /// padded with row -1 / score -inf where fewer than `k` items are eligible. `prompts` has
-    /// one prompt per history, or a single prompt for all. `auto_exclude` as in `query`.
-    #[pyo3(signature = (histories, prompts, k=10, strength=1.0, exclude_seen=true, auto_exclude=false))]
+    /// Top-`k` for many users, in parallel, ids in and ids out: `(ids (B, k), scores (B, k)
+    /// float32)`, best first. Each history is mapped as in `query` (same `unknown`, same
+    /// errors). `ids` is int64 padded with -1 when the bundle's ids are all ints, else an
+    /// object array padded with None; scores are padded with -inf, where fewer than `k` items
+    /// are eligible. `prompts` has one prompt per history, or a single prompt for all.
+    /// `auto_exclude` as in `query`. `ValueError` if a hit's score is not finite (steering
+    /// overflowed float32).
+    #[pyo3(signature = (histories, prompts, k=10, strength=1.0, exclude_seen=true, auto_exclude=false, unknown="error"))]
     #[allow(clippy::too_many_arguments)]
     fn query_batch<'py>(
         &self,
         py: Python<'py>,
-        histories: Vec<Vec<u32>>,
+        histories: &Bound<'py, PyAny>,
         prompts: Vec<String>,
         k: i64,
         strength: f64,
         exclude_seen: bool,
         auto_exclude: bool,
-    ) -> Found<'py, PyArray2<i64>, PyArray2<f32>> {
+        unknown: &str,
+    ) -> BatchHits<'py> {
+        let not_histories = || {
+            PyTypeError::new_err(format!(
+                "histories must be a sequence of histories, got {}",
+                type_name(histories)
+            ))
+        };
+        if histories.is_instance_of::<PyString>() {
+            return Err(not_histories());
+        }
+        let iter = histories.try_iter().map_err(|_| not_histories())?;
+        // Histories first, then the other arguments: the order `Recommender` has always had.
+        let histories = iter
+            .map(|history| Ok(self.rows(&history?, unknown)?.0))
+            .collect::<PyResult<Vec<Vec<u32>>>>()?;
         let k = non_negative(k, "k")?;
         let options = QueryOptions {
             k,
@@ -262,20 +333,58 @@ impl Engine {
             )));
         }
         let model = &self.model;
+        let batch_ids = &self.batch_ids;
         let width = k.min(model.num_items);
-        let padded = detached(py, "Engine.query_batch", || -> Result<_, ModelError> {
-            let texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
-            let encoded = model.encode_prompts(&texts)?;
-            let per_query: Vec<Arc<[f32]>> = if encoded.len() == 1 {
-                vec![encoded[0].clone(); b]
-            } else {
-                encoded
-            };
-            let hits = model.query_batch(&histories, &per_query, &options)?;
-            Ok(pad(&hits, width))
-        })?
-        .map_err(model_error)?;
-        hits_2d(py, padded, b, width)
+        let (rows, scores, int_ids) =
+            detached(py, "Engine.query_batch", || -> Result<_, ModelError> {
+                let texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+                let encoded = model.encode_prompts(&texts)?;
+                let per_query: Vec<Arc<[f32]>> = if encoded.len() == 1 {
+                    vec![encoded[0].clone(); b]
+                } else {
+                    encoded
+                };
+                let hits = model.query_batch(&histories, &per_query, &options)?;
+                let (rows, scores) = pad(&hits, width);
+                let int_ids = match batch_ids {
+                    BatchIds::Int(ids) => Some(
+                        rows.iter()
+                            .map(|&r| item_index(r).map_or(-1, |i| ids[i]))
+                            .collect::<Vec<i64>>(),
+                    ),
+                    BatchIds::Object(_) => None,
+                };
+                Ok((rows, scores, int_ids))
+            })?
+            .map_err(model_error)?;
+        if rows
+            .iter()
+            .zip(&scores)
+            .any(|(&r, s)| r >= 0 && !s.is_finite())
+        {
+            let strength = PyFloat::new(py, strength).str()?;
+            return Err(PyValueError::new_err(format!(
+                "the steered scores are not finite at strength={strength}; use a smaller strength"
+            )));
+        }
+        let ids = match int_ids {
+            Some(ids) => shaped(b, width, ids)?.into_pyarray(py).into_any(),
+            None => {
+                let objects = batch_ids.objects();
+                let ids = rows
+                    .iter()
+                    .map(|&r| match item_index(r) {
+                        None => Ok(py.None()),
+                        Some(i) => objects
+                            .get(i)
+                            .map(|id| id.clone_ref(py))
+                            .ok_or_else(|| bad_row(r)),
+                    })
+                    .collect::<PyResult<Vec<Py<PyAny>>>>()?;
+                shaped(b, width, ids)?.into_pyarray(py).into_any()
+            }
+        };
+        Ok((ids, shaped(b, width, scores)?.into_pyarray(py)))
     }
 
     /// The (steered) user vector, `d + A` floats.
