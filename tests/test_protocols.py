@@ -15,6 +15,7 @@ from dpr.evaluate import (
     ratios,
     top_mask,
 )
+from dpr.evaluate.protocols import NO_GENRE, _allowed
 from dpr.prompts import Intent
 
 # Genres sort as Comedy=0, Drama=1, Horror=2. Item vectors are [x, comedy, drama, horror]:
@@ -336,3 +337,29 @@ def test_auto_removes_the_values_its_reading_refuses():
     assert standard["s auto neutral"] == standard["s neutral"]  # nothing refused there
     with pytest.raises(ValueError, match="unknown steerers"):
         run(cases, {"s": identity}, auto={"t": refuse_horror})
+
+
+def test_evaluation_filter_is_the_served_filter(tiny, tiny_rec):
+    """The evaluation's include/exclude baseline keeps exactly the items the served hard filter
+    keeps. The rule has one owner (`rust/src/index/policy.rs`); this pins the evaluation's
+    vectorised copy of it to the served one, for every single include / exclude / both."""
+    genre = tiny.items["attributes"]["genre"]
+    values, n = genre["values"], tiny.num_items
+    by_value = np.zeros((len(values), n + 1), dtype=bool)
+    for row, held in enumerate(genre["items"], start=1):
+        by_value[held, row] = True
+    choices = [NO_GENRE, *range(len(values))]
+    pairs = [(i, e) for i in choices for e in choices if (i, e) != (NO_GENRE, NO_GENRE)]
+    allowed = _allowed(by_value, np.array([i for i, _ in pairs]), np.array([e for _, e in pairs]))
+    rows = {item_id: row for row, item_id in enumerate(tiny.ids, start=1)}
+    for (include, exclude), mask in zip(pairs, allowed, strict=True):
+        filters = {}
+        if include != NO_GENRE:
+            filters["include"] = {"genre": [values[include]]}
+        if exclude != NO_GENRE:
+            filters["exclude"] = {"genre": [values[exclude]]}
+        hits = tiny_rec.query([], k=n, mode="hard", exclude_seen=False, **filters)
+        served = {rows[hit.item_id] for hit in hits}
+        assert served == set((np.flatnonzero(mask[1:]) + 1).tolist()), filters
+    assert all(0 < mask[1:].sum() < n for (i, e), mask in zip(pairs, allowed, strict=True)
+               if i != e), "every non-contradictory filter keeps some items and drops some"
