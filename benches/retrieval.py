@@ -183,7 +183,7 @@ def to_markdown(results: list[dict[str, Any]], meta: dict[str, Any], command: st
                  "queries with < k hits", "disallowed items returned"], filtered)
         + f"\nBoth graphs: M = {meta['m']}, ef_construction = {meta['ef_construction']}, built "
           f"and searched on {meta['threads']} threads (batch calls). dpr's graph is built by "
-          "usearch and walked by dpr's own search (`rust/src/hnsw_graph.rs`), scoring with the "
+          "usearch and walked by dpr's own search (`rust/src/index/graph.rs`), scoring with the "
           "exact scan's dot product. Clustered synthetic vectors "
           f"(512 centres, norms 0.5x–2x), {meta['queries']} queries from the same distribution."
           f"\n\n"
