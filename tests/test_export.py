@@ -216,7 +216,7 @@ def test_failed_export_leaves_previous_bundle(tmp_path: Path, fake_encoder: Path
     export_bundle(tiny_model(), catalogue(), out, encoder_dir=fake_encoder,
                   training={"run": 1})
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    original = export._write_bytes
+    original = export.write_synced
     calls = {"n": 0}
 
     def failing(path: Path, data: bytes) -> None:
@@ -225,7 +225,7 @@ def test_failed_export_leaves_previous_bundle(tmp_path: Path, fake_encoder: Path
             raise OSError("disk full")
         original(path, data)
 
-    monkeypatch.setattr(export, "_write_bytes", failing)
+    monkeypatch.setattr(export, "write_synced", failing)
     with pytest.raises(OSError, match="disk full"):
         export_bundle(tiny_model("gru4rec"), catalogue(), out, encoder_dir=fake_encoder,
                       training={"run": 2})
@@ -234,7 +234,7 @@ def test_failed_export_leaves_previous_bundle(tmp_path: Path, fake_encoder: Path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "encoder"]
     assert load_bundle_tensors(out)[0]["training"] == {"run": 1}
 
-    monkeypatch.setattr(export, "_write_bytes", original)  # a later export replaces it
+    monkeypatch.setattr(export, "write_synced", original)  # a later export replaces it
     export_bundle(tiny_model("gru4rec"), catalogue(), out, encoder_dir=fake_encoder,
                   training={"run": 3})
     assert load_bundle_tensors(out)[0]["training"] == {"run": 3}

@@ -139,13 +139,13 @@ def good_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[st
 def _writes_in_one_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> int:
     export = _export()
     count = {"n": 0}
-    original = export._write_bytes
+    original = export.write_synced
 
     def counting(path: Path, data: bytes) -> None:
         count["n"] += 1
         original(path, data)
 
-    monkeypatch.setattr(export, "_write_bytes", counting)
+    monkeypatch.setattr(export, "write_synced", counting)
     export.export_bundle(_model("gru4rec"), _catalogue(), tmp_path / "probe")
     monkeypatch.undo()
     return count["n"]
@@ -158,7 +158,7 @@ def test_failed_export_at_any_write_keeps_the_good_bundle(
     out, before = good_bundle
     writes = _writes_in_one_export(tmp_path, monkeypatch)
     assert writes >= 5          # weights, items, encoder files, dpr.json
-    original = export._write_bytes
+    original = export.write_synced
     for fail_at in range(1, writes + 1):
         calls = {"n": 0}
 
@@ -170,7 +170,7 @@ def test_failed_export_at_any_write_keeps_the_good_bundle(
                 raise OSError(f"disk full at write {fail_at}")
             original(path, data)
 
-        monkeypatch.setattr(export, "_write_bytes", failing)
+        monkeypatch.setattr(export, "write_synced", failing)
         with pytest.raises(OSError, match=f"disk full at write {fail_at}"):
             export.export_bundle(_model("gru4rec"), _catalogue(), out, training={"run": "bad"})
         monkeypatch.undo()
@@ -191,7 +191,7 @@ def test_failed_swap_restores_the_good_bundle(good_bundle: tuple[Path, dict[str,
             raise OSError("rename failed")
         real_rename(src, dst)
 
-    monkeypatch.setattr(export.os, "rename", rename)
+    monkeypatch.setattr(os, "rename", rename)
     with pytest.raises(OSError, match="rename failed"):
         export.export_bundle(_model("gru4rec"), _catalogue(), out, training={"run": "bad"})
     monkeypatch.undo()

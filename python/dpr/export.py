@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import json
 import math
-import os  # noqa: F401  (tests reach os.rename, which staged_dir swaps with, through here)
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dpr.atomic import fsync_dir, staged_dir
-from dpr.atomic import write_synced as _write_bytes
+from dpr.atomic import fsync_dir, staged_dir, write_synced
 from dpr.bundle_schema import (
     CONFIG_FILE,
     ENCODER_DIR,
@@ -177,7 +175,7 @@ def _encoder_config(encoder_dir: Path, dtype: str) -> dict[str, Any]:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    _write_bytes(path, (json.dumps(value, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
+    write_synced(path, (json.dumps(value, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
 
 
 def _json_safe(value: Any) -> Any:
@@ -245,14 +243,14 @@ def export_bundle(model: DPR, catalogue: Catalogue | Mapping[str, Any], out: str
 
     with staged_dir(out) as tmp:
         weights = {name: np.ascontiguousarray(a) for name, a in sorted(tensors.items())}
-        _write_bytes(tmp / WEIGHTS_FILE, save_numpy(weights, metadata={"format": FORMAT}))
+        write_synced(tmp / WEIGHTS_FILE, save_numpy(weights, metadata={"format": FORMAT}))
         _write_json(tmp / ITEMS_FILE, items)
         encoder_out = tmp / ENCODER_DIR
         encoder_out.mkdir()
         for name in ENCODER_FILES:
             if (encoder_dir / name).is_file():
-                _write_bytes(encoder_out / name, (encoder_dir / name).read_bytes())
-        _write_bytes(encoder_out / "model.safetensors", _encoder_bytes(encoder_dir, encoder_dtype))
+                write_synced(encoder_out / name, (encoder_dir / name).read_bytes())
+        write_synced(encoder_out / "model.safetensors", _encoder_bytes(encoder_dir, encoder_dtype))
         fsync_dir(encoder_out)
         written = sorted(p for p in tmp.rglob("*") if p.is_file())
         config["files"] = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in written}
