@@ -94,8 +94,10 @@ class Engine:
     """
 
     def __init__(self, path: str, verify_checksums: bool = True,
-                 cache_capacity: int = 4096, index: str = "auto") -> None:
-        """Load and validate the bundle at ``path``; ``index`` is "auto", "exact" or "hnsw".
+                 cache_capacity: int = 4096, index: str = "auto",
+                 history_cache: int = 4096) -> None:
+        """Load and validate the bundle at ``path``; ``index`` is "auto", "exact" or "hnsw";
+        ``history_cache`` backbone vectors are kept per history (0: none).
 
         Raises:
             FileNotFoundError: the directory or a file it needs is missing.
@@ -155,6 +157,15 @@ class Engine:
         """
     def item_ids(self) -> list[int | str]:
         """External ids of rows 1..N."""
+    def item_vectors(self) -> npt.NDArray[np.float32]:
+        """The item vectors ``[E_i, A_i]``, ``N × (d + A)``, row i for ``item_ids()[i]``:
+        a read-only view of the engine's table (no copy; it keeps the engine alive)."""
+    def auto_exclusions(self, prompt: str) -> dict[str, list[str]]:
+        """``{attribute: [values]}`` mode "auto" hard-excludes for ``prompt``."""
+    def rows_with(self, attribute: str, values: list[str]) -> npt.NDArray[np.int64]:
+        """0-based positions in ``item_ids()`` of the items having any of ``values``."""
+    def history_cache_stats(self) -> tuple[int, int, int, int]:
+        """``(hits, misses, size, capacity)`` of the backbone-vector cache per history."""
     def attribute_values(self) -> dict[str, list[str]]:
         """Attribute name -> its values."""
     def save_index(self, path: str) -> None:

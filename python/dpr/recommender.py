@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from dpr._core import INDEX_FILE, BundleFormatError, Engine
 
-__all__ = ["BundleFormatError", "Hit", "Reading", "Recommender"]
+__all__ = ["BundleFormatError", "CacheStats", "Hit", "Reading", "Recommender"]
 
 Mode = Literal["auto", "soft", "hard", "hybrid"]
 _MODES = ("auto", "soft", "hard", "hybrid")
@@ -51,6 +51,16 @@ class Reading(NamedTuple):
     value: str
     polarity: str
     confidence: float
+
+
+class CacheStats(NamedTuple):
+    """Counters of a cache: lookups answered from it (`hits`) and computed (`misses`), entries
+    held now (`size`) and at most (`capacity`; 0: the cache is off)."""
+
+    hits: int
+    misses: int
+    size: int
+    capacity: int
 
 
 _INT_TYPES = (int, np.integer)
@@ -87,11 +97,14 @@ class Recommender:
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, *, verify: bool = True,
              prompt_cache: int = 4096, index: Literal["auto", "exact", "hnsw"] = "auto",
-             ) -> Recommender:
+             history_cache: int = 4096) -> Recommender:
         """Load the bundle directory at `path` (no argument: the demo bundle, if the wheel has one).
 
         `verify` checks every file against the sha256 sums in `dpr.json`; `prompt_cache` is how
-        many prompt embeddings to keep (least recently used are dropped). `index`: "auto"
+        many prompt embeddings to keep (least recently used are dropped); `history_cache` is
+        how many backbone vectors to keep, keyed by the history (what a model reads of it), so
+        that a new prompt on an unchanged history skips the backbone (0 turns it off; see
+        `history_cache_stats`). `index`: "auto"
         scans all items exactly below 50,000 items and searches an HNSW graph from there on
         (read from the bundle's `index.usearch` if saved with `save_index`, else built now);
         "exact" or "hnsw" force one. Selective filters are always answered exactly.
@@ -104,7 +117,7 @@ class Recommender:
                 f"{DEMO_BUNDLE}: this install has no demo bundle (a wheel built after "
                 "`dpr build-demo` has one); pass a bundle path, or run `dpr build-demo`")
         root = DEMO_BUNDLE if path is None else Path(path)
-        return cls(Engine(str(root), verify, prompt_cache, index), root)
+        return cls(Engine(str(root), verify, prompt_cache, index, history_cache), root)
 
     def save_index(self, path: str | os.PathLike[str] | None = None) -> Path:
         """Save the HNSW graph (built if needed) so later loads read it instead of building;
@@ -125,6 +138,39 @@ class Recommender:
     def attributes(self) -> dict[str, list[str]]:
         """Attribute name -> its values, as `include`/`exclude` filters accept them."""
         return self._engine.attribute_values()
+
+    @property
+    def item_ids(self) -> list[ItemId]:
+        """The catalogue's item ids, in the row order of `item_vectors()`."""
+        return self._engine.item_ids()
+
+    def item_vectors(self) -> npt.NDArray[np.float32]:
+        """The item table queries score against: a read-only float32 array of shape
+        `(num_items, d + A)` whose row i is item `item_ids[i]`'s `[E_i, A_i]`. It views the
+        loaded bundle's own memory (no copy) and keeps it alive.
+
+        With `user_vector`, this is the hand-off to another vector engine: item scores are
+        inner products `item_vectors() @ user_vector(history, prompt)` (see docs/scale-out.md).
+        """
+        return self._engine.item_vectors()
+
+    def item_rows(self, item_ids: Sequence[ItemId] | npt.ArrayLike) -> npt.NDArray[np.int64]:
+        """The rows of `item_vectors()` (positions in `item_ids`) of `item_ids`; KeyError for
+        an unknown id."""
+        rows, _ = self._engine.rows(item_ids, "error")
+        return np.asarray(rows, dtype=np.int64) - 1
+
+    def rows_with(self, attribute: str, values: str | Iterable[str]) -> npt.NDArray[np.int64]:
+        """The rows of `item_vectors()` (ascending) of the items having at least one of
+        `values` of `attribute`, e.g. `rows_with("genre", ["Horror"])`: what an `exclude` or
+        `include` filter names, as row ids for another engine's filter. KeyError for an
+        unknown attribute or value."""
+        ((name, names),) = _filter_pairs({attribute: values}, "rows_with")
+        return self._engine.rows_with(name, names)
+
+    def history_cache_stats(self) -> CacheStats:
+        """Hits, misses and size of the cache of backbone vectors per history."""
+        return CacheStats(*self._engine.history_cache_stats())
 
     @property
     def uses_hnsw(self) -> bool:
@@ -256,13 +302,24 @@ class Recommender:
     def user_vector(self, history: Sequence[ItemId] | npt.ArrayLike, prompt: str = "",
                     strength: float | None = None,
                     unknown: Literal["error", "ignore"] = "error") -> npt.NDArray[np.float32]:
-        """The steered user vector `h'` (`d + A` floats): items score `[E_i, A_i] · h'`."""
+        """The steered user vector `h'` (`d + A` floats): items score `[E_i, A_i] · h'`, i.e.
+        `item_vectors() @ user_vector(...)` are the scores `query` ranks by (`strength=0` gives
+        the unsteered backbone's, as `mode="hard"` uses). For `mode="auto"`, also exclude
+        `auto_exclusions(prompt)`; see docs/scale-out.md."""
         _check_prompt(prompt)
         strength = self._strength(strength)
         rows, _ = self._engine.rows(history, unknown)
         vector = self._engine.user_vector(rows, prompt, strength)
         _check_finite(vector, strength)
         return vector
+
+    def auto_exclusions(self, prompt: str) -> dict[str, list[str]]:
+        """The attribute values `mode="auto"` hard-excludes for `prompt` (those the intent
+        read-out finds refused with probability >= `refuse_threshold`), as an `exclude` filter:
+        e.g. `{"genre": ["Horror"]}` for "no horror please". `{}` for a blank prompt or a
+        bundle without an intent read-out."""
+        _check_prompt(prompt)
+        return self._engine.auto_exclusions(prompt)
 
     def encode_prompt(self, prompt: str) -> npt.NDArray[np.float32]:
         """What the steering head reads for `prompt`: `prompt_dim` floats, all zero for a blank

@@ -98,7 +98,7 @@ fn assert_close(got: &[f32], want: &[f32], all: &Value, what: &str) {
 
 fn load(kind: &str) -> Model {
     let path = fixtures().join(format!("tiny_{kind}"));
-    Model::load(&path, true, 64, Retrieval::Exact)
+    Model::load(&path, true, 64, 64, Retrieval::Exact)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 

@@ -6,6 +6,8 @@
 //! stores each item's `[E_i, A_i]` as one row (`d + A` floats), so a query is one inner-product
 //! search; the backbone reads the first `d` floats of the same rows as its input embedding.
 
+mod history_cache;
+
 use std::fmt;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -21,6 +23,9 @@ use crate::nn::backbone::{Backbone, Rows};
 use crate::nn::encoder::{PromptEncoder, PromptError};
 use crate::nn::intent::{IntentHead, Reading};
 use crate::nn::steer::Steering;
+
+pub use history_cache::CacheStats;
+use history_cache::HistoryCache;
 
 /// Why a load or a query failed.
 #[derive(Debug)]
@@ -109,6 +114,7 @@ pub struct Model {
     /// Items having each value of each attribute (for filter selectivity).
     value_counts: Vec<Vec<usize>>,
     index: OnceLock<HnswIndex>,
+    histories: HistoryCache,
 }
 
 const _: () = {
@@ -177,6 +183,7 @@ impl Model {
         path: &Path,
         verify_checksums: bool,
         cache_capacity: usize,
+        history_cache: usize,
         retrieval: Retrieval,
     ) -> Result<Model, ModelError> {
         let mut bundle = Bundle::open(path, verify_checksums)?;
@@ -249,6 +256,7 @@ impl Model {
             intent_targets,
             value_counts,
             index: OnceLock::new(),
+            histories: HistoryCache::new(history_cache),
         };
         if let Some(index) = index {
             let _ = model.index.set(index);
@@ -400,18 +408,28 @@ impl Model {
         self.intent_targets.get(value).copied()
     }
 
-    /// `filter` plus, in auto mode, the exclusion of every value `prompt` (a prompt input)
-    /// refuses with probability ≥ the refuse threshold; `None` when nothing is added.
+    /// `(attribute index, value index)` of every value `prompt` (a prompt input) refuses with
+    /// probability ≥ the refuse threshold: what mode "auto" hard-excludes (none without a head).
+    pub fn auto_exclusions(&self, prompt: &[f32]) -> Vec<(usize, usize)> {
+        self.intent().map_or_else(Vec::new, |head| {
+            head.refused(prompt)
+                .into_iter()
+                .map(|j| self.intent_targets[j])
+                .collect()
+        })
+    }
+
+    /// `filter` plus, in auto mode, [`Model::auto_exclusions`]; `None` when nothing is added.
     fn auto_filter(&self, prompt: &[f32], options: &QueryOptions) -> Option<Filter> {
         if !(options.auto_exclude && options.steer && options.strength != 0.0) {
             return None;
         }
-        let refused = self.intent()?.refused(prompt);
+        let refused = self.auto_exclusions(prompt);
         if refused.is_empty() {
             return None;
         }
         let mut filter = options.filter.clone();
-        for (attribute, value) in refused.into_iter().map(|j| self.intent_targets[j]) {
+        for (attribute, value) in refused {
             match filter.exclude.iter_mut().find(|(a, _)| *a == attribute) {
                 Some((_, values)) => values.push(value),
                 None => filter.exclude.push((attribute, vec![value])),
@@ -457,7 +475,10 @@ impl Model {
             width: self.dim,
         };
         let mut h = vec![0.0f32; self.dim];
-        self.backbone.user_vector(rows, history, &mut h);
+        let window = &history[history.len().saturating_sub(self.max_len())..];
+        self.histories.get_or_compute(window, &mut h, |h| {
+            self.backbone.user_vector(rows, window, h)
+        });
         let mut out = vec![0.0f32; self.width];
         let mut gates = vec![0.0f32; self.steering.num_experts()];
         let strength = if steer { strength } else { 0.0 };
@@ -469,6 +490,27 @@ impl Model {
             out[..self.dim].copy_from_slice(&h);
         }
         Ok(out)
+    }
+
+    /// The item vectors `[E_i, A_i]` of rows 1..=N, row-major (`N × vector_dim`): exactly what
+    /// queries score a user vector against.
+    pub fn item_vectors(&self) -> &[f32] {
+        &self.table[self.width..(self.num_items + 1) * self.width]
+    }
+
+    /// Rows (ascending) of the items having at least one of `values` of attribute `attribute`
+    /// (indices as [`Model::resolve`] gives them).
+    pub fn rows_with(&self, attribute: usize, values: &[usize]) -> Vec<u32> {
+        let attr = &self.attributes[attribute];
+        (1..=self.num_items)
+            .filter(|&row| values.iter().any(|&v| attr.has(row, v)))
+            .map(|row| row as u32)
+            .collect()
+    }
+
+    /// Hits, misses and size of the cache of backbone vectors per history.
+    pub fn history_cache_stats(&self) -> CacheStats {
+        self.histories.stats()
     }
 
     /// The best `k` items for `vector` (a steered user vector), never row 0, never a row in

@@ -10,8 +10,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use numpy::ndarray::Array2;
-use numpy::{IntoPyArray, PyArray1, PyArray2};
+use numpy::ndarray::{Array2, ArrayView2};
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods};
 use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
@@ -130,15 +130,17 @@ impl Engine {
     /// 50k items, HNSW from there), "exact" or "hnsw"; the HNSW graph is read from the bundle's
     /// `index.usearch` or built at load.
     #[new]
-    #[pyo3(signature = (path, verify_checksums=true, cache_capacity=4096, index="auto"))]
+    #[pyo3(signature = (path, verify_checksums=true, cache_capacity=4096, index="auto", history_cache=4096))]
     fn new(
         py: Python<'_>,
         path: PathBuf,
         verify_checksums: bool,
         cache_capacity: i64,
         index: &str,
+        history_cache: i64,
     ) -> PyResult<Self> {
         let cache_capacity = non_negative(cache_capacity, "cache_capacity")?;
+        let history_cache = non_negative(history_cache, "history_cache")?;
         let retrieval = match index {
             "auto" => Retrieval::Auto,
             "exact" => Retrieval::Exact,
@@ -150,7 +152,13 @@ impl Engine {
             }
         };
         let model = detached(py, "Engine", || {
-            Model::load(&path, verify_checksums, cache_capacity, retrieval)
+            Model::load(
+                &path,
+                verify_checksums,
+                cache_capacity,
+                history_cache,
+                retrieval,
+            )
         })?
         .map_err(model_error)?;
         Ok(Engine {
@@ -495,6 +503,78 @@ impl Engine {
             .map(|id| id_to_py(py, id))
             .collect::<PyResult<Vec<_>>>()?;
         PyList::new(py, ids)
+    }
+
+    /// The item vectors `[E_i, A_i]` (`N × (d + A)`, row i is item `item_ids()[i]`) as a
+    /// read-only float32 array viewing the engine's own table (no copy; it keeps the engine
+    /// alive).
+    fn item_vectors(slf: Bound<'_, Self>) -> PyResult<Bound<'_, PyArray2<f32>>> {
+        let model = Arc::clone(&slf.borrow().model);
+        let shape = (model.num_items, model.vector_dim());
+        let view = ArrayView2::from_shape(shape, model.item_vectors())
+            .map_err(|e| PyRuntimeError::new_err(format!("item table: {e}")))?;
+        // SAFETY: the table belongs to the engine's `Model`, which is immutable after load and
+        // never reallocated; `slf` (the array's base object) owns an `Arc` of that model, so
+        // the memory outlives the array. The array is made read-only below, so Python cannot
+        // write to memory that Rust reads concurrently.
+        let array = unsafe { PyArray2::borrow_from_array(&view, slf.into_any()) };
+        drop(array.readwrite().make_nonwriteable());
+        Ok(array)
+    }
+
+    /// `{attribute: [values]}` mode "auto" would hard-exclude for `prompt` (empty without an
+    /// intent head or for a blank prompt).
+    fn auto_exclusions<'py>(&self, py: Python<'py>, prompt: &str) -> PyResult<Bound<'py, PyDict>> {
+        let model = &self.model;
+        let refused = detached(py, "Engine.auto_exclusions", || {
+            model
+                .encode_prompt(prompt)
+                .map(|input| model.auto_exclusions(&input))
+        })?
+        .map_err(model_error)?;
+        let out = PyDict::new(py);
+        for (attribute, value) in refused {
+            let attr = &model.attributes[attribute];
+            let values = match out.get_item(&attr.name)? {
+                Some(list) => list.cast_into::<PyList>()?,
+                None => {
+                    let list = PyList::empty(py);
+                    out.set_item(&attr.name, &list)?;
+                    list
+                }
+            };
+            values.append(&attr.values[value])?;
+        }
+        Ok(out)
+    }
+
+    /// Positions in `item_ids()` (0-based, ascending) of the items having at least one of
+    /// `values` of `attribute`; `KeyError` for an unknown attribute or value.
+    fn rows_with<'py>(
+        &self,
+        py: Python<'py>,
+        attribute: &str,
+        values: Vec<String>,
+    ) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        let (attribute, values) = self
+            .model
+            .resolve(attribute, &values)
+            .map_err(model_error)?;
+        let model = &self.model;
+        let rows = detached(py, "Engine.rows_with", || {
+            model
+                .rows_with(attribute, &values)
+                .into_iter()
+                .map(|row| i64::from(row) - 1)
+                .collect::<Vec<i64>>()
+        })?;
+        Ok(rows.into_pyarray(py))
+    }
+
+    /// `(hits, misses, size, capacity)` of the cache of backbone vectors per history.
+    fn history_cache_stats(&self) -> (u64, u64, usize, usize) {
+        let s = self.model.history_cache_stats();
+        (s.hits, s.misses, s.size, s.capacity)
     }
 
     /// `{attribute: [values]}` of the catalogue.
