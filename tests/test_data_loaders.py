@@ -16,6 +16,7 @@ from dpr.data import (
     read_movielens_1m,
     read_movielens_100k,
 )
+from dpr.data.s3rec import read_s3rec
 
 MOVIES_1M = [
     "1::Toy Story (1995)::Animation|Children's|Comedy",
@@ -57,6 +58,19 @@ def test_ml1m_reads_double_colon_files(tmp_path: Path) -> None:
     assert metadata.titles[1] == "Misérables, Les (1995)"  # latin-1 decoded
     assert metadata.attributes["genre"][0] == ("Animation", "Children's", "Comedy")
     assert metadata.attributes["genre"][2] == ("Horror", "Sci-Fi")
+    assert metadata.attributes["decade"] == [("1990s",), ("1990s",), ("1970s",)]
+
+
+def test_ml1m_decade_from_the_title_year(tmp_path: Path) -> None:
+    movies = ["1::Metropolis (1927)::Sci-Fi", "2::Shoah (1985-1986)::Documentary",
+              "3::No Year At All::Drama", "4::1984 (1984)::Drama"]
+    _, metadata = read_movielens_1m(ml1m(tmp_path, movies=movies))
+    assert metadata.attributes["decade"] == [("1920s",), ("1980s",), (), ("1980s",)]
+    dataset = load_dataset(ml1m(tmp_path / "b", ratings=[f"{u}::{i}::5::{u * 10 + i}"
+                                                        for u in (1, 2) for i in (1, 2, 3)],
+                                movies=movies), "movielens-1m", k_core=1)
+    assert dataset.report["items_without_decade"] == 1
+    assert dataset.report["items_without_genre"] == 0
 
 
 def test_ml1m_latin1_bytes_on_disk(tmp_path: Path) -> None:
@@ -190,6 +204,16 @@ def test_ml100k_reads_files(tmp_path: Path) -> None:
     assert genre[1] == ("Crime", "Film-Noir", "Mystery")
     assert genre[2] == ("unknown",)
     assert metadata.titles[3] == "Café au Lait (1993)"
+    # From the release date (every line above has 01-Jan-1995), not the title's year.
+    assert metadata.attributes["decade"] == [("1990s",)] * 4
+
+
+def test_ml100k_decade_falls_back_to_the_title_then_to_none(tmp_path: Path) -> None:
+    no_date = u_item_line(5, "Metropolis (1927)", ["Sci-Fi"]).replace("01-Jan-1995", "")
+    neither = u_item_line(6, "unknown", ["unknown"]).replace("01-Jan-1995", "")
+    dated = u_item_line(7, "Some Film", ["Drama"]).replace("01-Jan-1995", "12-Mar-1968")
+    _, metadata = read_movielens_100k(ml100k(tmp_path, items=[no_date, neither, dated]))
+    assert metadata.attributes["decade"] == [("1920s",), (), ("1960s",)]
 
 
 def test_ml100k_malformed_lines(tmp_path: Path) -> None:
@@ -294,11 +318,34 @@ def test_csv_pair_errors(tmp_path: Path) -> None:
 
 def test_csv_pair_other_attribute_and_no_title(tmp_path: Path) -> None:
     paths = csv_pair(tmp_path, ["user,item", "u,a"], ["item,brand", "a,Acme;Zeta"])
-    _, metadata = read_csv_pair(*paths, attribute="brand", separator=";")
+    _, metadata = read_csv_pair(*paths, attributes=["brand"], separator=";")
     assert metadata.titles == ["a"]
     assert metadata.attributes == {"brand": [("Acme", "Zeta")]}
-    _, metadata = read_csv_pair(*paths, attribute=None)
+    _, metadata = read_csv_pair(*paths, attributes=[])
     assert metadata.attributes == {}
+
+
+def test_csv_pair_many_families_and_decades_from_years(tmp_path: Path) -> None:
+    paths = csv_pair(tmp_path, ["user,item", "u,a"],
+                     ["item,genres,Language,release_year", "a,Drama|War,en|fr,1957",
+                      "b,Comedy,,", "c,,de,2001.0"])
+    _, metadata = read_csv_pair(*paths, attributes=["genre", "language", "decade"])
+    assert metadata.attributes == {
+        "genre": [("Drama", "War"), ("Comedy",), ()],
+        "language": [("en", "fr"), (), ("de",)],
+        "decade": [("1950s",), (), ("2000s",)]}
+    with pytest.raises(ValueError, match=r"line 1\b.*'brand'"):
+        read_csv_pair(*paths, attributes=["genre", "brand"])
+    with pytest.raises(ValueError, match="twice"):
+        read_csv_pair(*paths, attributes=["genre", "genre"])
+    with pytest.raises(TypeError, match="sequence"):
+        read_csv_pair(*paths, attributes="genre")  # type: ignore[arg-type]
+    bad = csv_pair(tmp_path, ["user,item", "u,a"], ["item,year", "a,1957", "b,late 50s"])
+    with pytest.raises(ValueError, match=r"line 3\b.*whole number"):
+        read_csv_pair(*bad, attributes=["decade"])
+    decade_column = csv_pair(tmp_path, ["user,item", "u,a"], ["item,decade,year", "a,1950s,1990"])
+    _, metadata = read_csv_pair(*decade_column, attributes=["decade"])
+    assert metadata.attributes == {"decade": [("1950s",)]}  # an explicit column wins
 
 
 # --- load_dataset --------------------------------------------------------------------------
@@ -344,13 +391,66 @@ def test_load_movielens_100k_and_csv(tmp_path: Path) -> None:
 
 
 def test_load_dataset_errors(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="movielens-1m, movielens-100k, csv, synthetic"):
+    with pytest.raises(ValueError, match="movielens-1m, movielens-100k, csv, s3rec, synthetic"):
         load_dataset(tmp_path, "parquet")
     with pytest.raises(FileNotFoundError, match="missing"):
         load_dataset(tmp_path / "missing", "movielens-1m")
-    assert FORMATS == ("movielens-1m", "movielens-100k", "csv", "synthetic")
+    assert FORMATS == ("movielens-1m", "movielens-100k", "csv", "s3rec", "synthetic")
+    with pytest.raises(FileNotFoundError, match=r"Beauty\.txt"):
+        load_dataset(tmp_path / "Beauty.txt", "s3rec")
 
 
 def test_load_synthetic() -> None:
     dataset = load_dataset(None, "synthetic")
     assert dataset.name == "synthetic" and dataset.num_items > 400
+
+
+def test_load_dataset_csv_attribute_families(tmp_path: Path) -> None:
+    events = ["user,item,timestamp"] + [f"u{u},{i},{u * 10 + n}" for u in range(3)
+                                        for n, i in enumerate("abc")]
+    csv_pair(tmp_path, events, ["item,genre,year", "a,Drama,1957", "b,Comedy,", "c,War,1999"])
+    dataset = load_dataset(tmp_path, "csv", k_core=1, attributes=["genre", "decade"])
+    assert dataset.items.attributes["decade"] == [("1950s",), (), ("1990s",)]
+    assert dataset.report["items_without_decade"] == 1
+    assert set(load_dataset(tmp_path, "csv", k_core=1).items.attributes) == {"genre"}
+    with pytest.raises(ValueError, match="csv format only"):
+        load_dataset(None, "synthetic", attributes=["genre"])
+
+
+# --- S3-Rec --------------------------------------------------------------------------------
+
+def test_s3rec_sequences_and_brand_category_families(tmp_path: Path) -> None:
+    sequences = write(tmp_path / "Toys.txt", ["1 10 11 12 13 14", "2 11 10 14 13 12"])
+    # 7 and 8 are only ever listed first (brands); 3 is listed first once, later elsewhere.
+    write(tmp_path / "Toys_item2attributes.json",
+          ['{"10": [7, 1, 2], "11": [8, 1], "12": [3, 4], "13": [7, 3], "14": []}'])
+    interactions, metadata = read_s3rec(sequences)
+    assert interactions.users.tolist() == [1] * 5 + [2] * 5
+    assert interactions.items.tolist() == [10, 11, 12, 13, 14, 11, 10, 14, 13, 12]
+    assert np.isnan(interactions.ratings).all()
+    assert metadata.ids == [10, 11, 12, 13, 14]
+    assert metadata.attributes["brand"] == [("brand 7",), ("brand 8",), (), ("brand 7",), ()]
+    assert metadata.attributes["category"] == [("category 1", "category 2"), ("category 1",),
+                                               ("category 3", "category 4"), ("category 3",), ()]
+    dataset = load_dataset(sequences, "s3rec", k_core=1)
+    assert dataset.name == "Toys"
+    # File order is time order: user 2's sequence keeps its order.
+    assert [dataset.items.external_id(int(i)) for i in dataset.sequences[1]] == [11, 10, 14, 13, 12]
+    assert dataset.report["items_without_brand"] == 2
+
+
+def test_s3rec_bad_files(tmp_path: Path) -> None:
+    write(tmp_path / "A.txt", ["1 10 x"])
+    write(tmp_path / "A_item2attributes.json", ["{}"])
+    with pytest.raises(ValueError, match=r"A\.txt, line 1\b.*integers"):
+        read_s3rec(tmp_path / "A.txt")
+    write(tmp_path / "B.txt", ["1 10"])
+    with pytest.raises(FileNotFoundError, match="B_item2attributes"):
+        read_s3rec(tmp_path / "B.txt")
+    write(tmp_path / "B_item2attributes.json", ['{"10": "seven"}'])
+    with pytest.raises(ValueError, match="attribute ids"):
+        read_s3rec(tmp_path / "B.txt")
+    write(tmp_path / "C.txt", ["1"])
+    write(tmp_path / "C_item2attributes.json", ["{}"])
+    with pytest.raises(ValueError, match="no items"):
+        read_s3rec(tmp_path / "C.txt")

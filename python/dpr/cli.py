@@ -57,14 +57,18 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_build_demo)
 
     train = commands.add_parser("train", help="train a backbone on a dataset folder")
-    train.add_argument("--data", type=Path, required=True, help="dataset folder")
+    train.add_argument("--data", type=Path, required=True,
+                       help="dataset folder (s3rec: the sequence file, e.g. Beauty.txt)")
     train.add_argument("--format", required=True,
-                       choices=["movielens-1m", "movielens-100k", "csv", "synthetic"])
+                       choices=["movielens-1m", "movielens-100k", "csv", "s3rec", "synthetic"])
     train.add_argument("--backbone", choices=["sasrec", "gru4rec"], default="sasrec")
     train.add_argument("--out", type=Path, required=True)
     train.add_argument("--min-rating", type=float, default=None,
                        help="keep ratings >= this (movielens-1m default: 4)")
     train.add_argument("--k-core", type=int, default=5)
+    train.add_argument("--attributes", type=_families, default=None,
+                       help="csv format: item attribute columns, e.g. genre,decade,language "
+                            "(default genre; decade may come from a numeric year column)")
     recipe = train.add_argument_group(
         "stage 1 (defaults: the backbone's measured recipe, see README and dpr.train.RECIPES)")
     recipe.add_argument("--dim", type=int, default=None)
@@ -107,9 +111,12 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model", type=Path, help="dpr.pt, or the folder `dpr train` wrote")
     evaluate.add_argument("--data", type=Path, required=True)
     evaluate.add_argument("--format", required=True,
-                          choices=["movielens-1m", "movielens-100k", "csv", "synthetic"])
+                          choices=["movielens-1m", "movielens-100k", "csv", "s3rec", "synthetic"])
     evaluate.add_argument("--min-rating", type=float, default=None)
     evaluate.add_argument("--k-core", type=int, default=5)
+    evaluate.add_argument("--attributes", type=_families, default=None,
+                       help="csv format: item attribute columns, e.g. genre,decade,language "
+                            "(default genre; decade may come from a numeric year column)")
     evaluate.add_argument("--json", type=Path, required=True, help="where to write the results")
     evaluate.add_argument("--grammar", type=Path, default=None,
                           help="prompt grammar file (default: the built-in one)")
@@ -267,7 +274,8 @@ def _train(args: argparse.Namespace) -> int:
     from dpr.prompts import Grammar
     from dpr.train import distributed, fit
 
-    dataset = load_dataset(args.data, args.format, min_rating=args.min_rating, k_core=args.k_core)
+    dataset = load_dataset(args.data, args.format, min_rating=args.min_rating, k_core=args.k_core,
+                           attributes=args.attributes)
     print(_describe(dataset.report))
     if args.no_resume:
         (args.out / "backbone_last.pt").unlink(missing_ok=True)
@@ -333,7 +341,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     model, extra = load_dpr(path)
     if model.intent is None:
         raise ValueError(f"{path} predates the prompt tower; retrain it with `dpr train`")
-    dataset = load_dataset(args.data, args.format, min_rating=args.min_rating, k_core=args.k_core)
+    dataset = load_dataset(args.data, args.format, min_rating=args.min_rating, k_core=args.k_core,
+                           attributes=args.attributes)
     if list(dataset.items.ids) != list(extra.get("item_ids", [])):
         raise ValueError(f"{path} was trained on a different item catalogue than {args.data}")
     grammar = Grammar.load(args.grammar).with_values(model.attribute, model.values)
@@ -460,9 +469,20 @@ def _before_after(bundle: Path, dataset: SequenceDataset, top: int = 10) -> str:
     return "\n".join(lines)
 
 
+def _families(text: str) -> list[str]:
+    """`--attributes genre,decade` -> ["genre", "decade"]."""
+    families = [f.strip() for f in text.split(",") if f.strip()]
+    if not families:
+        raise argparse.ArgumentTypeError("name at least one attribute family, e.g. genre,decade")
+    return families
+
+
 def _describe(report: dict[str, Any]) -> str:
+    missing = [f"{key.removeprefix('items_without_')} {count}" for key, count in report.items()
+               if key.startswith("items_without_") and count]
     return (f"{report['users']} users, {report['items']} items, "
-            f"{report['interactions']} interactions")
+            f"{report['interactions']} interactions"
+            + (f" (items without a value: {', '.join(missing)})" if missing else ""))
 
 
 def _table(rows: list[tuple[str, dict[str, Any]]]) -> str:

@@ -1,5 +1,8 @@
 """A dataset as two CSV files with headers: interactions (user, item[, rating][, timestamp])
-and items (item[, title], attribute column with values joined by `|`).
+and items (item[, title], one column per attribute family with values joined by `|`).
+
+A `decade` family with no `decade` column is derived from a numeric `year` column (1995 ->
+"1990s", see `dpr.data.attributes`); an empty year gives no decade value.
 
 Ids stay strings unless every id of that kind is a plain integer ("12", not "012" or "1.0"),
 then they are ints; item ids are typed the same way in both files so they match. Column names
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -24,6 +28,7 @@ from dpr.data._text import (
     read_table,
     split_values,
 )
+from dpr.data.attributes import DECADE, decades
 from dpr.data.dataset import Interactions, ItemMetadata
 
 INTERACTION_COLUMNS = {
@@ -38,13 +43,15 @@ ITEM_COLUMNS = {
     "item": INTERACTION_COLUMNS["item"],
     "title": ("title", "name"),
 }
+YEAR_COLUMN = ("year", "releaseyear")
+"""Accepted (normalised) names of the numeric year column a `decade` family is derived from."""
 
 
 def read_csv_pair(
     interactions_path: str | os.PathLike[str],
     items_path: str | os.PathLike[str],
     *,
-    attribute: str | None = "genre",
+    attributes: Sequence[str] = ("genre",),
     separator: str = "|",
     encoding: str = "utf-8-sig",
 ) -> tuple[Interactions, ItemMetadata]:
@@ -53,18 +60,31 @@ def read_csv_pair(
     Interactions need `user` and `item` columns; `rating` is optional (NaN when absent or
     empty); `timestamp` is optional, numeric or ISO-8601 (an empty field is NaN, and such
     rows are later dropped; with no timestamp column at all, file order is time order).
-    Items need an `item` column and, unless `attribute` is None, a column named `attribute`
-    (or its plural) whose values are joined by `separator`; `title` defaults to the id.
+    Items need an `item` column and, for each family in `attributes`, a column of that name
+    (or its plural) whose values are joined by `separator` (`decade` may come from a numeric
+    `year` column instead); `title` defaults to the id.
     """
+    if isinstance(attributes, str):
+        raise TypeError("attributes must be a sequence of family names, e.g. ['genre']")
+    if len(set(attributes)) != len(attributes):
+        raise ValueError(f"attributes lists a family twice: {list(attributes)}")
     events = read_table(interactions_path, ",", encoding=encoding, header=True, quoted=True)
     items = read_table(items_path, ",", encoding=encoding, header=True, quoted=True)
     event_columns = find_columns(events, INTERACTION_COLUMNS, required=("user", "item"))
-    item_roles = dict(ITEM_COLUMNS)
-    if attribute is not None:
-        name = normalise_name(attribute)
-        item_roles["attribute"] = (name, name + "s")
-    item_columns = find_columns(items, item_roles, required=[r for r in item_roles
-                                                             if r != "title"])
+    item_roles: dict[str, tuple[str, ...]] = dict(ITEM_COLUMNS)
+    for family in attributes:
+        name = normalise_name(family)
+        item_roles[f"attribute:{family}"] = (name, name + "s")
+    if DECADE in attributes:
+        item_roles["year"] = YEAR_COLUMN
+    item_columns = find_columns(items, item_roles, required=("item",))
+    for family in attributes:
+        if f"attribute:{family}" not in item_columns and not (family == DECADE
+                                                             and "year" in item_columns):
+            also = " or a numeric 'year' column" if family == DECADE else ""
+            raise ValueError(f"{items.path}, line 1: no column for attribute {family!r} in "
+                             f"header {items.header} (accepted names: "
+                             f"{', '.join(item_roles[f'attribute:{family}'])}{also})")
 
     user_tokens = _id_tokens(events, event_columns["user"], "user id")
     event_items = _id_tokens(events, event_columns["item"], "item id")
@@ -78,10 +98,10 @@ def read_csv_pair(
         timestamps=_timestamps(events, event_columns.get("timestamp")),
         source=events.path,
     )
-    return interactions, _metadata(items, item_columns, items_as_int, attribute, separator)
+    return interactions, _metadata(items, item_columns, items_as_int, attributes, separator)
 
 
-def _metadata(table: Table, columns: dict[str, int], as_int: bool, attribute: str | None,
+def _metadata(table: Table, columns: dict[str, int], as_int: bool, families: Sequence[str],
               separator: str) -> ItemMetadata:
     ids = external_ids(table.columns[columns["item"]], as_int).tolist()
     seen: set[object] = set()
@@ -94,10 +114,32 @@ def _metadata(table: Table, columns: dict[str, int], as_int: bool, attribute: st
     else:
         titles = [str(item) for item in ids]
     attributes = {}
-    if attribute is not None:
-        fields = table.columns[columns["attribute"]]
-        attributes[attribute] = [split_values(field, separator) for field in fields]
+    for family in families:
+        column = columns.get(f"attribute:{family}")
+        if column is None:  # a decade family from the year column (checked by the caller)
+            attributes[family] = decades(_years(table, columns["year"]))
+        else:
+            attributes[family] = [split_values(field, separator)
+                                  for field in table.columns[column]]
     return ItemMetadata(ids, titles, attributes, source=table.path)
+
+
+def _years(table: Table, column: int) -> list[int | None]:
+    """Whole-number years; an empty field is None; anything else is an error."""
+    years: list[int | None] = []
+    for row, token in enumerate(table.columns[column]):
+        token = token.strip()
+        if not token:
+            years.append(None)
+            continue
+        try:
+            value = float(token)
+        except ValueError:
+            value = math.nan
+        if not (value.is_integer() and 0 < value < 10_000):
+            raise table.error(row, f"year must be a whole number of years, got {token!r}")
+        years.append(int(value))
+    return years
 
 
 def _id_tokens(table: Table, column: int, what: str) -> list[str]:

@@ -1,7 +1,9 @@
 """MovieLens readers: ML-1M (`::` files, or a ratings CSV) and ML-100K (`u.data`, `u.item`).
 
 Both return the raw `Interactions` (external integer ids, file order) and `ItemMetadata` with
-the genres as attribute `"genre"`, spelled as the dataset spells them ("Children's", "Sci-Fi").
+two attribute families: `"genre"`, spelled as the dataset spells them ("Children's", "Sci-Fi"),
+and `"decade"` ("1990s"): from the title's "(1995)" in ML-1M, from the release date (else the
+title) in ML-100K; an item with neither has no decade value (the dataset report counts them).
 A malformed line raises `ValueError` naming the file and its 1-based line number.
 """
 
@@ -13,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from dpr.data._text import Table, find_columns, read_table, split_values
+from dpr.data.attributes import DECADE, decades, year_of_date, year_of_title
 from dpr.data.dataset import Interactions, ItemMetadata
 
 LATIN1 = "latin-1"
@@ -63,7 +66,9 @@ def read_movies_dat(path: str | os.PathLike[str]) -> ItemMetadata:
     _check_unique(table, ids)
     titles = [title.strip() for title in table.columns[1]]
     genres = [split_values(field) for field in table.columns[2]]
-    return ItemMetadata(ids, titles, {"genre": genres}, source=table.path)
+    years = [year_of_title(title) for title in titles]
+    return ItemMetadata(ids, titles, {"genre": genres, DECADE: decades(years)},
+                        source=table.path)
 
 
 def read_genre_names(path: str | os.PathLike[str]) -> list[str]:
@@ -94,7 +99,10 @@ def read_u_item(path: str | os.PathLike[str], genres: list[str]) -> ItemMetadata
         flags[:, j] = np.asarray(table.columns[column]) == "1"
     values = [tuple(g for g, on in zip(genres, row, strict=True) if on) for row in flags]
     titles = [title.strip() for title in table.columns[1]]
-    return ItemMetadata(ids, titles, {"genre": values}, source=table.path)
+    years = [year_of_date(date) or year_of_title(title)
+             for date, title in zip(table.columns[2], titles, strict=True)]
+    return ItemMetadata(ids, titles, {"genre": values, DECADE: decades(years)},
+                        source=table.path)
 
 
 def _read_ratings_dat(path: Path) -> Interactions:

@@ -6,6 +6,7 @@ from collections.abc import Hashable
 
 import numpy as np
 
+from dpr.data.attributes import items_without
 from dpr.data.dataset import (
     Interactions,
     ItemCatalogue,
@@ -55,7 +56,8 @@ def build_dataset(
 
     dataset = _sequences(interactions, metadata, rows, name)
     dataset.report = {**report, "users": len(dataset.users), "items": dataset.num_items,
-                      "interactions": dataset.num_interactions}
+                      "interactions": dataset.num_interactions,
+                      **attribute_report(dataset.items)}
     return dataset
 
 
@@ -109,3 +111,9 @@ def _sequences(interactions: Interactions, metadata: ItemMetadata, rows: np.ndar
     sequences = [ordered_items[boundaries[u]:boundaries[u + 1]].copy()
                  for u in range(len(user_ids))]
     return SequenceDataset(name=name, items=catalogue, users=user_ids, sequences=sequences)
+
+
+def attribute_report(catalogue: ItemCatalogue) -> dict[str, int]:
+    """`items_without_<family>`: kept items with no value of each attribute family."""
+    return {f"items_without_{name}": items_without(values)
+            for name, values in sorted(catalogue.attributes.items())}
