@@ -5,12 +5,15 @@ conversational sentences of 5 to 30 tokens, built from the bundle's genres and t
 round times every sentence on both sides, alternating dpr and PyTorch sentence by sentence;
 the table gives p50/p99 over all rounds, the per-round p50 ratios, and the largest deviation
 between the two sides' vectors (1 − cosine), on the bundle's own `prompt_encoder/` weights.
+`--baseline-core` adds a third column in the same loop: another build of `dpr._core` (e.g. an
+older commit's extension file), to compare two dpr builds side by side.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -50,7 +53,20 @@ def sentences(bundle: Path, count: int, tokenizer: Any, seed: int,
     return list(found)
 
 
-def run(bundle: Path, count: int, rounds: int, torch_threads: int, seed: int) -> dict[str, Any]:
+def load_core(path: Path) -> Any:
+    """A `dpr._core` extension file loaded under another package name (its module is `_core`)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dpr_baseline._core", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(bundle: Path, count: int, rounds: int, torch_threads: int, seed: int,
+        baseline_core: Path | None = None) -> dict[str, Any]:
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -63,6 +79,8 @@ def run(bundle: Path, count: int, rounds: int, torch_threads: int, seed: int) ->
                                     model_kwargs={"dtype": torch.float32})
     reference.eval()
     dpr_encoder = _core.PromptEncoder(str(folder), reference.max_seq_length, 0)
+    baseline = (load_core(baseline_core).PromptEncoder(str(folder), reference.max_seq_length, 0)
+                if baseline_core else None)
     texts = sentences(bundle, count, reference.tokenizer, seed)
     tokens = np.array([len(reference.tokenizer(t)["input_ids"]) for t in texts])
 
@@ -73,7 +91,10 @@ def run(bundle: Path, count: int, rounds: int, torch_threads: int, seed: int) ->
     for text in texts[:10]:  # warm-up: first-call setup on both sides
         dpr_encoder.encode(text)
         torch_encode(text)
+        if baseline:
+            baseline.encode(text)
     ours, theirs = np.empty((rounds, len(texts))), np.empty((rounds, len(texts)))
+    older = np.full((rounds, len(texts)), np.nan)
     cosines = np.empty(len(texts))
     for r in range(rounds):
         for i, text in enumerate(texts):
@@ -83,6 +104,10 @@ def run(bundle: Path, count: int, rounds: int, torch_threads: int, seed: int) ->
             start = time.perf_counter()
             b = torch_encode(text)
             theirs[r, i] = time.perf_counter() - start
+            if baseline:
+                start = time.perf_counter()
+                baseline.encode(text)
+                older[r, i] = time.perf_counter() - start
             if r == 0:
                 cosines[i] = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
     per_round = [float(np.median(theirs[r]) / np.median(ours[r])) for r in range(rounds)]
@@ -103,6 +128,9 @@ def run(bundle: Path, count: int, rounds: int, torch_threads: int, seed: int) ->
             "speedup_p50": float(np.median(theirs) / np.median(ours)),
             "speedup_per_round": per_round,
             "max_one_minus_cosine": float(1.0 - cosines.min()), "buckets": buckets,
+            "baseline": ({"core": str(baseline_core), **ms(older),
+                          "speedup_p50": float(np.median(older) / np.median(ours))}
+                         if baseline else None),
             "torch_version": torch.__version__}
 
 
@@ -123,7 +151,17 @@ def to_markdown(r: dict[str, Any], command: str) -> str:
             f"([CLS] and [SEP] included). Speed-up per round: {rounds}. PyTorch "
             f"{r['torch_version']} on {r['torch_threads']} thread(s), `SentenceTransformer.encode`"
             f" (its tokenizer included, as dpr's is). Largest 1 − cosine between the two "
-            f"sides' vectors: {r['max_one_minus_cosine']:.1e}.\n\n" + footer(r, command))
+            f"sides' vectors: {r['max_one_minus_cosine']:.1e}.\n\n" + baseline_line(r)
+            + footer(r, command))
+
+
+def baseline_line(r: dict[str, Any]) -> str:
+    """The `--baseline-core` figures, if any."""
+    b = r.get("baseline")
+    if not b:
+        return ""
+    return (f"Baseline dpr build `{b['core']}` in the same loop: p50 / p99 {b['p50_ms']:.2f} / "
+            f"{b['p99_ms']:.2f} ms; this build is {b['speedup_p50']:.2f}× faster at p50.\n\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,8 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="encoder")
     parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--baseline-core", type=Path, default=None,
+                        help="another build's _core extension file, timed in the same loop")
     args = parser.parse_args(argv)
-    results = run(args.bundle, args.sentences, args.rounds, args.torch_threads, args.seed)
+    # As benches/latency.py: builds whose encoder used rayon's pool get one thread, like PyTorch.
+    os.environ.setdefault("RAYON_NUM_THREADS", "1")
+    results = run(args.bundle, args.sentences, args.rounds, args.torch_threads, args.seed,
+                  args.baseline_core)
     return publish("encoder", argv, results, lambda c: to_markdown(results, c), args.name,
                    args.out)
 
