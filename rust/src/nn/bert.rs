@@ -264,12 +264,12 @@ pub struct Bert {
 fn linear(
     r: &TensorReader,
     name: &str,
-    out_dim: usize,
-    in_dim: usize,
+    (out_dim, in_dim): (usize, usize),
+    isa: Isa,
 ) -> Result<PackedLinear, String> {
     let w = r.get(&format!("{name}.weight"), &[out_dim, in_dim])?;
     let b = r.get_f32(&format!("{name}.bias"), &[out_dim])?;
-    Ok(PackedLinear::new(w.weights(), &b, out_dim, in_dim).expect("shapes checked"))
+    Ok(PackedLinear::for_isa(w.weights(), &b, out_dim, in_dim, isa).expect("shapes checked"))
 }
 
 fn norm(r: &TensorReader, name: &str, dim: usize) -> Result<Norm, String> {
@@ -282,6 +282,16 @@ fn norm(r: &TensorReader, name: &str, dim: usize) -> Result<Norm, String> {
 impl Bert {
     /// Builds the encoder of `config` from the tensors of `reader`; an error names the tensor.
     pub fn load(reader: &TensorReader, config: &BertConfig) -> Result<Self, String> {
+        Self::load_for(reader, config, Isa::detect())
+    }
+
+    /// As [`Bert::load`], with the linear layers packed for `isa`'s kernels (which the CPU must
+    /// have: tests compare the kernels through this).
+    pub(crate) fn load_for(
+        reader: &TensorReader,
+        config: &BertConfig,
+        isa: Isa,
+    ) -> Result<Self, String> {
         if let Some(problem) = config.unsupported() {
             return Err(problem);
         }
@@ -298,14 +308,14 @@ impl Bert {
             for n in ["query", "key", "value"] {
                 bias.extend(reader.get_f32(&format!("{p}.attention.self.{n}.bias"), &[h])?);
             }
-            let qkv = PackedLinear::new(Stored::concat(parts).weights(), &bias, 3 * h, h)
+            let qkv = PackedLinear::for_isa(Stored::concat(parts).weights(), &bias, 3 * h, h, isa)
                 .expect("shapes checked");
             layers.push(Layer {
                 qkv,
-                attn_out: linear(reader, &format!("{p}.attention.output.dense"), h, h)?,
+                attn_out: linear(reader, &format!("{p}.attention.output.dense"), (h, h), isa)?,
                 attn_norm: norm(reader, &format!("{p}.attention.output.LayerNorm"), h)?,
-                ffn_in: linear(reader, &format!("{p}.intermediate.dense"), f, h)?,
-                ffn_out: linear(reader, &format!("{p}.output.dense"), h, f)?,
+                ffn_in: linear(reader, &format!("{p}.intermediate.dense"), (f, h), isa)?,
+                ffn_out: linear(reader, &format!("{p}.output.dense"), (h, f), isa)?,
                 ffn_norm: norm(reader, &format!("{p}.output.LayerNorm"), h)?,
             });
         }

@@ -33,6 +33,7 @@ use tokenizers::{PostProcessor, Tokenizer, TruncationParams};
 
 use crate::nn::bert::{Bert, BertConfig, TensorReader};
 use crate::nn::intent::IntentHead;
+use crate::nn::packed::Isa;
 
 const CONFIG_FILE: &str = "config.json";
 const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -188,11 +189,11 @@ fn load_tokenizer(
     Ok(tokenizer)
 }
 
-fn load_model(path: &Path, config: &BertConfig) -> Result<Bert, PromptError> {
+fn load_model(path: &Path, config: &BertConfig, isa: Isa) -> Result<Bert, PromptError> {
     let bytes = std::fs::read(path).map_err(|e| invalid(path, e))?;
     let reader = TensorReader::new(&bytes).map_err(|e| invalid(path, e))?;
     reader.check_finite().map_err(|e| invalid(path, e))?;
-    Bert::load(&reader, config).map_err(|e| invalid(path, e))
+    Bert::load_for(&reader, config, isa).map_err(|e| invalid(path, e))
 }
 
 /// In-place L2 normalisation, as `torch.nn.functional.normalize` (norm clamped at 1e-12).
@@ -207,6 +208,17 @@ impl PromptEncoder {
     /// truncation length, special tokens included; `cache_capacity` the number of prompt vectors
     /// kept (0: no cache).
     pub fn load(dir: &Path, max_tokens: usize, cache_capacity: usize) -> Result<Self, PromptError> {
+        Self::load_for(dir, max_tokens, cache_capacity, Isa::detect())
+    }
+
+    /// As [`PromptEncoder::load`], with the model's products run by `isa`'s kernels (which the
+    /// CPU must have).
+    fn load_for(
+        dir: &Path,
+        max_tokens: usize,
+        cache_capacity: usize,
+        isa: Isa,
+    ) -> Result<Self, PromptError> {
         if !dir.is_dir() {
             return Err(PromptError::at(
                 PromptErrorKind::NotFound,
@@ -219,7 +231,7 @@ impl PromptEncoder {
         let weights_path = existing_file(dir.join(WEIGHTS_FILE))?;
         let config = load_config(&config_path, max_tokens)?;
         let tokenizer = load_tokenizer(&tokenizer_path, max_tokens, &config)?;
-        let model = load_model(&weights_path, &config)?;
+        let model = load_model(&weights_path, &config, isa)?;
         let dim = model.hidden_size();
         Ok(Self {
             tokenizer,
@@ -801,6 +813,24 @@ mod tests {
         let err = PromptEncoder::load(dir.path(), 256, 8).err().unwrap();
         assert_eq!(err.kind, PromptErrorKind::Invalid);
         assert!(err.to_string().contains(name), "{err}");
+    }
+
+    #[test]
+    fn prompt_every_kernel_gives_the_same_vectors() {
+        let prompts = [
+            "funny",
+            "a slow, thoughtful drama about family, no horror",
+            "😀 ホラー",
+        ];
+        let best = encoder();
+        for isa in Isa::available() {
+            let enc = PromptEncoder::load_for(&model_dir(), 256, 0, isa).unwrap();
+            for p in prompts {
+                let d = max_diff(&enc.encode(p).unwrap(), &best.encode(p).unwrap());
+                // The FMA kernels agree bit for bit; the portable one rounds each product.
+                assert!(d < 1e-6, "{isa:?} {p:?}: {d}");
+            }
+        }
     }
 
     #[test]

@@ -50,6 +50,17 @@ impl Isa {
             Isa::Portable
         })
     }
+
+    /// Every set this CPU can run, best first (tests run each).
+    #[cfg(test)]
+    pub(crate) fn available() -> Vec<Isa> {
+        let all = [Isa::Avx512, Isa::Avx2, Isa::Portable];
+        let best = all
+            .iter()
+            .position(|&isa| isa == Isa::detect())
+            .unwrap_or(2);
+        all[best..].to_vec()
+    }
 }
 
 /// Packed weights: float32, or float16 converted in the kernel.
@@ -436,18 +447,6 @@ mod tests {
         y
     }
 
-    fn isas() -> Vec<Isa> {
-        let best = Isa::detect();
-        [Isa::Avx512, Isa::Avx2, Isa::Portable]
-            .into_iter()
-            .filter(|&isa| match best {
-                Isa::Avx512 => true,
-                Isa::Avx2 => isa != Isa::Avx512,
-                Isa::Portable => isa == Isa::Portable,
-            })
-            .collect()
-    }
-
     #[test]
     fn packed_matches_the_reference_for_every_shape_and_isa() {
         // Odd sizes exercise partial panels, half panels and every row-tile remainder.
@@ -457,7 +456,7 @@ mod tests {
             for rows in [1, 5, 6, 7, 12, 13, 30, 97, 200] {
                 let x = wave(rows * in_dim, 0.61);
                 let want = reference(&w, &b, &x, rows, out_dim);
-                for isa in isas() {
+                for isa in Isa::available() {
                     let layer =
                         PackedLinear::for_isa(Weights::F32(&w), &b, out_dim, in_dim, isa).unwrap();
                     let mut got = vec![f32::NAN; rows * out_dim];
@@ -479,7 +478,7 @@ mod tests {
         let w = wave(out_dim * in_dim, 0.23);
         let b = wave(out_dim, 0.9);
         let x = wave(40 * in_dim, 0.71);
-        for isa in isas() {
+        for isa in Isa::available() {
             let layer = PackedLinear::for_isa(Weights::F32(&w), &b, out_dim, in_dim, isa).unwrap();
             let mut all = vec![0.0; 40 * out_dim];
             layer.apply(&x, 40, &mut all);
@@ -505,7 +504,7 @@ mod tests {
         let w32: Vec<f32> = w16.iter().map(|v| v.to_f32()).collect();
         let b = wave(out_dim, 0.3);
         let x = wave(9 * in_dim, 0.8);
-        for isa in isas() {
+        for isa in Isa::available() {
             let half = PackedLinear::for_isa(Weights::F16(&w16), &b, out_dim, in_dim, isa).unwrap();
             let full = PackedLinear::for_isa(Weights::F32(&w32), &b, out_dim, in_dim, isa).unwrap();
             let (mut a, mut c) = (vec![0.0; 9 * out_dim], vec![0.0; 9 * out_dim]);
