@@ -1,4 +1,4 @@
-// Over 400 lines because ~430 of them are tests (tokenizer, batching, cache, damaged files).
+// Over 400 lines because ~530 of them are tests (tokenizer, batching, cache, kernels, damaged files).
 //! The prompt encoder: text → one L2-normalised sentence vector (all-MiniLM-L6-v2 by default),
 //! with an LRU cache of the vectors of recent prompts.
 //!
@@ -31,9 +31,10 @@ use lru::LruCache;
 use rayon::prelude::*;
 use tokenizers::{PostProcessor, Tokenizer, TruncationParams};
 
-use crate::nn::bert::{Bert, BertConfig, TensorReader};
+use crate::nn::bert::{Bert, BertConfig};
 use crate::nn::intent::IntentHead;
 use crate::nn::packed::Isa;
+use crate::nn::tensors::TensorReader;
 
 const CONFIG_FILE: &str = "config.json";
 const TOKENIZER_FILE: &str = "tokenizer.json";

@@ -8,3 +8,4 @@ pub mod intent;
 pub mod linalg;
 pub mod packed;
 pub mod steer;
+pub mod tensors;

@@ -1,3 +1,4 @@
+// Over 400 lines because each product has AVX-512, AVX2 and portable kernels, and tests.
 //! A fully connected layer whose weights are packed once, at load, for a register-blocked
 //! matrix product over a few rows (the tokens of a prompt): `y = x Wᵀ + b`.
 //!
