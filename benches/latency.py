@@ -172,7 +172,7 @@ def to_markdown(r: dict[str, Any], command: str) -> str:
         + f"\nSingle-thread sgemm peak (PyTorch BLAS, 1024³, best of 5, same run): "
           f"{r['sgemm_peak_gflops_1thread']:.1f} GFLOP/s. PyTorch ran on {r['torch_threads']} "
           f"thread(s). Warm = the prompt's vector cached on both sides; cold = a new prompt per "
-          f"query (the encoder runs: candle in dpr, sentence-transformers in PyTorch).\n"
+          f"query (the encoder runs: dpr's BERT forward, sentence-transformers in PyTorch).\n"
           f"MFLOP/query counts what dpr executes: backbone, the per-query part of the steering "
           f"(the prompt-only part is computed once per prompt), and scoring every item.\n"
           f"\"Same top-10\" compares the two paths end to end, each with its own prompt encoder "
