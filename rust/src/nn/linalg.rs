@@ -316,9 +316,13 @@ fn gemm_portable(p: &Product<'_>, out: &mut [f32], out_stride: usize) {
 /// Layer normalisation over each row of `x` (`rows × dim`), in place: biased variance.
 /// The SIMD levels run the same code compiled for their registers: the same bits.
 pub fn layer_norm(x: &mut [f32], dim: usize, weight: &[f32], bias: &[f32], eps: f32) {
+    layer_norm_at(level(), x, dim, weight, bias, eps);
+}
+
+fn layer_norm_at(level: Level, x: &mut [f32], dim: usize, weight: &[f32], bias: &[f32], eps: f32) {
     #[cfg(target_arch = "x86_64")]
-    match level() {
-        // SAFETY: the level guarantees the CPU features.
+    match level.min(detected()) {
+        // SAFETY: the CPU has the level's features.
         Level::Avx512 => return unsafe { avx512::layer_norm(x, dim, weight, bias, eps) },
         Level::Avx2 => return unsafe { x86::layer_norm(x, dim, weight, bias, eps) },
         Level::Portable => {}

@@ -205,6 +205,21 @@ fn gemv_equals_dot_bit_for_bit() {
 }
 
 #[test]
+fn layer_norm_gives_the_same_bits_at_every_level() {
+    for dim in [1, 7, 8, 9, 64, 67] {
+        let x: Vec<f32> = wave(5 * dim, 0.31).iter().map(|v| v * 4.0 + 1.0).collect();
+        let (w, b) = (wave(dim, 0.9), wave(dim, 0.4));
+        let mut outs = levels().into_iter().map(|level| {
+            let mut y = x.clone();
+            layer_norm_at(level, &mut y, dim, &w, &b, 1e-5);
+            y
+        });
+        let portable = outs.next().unwrap();
+        outs.for_each(|y| assert_eq!(y, portable, "dim {dim}"));
+    }
+}
+
+#[test]
 fn layer_norm_gives_zero_mean_unit_variance() {
     let mut x = vec![1.0, 2.0, 3.0, 4.0];
     layer_norm(&mut x, 4, &[1.0; 4], &[0.0; 4], 1e-5);
