@@ -1,5 +1,5 @@
-// Over 400 lines because every public kernel has its run-time dispatch and portable twin here,
-// and the tests that hold all three kernel levels to the portable one.
+// Over 400 lines because every public kernel has its level dispatch and portable twin here
+// (the SIMD builds live in `linalg/x86.rs` and `linalg/avx512.rs`, the tests in `linalg/tests.rs`).
 //! The few dense operations inference needs, on row-major `f32` slices.
 //!
 //! Weights follow PyTorch's `nn.Linear` layout (`out × in`, `y = x Wᵀ + b`); [`Linear`] keeps
