@@ -2,13 +2,17 @@
 
 Single thread, batch 1: warm prompt (vector cached on both sides) and cold prompt (the encoder
 runs), for several history lengths; plus the query's floating-point work and this core's
-single-thread sgemm peak, both measured in the same run, and the fraction of peak achieved.
+single-thread sgemm peak, both measured in the same run, the fraction of peak achieved, and the
+kernel level dpr ran (`DPR_KERNELS` caps it). Every timed query has a history of its own, so no
+cache keyed by the history answers it: the backbone runs each time.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,9 @@ import numpy as np
 from _common import DEFAULT_RESULTS, footer, machine, publish, summary_us, table, timings
 
 PROMPT = "something funny, but no romance"
+# Steering only on both sides: "auto" would add the intent read-out's hard exclusions, which
+# the PyTorch reference does not apply.
+MODE = "soft"
 
 
 class TorchReference:
@@ -39,7 +46,14 @@ class TorchReference:
                 None if attributes is None else torch.from_numpy(attributes[1:].copy()))
         self.max_len = int(config["backbone"]["max_len"])
 
+    def prompt_input(self, embedding: Any) -> Any:
+        """What the steering reads for sentence embeddings: with an intent head, the embedding
+        followed by its read-out's probabilities."""
+        with self.torch.inference_mode():
+            return self.model.prompt_input(embedding)
+
     def query(self, rows: list[int], prompt: Any, k: int) -> Any:
+        """Top-`k` rows for a history of rows and a prompt input (`prompt_input`)."""
         torch = self.torch
         from dpr.models.backbone import user_vectors
 
@@ -62,7 +76,11 @@ def query_flops(config: dict[str, Any], history: int) -> dict[str, int]:
     if b["kind"] == "sasrec":
         f = int(b["ffn_dim"])
         full = 4 * n * d * d * 2 + n * (n + 1) // 2 * d * 4 + 2 * n * d * f * 2
-        last = 2 * n * d * d * 2 + 2 * d * d * 2 + n * d * 4 + 2 * d * f * 2
+        # The last block attends from the last row only, without projecting every row's key
+        # and value: q, per head W_kᵀq and W_v(Σ w_j x_j) (4·d² in all), scores and the
+        # weighted sum over the n rows (4·n·d per head), the output layer and the FFN.
+        heads = int(b["num_heads"])
+        last = 8 * d * d + 4 * heads * n * d + 2 * d * f * 2
         backbone = (int(b["num_blocks"]) - 1) * full + last
     else:
         backbone = int(b.get("num_layers", 1)) * n * 3 * 2 * d * d * 2
@@ -106,13 +124,15 @@ def run(bundle: Path, lengths: list[int], queries: int, cold_queries: int, torch
     rec = dpr.Recommender.load(bundle)
     config = json.loads((bundle / "dpr.json").read_text())
     reference = TorchReference(bundle, torch_threads)
-    encoder = PromptEncoder()
+    # The bundle's own (tuned) prompt encoder, run by sentence-transformers.
+    encoder = PromptEncoder(bundle / config["prompt_encoder"]["dir"])
     ids = list(rec._engine.item_ids())
     rng = np.random.default_rng(seed)
-    warm_prompt = torch.from_numpy(encoder.encode([PROMPT]))
-    rec.query([ids[0]], PROMPT)
+    warm_prompt = reference.prompt_input(torch.from_numpy(encoder.encode([PROMPT])))
+    rec.query([ids[0]], PROMPT, mode=MODE)
     results: dict[str, Any] = {"bundle": str(bundle), "torch_threads": torch_threads,
-                               "lengths": {}, **machine()}
+                               "kernel_level": dpr._core.KERNEL_LEVEL, "lengths": {},
+                               **machine()}
     for length in lengths:
         results["lengths"][str(length)] = _one_length(
             rec, reference, encoder, config, ids, rng, length, warm_prompt, queries, cold_queries)
@@ -129,21 +149,25 @@ def _one_length(rec: Any, reference: TorchReference, encoder: Any, config: dict[
                 queries: int, cold_queries: int) -> dict[str, Any]:
     import torch
 
+    pool = queries + 20  # one history per timed or warm-up call
     histories = [list(rng.choice(len(ids), size=min(length, len(ids) - 20), replace=False) + 1)
-                 for _ in range(64)]
+                 for _ in range(pool)]
     external = [[ids[r - 1] for r in h] for h in histories]
     same = sum(
-        [h.item_id for h in rec.query(external[i], PROMPT, k=10)]
+        [h.item_id for h in rec.query(external[i], PROMPT, k=10, mode=MODE)]
         == [ids[r - 1] for r in reference.query(histories[i], warm_prompt, 10).tolist()]
         for i in range(16))
-    dpr_warm = timings(lambda i: rec.query(external[i % 64], PROMPT, k=10), queries)
-    torch_warm = timings(lambda i: reference.query(histories[i % 64], warm_prompt, 10), queries)
-    dpr_cold = timings(lambda i: rec.query(external[i % 64], f"{PROMPT} #{length}-{i}", k=10),
-                       cold_queries, warmup=0)
+    dpr_warm = timings(_fresh(pool, lambda j: rec.query(external[j], PROMPT, k=10, mode=MODE)),
+                       queries)
+    torch_warm = timings(_fresh(pool, lambda j: reference.query(histories[j], warm_prompt, 10)),
+                         queries)
+    dpr_cold = timings(
+        lambda i: rec.query(external[i], f"{PROMPT} #{length}-{i}", k=10, mode=MODE),
+        cold_queries, warmup=0)
 
     def torch_cold_query(i: int) -> Any:
         prompt = torch.from_numpy(encoder.encode([f"{PROMPT} ~{length}-{i}"]))
-        return reference.query(histories[i % 64], prompt, 10)
+        return reference.query(histories[i], reference.prompt_input(prompt), 10)
 
     torch_cold = timings(torch_cold_query, cold_queries, warmup=0)
     return {"dpr_warm": summary_us(dpr_warm), "torch_warm": summary_us(torch_warm),
@@ -151,6 +175,13 @@ def _one_length(rec: Any, reference: TorchReference, encoder: Any, config: dict[
             "warm_speedup_p50": float(np.median(torch_warm) / np.median(dpr_warm)),
             "cold_speedup_p50": float(np.median(torch_cold) / np.median(dpr_cold)),
             "same_top10_of_16": int(same), "flops": query_flops(config, length)}
+
+
+def _fresh(pool: int, call: Callable[[int], object]) -> Callable[[int], object]:
+    """`call` on history 0, 1, 2, … of a pool of `pool`, one per call, whatever index the timer
+    passes (its warm-up calls restart at 0)."""
+    counter = itertools.count()
+    return lambda _: call(next(counter) % pool)
 
 
 def to_markdown(r: dict[str, Any], command: str) -> str:
@@ -170,8 +201,10 @@ def to_markdown(r: dict[str, Any], command: str) -> str:
                  "dpr cold p50 ms", "PyTorch cold p50 ms", "cold speed-up", "MFLOP/query",
                  "dpr GFLOP/s at p50 (of peak)", "same top-10"], rows)
         + f"\nSingle-thread sgemm peak (PyTorch BLAS, 1024³, best of 5, same run): "
-          f"{r['sgemm_peak_gflops_1thread']:.1f} GFLOP/s. PyTorch ran on {r['torch_threads']} "
-          f"thread(s). Warm = the prompt's vector cached on both sides; cold = a new prompt per "
+          f"{r['sgemm_peak_gflops_1thread']:.1f} GFLOP/s. dpr kernels: {r['kernel_level']}. "
+          f"PyTorch ran on {r['torch_threads']} thread(s). Every timed query has its own "
+          f"history; mode \"{MODE}\" (steering, no filters) on both sides. "
+          f"Warm = the prompt's vector cached on both sides; cold = a new prompt per "
           f"query (the encoder runs: dpr's BERT forward, sentence-transformers in PyTorch).\n"
           f"MFLOP/query counts what dpr executes: backbone, the per-query part of the steering "
           f"(the prompt-only part is computed once per prompt), and scoring every item.\n"

@@ -25,6 +25,9 @@ import numpy.typing as npt
 __version__: str
 INDEX_FILE: str
 """The file name of the saved HNSW graph inside a bundle (``"index.usearch"``)."""
+KERNEL_LEVEL: str
+"""The dense kernels this process runs: ``"avx512"``, ``"avx2"`` or ``"portable"``: the best the
+CPU has, capped by the ``DPR_KERNELS`` environment variable (read once, at import)."""
 
 def top_k(
     items: npt.ArrayLike,

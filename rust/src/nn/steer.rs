@@ -11,7 +11,7 @@
 //! expert:  relu(W_p p + b_k  +  [W_h | W_hp] · [h, h ⊙ p])   (W_p p + b_k cached)
 //! ```
 
-use std::hash::{Hash, Hasher};
+use std::cell::RefCell;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
@@ -21,7 +21,9 @@ use crate::bundle::{BundleError, SteerConfig, SteerWeights};
 use crate::nn::backbone::linear;
 use crate::nn::linalg::{axpy, gemv, relu, softmax, Linear};
 
-/// A dense `rows × cols` matrix without bias, applied to one vector at a time.
+/// A dense `out × in` matrix without bias, applied to one vector at a time. Kept in PyTorch's
+/// layout: a single row streams each output's weights contiguously ([`gemv`]), which
+/// measured faster than the transposed layout [`gemm`] reads for these 1-row products.
 #[derive(Debug)]
 struct Dense {
     weight: Vec<f32>,
@@ -51,13 +53,11 @@ impl Dense {
     }
 }
 
-/// One expert: `Δ = W_out relu(W_in [h, p, h ⊙ p] + b_in) + b_out`, with `W_in` split into its
-/// prompt columns (`prompt`) and its `[h, h ⊙ p]` columns (`state`).
+/// One expert's output layer: `Δ = W_out hidden + b_out`; its first layer
+/// `relu(W_in [h, p, h ⊙ p] + b_in)` is split into prompt columns (prepared per prompt) and
+/// the `[h, h ⊙ p]` columns, which [`Steering`] keeps for all experts in one matrix.
 #[derive(Debug)]
 struct Expert {
-    prompt: Dense,
-    bias: Vec<f32>,
-    state: Dense,
     output: Linear,
 }
 
@@ -72,6 +72,12 @@ pub struct Steering {
     router_bias: Vec<f32>,
     router_state: Dense,
     router_output: Linear,
+    /// The `p` columns of every expert's first layer, stacked (`K·H` outputs).
+    experts_prompt: Dense,
+    /// `b_in` of every expert, stacked.
+    experts_bias: Vec<f32>,
+    /// The `[h, h ⊙ p]` columns of every expert's first layer, stacked (`K·H` outputs).
+    experts_state: Dense,
     experts: Vec<Expert>,
     prepared: Option<Mutex<LruCache<u64, Arc<PreparedPrompt>>>>,
 }
@@ -97,8 +103,8 @@ pub struct PreparedPrompt {
     projected: Vec<f32>,
     /// `R_e e + b_r` (router hidden width).
     router: Vec<f32>,
-    /// `W_p p + b_in` per expert (expert hidden width each).
-    experts: Vec<Vec<f32>>,
+    /// `W_p p + b_in` of every expert, stacked (`K·H`).
+    experts: Vec<f32>,
 }
 
 fn invalid(tensor: &str, message: String) -> BundleError {
@@ -137,15 +143,14 @@ impl Steering {
                 format!("steer.experts: expected {k} experts"),
             ));
         }
+        // Columns of each W_in: [h | p | h ⊙ p]; `state` gathers the h and h ⊙ p columns.
+        let state: Vec<f32> = in_weight
+            .chunks_exact(3 * d)
+            .flat_map(|row| row[..d].iter().chain(&row[2 * d..]))
+            .copied()
+            .collect();
         let experts = (0..k)
             .map(|i| {
-                let w = &in_weight[i * h * 3 * d..(i + 1) * h * 3 * d];
-                // Columns of W_in: [h | p | h ⊙ p]; `state` gathers the h and h ⊙ p columns.
-                let state = w
-                    .chunks_exact(3 * d)
-                    .flat_map(|row| row[..d].iter().chain(&row[2 * d..]))
-                    .copied()
-                    .collect();
                 let output = Linear::new(
                     out_weight[i * (d + a) * h..(i + 1) * (d + a) * h].to_vec(),
                     out_bias[i * (d + a)..(i + 1) * (d + a)].to_vec(),
@@ -158,15 +163,7 @@ impl Steering {
                         "steer.experts.out_weight has the wrong size".into(),
                     )
                 })?;
-                Ok(Expert {
-                    prompt: Dense::columns(w, 3 * d, d, 2 * d),
-                    bias: in_bias[i * h..(i + 1) * h].to_vec(),
-                    state: Dense {
-                        weight: state,
-                        cols: 2 * d,
-                    },
-                    output,
-                })
+                Ok(Expert { output })
             })
             .collect::<Result<Vec<_>, BundleError>>()?;
         let router_width = e + d;
@@ -180,6 +177,9 @@ impl Steering {
             router_state: Dense::columns(&router_hidden.weight, router_width, e, router_width),
             router_bias: router_hidden.bias,
             router_output,
+            experts_prompt: Dense::columns(&in_weight, 3 * d, d, 2 * d),
+            experts_bias: in_bias,
+            experts_state: Dense::columns(&state, 2 * d, 0, 2 * d),
             experts,
             prepared: NonZeroUsize::new(cache_capacity).map(|c| Mutex::new(LruCache::new(c))),
         })
@@ -233,17 +233,9 @@ impl Steering {
         let mut router = vec![0.0f32; self.router_bias.len()];
         self.router_prompt
             .apply_plus(prompt, &self.router_bias, &mut router);
-        let experts = self
-            .experts
-            .iter()
-            .map(|expert| {
-                let mut part = vec![0.0f32; expert.bias.len()];
-                expert
-                    .prompt
-                    .apply_plus(&projected, &expert.bias, &mut part);
-                part
-            })
-            .collect();
+        let mut experts = vec![0.0f32; self.experts_bias.len()];
+        self.experts_prompt
+            .apply_plus(&projected, &self.experts_bias, &mut experts);
         PreparedPrompt {
             embedding: prompt.to_vec(),
             is_zero,
@@ -270,31 +262,68 @@ impl Steering {
         if strength == 0.0 || prompt.is_zero {
             return;
         }
-        let mut state = Vec::with_capacity(2 * d);
-        state.extend_from_slice(h);
-        state.extend(h.iter().zip(&prompt.projected).map(|(hv, pv)| hv * pv));
-        let mut router_hidden = vec![0.0f32; prompt.router.len()];
-        self.router_state
-            .apply_plus(h, &prompt.router, &mut router_hidden);
-        relu(&mut router_hidden);
-        self.router_output.apply_row(&router_hidden, gates);
-        softmax(gates);
-        let mut delta = vec![0.0f32; d + self.attribute_dim];
-        let mut hidden = vec![0.0f32; prompt.experts.first().map_or(0, Vec::len)];
-        for ((expert, part), &g) in self.experts.iter().zip(&prompt.experts).zip(gates.iter()) {
-            expert.state.apply_plus(&state, part, &mut hidden);
-            relu(&mut hidden);
-            expert.output.apply_row(&hidden, &mut delta);
-            axpy(strength * g, &delta, out);
-        }
+        STEER_SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let SteerScratch {
+                state,
+                router,
+                hidden,
+                delta,
+            } = &mut *scratch;
+            state.clear();
+            state.extend_from_slice(h);
+            state.extend(h.iter().zip(&prompt.projected).map(|(hv, pv)| hv * pv));
+            router.resize(prompt.router.len(), 0.0);
+            self.router_state.apply_plus(h, &prompt.router, router);
+            relu(router);
+            self.router_output.apply_row(router, gates);
+            softmax(gates);
+            hidden.resize(prompt.experts.len(), 0.0);
+            self.experts_state
+                .apply_plus(state, &prompt.experts, hidden);
+            relu(hidden);
+            delta.resize(d + self.attribute_dim, 0.0);
+            let width = hidden.len() / self.experts.len().max(1);
+            for ((expert, part), &g) in self
+                .experts
+                .iter()
+                .zip(hidden.chunks_exact(width.max(1)))
+                .zip(gates.iter())
+            {
+                expert.output.apply_row(part, delta);
+                axpy(strength * g, delta, out);
+            }
+        });
     }
 }
 
-/// A hash of the embedding's bits (a cache key; hits are confirmed by comparing embeddings).
+/// The per-thread buffers of [`Steering::steer`], reused so a query allocates nothing.
+#[derive(Default)]
+struct SteerScratch {
+    state: Vec<f32>,
+    router: Vec<f32>,
+    hidden: Vec<f32>,
+    delta: Vec<f32>,
+}
+
+thread_local! {
+    static STEER_SCRATCH: RefCell<SteerScratch> = RefCell::new(SteerScratch::default());
+}
+
+/// A hash of the embedding's bits (a cache key; hits are confirmed by comparing embeddings):
+/// four interleaved multiply-rotate chains, a fraction of SipHash's cost on every query.
 fn embedding_key(embedding: &[f32]) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    for x in embedding {
-        x.to_bits().hash(&mut hasher);
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let step = |h: u64, bits: u64| (h.rotate_left(5) ^ bits).wrapping_mul(K);
+    let mix = |h: u64, x: &f32| step(h, u64::from(x.to_bits()));
+    let mut lanes = [1u64, 2, 3, 4];
+    let chunks = embedding.chunks_exact(4);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (lane, x) in lanes.iter_mut().zip(chunk) {
+            *lane = mix(*lane, x);
+        }
     }
-    hasher.finish()
+    let h = tail.iter().fold(lanes[0], mix);
+    lanes[1..].iter().fold(h, |h, &lane| step(h, lane))
 }

@@ -40,6 +40,7 @@ where
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("INDEX_FILE", crate::index::policy::INDEX_FILE)?;
+    m.add("KERNEL_LEVEL", crate::nn::linalg::level().name())?;
     exact::register(m)?;
     probes::register(m)?;
     encoder::register(m)?;

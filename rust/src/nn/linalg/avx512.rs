@@ -1,0 +1,108 @@
+//! The AVX-512 kernels (32 `zmm` registers, masked tails).
+
+use std::arch::x86_64::*;
+
+use super::GemmArgs;
+
+/// Rows per register tile: 6 rows × 4 vectors = 24 accumulators, 4 weight vectors and a
+/// broadcast fill 29 of the 32 registers.
+const MR: usize = 6;
+
+/// [`super::gemm`]: columns in blocks of 64 (four vectors), then 16, then a masked rest; rows
+/// in tiles of [`MR`]. Every output is `bias + Σ_i x_i w_i`, one FMA per `i` in order: the
+/// same bits as the AVX2 kernel.
+///
+/// # Safety
+/// The CPU must support AVX-512F, AVX2 and FMA; `g` must describe in-bounds operands.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(super) unsafe fn gemm(g: &GemmArgs) {
+    let mut c = 0;
+    while c + 64 <= g.cols {
+        rows_of::<4>(g, c, 0xFFFF);
+        c += 64;
+    }
+    while c + 16 <= g.cols {
+        rows_of::<1>(g, c, 0xFFFF);
+        c += 16;
+    }
+    if c < g.cols {
+        rows_of::<1>(g, c, (1u16 << (g.cols - c)) - 1);
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn rows_of<const NV: usize>(g: &GemmArgs, c: usize, last: __mmask16) {
+    let mut r = 0;
+    while r + MR <= g.rows {
+        tile::<MR, NV>(g, r, c, last);
+        r += MR;
+    }
+    match g.rows - r {
+        5 => tile::<5, NV>(g, r, c, last),
+        4 => tile::<4, NV>(g, r, c, last),
+        3 => tile::<3, NV>(g, r, c, last),
+        2 => tile::<2, NV>(g, r, c, last),
+        1 => tile::<1, NV>(g, r, c, last),
+        _ => {}
+    }
+}
+
+/// Rows `r0..r0+R`, columns `c..c+16·NV` (the last vector's lanes limited by `last`; masked
+/// lanes are neither read nor written).
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn tile<const R: usize, const NV: usize>(
+    g: &GemmArgs,
+    r0: usize,
+    c: usize,
+    last: __mmask16,
+) {
+    let mask = |v: usize| if v + 1 == NV { last } else { 0xFFFF };
+    let mut acc = [[_mm512_setzero_ps(); NV]; R];
+    if !g.bias.is_null() {
+        for v in 0..NV {
+            let b = _mm512_maskz_loadu_ps(mask(v), g.bias.add(c + 16 * v));
+            for row in acc.iter_mut() {
+                row[v] = b;
+            }
+        }
+    }
+    for i in 0..g.depth {
+        let wrow = g.w.add(i * g.ws + c);
+        let mut wv = [_mm512_setzero_ps(); NV];
+        for (v, w) in wv.iter_mut().enumerate() {
+            *w = _mm512_maskz_loadu_ps(mask(v), wrow.add(16 * v));
+        }
+        for (r, row) in acc.iter_mut().enumerate() {
+            let xb = _mm512_set1_ps(*g.x.add((r0 + r) * g.xs + i));
+            for (a, w) in row.iter_mut().zip(&wv) {
+                *a = _mm512_fmadd_ps(xb, *w, *a);
+            }
+        }
+    }
+    for (r, row) in acc.iter().enumerate() {
+        let o = g.out.add((r0 + r) * g.os + c);
+        for (v, a) in row.iter().enumerate() {
+            _mm512_mask_storeu_ps(o.add(16 * v), mask(v), *a);
+        }
+    }
+}
+
+/// [`super::scaled_softmax`] compiled for AVX-512.
+///
+/// # Safety
+/// The CPU must support AVX-512F, AVX2 and FMA.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(super) unsafe fn scaled_softmax(x: &mut [f32], scale: f32) {
+    super::scaled_softmax_poly(x, scale);
+}
+
+/// [`super::layer_norm`] compiled for this level.
+///
+/// # Safety
+/// The CPU must support AVX-512F, AVX2 and FMA.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(super) unsafe fn layer_norm(x: &mut [f32], dim: usize, weight: &[f32], bias: &[f32], eps: f32) {
+    super::layer_norm_rows(x, dim, weight, bias, eps);
+}
