@@ -8,13 +8,16 @@
 //! they were stored so (the bundle's format): converting them to float32 in the kernel is
 //! exact and halves the bytes streamed per prompt (MiniLM: 21 MB instead of 42).
 //!
-//! Kernels are chosen once per process ([`Isa::detect`]): AVX-512F, AVX2 + FMA (+ F16C for
+//! Kernels follow the process's kernel level ([`Isa::detect`], from [`linalg::level`], which
+//! `DPR_KERNELS` caps): AVX-512F, AVX2 + FMA (+ F16C for
 //! float16 panels), or portable Rust for baseline x86-64 and other targets. Every output is
 //! `(Σ_k x_k w_k, in k order) + b`, whatever the block it was computed in, so a row's result
 //! does not depend on the other rows of the call (a batch agrees with single prompts bit
 //! for bit); the two FMA kernels even agree with each other.
 
 use half::f16;
+
+use crate::nn::linalg::{self, Level};
 
 /// Output columns per panel.
 pub const NR: usize = 32;
@@ -34,19 +37,19 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// The best set this CPU has (cached: the choice is made once per process).
+    /// The set of this process: the kernel level [`linalg::level`] chose (the CPU's best,
+    /// capped by `DPR_KERNELS`), dropped to portable on a CPU without F16C (cached: the choice
+    /// is made once per process).
     pub fn detect() -> Isa {
         static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
         *ISA.get_or_init(|| {
             #[cfg(target_arch = "x86_64")]
-            {
-                use std::arch::is_x86_feature_detected as has;
-                if has!("avx512f") && has!("f16c") && has!("fma") {
-                    return Isa::Avx512;
-                }
-                if has!("avx2") && has!("fma") && has!("f16c") {
-                    return Isa::Avx2;
-                }
+            if std::arch::is_x86_feature_detected!("f16c") {
+                return match linalg::level() {
+                    Level::Avx512 => Isa::Avx512,
+                    Level::Avx2 => Isa::Avx2,
+                    Level::Portable => Isa::Portable,
+                };
             }
             Isa::Portable
         })
