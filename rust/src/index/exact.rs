@@ -165,8 +165,10 @@ impl Ord for Ranked {
     }
 }
 
+use super::graph::prefetch;
 use super::rank::{rank_cmp, rank_key};
 pub use super::rank::{rank_order, Hit};
+use super::rowset::RowSet;
 pub use crate::nn::linalg::dot;
 use crate::nn::linalg::gemv;
 
@@ -393,6 +395,65 @@ pub fn top_k_where(
     let excluded = sorted_exclusions(exclude, items.rows(), None)?;
     let mut hits = search(items, &[query], &[&excluded], k, parallel, keep);
     Ok(hits.pop().unwrap_or_default())
+}
+
+/// Gathered rows prefetched this far ahead of the one being scored.
+const GATHER_AHEAD: usize = 8;
+
+/// The exact top-k among the rows of `rows`, scoring just those (a gather-scan): `items` row
+/// `i` is item row `first + i`; rows of `rows` outside `first..first + items.rows()` are
+/// skipped. Hits name item rows, best first, in [`top_k`]'s order and with its scores, so the
+/// result is the exact filtered top-k.
+pub fn top_k_among(
+    items: Matrix<'_>,
+    first: usize,
+    query: &[f32],
+    k: usize,
+    rows: &RowSet,
+) -> Result<Vec<Hit>, RetrieveError> {
+    if query.len() != items.cols() {
+        return Err(RetrieveError::QueryDim {
+            expected: items.cols(),
+            got: query.len(),
+        });
+    }
+    let end = first + items.rows();
+    let mut best = Best {
+        query,
+        skip: [].iter().copied().peekable(),
+        heap: BinaryHeap::with_capacity(k.min(rows.len())),
+        floor: i32::MIN,
+    };
+    if k == 0 {
+        return Ok(Vec::new());
+    }
+    match rows {
+        RowSet::Sorted(list) => {
+            let lo = list.partition_point(|&r| (r as usize) < first);
+            let hi = list.partition_point(|&r| (r as usize) < end);
+            let list = &list[lo..hi];
+            for (i, &row) in list.iter().enumerate() {
+                // Rows are scattered: start loading the vectors a few rows ahead.
+                if let Some(&ahead) = list.get(i + GATHER_AHEAD) {
+                    prefetch(items.row(ahead as usize - first));
+                }
+                let row = row as usize;
+                let score = dot(items.row(row - first), best.query);
+                best.offer(Hit { row, score }, k);
+            }
+        }
+        RowSet::Bits { .. } => {
+            for row in rows
+                .iter()
+                .skip_while(|&r| r < first)
+                .take_while(|&r| r < end)
+            {
+                let score = dot(items.row(row - first), best.query);
+                best.offer(Hit { row, score }, k);
+            }
+        }
+    }
+    Ok(best.into_sorted())
 }
 
 /// [`top_k`] for every row of `queries`, run in parallel; result `i` belongs to query `i`.

@@ -1,6 +1,7 @@
 //! The retrieval policy, with its magic numbers: which search answers a query (exact scan or
-//! HNSW graph), when a filter is too selective for the graph, where a bundle keeps its saved
-//! graph, and the hard-filter rule itself.
+//! HNSW graph), the planner for filtered searches (a scan of the allowed rows or a filtered
+//! walk, and how broad), how a row set is stored, where a bundle keeps its saved graph, and
+//! the hard-filter rule itself.
 
 use crate::bundle::Attribute;
 
@@ -21,8 +22,8 @@ pub enum Retrieval {
 pub const HNSW_MIN_ITEMS: usize = 50_000;
 
 impl Retrieval {
-    /// Whether queries over `num_items` items search an HNSW graph (unless a filter is
-    /// selective, see [`graph_serves_filter`]).
+    /// Whether queries over `num_items` items search an HNSW graph (a filter may still be
+    /// answered by a scan, see [`plan`]).
     pub fn uses_graph(self, num_items: usize) -> bool {
         match self {
             Retrieval::Exact => false,
@@ -32,30 +33,40 @@ impl Retrieval {
     }
 }
 
-/// A filter expected to pass fewer than this share of the items is answered by the exact scan:
-/// a graph walk would visit mostly rejected nodes.
-const SELECTIVE_FILTER_SHARE: f64 = 0.05;
+/// A row set holding more than `1 / DENSE_RATIO` of its universe is kept as a bitset, else as
+/// a sorted `u32` list: this is where the list (32 bits a row) outgrows the bitset (1 bit a
+/// universe row).
+const DENSE_RATIO: usize = 32;
 
-/// Whether a model with a graph searches it for a filter passing at most `share` of the items.
-pub fn graph_serves_filter(share: f64) -> bool {
-    share >= SELECTIVE_FILTER_SHARE
+/// Whether `count` rows out of `universe` are kept as a bitset (see [`DENSE_RATIO`]).
+pub fn is_dense(count: usize, universe: usize) -> bool {
+    count.saturating_mul(DENSE_RATIO) > universe
 }
 
-/// Rows sampled (inside the graph search) to estimate how many rows a filter keeps.
-pub const FILTER_SAMPLE: usize = 256;
+/// How one filtered search over an HNSW graph runs (see [`plan`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Exact scoring of just the allowed rows (exact, so ties and short sets are right).
+    Scan,
+    /// A walk of the graph with breadth `ef` that keeps only allowed rows; with `two_hop`,
+    /// disallowed neighbours are not scored but their own neighbours are (ACORN-1 style).
+    Walk { ef: usize, two_hop: bool },
+}
 
-/// See [`scan_beats_walk`]. The measured constant (`benches/results/hnsw-crates.md`: at
-/// N = 50k, d = 64, M = 16, ef = 64 the two cost the same near f = 0.3).
-const FLAT_COST: f64 = 2.0;
+/// The gather-scan answers a filter keeping at most this many rows. (Measured, see below.)
+const SCAN_MAX_ROWS: usize = 20_000;
 
-/// Whether a filter that keeps a fraction `f` of `len` rows is answered by the exact scan over the
-/// kept rows rather than a graph of `connectivity` M walked with breadth `ef`: the scan costs a
-/// predicate call per row plus `f·N` dot products, a filtered graph walk visits about `ef / f`
-/// rows and scores their `2M` neighbours, so the scan wins while `f² < FLAT_COST · 2M · ef / N`;
-/// the scan is exact, so ties go to it.
-pub fn scan_beats_walk(fraction: f64, connectivity: usize, ef: usize, len: usize) -> bool {
-    let walk = FLAT_COST * (2 * connectivity) as f64 * ef as f64 / len as f64;
-    fraction * fraction < walk
+/// ... or keeping less than this share of the indexed rows.
+const WALK_MIN_SHARE: f64 = 0.02;
+
+/// The planner: how a search for the best `k` of `allowed` (an exact count) of a graph's
+/// `len` rows runs, given the breadth `ef` an unfiltered search would use.
+pub fn plan(allowed: usize, len: usize, k: usize, ef: usize) -> Plan {
+    let share = allowed as f64 / len.max(1) as f64;
+    if allowed <= k || allowed <= SCAN_MAX_ROWS || share < WALK_MIN_SHARE {
+        return Plan::Scan;
+    }
+    Plan::Walk { ef, two_hop: false }
 }
 
 /// Hard attribute constraints: an item passes if, for every `include` attribute, it has at
@@ -77,17 +88,5 @@ impl Filter {
         let has_any =
             |(a, values): &(usize, Vec<usize>)| values.iter().any(|&v| attributes[*a].has(row, v));
         self.include.iter().all(has_any) && !self.exclude.iter().any(has_any)
-    }
-
-    /// An upper bound on the share of `num_items` items passing, from `value_counts[a][v]`
-    /// (items having value `v` of attribute `a`).
-    pub fn share_bound(&self, value_counts: &[Vec<usize>], num_items: usize) -> f64 {
-        let n = num_items.max(1) as f64;
-        self.include
-            .iter()
-            .map(|(a, values)| {
-                values.iter().map(|&v| value_counts[*a][v]).sum::<usize>() as f64 / n
-            })
-            .fold(1.0, f64::min)
     }
 }
