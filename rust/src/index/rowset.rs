@@ -18,37 +18,52 @@ impl RowSet {
     /// The rows whose `mask` flag is set (row `r` is `mask[r]`): a list when at most
     /// [`policy::DENSE_SHARE`] of them are set, else a bitset.
     pub fn from_mask(mask: &[bool]) -> Self {
-        let count = count_set(mask);
-        if policy::is_dense(count, mask.len()) {
-            let mut words = vec![0u64; mask.len().div_ceil(64)];
-            for (word, flags) in words.iter_mut().zip(mask.chunks(64)) {
-                let mut eights = flags.chunks_exact(8);
-                for (i, eight) in (&mut eights).enumerate() {
-                    *word |= pack8(eight) << (8 * i);
-                }
-                let done = flags.len() - eights.remainder().len();
-                for (bit, &f) in eights.remainder().iter().enumerate() {
-                    *word |= u64::from(f) << (done + bit);
-                }
+        let bytes = as_bytes(mask);
+        // One pass for the (common) selective mask: rows are listed until they are too many
+        // for a list, and only then is the mask read again as a bitset.
+        let mut rows = Vec::new();
+        let mut eights = bytes.chunks_exact(8);
+        for (block, eight) in (&mut eights).enumerate() {
+            let mut flags = as_word(eight);
+            if flags == 0 {
+                continue;
             }
-            Self::Bits { words, count }
-        } else {
-            let mut rows = Vec::with_capacity(count);
-            let mut eights = mask.chunks_exact(8);
-            for (block, eight) in (&mut eights).enumerate() {
-                let mut bytes = as_word(eight);
-                // Mostly zero: one test per eight rows, then one step per set row.
-                while bytes != 0 {
-                    let byte = bytes.trailing_zeros() as usize / 8;
-                    rows.push((block * 8 + byte) as u32);
-                    bytes &= bytes - 1;
-                }
+            while flags != 0 {
+                rows.push((block * 8 + flags.trailing_zeros() as usize / 8) as u32);
+                flags &= flags - 1;
             }
-            let done = mask.len() - eights.remainder().len();
-            let tail = eights.remainder().iter().enumerate().filter(|(_, &f)| f);
-            rows.extend(tail.map(|(i, _)| (done + i) as u32));
-            Self::Sorted(rows)
+            if policy::is_dense(rows.len(), mask.len()) {
+                return Self::bits_of(bytes);
+            }
         }
+        let done = mask.len() - eights.remainder().len();
+        let tail = eights
+            .remainder()
+            .iter()
+            .enumerate()
+            .filter(|(_, &f)| f != 0);
+        rows.extend(tail.map(|(i, _)| (done + i) as u32));
+        if policy::is_dense(rows.len(), mask.len()) {
+            return Self::bits_of(bytes);
+        }
+        Self::Sorted(rows)
+    }
+
+    /// The rows whose flag byte is 1, as a bitset.
+    fn bits_of(bytes: &[u8]) -> Self {
+        let mut words = vec![0u64; bytes.len().div_ceil(64)];
+        for (word, flags) in words.iter_mut().zip(bytes.chunks(64)) {
+            let mut eights = flags.chunks_exact(8);
+            for (i, eight) in (&mut eights).enumerate() {
+                *word |= pack8(eight) << (8 * i);
+            }
+            let done = flags.len() - eights.remainder().len();
+            for (bit, &f) in eights.remainder().iter().enumerate() {
+                *word |= u64::from(f) << (done + bit);
+            }
+        }
+        let count = words.iter().map(|w| w.count_ones() as usize).sum();
+        Self::Bits { words, count }
     }
 
     /// Rows `0..universe` for which `keep` holds (tests and small inputs).
@@ -110,24 +125,36 @@ impl RowSet {
     }
 }
 
-/// Eight flags as one word, flag `i` in byte `i` (a `bool` is one byte, 0 or 1).
+/// The rows of bitset word `index` (bit `b` is row `64 * index + b`), in increasing order.
+pub(crate) fn word_rows(index: usize, word: u64) -> impl Iterator<Item = usize> {
+    let mut bits = word;
+    std::iter::from_fn(move || {
+        (bits != 0).then(|| {
+            let bit = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            index * 64 + bit
+        })
+    })
+}
+
+/// The flags as bytes, each 0 or 1.
+fn as_bytes(mask: &[bool]) -> &[u8] {
+    // SAFETY: a `bool` is one byte holding 0 or 1, which is a valid `u8`; same length, same
+    // alignment, and the borrow keeps the flags alive and unchanged.
+    unsafe { std::slice::from_raw_parts(mask.as_ptr().cast::<u8>(), mask.len()) }
+}
+
+/// Eight flags (as bytes) as one word, flag `i` in byte `i`.
 #[inline]
-fn as_word(eight: &[bool]) -> u64 {
-    u64::from_le_bytes(std::array::from_fn(|i| u8::from(eight[i])))
+fn as_word(eight: &[u8]) -> u64 {
+    u64::from_le_bytes(eight.try_into().expect("eight bytes"))
 }
 
 /// Eight flags as eight bits, flag `i` in bit `i`: the multiply moves byte `i`'s low bit to
 /// bit `56 + i` (no two partial products share a bit, so nothing carries).
 #[inline]
-fn pack8(eight: &[bool]) -> u64 {
+fn pack8(eight: &[u8]) -> u64 {
     as_word(eight).wrapping_mul(0x0102_0408_1020_4080) >> 56
-}
-
-/// Set flags in `mask`, eight at a time.
-fn count_set(mask: &[bool]) -> usize {
-    let mut eights = mask.chunks_exact(8);
-    let count: u32 = (&mut eights).map(|e| as_word(e).count_ones()).sum();
-    count as usize + eights.remainder().iter().filter(|&&f| f).count()
 }
 
 fn set_bits(words: &mut [u64], rows: &[u32]) {
