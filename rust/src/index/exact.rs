@@ -640,7 +640,7 @@ mod tests {
             .collect();
         let items = Matrix::new(&data, n, d).unwrap();
         for every in [1, 2, 7, 40, 1000] {
-            let keep = |row: usize| row % every == 0;
+            let keep = |row: usize| row.is_multiple_of(every);
             // Item rows first..first + n, plus rows outside that are ignored.
             let set = RowSet::from_fn(first + n + 50, keep);
             let local = |i: usize| keep(i + first);
