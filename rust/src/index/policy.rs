@@ -68,9 +68,10 @@ const WALK_MIN_SHARE: f64 = 0.15;
 
 /// The planner: how a search for the best `k` of `allowed` (an exact count) of a graph's
 /// `len` rows runs, given the breadth `ef` an unfiltered search would use. The walk is
-/// hnswlib's filtered walk at that `ef`: measured against the two-hop walk (ACORN-1) at
-/// every share above, it reached 0.95 at equal or lower cost (two-hop needs a larger `ef` at
-/// 10-20%, and only ties at 50%).
+/// hnswlib's filtered walk at that `ef`. Against the two-hop walk (ACORN-1), at recall 0.95
+/// (`retrieval.md`, `retrieval-1m.md`): two-hop loses at 10% (100k: 1,776 against 1,877 q/s;
+/// 1M: never reaches 0.95), ties at 20% (1M) and at 50% on 100k, and wins only at 50% on 1M
+/// (0.950 at 1,146 q/s against 0.967 at 733), so one walk serves every share for now.
 pub fn plan(allowed: usize, len: usize, k: usize, ef: usize) -> Plan {
     let share = allowed as f64 / len.max(1) as f64;
     if allowed <= k || allowed <= SCAN_MAX_ROWS || share < WALK_MIN_SHARE {
