@@ -57,13 +57,14 @@ pub enum Plan {
 /// costs about what a walk costs and is exact (10k items: every filter scans).
 const SCAN_MAX_ROWS: usize = 20_000;
 
-/// ... or keeping less than this share of the indexed rows. Measured (one thread, d = 64,
-/// M = 16, recall@10 of the walk at the ef reaching 0.95; `python benches/retrieval.py`, and
-/// `benches/results/retrieval.md`): at 1M items and 10% the scan (recall 1.0, 141 q/s) ties
-/// the walk (0.950, 162 q/s at ef 384) while at 20% the walk wins 4× (0.945, 411 q/s at
-/// ef 256, scan 69 q/s); at 100k items and 10% the scan wins 2.8× (3,323 against 1,181 q/s),
-/// at 50% the walk wins 7.6×. Below a few percent a walk is far slower still and loses
-/// recall (100k, 1%: 0.963 at 67 q/s against the scan's 1.0 at 29,000 q/s).
+/// ... or keeping less than this share of the indexed rows. Measured one thread, d = 64,
+/// M = 16, the walk at the ef reaching recall@10 0.95 (`python benches/retrieval.py --sizes
+/// 10000,100000 --cache DIR` and `--sizes 1000000 --shares 0.001,0.01,0.1,0.2,0.5`, tables in
+/// `benches/results/retrieval.md` and `retrieval-1m.md`): at 1M items and 10% the scan (recall
+/// 1.0, 173 q/s) beats the walk, which never reaches 0.95 (0.949 at ef 512, 159 q/s); at 20%
+/// the walk wins 7× (0.955 at ef 192, 552 q/s; scan 76). At 100k items and 10% the scan wins
+/// 2.9× (5,514 against 1,877 q/s at ef 64), at 50% the walk wins 6.7× (3,501 at ef 128, scan
+/// 519). Below 10% the walk is slower still and loses recall (1M, 1%: 0.864 at ef 512).
 const WALK_MIN_SHARE: f64 = 0.15;
 
 /// The planner: how a search for the best `k` of `allowed` (an exact count) of a graph's
