@@ -117,6 +117,31 @@ def test_filtered_search_keeps_its_promise(data, index, fraction):
     assert r >= 0.95
 
 
+@pytest.mark.parametrize("fraction", [0.002, 0.05, 0.5])
+@pytest.mark.parametrize("how", ["scan", "walk", "two_hop"])
+def test_every_plan_keeps_the_promise(data, index, fraction, how):
+    """Whatever the planner picks: never a disallowed row, exactly min(k, allowed) rows, exact
+    scores; the scan is the exact filtered top-k (ties to the lower row)."""
+    items, queries = data
+    mask = np.random.default_rng(int(fraction * 1e4) + 1).random(N) < fraction
+    allowed = int(mask.sum())
+    for k in (1, K, 50):
+        for q in queries[:10]:
+            ids, scores = index._search_as(q, k, mask, how, 32)
+            assert mask[ids].all(), "a disallowed row was returned"
+            assert len(ids) == min(k, allowed) == len(set(ids.tolist()))
+            np.testing.assert_allclose(
+                scores, items[ids].astype(np.float64) @ q, rtol=1e-5, atol=1e-5
+            )
+            if how == "scan":
+                np.testing.assert_array_equal(ids, index.search(q, k, allowed=mask)[0])
+                want, want_scores = _core.top_k(items, q, k, exclude=np.flatnonzero(~mask))
+                np.testing.assert_array_equal(ids, want)
+                np.testing.assert_array_equal(scores, want_scores)
+    with pytest.raises(ValueError, match="how must be"):
+        index._search_as(queries[0], K, mask, "guess", 32)
+
+
 def test_filter_edge_cases(data, index):
     _, queries = data
     q = queries[0]

@@ -265,9 +265,9 @@ class HnswIndex:
     searched from many threads at once.
 
     Filters keep their promise: a row whose ``allowed`` flag is False is never returned, and
-    ``min(k, allowed rows)`` results come back. A filter that keeps few rows (judged from a
-    sample of rows) is answered by an exact scan over the allowed rows, and so is a graph
-    search that comes back short.
+    ``min(k, allowed rows)`` results come back. A filter that keeps few rows (counted
+    exactly from the mask) is answered by an exact scan of just the allowed rows, and so is a
+    graph search that comes back short.
     """
 
     def __init__(
@@ -327,7 +327,10 @@ class HnswIndex:
             ef: search breadth (``>= 1``; raised to ``k``); ``None`` uses ``expansion_search``.
                 Larger is slower and more accurate.
             allowed: optional boolean mask of length ``N`` (one flag per row of ``items``,
-                the skipped row 0 included); only rows flagged True are returned.
+                the skipped row 0 included); only rows flagged True are returned. The exact
+                count of allowed rows picks the plan (``rust/src/index/policy.rs``): few
+                allowed rows are scored exactly (the result is the exact filtered top-k),
+                many are found by a graph walk that keeps only allowed rows.
 
         Returns:
             ``(ids, scores)``: ``int64`` row ids and ``float32`` exact inner products, of

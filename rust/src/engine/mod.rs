@@ -17,8 +17,9 @@ use rayon::prelude::*;
 use crate::bundle::{Attribute, Bundle, BundleError, IdRows, ItemId};
 use crate::index::exact::{self, Hit, Matrix};
 use crate::index::hnsw::{HnswIndex, HnswParams, SharedItems};
-use crate::index::policy::{self, INDEX_FILE};
+use crate::index::policy::INDEX_FILE;
 pub use crate::index::policy::{Filter, Retrieval};
+use crate::index::rowset::{Postings, RowSet};
 use crate::nn::backbone::{Backbone, Rows};
 use crate::nn::encoder::{PromptEncoder, PromptError};
 use crate::nn::intent::{IntentHead, Reading};
@@ -111,8 +112,8 @@ pub struct Model {
     encoder: PromptEncoder,
     /// `(attribute index, value index)` of each intent value (empty without a head).
     intent_targets: Vec<(usize, usize)>,
-    /// Items having each value of each attribute (for filter selectivity).
-    value_counts: Vec<Vec<usize>>,
+    /// Rows having each value of each attribute: every filter's allowed rows come from here.
+    postings: Postings,
     index: OnceLock<HnswIndex>,
     histories: HistoryCache,
 }
@@ -230,16 +231,7 @@ impl Model {
         };
         let attributes = std::mem::take(&mut bundle.attributes);
         let n = bundle.num_items;
-        let value_counts = attributes
-            .iter()
-            .map(|a| {
-                let mut counts = vec![0usize; a.width()];
-                for row in 1..=n {
-                    a.values_of(row).for_each(|v| counts[v] += 1);
-                }
-                counts
-            })
-            .collect();
+        let postings = Postings::build(&attributes, n);
         let model = Model {
             dim: bundle.dim,
             num_items: n,
@@ -254,7 +246,7 @@ impl Model {
             steering,
             encoder,
             intent_targets,
-            value_counts,
+            postings,
             index: OnceLock::new(),
             histories: HistoryCache::new(history_cache),
         };
@@ -350,9 +342,9 @@ impl Model {
         self.index.get().is_some()
     }
 
-    /// An upper bound on the share of items passing `filter`.
-    fn filter_share(&self, filter: &Filter) -> f64 {
-        filter.share_bound(&self.value_counts, self.num_items)
+    /// Items having value `value` of attribute `attribute`.
+    pub fn value_count(&self, attribute: usize, value: usize) -> usize {
+        self.postings.count(attribute, value)
     }
 
     /// Width of a steered user vector (`d + A`).
@@ -501,11 +493,18 @@ impl Model {
     /// Rows (ascending) of the items having at least one of `values` of attribute `attribute`
     /// (indices as [`Model::resolve`] gives them).
     pub fn rows_with(&self, attribute: usize, values: &[usize]) -> Vec<u32> {
-        let attr = &self.attributes[attribute];
-        (1..=self.num_items)
-            .filter(|&row| values.iter().any(|&v| attr.has(row, v)))
+        let filter = Filter {
+            include: vec![(attribute, values.to_vec())],
+            exclude: Vec::new(),
+        };
+        let mut rows: Vec<u32> = self
+            .postings
+            .allowed(&filter, &self.attributes, &[])
+            .iter()
             .map(|row| row as u32)
-            .collect()
+            .collect();
+        rows.sort_unstable();
+        rows
     }
 
     /// Hits, misses and size of the cache of backbone vectors per history.
@@ -530,24 +529,30 @@ impl Model {
         }
         let items = self.matrix()?;
         let filter = &options.filter;
-        if let Some(index) = self
-            .index
-            .get()
-            .filter(|_| policy::graph_serves_filter(self.filter_share(filter)))
-        {
-            exclude.sort_unstable();
-            let allowed = |row: usize| {
-                exclude.binary_search(&row).is_err()
-                    && (filter.is_empty() || filter.passes(&self.attributes, row))
-            };
+        let argument = |e: &dyn fmt::Display| ModelError::Argument(e.to_string());
+        if filter.is_empty() {
+            if let Some(index) = self.index.get() {
+                return index
+                    .search_excluding(vector, options.k, 0, &exclude)
+                    .map_err(|e| argument(&e));
+            }
+            return exact::top_k_where(items, vector, options.k, &exclude, None, parallel)
+                .map_err(|e| argument(&e));
+        }
+        let allowed = self.postings.allowed(filter, &self.attributes, &exclude);
+        if let Some(index) = self.index.get() {
             return index
                 .search(vector, options.k, 0, Some(&allowed))
-                .map_err(|e| ModelError::Argument(e.to_string()));
+                .map_err(|e| argument(&e));
         }
-        let keep = |row: usize| filter.passes(&self.attributes, row);
-        let keep: exact::Keep<'_> = if filter.is_empty() { None } else { Some(&keep) };
-        exact::top_k_where(items, vector, options.k, &exclude, keep, parallel)
-            .map_err(|e| ModelError::Argument(e.to_string()))
+        match &allowed {
+            RowSet::Sorted(_) => exact::top_k_among(items, 0, vector, options.k, &allowed),
+            RowSet::Bits { .. } => {
+                let keep = |row: usize| allowed.contains(row);
+                exact::top_k_where(items, vector, options.k, &[], Some(&keep), parallel)
+            }
+        }
+        .map_err(|e| argument(&e))
     }
 
     /// One query: history rows + prompt input (`prompt_dim` floats) → hits (internal rows,

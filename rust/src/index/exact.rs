@@ -165,8 +165,10 @@ impl Ord for Ranked {
     }
 }
 
+use super::graph::prefetch;
 use super::rank::{rank_cmp, rank_key};
 pub use super::rank::{rank_order, Hit};
+use super::rowset::{word_rows, RowSet};
 pub use crate::nn::linalg::dot;
 use crate::nn::linalg::gemv;
 
@@ -395,6 +397,71 @@ pub fn top_k_where(
     Ok(hits.pop().unwrap_or_default())
 }
 
+/// Gathered rows prefetched this far ahead of the one being scored.
+const GATHER_AHEAD: usize = 16;
+
+/// The exact top-k among the rows of `rows`, scoring just those (a gather-scan): `items` row
+/// `i` is item row `first + i`; rows of `rows` outside `first..first + items.rows()` are
+/// skipped. Hits name item rows, best first, in [`top_k`]'s order and with its scores, so the
+/// result is the exact filtered top-k.
+pub fn top_k_among(
+    items: Matrix<'_>,
+    first: usize,
+    query: &[f32],
+    k: usize,
+    rows: &RowSet,
+) -> Result<Vec<Hit>, RetrieveError> {
+    if query.len() != items.cols() {
+        return Err(RetrieveError::QueryDim {
+            expected: items.cols(),
+            got: query.len(),
+        });
+    }
+    let end = first + items.rows();
+    let mut best = Best {
+        query,
+        skip: [].iter().copied().peekable(),
+        heap: BinaryHeap::with_capacity(k.min(rows.len())),
+        floor: i32::MIN,
+    };
+    if k == 0 {
+        return Ok(Vec::new());
+    }
+    match rows {
+        RowSet::Sorted(list) => {
+            let lo = list.partition_point(|&r| (r as usize) < first);
+            let hi = list.partition_point(|&r| (r as usize) < end);
+            let list = &list[lo..hi];
+            for (i, &row) in list.iter().enumerate() {
+                // Rows are scattered: start loading the vectors a few rows ahead.
+                if let Some(&ahead) = list.get(i + GATHER_AHEAD) {
+                    prefetch(items.row(ahead as usize - first));
+                }
+                let row = row as usize;
+                let score = dot(items.row(row - first), best.query);
+                best.offer(Hit { row, score }, k);
+            }
+        }
+        RowSet::Bits { words, .. } => {
+            let in_range = |r: &usize| (first..end).contains(r);
+            let last = end.div_ceil(64).min(words.len());
+            for w in first / 64..last {
+                // While this word's rows are scored, the next word's rows load.
+                if let Some(&next) = words.get(w + 1).filter(|_| w + 1 < last) {
+                    for row in word_rows(w + 1, next).filter(in_range) {
+                        prefetch(items.row(row - first));
+                    }
+                }
+                for row in word_rows(w, words[w]).filter(in_range) {
+                    let score = dot(items.row(row - first), best.query);
+                    best.offer(Hit { row, score }, k);
+                }
+            }
+        }
+    }
+    Ok(best.into_sorted())
+}
+
 /// [`top_k`] for every row of `queries`, run in parallel; result `i` belongs to query `i`.
 ///
 /// `excludes` is either empty (no exclusions) or holds one list per query. Everything is
@@ -562,6 +629,47 @@ mod tests {
             rows_of(&top_k(items, &[-1.0], 4, &[]).unwrap()),
             [0, 2, 4, 1]
         );
+    }
+
+    #[test]
+    fn a_gather_scan_is_the_filtered_scan() {
+        // Rounded values make ties common; rows 0..first are outside the matrix.
+        let (n, d, first) = (700, 5, 3);
+        let data: Vec<f32> = (0..n * d)
+            .map(|i| ((i * 37 % 11) as f32 - 5.0) / 2.0)
+            .collect();
+        let items = Matrix::new(&data, n, d).unwrap();
+        for every in [1, 2, 7, 40, 1000] {
+            let keep = |row: usize| row.is_multiple_of(every);
+            // Item rows first..first + n, plus rows outside that are ignored.
+            let set = RowSet::from_fn(first + n + 50, keep);
+            let local = |i: usize| keep(i + first);
+            for k in [0, 1, 10, 700] {
+                for query in [[1.0, 0.5, -1.0, 2.0, 0.0], [0.0; 5]] {
+                    let want = top_k_where(items, &query, k, &[], Some(&local), false).unwrap();
+                    let want: Vec<Hit> = want
+                        .into_iter()
+                        .map(|h| Hit {
+                            row: h.row + first,
+                            score: h.score,
+                        })
+                        .collect();
+                    let got = top_k_among(items, first, &query, k, &set).unwrap();
+                    assert_eq!(got, want, "every {every}, k {k}");
+                    if let RowSet::Bits { words, count } = &set {
+                        let list = RowSet::Sorted(set.iter().map(|r| r as u32).collect());
+                        let bits = RowSet::Bits {
+                            words: words.clone(),
+                            count: *count,
+                        };
+                        assert_eq!(top_k_among(items, first, &query, k, &list).unwrap(), want);
+                        assert_eq!(top_k_among(items, first, &query, k, &bits).unwrap(), want);
+                    }
+                }
+            }
+        }
+        let set = RowSet::from_fn(10, |_| true);
+        assert!(top_k_among(items, 0, &[1.0], 3, &set).is_err());
     }
 
     #[test]

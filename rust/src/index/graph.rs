@@ -118,6 +118,7 @@ struct Walk<'a> {
     query: &'a [f32],
     ef: usize,
     allowed: Option<&'a dyn Fn(u32) -> bool>,
+    two_hop: bool,
 }
 
 /// Per-thread search state, reused across searches (and across indexes).
@@ -151,8 +152,9 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
+/// Asks the CPU to start loading `data` into the caches.
 #[inline(always)]
-fn prefetch(data: &[f32]) {
+pub(crate) fn prefetch(data: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     for line in data.chunks(16) {
         // SAFETY: a prefetch is a hint that never faults; the pointer is in bounds anyway.
@@ -337,7 +339,10 @@ impl FlatGraph {
     }
 
     /// Up to `ef` nodes that `allowed` keeps (all when `None`), found by the HNSW walk with
-    /// breadth `ef`, best first. `vectors` holds node `i`'s vector at `i * dim`.
+    /// breadth `ef`, best first. `vectors` holds node `i`'s vector at `i * dim`. With
+    /// `two_hop`, a disallowed neighbour is not scored; its own allowed neighbours are, up to
+    /// a node's base-level width per expansion (ACORN-1); without, every neighbour is scored
+    /// and only allowed ones enter the results (hnswlib's filtered search).
     ///
     /// # Panics
     /// If `vectors` holds fewer than `len` rows of `dim` floats, or `query` is not `dim` long.
@@ -348,6 +353,7 @@ impl FlatGraph {
         query: &[f32],
         ef: usize,
         allowed: Option<&dyn Fn(u32) -> bool>,
+        two_hop: bool,
     ) -> Vec<Scored> {
         assert!(vectors.len() >= self.len * dim && query.len() == dim);
         if self.len == 0 || ef == 0 {
@@ -359,6 +365,7 @@ impl FlatGraph {
             query,
             ef,
             allowed,
+            two_hop: two_hop && allowed.is_some(),
         };
         let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
         #[cfg(target_arch = "x86_64")]
@@ -396,6 +403,7 @@ impl FlatGraph {
             query,
             ef,
             allowed,
+            two_hop,
         } = *walk;
         let vector = |node: u32| &vectors[node as usize * dim..][..dim];
         let keeps = |node: u32| allowed.is_none_or(|keep| keep(node));
@@ -446,12 +454,29 @@ impl FlatGraph {
             // Mark the unvisited neighbours and prefetch all their vectors first, so that
             // their cache misses overlap instead of coming one after another.
             fresh.clear();
+            let width = self.stride - 1;
             for &node in self.base_neighbours(current.node) {
                 let seen = &mut visited[node as usize];
-                if *seen != epoch {
-                    *seen = epoch;
+                if *seen == epoch {
+                    continue;
+                }
+                *seen = epoch;
+                if !two_hop || keeps(node) {
                     fresh.push(node);
                     prefetch(vector(node));
+                    continue;
+                }
+                // ACORN-1: reach past a disallowed neighbour to its allowed neighbours.
+                for &second in self.base_neighbours(node) {
+                    if fresh.len() >= width {
+                        break;
+                    }
+                    let seen = &mut visited[second as usize];
+                    if *seen != epoch && keeps(second) {
+                        *seen = epoch;
+                        fresh.push(second);
+                        prefetch(vector(second));
+                    }
                 }
             }
             for &node in fresh.iter() {

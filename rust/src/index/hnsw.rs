@@ -16,12 +16,12 @@
 //!   of the rows, and the best `k` are ranked exactly as [`crate::index::exact::top_k`] ranks them
 //!   (higher score first, ties to the lower row, NaN last). A score therefore equals the exact
 //!   scan's score bit for bit.
-//! * **Filters that keep their promise.** A row for which `allowed` is false is never returned,
-//!   and `min(k, allowed rows)` hits come back whenever that many rows are allowed: a filter
-//!   estimated (from a sample of rows) to keep few rows goes straight to the exact scan over the
-//!   allowed rows, which is cheaper than a graph walk that must skip most of what it visits; a
-//!   graph search that still comes back short falls back to the same scan. (Known bugs in this
-//!   area: usearch #751 returned fewer than k, hnsw_rs #27 returned filtered-out items.)
+//! * **Filters that keep their promise.** The allowed rows come as a [`RowSet`] with its exact
+//!   size; a row outside it is never returned, and `min(k, allowed rows)` hits come back
+//!   whenever that many rows are allowed: [`policy::plan`] sends a filter keeping few rows to
+//!   the exact scan of just those rows, and a graph walk that still comes back short falls
+//!   back to the same scan. (Known bugs in this area: usearch #751 returned fewer than k,
+//!   hnsw_rs #27 returned filtered-out items.)
 //! * **Safe concurrency.** usearch inserts need one of a fixed number of per-thread contexts
 //!   reserved up front, and fail when all are taken; a small semaphore makes a builder thread
 //!   wait for a free context instead. Searches keep their state per thread.
@@ -37,8 +37,9 @@ use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
 use crate::index::exact::{self, Matrix};
 use crate::index::graph::FlatGraph;
-use crate::index::policy;
+use crate::index::policy::{self, Plan};
 use crate::index::rank::{rank_order, Hit};
+use crate::index::rowset::RowSet;
 
 /// Concurrent usearch inserts while building (searches use dpr's own walk); more builder
 /// threads wait for a free context. Each context costs a visited-set and two heaps of `ef`
@@ -171,7 +172,6 @@ pub struct HnswIndex {
     start: usize,
     len: usize,
     dim: usize,
-    connectivity: usize,
     expansion_search: usize,
 }
 
@@ -344,7 +344,6 @@ impl HnswIndex {
             start: rows.start,
             len: rows.len(),
             dim,
-            connectivity: params.connectivity,
             expansion_search: params.expansion_search,
         })
     }
@@ -391,23 +390,32 @@ impl HnswIndex {
         &self.vectors[i * self.dim..(i + 1) * self.dim]
     }
 
-    /// The (about) `k` best indexed rows by inner product with `query`, best first, among rows
-    /// for which `allowed` (if given) holds; `ef` is the search breadth (0: the index default;
-    /// it is raised to `k`). Scores are exact inner products, ordered as
-    /// [`exact::top_k`] orders them. Returns exactly `min(k, allowed rows)` hits.
+    /// The (about) `k` best indexed rows by inner product with `query`, best first, among the
+    /// rows in `allowed` (if given); `ef` is the search breadth (0: the index default; it is
+    /// raised to `k`). Scores are exact inner products, ordered as [`exact::top_k`] orders
+    /// them. Returns exactly `min(k, allowed indexed rows)` hits, never a row outside
+    /// `allowed`. A filtered search runs as [`policy::plan`] says.
     pub fn search(
         &self,
         query: &[f32],
         k: usize,
         ef: usize,
-        allowed: Option<&(dyn Fn(usize) -> bool + Sync)>,
+        allowed: Option<&RowSet>,
     ) -> Result<Vec<Hit>, HnswError> {
-        if query.len() != self.dim {
-            return Err(HnswError::QueryDim {
-                expected: self.dim,
-                got: query.len(),
-            });
-        }
+        self.search_as(query, k, ef, allowed, None)
+    }
+
+    /// [`HnswIndex::search`] with the planner's choice overridden by `plan` (for measuring
+    /// the plans against each other; every plan keeps the guarantees).
+    pub fn search_as(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        allowed: Option<&RowSet>,
+        plan: Option<Plan>,
+    ) -> Result<Vec<Hit>, HnswError> {
+        self.check_query(query)?;
         if k == 0 || self.len == 0 {
             return Ok(Vec::new());
         }
@@ -416,70 +424,115 @@ impl HnswIndex {
             .max(k)
             .min(self.len);
         // The graph cannot rank a non-finite query, and cannot beat a scan when every row is
-        // wanted or when the filter keeps few rows.
-        let exact = k >= self.len
-            || !query.iter().all(|v| v.is_finite())
-            || allowed.is_some_and(|keep| self.keeps_few(keep, ef));
-        if exact {
-            return Ok(self.exact(query, k, allowed));
+        // wanted.
+        if k >= self.len || !query.iter().all(|v| v.is_finite()) {
+            return Ok(match allowed {
+                None => self.exact(query, k, &[]),
+                Some(set) => self.gather(query, k, set),
+            });
         }
-        let hits = self.graph_search(query, k, ef, allowed)?;
+        let Some(set) = allowed else {
+            return Ok(self.walk(query, k, ef, None, false));
+        };
+        let plan = plan.unwrap_or_else(|| policy::plan(set.len(), self.len, k, ef));
+        let Plan::Walk { ef, two_hop } = plan else {
+            return Ok(self.gather(query, k, set));
+        };
+        let bits = match set {
+            RowSet::Bits { words, .. } => std::borrow::Cow::Borrowed(words),
+            RowSet::Sorted(_) => std::borrow::Cow::Owned(set.to_bits(self.start + self.len)),
+        };
+        let start = self.start;
+        let keep = |node: u32| {
+            let row = start + node as usize;
+            bits.get(row / 64).is_some_and(|w| w >> (row % 64) & 1 == 1)
+        };
+        let hits = self.walk(query, k, ef.max(k).min(self.len), Some(&keep), two_hop);
         if hits.len() < k {
             // Short: either fewer than k rows are allowed, or the walk missed some. The scan
             // tells the two apart and returns the right answer in both cases.
-            return Ok(self.exact(query, k, allowed));
+            return Ok(self.gather(query, k, set));
         }
         Ok(hits)
     }
 
-    /// Whether `keep`, judged on evenly spaced sample rows, keeps so few rows that the exact
-    /// scan over them is cheaper than a graph walk with breadth `ef` (see [`policy::scan_beats_walk`]).
-    fn keeps_few(&self, keep: &(dyn Fn(usize) -> bool + Sync), ef: usize) -> bool {
-        let samples = self.len.min(policy::FILTER_SAMPLE);
-        let kept = (0..samples)
-            .filter(|&s| keep(self.start + s * self.len / samples))
-            .count();
-        let fraction = kept as f64 / samples as f64;
-        policy::scan_beats_walk(fraction, self.connectivity, ef, self.len)
+    fn check_query(&self, query: &[f32]) -> Result<(), HnswError> {
+        if query.len() != self.dim {
+            return Err(HnswError::QueryDim {
+                expected: self.dim,
+                got: query.len(),
+            });
+        }
+        Ok(())
     }
 
-    /// Exact top-k over the indexed rows that `allowed` keeps.
-    fn exact(
+    /// [`HnswIndex::search`] over every indexed row but those in `excluded` (any order;
+    /// rows outside the index are ignored): for few exclusions, such as a user's history.
+    pub fn search_excluding(
         &self,
         query: &[f32],
         k: usize,
-        allowed: Option<&(dyn Fn(usize) -> bool + Sync)>,
-    ) -> Vec<Hit> {
-        let start = self.start;
-        let shifted = allowed.map(|keep| move |i: usize| keep(start + i));
-        let keep = shifted
-            .as_ref()
-            .map(|f| f as &(dyn Fn(usize) -> bool + Sync));
+        ef: usize,
+        excluded: &[usize],
+    ) -> Result<Vec<Hit>, HnswError> {
+        let mut excluded: Vec<usize> = excluded
+            .iter()
+            .filter(|&&r| self.rows().contains(&r))
+            .map(|&r| r - self.start)
+            .collect();
+        excluded.sort_unstable();
+        excluded.dedup();
+        if excluded.is_empty() {
+            return self.search(query, k, ef, None);
+        }
+        let keep = |node: u32| excluded.binary_search(&(node as usize)).is_err();
+        let ef = if ef == 0 { self.expansion_search } else { ef }.max(k);
+        let walked = k < self.len - excluded.len()
+            && query.len() == self.dim
+            && query.iter().all(|v| v.is_finite());
+        if walked {
+            let hits = self.walk(query, k, ef.min(self.len), Some(&keep), false);
+            if hits.len() == k {
+                return Ok(hits);
+            }
+        }
+        self.check_query(query)?;
+        Ok(self.exact(query, k, &excluded))
+    }
+
+    /// Exact top-k over the indexed rows but `excluded` (indexed-row offsets, sorted).
+    fn exact(&self, query: &[f32], k: usize, excluded: &[usize]) -> Vec<Hit> {
         // The query length was checked against `dim`, the only error `top_k_where` reports.
-        let hits = exact::top_k_where(self.matrix(), query, k, &[], keep, true).unwrap_or_default();
+        let hits =
+            exact::top_k_where(self.matrix(), query, k, excluded, None, true).unwrap_or_default();
         hits.into_iter()
             .map(|h| Hit {
-                row: h.row + start,
+                row: h.row + self.start,
                 score: h.score,
             })
             .collect()
     }
 
-    /// Walks the graph with breadth `count` and keeps the best `k` allowed rows.
-    fn graph_search(
+    /// Exact top-k over the indexed rows in `set`, scoring just those.
+    fn gather(&self, query: &[f32], k: usize, set: &RowSet) -> Vec<Hit> {
+        // The query length was checked against `dim`, the only error `top_k_among` reports.
+        exact::top_k_among(self.matrix(), self.start, query, k, set).unwrap_or_default()
+    }
+
+    /// Walks the graph with breadth `ef` and keeps the best `k` rows `keep` allows.
+    fn walk(
         &self,
         query: &[f32],
         k: usize,
-        count: usize,
-        allowed: Option<&(dyn Fn(usize) -> bool + Sync)>,
-    ) -> Result<Vec<Hit>, HnswError> {
+        ef: usize,
+        keep: Option<&dyn Fn(u32) -> bool>,
+        two_hop: bool,
+    ) -> Vec<Hit> {
         let start = self.start;
         let vectors = self.indexed_vectors();
-        let keep = allowed.map(|keep| move |node: u32| keep(start + node as usize));
-        let keep = keep.as_ref().map(|f| f as &dyn Fn(u32) -> bool);
         let mut hits: Vec<Hit> = self
             .flat
-            .search(vectors, self.dim, query, count, keep)
+            .search(vectors, self.dim, query, ef, keep, two_hop)
             .into_iter()
             .map(|s| Hit {
                 row: start + s.node as usize,
@@ -490,7 +543,7 @@ impl HnswIndex {
         // tie and NaN rules.
         hits.sort_unstable_by(rank_order);
         hits.truncate(k);
-        Ok(hits)
+        hits
     }
 
     /// Writes the graph (with its copy of the vectors) to `path` in usearch's format. The file
@@ -605,7 +658,6 @@ impl HnswIndex {
         unsafe { graph.view_from_buffer(&map) }
             .map_err(|e| file_err(format!("cannot open HNSW index: {e}")))?;
         graph.change_expansion_search(1);
-        let index_connectivity = graph.connectivity();
         let len = graph.size();
         // Keys are a contiguous range of rows; find where it starts.
         let start = (0..rows).find(|&r| graph.contains(r as u64)).unwrap_or(0);
@@ -631,7 +683,6 @@ impl HnswIndex {
             start,
             len,
             dim,
-            connectivity: index_connectivity,
             expansion_search: HnswParams::default().expansion_search,
         };
         index.check_vectors().map_err(file_err)?;
@@ -673,8 +724,6 @@ impl fmt::Debug for HnswIndex {
 mod tests {
     use super::*;
     use std::cmp::Ordering;
-    use std::panic::{catch_unwind, AssertUnwindSafe};
-    use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 
     /// xorshift64* with Box-Muller, so tests need no extra crate.
     struct Rng(u64);
@@ -768,12 +817,21 @@ mod tests {
         let index = HnswIndex::build(items, 0..n, &HnswParams::default()).unwrap();
         let mut rng = Rng(6);
         let odd = |row: usize| row % 2 == 1;
+        let odd_rows = RowSet::from_fn(n, odd);
+        let walk = Plan::Walk {
+            ef: n,
+            two_hop: false,
+        };
         let (mut found, mut truth) = (Vec::new(), Vec::new());
         for _ in 0..20 {
             let q = rng.gauss_vec(d);
             found.push(index.search(&q, 10, n, None).unwrap());
             truth.push(exact::top_k(items, &q, 10, &[]).unwrap());
-            found.push(index.search(&q, 10, n, Some(&odd as _)).unwrap());
+            found.push(
+                index
+                    .search_as(&q, 10, n, Some(&odd_rows), Some(walk))
+                    .unwrap(),
+            );
             truth.push(exact::top_k_where(items, &q, 10, &[], Some(&odd as _), true).unwrap());
         }
         let r = recall(&found, &truth);
@@ -812,33 +870,70 @@ mod tests {
     }
 
     #[test]
-    fn filters_never_leak_and_never_come_back_short() {
+    fn filters_never_leak_and_never_come_back_short_under_any_plan() {
         let (n, d) = (5_000, 16);
         let data = catalogue(n, d, 3);
         let items = Matrix::new(&data, n, d).unwrap();
         let index = HnswIndex::build(items, 0..n, &HnswParams::default()).unwrap();
         let mut rng = Rng(4);
+        let plans = [
+            None,
+            Some(Plan::Scan),
+            Some(Plan::Walk {
+                ef: 16,
+                two_hop: false,
+            }),
+            Some(Plan::Walk {
+                ef: 16,
+                two_hop: true,
+            }),
+        ];
         for per_mille in [0u64, 1, 10, 100, 300, 500, 1000] {
             let mask: Vec<bool> = (0..n).map(|_| rng.next() % 1000 < per_mille).collect();
             let allowed = mask.iter().filter(|&&m| m).count();
+            let set = RowSet::from_mask(&mask);
             let keep = mask_filter(&mask);
             for k in [1, 10, 64] {
                 for _ in 0..10 {
                     let q = rng.gauss_vec(d);
-                    let hits = index.search(&q, k, 0, Some(&keep)).unwrap();
-                    assert_eq!(hits.len(), k.min(allowed), "{per_mille}‰, k = {k}");
-                    assert!(hits.iter().all(|h| mask[h.row]), "{per_mille}‰ leaked");
                     let exact = exact::top_k_where(items, &q, k, &[], Some(&keep), false).unwrap();
-                    for h in &hits {
-                        assert_eq!(h.score, exact::dot(&data[h.row * d..][..d], &q));
-                    }
-                    if per_mille <= 10 {
-                        // Selective filters take the exact scan.
-                        assert_eq!(hits, exact);
+                    for plan in plans {
+                        let hits = index.search_as(&q, k, 0, Some(&set), plan).unwrap();
+                        let case = format!("{per_mille}‰, k = {k}, {plan:?}");
+                        assert_eq!(hits.len(), k.min(allowed), "{case}");
+                        assert!(hits.iter().all(|h| mask[h.row]), "{case} leaked");
+                        for h in &hits {
+                            assert_eq!(h.score, exact::dot(&data[h.row * d..][..d], &q));
+                        }
+                        if plan == Some(Plan::Scan) || plan.is_none() && allowed <= 20_000 {
+                            // The scan is the exact filtered top-k, ties and all.
+                            assert_eq!(hits, exact, "{case}");
+                        }
                     }
                 }
             }
         }
+    }
+
+    #[test]
+    fn exclusions_are_skipped_and_never_shorten_the_answer() {
+        let (n, d) = (3_000, 8);
+        let data = catalogue(n, d, 12);
+        let items = Matrix::new(&data, n, d).unwrap();
+        let index = HnswIndex::build(items, 1..n, &HnswParams::default()).unwrap();
+        let mut rng = Rng(13);
+        let q = rng.gauss_vec(d);
+        let best = index.search(&q, 20, n, None).unwrap();
+        // The ten best (and out-of-range rows 0 and n + 5) excluded: the next ten come back.
+        let mut excluded: Vec<usize> = best[..10].iter().map(|h| h.row).collect();
+        excluded.extend([0, n + 5, excluded[0]]);
+        let hits = index.search_excluding(&q, 10, n, &excluded).unwrap();
+        assert_eq!(hits, best[10..]);
+        let all_but_three: Vec<usize> = (3..n).collect();
+        let hits = index.search_excluding(&q, 10, 0, &all_but_three).unwrap();
+        let mut rows = rows_of(&hits);
+        rows.sort_unstable();
+        assert_eq!(rows, [1, 2]);
     }
 
     #[test]
@@ -857,7 +952,8 @@ mod tests {
         assert_eq!(all, exact);
         let hits = index.search(&q, 10, 0, None).unwrap();
         assert!(hits.iter().all(|h| h.row >= 1));
-        let even = |row: usize| row.is_multiple_of(2);
+        // Row 0 is allowed but not indexed: never returned.
+        let even = RowSet::from_fn(n, |row| row.is_multiple_of(2));
         let hits = index.search(&q, 10, 0, Some(&even)).unwrap();
         assert!(hits.iter().all(|h| h.row >= 2 && h.row.is_multiple_of(2)));
     }
@@ -937,51 +1033,29 @@ mod tests {
         let index = HnswIndex::build(items, 0..n, &HnswParams::default()).unwrap();
         let mut rng = Rng(8);
         let queries: Vec<Vec<f32>> = (0..40).map(|_| rng.gauss_vec(d)).collect();
-        let odd = |row: usize| !row.is_multiple_of(3);
+        let odd = RowSet::from_fn(n, |row| !row.is_multiple_of(3));
         let serial: Vec<Vec<Hit>> = queries
             .iter()
             .enumerate()
             .map(|(i, q)| {
                 index
-                    .search(q, 10, 0, (i % 2 == 1).then_some(&odd as _))
+                    .search(q, 10, 0, (i % 2 == 1).then_some(&odd))
                     .unwrap()
             })
             .collect();
         // Many threads at once, more than the contexts reserved for building.
         std::thread::scope(|s| {
             for t in 0..CONTEXTS + 16 {
-                let (index, queries, serial) = (&index, &queries, &serial);
+                let (index, queries, serial, odd) = (&index, &queries, &serial, &odd);
                 s.spawn(move || {
                     for j in 0..queries.len() {
                         let i = (j + t) % queries.len();
-                        let keep = (i % 2 == 1).then_some(&odd as _);
+                        let keep = (i % 2 == 1).then_some(odd);
                         assert_eq!(index.search(&queries[i], 10, 0, keep).unwrap(), serial[i]);
                     }
                 });
             }
         });
-    }
-
-    #[test]
-    fn a_panicking_filter_unwinds_to_the_caller() {
-        let (n, d) = (3_000, 8);
-        let data = catalogue(n, d, 9);
-        let items = Matrix::new(&data, n, d).unwrap();
-        let index = HnswIndex::build(items, 0..n, &HnswParams::default()).unwrap();
-        let calls = AtomicUsize::new(0);
-        // Passes the sampling (256 calls), then panics inside usearch's search.
-        let keep = |_row: usize| {
-            if calls.fetch_add(1, AtomicOrdering::Relaxed) > policy::FILTER_SAMPLE + 10 {
-                panic!("filter failed");
-            }
-            true
-        };
-        let q = vec![1.0; d];
-        let result = catch_unwind(AssertUnwindSafe(|| index.search(&q, 10, 0, Some(&keep))));
-        assert!(result.is_err());
-        assert!(calls.load(AtomicOrdering::Relaxed) > policy::FILTER_SAMPLE + 10);
-        // The index is still usable (its search context was released).
-        assert_eq!(index.search(&q, 10, 0, None).unwrap().len(), 10);
     }
 
     #[test]

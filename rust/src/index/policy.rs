@@ -1,6 +1,7 @@
 //! The retrieval policy, with its magic numbers: which search answers a query (exact scan or
-//! HNSW graph), when a filter is too selective for the graph, where a bundle keeps its saved
-//! graph, and the hard-filter rule itself.
+//! HNSW graph), the planner for filtered searches (a scan of the allowed rows or a filtered
+//! walk, and how broad), how a row set is stored, where a bundle keeps its saved graph, and
+//! the hard-filter rule itself.
 
 use crate::bundle::Attribute;
 
@@ -21,8 +22,8 @@ pub enum Retrieval {
 pub const HNSW_MIN_ITEMS: usize = 50_000;
 
 impl Retrieval {
-    /// Whether queries over `num_items` items search an HNSW graph (unless a filter is
-    /// selective, see [`graph_serves_filter`]).
+    /// Whether queries over `num_items` items search an HNSW graph (a filter may still be
+    /// answered by a scan, see [`plan`]).
     pub fn uses_graph(self, num_items: usize) -> bool {
         match self {
             Retrieval::Exact => false,
@@ -32,30 +33,52 @@ impl Retrieval {
     }
 }
 
-/// A filter expected to pass fewer than this share of the items is answered by the exact scan:
-/// a graph walk would visit mostly rejected nodes.
-const SELECTIVE_FILTER_SHARE: f64 = 0.05;
+/// A row set holding more than `1 / DENSE_RATIO` of its universe is kept as a bitset, else as
+/// a sorted `u32` list: this is where the list (32 bits a row) outgrows the bitset (1 bit a
+/// universe row).
+const DENSE_RATIO: usize = 32;
 
-/// Whether a model with a graph searches it for a filter passing at most `share` of the items.
-pub fn graph_serves_filter(share: f64) -> bool {
-    share >= SELECTIVE_FILTER_SHARE
+/// Whether `count` rows out of `universe` are kept as a bitset (see [`DENSE_RATIO`]).
+pub fn is_dense(count: usize, universe: usize) -> bool {
+    count.saturating_mul(DENSE_RATIO) > universe
 }
 
-/// Rows sampled (inside the graph search) to estimate how many rows a filter keeps.
-pub const FILTER_SAMPLE: usize = 256;
+/// How one filtered search over an HNSW graph runs (see [`plan`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Exact scoring of just the allowed rows (exact, so ties and short sets are right).
+    Scan,
+    /// A walk of the graph with breadth `ef` that keeps only allowed rows; with `two_hop`,
+    /// disallowed neighbours are not scored but their own neighbours are (ACORN-1 style).
+    Walk { ef: usize, two_hop: bool },
+}
 
-/// See [`scan_beats_walk`]. The measured constant (`benches/results/hnsw-crates.md`: at
-/// N = 50k, d = 64, M = 16, ef = 64 the two cost the same near f = 0.3).
-const FLAT_COST: f64 = 2.0;
+/// The gather-scan answers a filter keeping at most this many rows: on small catalogues it
+/// costs about what a walk costs and is exact (10k items: every filter scans).
+const SCAN_MAX_ROWS: usize = 20_000;
 
-/// Whether a filter that keeps a fraction `f` of `len` rows is answered by the exact scan over the
-/// kept rows rather than a graph of `connectivity` M walked with breadth `ef`: the scan costs a
-/// predicate call per row plus `f·N` dot products, a filtered graph walk visits about `ef / f`
-/// rows and scores their `2M` neighbours, so the scan wins while `f² < FLAT_COST · 2M · ef / N`;
-/// the scan is exact, so ties go to it.
-pub fn scan_beats_walk(fraction: f64, connectivity: usize, ef: usize, len: usize) -> bool {
-    let walk = FLAT_COST * (2 * connectivity) as f64 * ef as f64 / len as f64;
-    fraction * fraction < walk
+/// ... or keeping less than this share of the indexed rows. Measured one thread, d = 64,
+/// M = 16, the walk at the ef reaching recall@10 0.95 (`python benches/retrieval.py --sizes
+/// 10000,100000 --cache DIR` and `--sizes 1000000 --shares 0.001,0.01,0.1,0.2,0.5`, tables in
+/// `benches/results/retrieval.md` and `retrieval-1m.md`): at 1M items and 10% the scan (recall
+/// 1.0, 173 q/s) beats the walk, which never reaches 0.95 (0.949 at ef 512, 159 q/s); at 20%
+/// the walk wins 7× (0.955 at ef 192, 552 q/s; scan 76). At 100k items and 10% the scan wins
+/// 2.9× (5,514 against 1,877 q/s at ef 64), at 50% the walk wins 6.7× (3,501 at ef 128, scan
+/// 519). Below 10% the walk is slower still and loses recall (1M, 1%: 0.864 at ef 512).
+const WALK_MIN_SHARE: f64 = 0.15;
+
+/// The planner: how a search for the best `k` of `allowed` (an exact count) of a graph's
+/// `len` rows runs, given the breadth `ef` an unfiltered search would use. The walk is
+/// hnswlib's filtered walk at that `ef`. Against the two-hop walk (ACORN-1), at recall 0.95
+/// (`retrieval.md`, `retrieval-1m.md`): two-hop loses at 10% (100k: 1,776 against 1,877 q/s;
+/// 1M: never reaches 0.95), ties at 20% (1M) and at 50% on 100k, and wins only at 50% on 1M
+/// (0.950 at 1,146 q/s against 0.967 at 733), so one walk serves every share for now.
+pub fn plan(allowed: usize, len: usize, k: usize, ef: usize) -> Plan {
+    let share = allowed as f64 / len.max(1) as f64;
+    if allowed <= k || allowed <= SCAN_MAX_ROWS || share < WALK_MIN_SHARE {
+        return Plan::Scan;
+    }
+    Plan::Walk { ef, two_hop: false }
 }
 
 /// Hard attribute constraints: an item passes if, for every `include` attribute, it has at
@@ -78,16 +101,31 @@ impl Filter {
             |(a, values): &(usize, Vec<usize>)| values.iter().any(|&v| attributes[*a].has(row, v));
         self.include.iter().all(has_any) && !self.exclude.iter().any(has_any)
     }
+}
 
-    /// An upper bound on the share of `num_items` items passing, from `value_counts[a][v]`
-    /// (items having value `v` of attribute `a`).
-    pub fn share_bound(&self, value_counts: &[Vec<usize>], num_items: usize) -> f64 {
-        let n = num_items.max(1) as f64;
-        self.include
-            .iter()
-            .map(|(a, values)| {
-                values.iter().map(|&v| value_counts[*a][v]).sum::<usize>() as f64 / n
-            })
-            .fold(1.0, f64::min)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_planner_scans_small_and_selective_filters_and_walks_broad_ones() {
+        let walk = Plan::Walk {
+            ef: 128,
+            two_hop: false,
+        };
+        // Fewer rows than k, few rows, a small share: the exact scan.
+        assert_eq!(plan(5, 1_000_000, 10, 128), Plan::Scan);
+        assert_eq!(plan(SCAN_MAX_ROWS, 1_000_000, 10, 128), Plan::Scan);
+        assert_eq!(plan(100_000, 1_000_000, 10, 128), Plan::Scan);
+        // Broad filters on a large graph: the walk, at the caller's breadth.
+        assert_eq!(plan(200_000, 1_000_000, 10, 128), walk);
+        assert_eq!(plan(1_000_000, 1_000_000, 10, 128), walk);
+        assert_eq!(plan(0, 0, 10, 128), Plan::Scan);
+    }
+
+    #[test]
+    fn a_list_holds_at_most_a_32nd_of_its_universe() {
+        assert!(!is_dense(0, 0) && !is_dense(1, 32) && is_dense(2, 32));
+        assert!(!is_dense(31_250, 1_000_000) && is_dense(31_251, 1_000_000));
     }
 }

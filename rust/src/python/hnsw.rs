@@ -17,6 +17,8 @@ use super::detached;
 use super::errors::hnsw_error;
 use crate::index::exact::Matrix;
 use crate::index::hnsw::{self, HnswParams};
+use crate::index::policy::Plan;
+use crate::index::rowset::RowSet;
 
 /// A 1-D boolean mask of length `rows`, C-contiguous.
 fn bool_mask<'py>(
@@ -137,10 +139,47 @@ impl PyHnswIndex {
         let query = query.as_slice()?;
         let mask = mask.as_ref().map(|m| m.as_slice()).transpose()?;
         let hits = detached(py, "HnswIndex.search", || {
-            // Rows lie in 0..items (the mask's length), so the lookup stays in bounds.
-            let keep = mask.map(|m| move |row: usize| m.get(row).copied().unwrap_or(false));
-            let keep = keep.as_ref().map(|f| f as &(dyn Fn(usize) -> bool + Sync));
-            self.index.search(query, k, ef, keep)
+            let allowed = mask.map(RowSet::from_mask);
+            self.index.search(query, k, ef, allowed.as_ref())
+        })?
+        .map_err(hnsw_error)?;
+        Ok(hits_1d(py, &hits))
+    }
+
+    /// `search` with the planner overridden (benchmarks only): `how` is "scan", "walk" or
+    /// "two_hop"; `ef` is the walk's breadth.
+    #[pyo3(signature = (query, k, allowed, how, ef))]
+    fn _search_as<'py>(
+        &self,
+        py: Python<'py>,
+        query: &Bound<'py, PyAny>,
+        k: i64,
+        allowed: &Bound<'py, PyAny>,
+        how: &str,
+        ef: i64,
+    ) -> PyResult<Hits<'py, Ix1>> {
+        let k = non_negative(k, "k")?;
+        let ef = positive(ef, "ef")?;
+        let plan = match how {
+            "scan" => Plan::Scan,
+            "walk" | "two_hop" => Plan::Walk {
+                ef,
+                two_hop: how == "two_hop",
+            },
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "how must be 'scan', 'walk' or 'two_hop', got {other:?}"
+                )))
+            }
+        };
+        let query = f32_array::<Ix1>(query, "query")?;
+        check_dim(self.index.dim(), query.shape()[0], "query", "the index has")?;
+        let mask = bool_mask(allowed, self.items)?;
+        let (query, mask) = (query.as_slice()?, mask.as_slice()?);
+        let hits = detached(py, "HnswIndex._search_as", || {
+            let allowed = RowSet::from_mask(mask);
+            self.index
+                .search_as(query, k, ef, Some(&allowed), Some(plan))
         })?
         .map_err(hnsw_error)?;
         Ok(hits_1d(py, &hits))
