@@ -21,6 +21,8 @@ import numpy as np
 from _common import DEFAULT_RESULTS, footer, machine, publish, summary_us, table, timings
 
 PROMPT = "something funny, but no romance"
+REPROMPTS = ["no horror please", "an action movie with explosions", "a romantic comedy"]
+"""The conversational case: new (already encoded) prompts on histories the cache holds."""
 # Steering only on both sides: "auto" would add the intent read-out's hard exclusions, which
 # the PyTorch reference does not apply.
 MODE = "soft"
@@ -122,6 +124,8 @@ def run(bundle: Path, lengths: list[int], queries: int, cold_queries: int, torch
     from dpr.encoder import PromptEncoder
 
     rec = dpr.Recommender.load(bundle)
+    # Cold queries run without the history cache, as PyTorch does: the encoder and the backbone.
+    uncached = dpr.Recommender.load(bundle, history_cache=0)
     config = json.loads((bundle / "dpr.json").read_text())
     reference = TorchReference(bundle, torch_threads)
     # The bundle's own (tuned) prompt encoder, run by sentence-transformers.
@@ -129,13 +133,15 @@ def run(bundle: Path, lengths: list[int], queries: int, cold_queries: int, torch
     ids = list(rec._engine.item_ids())
     rng = np.random.default_rng(seed)
     warm_prompt = reference.prompt_input(torch.from_numpy(encoder.encode([PROMPT])))
-    rec.query([ids[0]], PROMPT, mode=MODE)
+    for prompt in [PROMPT, *REPROMPTS]:
+        rec.query([ids[0]], prompt, mode=MODE)
     results: dict[str, Any] = {"bundle": str(bundle), "torch_threads": torch_threads,
                                "kernel_level": dpr._core.KERNEL_LEVEL, "lengths": {},
                                **machine()}
     for length in lengths:
         results["lengths"][str(length)] = _one_length(
-            rec, reference, encoder, config, ids, rng, length, warm_prompt, queries, cold_queries)
+            rec, uncached, reference, encoder, config, ids, rng, length, warm_prompt, queries,
+            cold_queries)
     results["sgemm_peak_gflops_1thread"] = sgemm_peak_gflops()
     for entry in results["lengths"].values():
         achieved = entry["flops"]["total"] / (entry["dpr_warm"]["p50_us"] * 1e-6) / 1e9
@@ -144,9 +150,9 @@ def run(bundle: Path, lengths: list[int], queries: int, cold_queries: int, torch
     return results
 
 
-def _one_length(rec: Any, reference: TorchReference, encoder: Any, config: dict[str, Any],
-                ids: list[Any], rng: np.random.Generator, length: int, warm_prompt: Any,
-                queries: int, cold_queries: int) -> dict[str, Any]:
+def _one_length(rec: Any, uncached: Any, reference: TorchReference, encoder: Any,
+                config: dict[str, Any], ids: list[Any], rng: np.random.Generator, length: int,
+                warm_prompt: Any, queries: int, cold_queries: int) -> dict[str, Any]:
     import torch
 
     pool = queries + 20  # one history per timed or warm-up call
@@ -161,8 +167,15 @@ def _one_length(rec: Any, reference: TorchReference, encoder: Any, config: dict[
                        queries)
     torch_warm = timings(_fresh(pool, lambda j: reference.query(histories[j], warm_prompt, 10)),
                          queries)
+    # Every history of the pool is in the history cache now: another prompt on it skips the
+    # backbone.
+    before = rec.history_cache_stats()
+    dpr_reprompt = timings(
+        _fresh(pool, lambda j: rec.query(external[j], REPROMPTS[j % len(REPROMPTS)], k=10,
+                                         mode=MODE)), queries)
+    after = rec.history_cache_stats()
     dpr_cold = timings(
-        lambda i: rec.query(external[i], f"{PROMPT} #{length}-{i}", k=10, mode=MODE),
+        lambda i: uncached.query(external[i], f"{PROMPT} #{length}-{i}", k=10, mode=MODE),
         cold_queries, warmup=0)
 
     def torch_cold_query(i: int) -> Any:
@@ -171,6 +184,9 @@ def _one_length(rec: Any, reference: TorchReference, encoder: Any, config: dict[
 
     torch_cold = timings(torch_cold_query, cold_queries, warmup=0)
     return {"dpr_warm": summary_us(dpr_warm), "torch_warm": summary_us(torch_warm),
+            "dpr_reprompt": summary_us(dpr_reprompt),
+            "reprompt_cache_hits": (after.hits - before.hits) / max(
+                after.hits + after.misses - before.hits - before.misses, 1),
             "dpr_cold": summary_us(dpr_cold), "torch_cold": summary_us(torch_cold),
             "warm_speedup_p50": float(np.median(torch_warm) / np.median(dpr_warm)),
             "cold_speedup_p50": float(np.median(torch_cold) / np.median(dpr_cold)),
@@ -190,6 +206,7 @@ def to_markdown(r: dict[str, Any], command: str) -> str:
         rows.append([length, f"{e['dpr_warm']['p50_us']:.0f} / {e['dpr_warm']['p99_us']:.0f}",
                      f"{e['torch_warm']['p50_us']:.0f} / {e['torch_warm']['p99_us']:.0f}",
                      f"{e['warm_speedup_p50']:.1f}×",
+                     f"{e['dpr_reprompt']['p50_us']:.0f} / {e['dpr_reprompt']['p99_us']:.0f}",
                      f"{e['dpr_cold']['p50_us'] / 1e3:.1f}",
                      f"{e['torch_cold']['p50_us'] / 1e3:.1f}",
                      f"{e['cold_speedup_p50']:.2f}×", f"{e['flops']['total'] / 1e6:.2f}",
@@ -198,14 +215,18 @@ def to_markdown(r: dict[str, Any], command: str) -> str:
     return (
         "# Query latency: dpr (Rust, Python API) vs PyTorch eager, batch 1, one thread\n\n"
         + table(["history", "dpr warm p50/p99 µs", "PyTorch warm p50/p99 µs", "warm speed-up",
-                 "dpr cold p50 ms", "PyTorch cold p50 ms", "cold speed-up", "MFLOP/query",
+                 "dpr re-prompt p50/p99 µs", "dpr cold p50 ms", "PyTorch cold p50 ms",
+                 "cold speed-up", "MFLOP/query",
                  "dpr GFLOP/s at p50 (of peak)", "same top-10"], rows)
         + f"\nSingle-thread sgemm peak (PyTorch BLAS, 1024³, best of 5, same run): "
           f"{r['sgemm_peak_gflops_1thread']:.1f} GFLOP/s. dpr kernels: {r['kernel_level']}. "
           f"PyTorch ran on {r['torch_threads']} thread(s). Every timed query has its own "
           f"history; mode \"{MODE}\" (steering, no filters) on both sides. "
           f"Warm = the prompt's vector cached on both sides; cold = a new prompt per "
-          f"query (the encoder runs: dpr's BERT forward, sentence-transformers in PyTorch).\n"
+          f"query (the encoder runs: dpr's BERT forward, sentence-transformers in PyTorch; "
+          f"dpr without its history cache). Re-prompt = another (already encoded) prompt on a "
+          f"history the history cache holds, the conversational case (cache hit rate "
+          f"{min(e['reprompt_cache_hits'] for e in r['lengths'].values()):.0%} or more).\n"
           f"MFLOP/query counts what dpr executes: backbone, the per-query part of the steering "
           f"(the prompt-only part is computed once per prompt), and scoring every item.\n"
           f"\"Same top-10\" compares the two paths end to end, each with its own prompt encoder "

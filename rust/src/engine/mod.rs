@@ -467,7 +467,7 @@ impl Model {
             width: self.dim,
         };
         let mut h = vec![0.0f32; self.dim];
-        let window = &history[history.len().saturating_sub(self.max_len())..];
+        let window = self.backbone.window(history);
         self.histories.get_or_compute(window, &mut h, |h| {
             self.backbone.user_vector(rows, window, h)
         });

@@ -75,14 +75,19 @@ impl Backbone {
         }
     }
 
+    /// The part of `history` the model reads: its most recent `max_len` items.
+    pub fn window<'h>(&self, history: &'h [u32]) -> &'h [u32] {
+        &history[history.len().saturating_sub(self.max_len())..]
+    }
+
     /// The user vector (`dim` floats) after `history` (internal rows, oldest first, each in
-    /// `0..embedding.rows`), written to `out`.
+    /// `0..embedding.rows`), written to `out`. Only [`Backbone::window`] of it is read.
     pub fn user_vector(&self, embedding: Rows<'_>, history: &[u32], out: &mut [f32]) {
         const PADDING: [u32; 1] = [0];
         let history = if history.is_empty() {
             &PADDING[..]
         } else {
-            &history[history.len().saturating_sub(self.max_len())..]
+            self.window(history)
         };
         match self {
             Backbone::SasRec(m) => m.user_vector(embedding, history, out),
