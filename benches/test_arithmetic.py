@@ -10,15 +10,17 @@ from retrieval import _matched, catalogue, recall
 
 def test_query_flops_matches_a_hand_count() -> None:
     config = {"dim": 4, "num_items": 7,
-              "backbone": {"kind": "sasrec", "max_len": 10, "num_blocks": 2, "ffn_dim": 4},
+              "backbone": {"kind": "sasrec", "max_len": 10, "num_blocks": 2, "ffn_dim": 4,
+                           "num_heads": 1},
               "steer": {"attribute_dim": 2, "positive_experts": 1, "negative_experts": 1,
                         "expert_hidden": 8, "router_hidden": 5}}
     # n = 3, d = 4. Full block: Q,K,V,O 4·3·16·2 = 384, attention (1+2+3)·4·4 = 96,
-    # FFN 2·3·4·4·2 = 192. Last block: K,V 2·3·16·2 = 192, Q,O one row 2·16·2 = 64,
-    # attention 3·4·4 = 48, FFN one row 2·4·4·2 = 64.
+    # FFN 2·3·4·4·2 = 192. Last block, from the last row only: q, W_kᵀq, W_v(Σ w_j x_j) and
+    # the output layer, four d×d products 4·16·2 = 128; scores and weighted sum over the 3
+    # rows, one head, 2·3·4·2 = 48; FFN one row 2·4·4·2 = 64.
     # Steering: router 5·(4+2)·2 = 60, experts 2·(8·8·2 + 6·8·2) = 448. Scoring 7·6·2 = 84.
     flops = query_flops(config, history=3)
-    assert flops == {"backbone": 672 + 368, "steering": 508, "scoring": 84, "total": 1632}
+    assert flops == {"backbone": 672 + 240, "steering": 508, "scoring": 84, "total": 1504}
     assert query_flops(config, history=50)["backbone"] == query_flops(config, 10)["backbone"]
 
 
