@@ -99,16 +99,9 @@ impl RowSet {
     pub fn iter(&self) -> Box<dyn Iterator<Item = usize> + '_> {
         match self {
             Self::Sorted(rows) => Box::new(rows.iter().map(|&r| r as usize)),
-            Self::Bits { words, .. } => Box::new(words.iter().enumerate().flat_map(|(i, &w)| {
-                let mut bits = w;
-                std::iter::from_fn(move || {
-                    (bits != 0).then(|| {
-                        let bit = bits.trailing_zeros() as usize;
-                        bits &= bits - 1;
-                        i * 64 + bit
-                    })
-                })
-            })),
+            Self::Bits { words, .. } => {
+                Box::new(words.iter().enumerate().flat_map(|(i, &w)| word_rows(i, w)))
+            }
         }
     }
 
