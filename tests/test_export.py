@@ -33,7 +33,7 @@ def tiny_model(kind: str = "sasrec") -> DPR:
     with torch.no_grad():  # non-trivial biases so folding them is tested too
         steering.experts.out_bias.normal_()
         steering.experts.out_weight.normal_()
-    return DPR(backbone, steering, attribute="genre", values=GENRES).eval()
+    return DPR(backbone, steering, columns=[("genre", g) for g in GENRES]).eval()
 
 
 def catalogue() -> dict[str, Any]:
@@ -123,13 +123,14 @@ def test_round_trip_tensors_and_config(tmp_path: Path, fake_encoder: Path) -> No
     out = export_bundle(model, catalogue(), tmp_path / "bundle", encoder_dir=fake_encoder,
                         training={"ndcg@10": 0.5})
     config, tensors = load_bundle_tensors(out)
-    assert config["format"] == "dpr-bundle" and config["version"] == 3
+    assert config["format"] == "dpr-bundle" and config["version"] == 4
     assert "intent" not in config  # this model has no read-out
     assert config["backbone"] == model.backbone.hyper_parameters()
     assert config["dim"] == 8 and config["num_items"] == N
     steer = config["steer"]
-    assert steer["output_scale_folded"] is True and steer["values"] == GENRES
-    assert steer["attribute"] == "genre" and steer["strength_default"] == 1.0
+    assert steer["output_scale_folded"] is True
+    assert steer["families"] == [{"name": "genre", "values": GENRES}]
+    assert "attribute" not in steer and steer["strength_default"] == 1.0
     assert config["prompt_encoder"] == {"dir": "prompt_encoder", "pooling": "mean",
                                         "normalize": True, "max_tokens": 128, "dim": 384,
                                         "dtype": "float16"}
@@ -274,11 +275,11 @@ def test_reader_rejects_damage(tmp_path: Path, fake_encoder: Path) -> None:
         load_bundle_tensors(out)
     weights.write_bytes(data)
     config = json.loads((out / "dpr.json").read_text())
-    config["version"] = 4
+    config["version"] = 5
     (out / "dpr.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="version"):
         load_bundle_tensors(out)
-    config["version"] = 3
+    config["version"] = 4
     config["steer"]["expert_hidden"] = 17
     (out / "dpr.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=re.escape("steer.experts.in_weight")):

@@ -80,7 +80,7 @@ def _intent_model() -> DPR:
         last = 3 * (V - 1)
         for tensor in (intent.output_layer.weight, intent.output_layer.bias):
             tensor[[last + ASKED, last + REFUSED]] = tensor[[last + REFUSED, last + ASKED]].clone()
-    return DPR(backbone, steering, attribute="genre", values=GENRES, intent=intent,
+    return DPR(backbone, steering, columns=[("genre", g) for g in GENRES], intent=intent,
                refuse_threshold=REFUSE).eval()
 
 
@@ -162,7 +162,7 @@ def _intent(tiny: TinyBundle) -> dict[str, Any]:
 
 def test_the_bundle_is_version_3_with_an_intent_section(bundle: Path, rec: Recommender) -> None:
     config = json.loads((bundle / "dpr.json").read_text())
-    assert config["version"] == 3
+    assert config["version"] == 4
     assert config["intent"]["values"] == [list(v) for v in INTENT_VALUES]
     assert config["steer"]["prompt_dim"] == 384 + 2 * V
     assert rec.refuse_threshold == REFUSE
@@ -473,24 +473,27 @@ def test_auto_queries_from_eight_threads_equal_serial(tiny: TinyBundle,
 
 @pytest.fixture(scope="module")
 def plain_bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A version-3 bundle without an intent section, and the same relabelled as versions 1 and 2."""
+    """A version-4 bundle without an intent section, and the same relabelled as versions 1, 2
+    and 3 (one steered family stated as `steer.attribute` and `steer.values`)."""
     pytest.importorskip("torch")
     from dpr.export import export_bundle
 
     root = tmp_path_factory.mktemp("plain")
-    v3 = export_bundle(_model("sasrec"), _catalogue(), root / "v3", encoder_dtype="float32")
-    bundles = {"v3": v3}
-    for version in (1, 2):
-        relabelled = _copy(v3, root / f"v{version}")
+    v4 = export_bundle(_model("sasrec"), _catalogue(), root / "v4", encoder_dtype="float32")
+    bundles = {"v4": v4}
+    for version in (1, 2, 3):
+        relabelled = _copy(v4, root / f"v{version}")
         config = json.loads((relabelled / "dpr.json").read_text())
-        assert "intent" not in config and config["version"] == 3
+        assert "intent" not in config and config["version"] == 4
         config["version"] = version  # dpr.json is not in `files`: no rehash needed
+        [family] = config["steer"].pop("families")
+        config["steer"].update(attribute=family["name"], values=family["values"])
         (relabelled / "dpr.json").write_text(json.dumps(config))
         bundles[f"v{version}"] = relabelled
     return bundles
 
 
-@pytest.mark.parametrize("version", ["v1", "v2", "v3"])
+@pytest.mark.parametrize("version", ["v1", "v2", "v3", "v4"])
 def test_bundles_without_a_head_serve_auto_as_soft(plain_bundles: dict[str, Path],
                                                    version: str) -> None:
     rec = Recommender.load(plain_bundles[version])

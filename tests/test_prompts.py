@@ -158,7 +158,7 @@ def test_unknown_values_fall_back_to_their_spelling() -> None:
     assert "space opera" in r.text.lower()
     assert not grammar.describable("genre", "Space Opera")
     with pytest.raises(KeyError, match="family"):
-        GRAMMAR.render(Intent("positive", "1990s", family="decade"), np.random.default_rng(0))
+        GRAMMAR.render(Intent("positive", "Swedish", family="language"), np.random.default_rng(0))
 
 
 def test_intent_validates() -> None:
@@ -235,12 +235,13 @@ def _random_data(num_users: int, mean_length: int, num_items: int = 3000, seed: 
 
 def _check_episodes(episodes: Episodes, split: LeaveOneOutSplit, catalogue: ItemCatalogue) -> None:
     n = len(episodes)
-    for name in ("user", "position", "target", "polarity", "genre", "avoid"):
+    for name in ("user", "position", "target", "polarity", "value", "avoid", "also"):
         assert len(getattr(episodes, name)) == n, name
+    assert (episodes.also == -1).all()  # one family: nothing else to ask for
     assert episodes.polarity.dtype == np.int8
-    for name in ("user", "position", "target", "genre", "avoid"):
+    for name in ("user", "position", "target", "value", "avoid"):
         assert getattr(episodes, name).dtype == np.int64, name
-    assert episodes.genres == catalogue.attribute_values("genre")
+    assert episodes.columns == [("genre", v) for v in catalogue.attribute_values("genre")]
     for i in range(n):
         u, p = int(episodes.user[i]), int(episodes.position[i])
         assert 1 <= p < len(split.train[u])  # a training position, never valid/test
@@ -255,7 +256,7 @@ def _check_episodes(episodes: Episodes, split: LeaveOneOutSplit, catalogue: Item
         elif intent.polarity == "compound":
             assert intent.value in has and intent.avoid not in has
         else:
-            assert episodes.genre[i] == -1 and episodes.avoid[i] == -1
+            assert episodes.value[i] == -1 and episodes.avoid[i] == -1
 
 
 def test_episodes_cover_every_training_position_and_nothing_else() -> None:
@@ -295,7 +296,7 @@ def test_episodes_are_deterministic_per_seed() -> None:
                                  positions_per_user=6)
 
     a, b, c = draw(7), draw(7), draw(8)
-    for name in ("user", "position", "target", "polarity", "genre", "avoid"):
+    for name in ("user", "position", "target", "polarity", "value", "avoid"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
     assert not (np.array_equal(a.position, c.position) and np.array_equal(a.genre, c.genre))
 
@@ -376,3 +377,97 @@ def test_episodes_cover_every_position_at_movielens_scale() -> None:
     split, catalogue = _random_data(num_users=6040, mean_length=95, num_items=3700, seed=0)
     episodes = steering_episodes(split, catalogue, rng=np.random.default_rng(0))
     assert len(episodes) == sum(len(t) - 1 for t in split.train) > 500_000
+
+
+# --- several steered families ------------------------------------------------------------------
+
+def _two_family_catalogue(seed: int = 0) -> tuple[LeaveOneOutSplit, ItemCatalogue]:
+    split, catalogue = _random_data(60, 12, num_items=400, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    decades = [(f"{int(d)}s",) if rng.random() < 0.9 else ()  # some items have no year
+               for d in rng.choice([1950, 1970, 1990, 2000], size=catalogue.num_items)]
+    return split, ItemCatalogue(catalogue.ids, catalogue.titles,
+                                {**catalogue.attributes, "decade": decades})
+
+
+def test_steered_matrix_puts_families_side_by_side() -> None:
+    _, catalogue = _two_family_catalogue()
+    matrix, columns = catalogue.steered_matrix(["genre", "decade"])
+    genres, _ = catalogue.attribute_matrix("genre")
+    decades, decade_values = catalogue.attribute_matrix("decade")
+    assert columns == ([("genre", v) for v in catalogue.attribute_values("genre")]
+                       + [("decade", v) for v in decade_values])
+    np.testing.assert_array_equal(matrix, np.concatenate([genres, decades], axis=1))
+    with pytest.raises(ValueError, match="twice"):
+        catalogue.steered_matrix(["genre", "genre"])
+
+
+def test_episodes_over_two_families_follow_the_target_and_mix_families() -> None:
+    split, catalogue = _two_family_catalogue()
+    episodes = steering_episodes(split, catalogue, families=("genre", "decade"),
+                                 rng=np.random.default_rng(0))
+    families_seen: dict[str, set[str]] = {}
+    for i in range(len(episodes)):
+        intent = intent_of(episodes, i)
+        target = int(episodes.target[i])
+        if intent.polarity == "neutral":
+            continue
+        has = set(catalogue.values_of(intent.family, target))
+        if intent.polarity in ("positive", "compound"):
+            assert intent.value in has
+        else:
+            assert intent.value not in has
+        families_seen.setdefault(intent.polarity, set()).add(intent.family)
+        if intent.also is not None:
+            assert intent.family == "genre" and intent.also[0] == "decade"
+            assert intent.also[1] in catalogue.values_of("decade", target)
+            families_seen.setdefault("also", set()).add(intent.polarity)
+        if intent.polarity == "compound":
+            avoid_family = intent.avoid_family or intent.family
+            assert intent.avoid not in catalogue.values_of(avoid_family, target)
+            families_seen.setdefault("avoided", set()).add(avoid_family)
+            families_seen.setdefault("pairs", set()).add(f"{intent.family}/{avoid_family}")
+    for polarity in ("positive", "negative", "compound", "avoided"):
+        assert families_seen[polarity] == {"genre", "decade"}, polarity
+    assert {"genre/decade", "decade/genre"} <= families_seen["pairs"]
+    assert families_seen["also"] == {"positive", "compound"}
+
+
+def test_family_forms_only_carry_their_family() -> None:
+    decade_only = [f for f in (*GRAMMAR.frames, *GRAMMAR.clauses) if f.families]
+    assert decade_only and all(f.families == ("decade",) for f in decade_only)
+    rng = np.random.default_rng(0)
+    for split in SPLITS:
+        for _ in range(200):
+            r = GRAMMAR.render(Intent("compound", "Comedy", "Horror"), rng, split=split)
+            assert not re.search(r"from the (comedy|horror|funny)", r.text.lower()), r.text
+        assert GRAMMAR.frames_of(split, "asked", family="decade")
+        assert all(f.suits("genre") for f in GRAMMAR.frames_of(split, "refused", family="genre"))
+
+
+def test_decade_prompts_name_the_decade_and_never_describe_it_by_name() -> None:
+    rng = np.random.default_rng(0)
+    for value, forms in GRAMMAR.families["decade"].values.items():
+        for description in forms.descriptions:
+            for name in forms.names:
+                assert name.lower() not in description.lower(), (value, description)
+        assert GRAMMAR.describable("decade", value)
+        text = GRAMMAR.render(Intent("negative", value, family="decade"), rng).text.lower()
+        assert any(name.lower() in text for name in forms.names), text
+
+
+def test_a_second_asked_value_is_named_and_labelled() -> None:
+    rng = np.random.default_rng(0)
+    intent = Intent("compound", "Comedy", "Romance", also=("decade", "1990s"))
+    for split in SPLITS:
+        r = GRAMMAR.render(intent, rng, split=split)
+        assert set(r.labels) == {("genre", "Comedy", "asked"), ("decade", "1990s", "asked"),
+                                 ("genre", "Romance", "refused")}
+        assert re.search(r"90s|nineties", r.text.lower()), r.text
+    with pytest.raises(ValueError, match="both"):
+        Intent("compound", "Comedy", "1990s", avoid_family="decade", also=("decade", "1990s"))
+    with pytest.raises(ValueError, match="another family"):
+        Intent("positive", "Comedy", also=("genre", "Drama"))
+    with pytest.raises(ValueError, match="description"):
+        GRAMMAR.render(Intent("positive", "Comedy", also=("decade", "1990s")), rng,
+                       style="description")

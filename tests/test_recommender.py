@@ -50,7 +50,7 @@ def _model(kind: str) -> DPR:
     with torch.no_grad():  # larger than the init so that steering visibly moves rankings
         steering.experts.out_weight.normal_(std=0.3)
         steering.experts.out_bias.normal_(std=0.1)
-    return DPR(backbone, steering, attribute="genre", values=GENRES).eval()
+    return DPR(backbone, steering, columns=[("genre", g) for g in GENRES]).eval()
 
 
 def _catalogue() -> dict[str, Any]:

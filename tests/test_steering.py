@@ -96,12 +96,12 @@ def test_the_tower_is_saved_beside_the_run(trained):
     _, model, original, _, out = trained
     from dpr.train.pipeline import load_prompt_tower
 
-    inputs, report = load_prompt_tower(out, "genre", model.values)
+    inputs, report = load_prompt_tower(out, model.columns)
     assert "prompt_encoder" not in report  # frozen: the bundle ships the original encoder
     prompts = ["no horror please", "something funny"]
     np.testing.assert_allclose(inputs(prompts), original(prompts), atol=1e-6)
     with pytest.raises(ValueError, match="other values"):
-        load_prompt_tower(out, "genre", model.values[:-1])
+        load_prompt_tower(out, model.columns[:-1])
 
 
 def test_dpr_round_trips_through_its_checkpoint(trained, tmp_path):
@@ -109,7 +109,7 @@ def test_dpr_round_trips_through_its_checkpoint(trained, tmp_path):
     model.save(tmp_path / "dpr.pt", {"note": "x"})
     loaded, extra = load_dpr(tmp_path / "dpr.pt")
     assert extra == {"note": "x"}
-    assert loaded.values == model.values
+    assert loaded.columns == model.columns
     cases = steering_cases(model, dataset)
     h = torch.from_numpy(cases.user_vectors[:8, : model.backbone.dim])
     prompt = torch.randn(8, model.steering.prompt_dim)
@@ -120,9 +120,9 @@ def test_dpr_round_trips_through_its_checkpoint(trained, tmp_path):
 
 def test_dpr_scores_against_attribute_extended_items(trained):
     dataset, model, *_ = trained
-    matrix, _ = dataset.items.attribute_matrix(model.attribute)
+    matrix, _ = dataset.items.steered_matrix(model.families)
     items = model.item_vectors(torch.from_numpy(matrix[1:]))
-    assert items.shape == (dataset.num_items, model.backbone.dim + len(model.values))
+    assert items.shape == (dataset.num_items, model.backbone.dim + len(model.columns))
     with pytest.raises(ValueError, match="attributes"):
         model.item_vectors()
 
@@ -132,7 +132,7 @@ def test_skipping_both_stages_leaves_the_head_untrained(trained):
     config = SteeringTrainConfig(stage2=False, stage3=False, prompts_per_genre=1,
                                  prompts_per_pair=1)
     torch.manual_seed(0)
-    untouched = DPRSteering(model.backbone.dim, attribute_dim=len(model.values),
+    untouched = DPRSteering(model.backbone.dim, attribute_dim=len(model.columns),
                             prompt_dim=model.steering.prompt_dim)
     torch.manual_seed(0)
     skipped, info = fit_steering(dataset, model.backbone, inputs, config, progress=False,

@@ -171,6 +171,9 @@ class Engine:
         """``(hits, misses, size, capacity)`` of the backbone-vector cache per history."""
     def attribute_values(self) -> dict[str, list[str]]:
         """Attribute name -> its values."""
+    @property
+    def steered_families(self) -> list[tuple[str, list[str]]]:
+        """The steered attribute families and their values, in column order."""
     def save_index(self, path: str) -> None:
         """Write the HNSW graph (built if needed) to ``path``."""
     @property

@@ -16,10 +16,26 @@ from typing import Any
 import numpy as np
 
 FORMAT = "dpr-bundle"
-VERSION = 3
+VERSION = 4
 """Version 2 adds the intent read-out (`intent` in dpr.json, `intent.*` tensors); version 3
-makes SASRec's `backbone.positions` mandatory; readers accept `READ_VERSIONS`."""
-READ_VERSIONS = (1, 2, 3)
+makes SASRec's `backbone.positions` mandatory; version 4 steers several attribute families
+(`steer.families` replaces `steer.attribute` and `steer.values`); readers accept
+`READ_VERSIONS`."""
+READ_VERSIONS = (1, 2, 3, 4)
+FAMILIES_FROM = 4
+"""The first version whose `steer` lists `families` instead of one `attribute` and `values`."""
+
+
+def steered_families(config: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """The steered attribute families of a dpr.json and their values, in column order (the
+    attribute block of the item table: docs/bundle.md), whatever the bundle's version."""
+    steer = config["steer"]
+    if int(config.get("version", 0)) >= FAMILIES_FROM:
+        return [(str(f["name"]), [str(v) for v in f["values"]])
+                for f in steer.get("families", [])]
+    if not int(steer.get("attribute_dim", 0)):
+        return []
+    return [(str(steer["attribute"]), [str(v) for v in steer.get("values", [])])]
 CONFIG_FILE = "dpr.json"
 WEIGHTS_FILE = "weights.safetensors"
 ITEMS_FILE = "items.json"
@@ -150,14 +166,14 @@ def load_bundle_tensors(path: str | Path) -> tuple[dict[str, Any], dict[str, np.
             raise ValueError(f"{ITEMS_FILE}: {field} has {len(items.get(field, []))} entries, "
                              f"{CONFIG_FILE} num_items={n}")
     widths = {name: len(a["values"]) for name, a in items.get("attributes", {}).items()}
-    steer = config["steer"]
-    if int(steer["attribute_dim"]):
-        if steer.get("attribute") not in widths:
-            raise ValueError(f"{ITEMS_FILE}: attributes lacks {steer.get('attribute')!r} "
-                             f"({CONFIG_FILE} steer.attribute)")
-        if items["attributes"][steer["attribute"]]["values"] != steer.get("values"):
-            raise ValueError(f"{ITEMS_FILE}: attributes.{steer['attribute']}.values differ "
-                             f"from {CONFIG_FILE} steer.values")
+    for family, values in steered_families(config):
+        if family not in widths:
+            raise ValueError(f"{ITEMS_FILE}: attributes lacks {family!r} (a steered family in "
+                             f"{CONFIG_FILE} steer)")
+        unknown = sorted(set(values) - set(items["attributes"][family]["values"]))
+        if unknown:
+            raise ValueError(f"{ITEMS_FILE}: attributes.{family}.values lack the steered values "
+                             f"{unknown[:5]}")
     tensors = load_file(str(root / WEIGHTS_FILE))
     shapes = expected_shapes(config, widths)
     for name, shape in shapes.items():

@@ -104,6 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--no-resume", action="store_true",
                        help="start over even if --out holds a checkpoint")
     train.add_argument("--backbone-only", action="store_true", help="stop after stage 1")
+    train.add_argument("--steer", type=_families, default=None,
+                       help="attribute families prompts steer, e.g. genre,decade (default: every "
+                            "family of the data that the prompt grammar describes)")
     _steering_arguments(train)
     train.set_defaults(handler=_train)
 
@@ -284,6 +287,7 @@ def _train(args: argparse.Namespace) -> int:
                  tower=_tower_config(args), steering=_steering_config(args),
                  grammar=Grammar.load(args.grammar) if args.grammar else None,
                  tower_from=args.tower_from, title=f"{dataset.name} {args.backbone}",
+                 families=args.steer,
                  steering_model={"positive_experts": args.positive_experts,
                                  "negative_experts": args.negative_experts},
                  on_backbone=lambda report: print(_stage1_summary(args.backbone, report)),
@@ -335,6 +339,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from dpr.models import load_dpr
     from dpr.prompts import Grammar
     from dpr.train.pipeline import MODEL_FILE, evaluate_by_frame, evaluate_dpr, grammar_renderer
+    from dpr.train.steering import grammar_for
     from dpr.train.tower import PromptInputs
 
     path = args.model / MODEL_FILE if args.model.is_dir() else args.model
@@ -345,11 +350,15 @@ def _evaluate(args: argparse.Namespace) -> int:
                            attributes=args.attributes)
     if list(dataset.items.ids) != list(extra.get("item_ids", [])):
         raise ValueError(f"{path} was trained on a different item catalogue than {args.data}")
-    grammar = Grammar.load(args.grammar).with_values(model.attribute, model.values)
+    grammar = grammar_for(Grammar.load(args.grammar), dataset.items, model.families)
     tuned = extra.get("prompt_encoder")
     inputs = PromptInputs(path.parent / tuned if tuned else encoder_dir(), model.intent)
     results = evaluate_dpr({"dpr": (model, inputs)}, dataset,
                            render=grammar_renderer(grammar, args.split), seed=args.seed)
+    for family in model.families[1:]:
+        results[f"family_{family}"] = evaluate_dpr(
+            {"dpr": (model, inputs)}, dataset, family=family,
+            render=grammar_renderer(grammar, args.split), seed=args.seed)
     results.update(evaluate_by_frame(model, inputs, dataset, grammar, split=args.split,
                                      seed=args.seed))
     results["grammar"] = grammar.source

@@ -33,6 +33,7 @@ from dpr.bundle_schema import (
     check_finite,
     load_bundle_tensors,
     sha256_file,
+    steered_families,
 )
 from dpr.catalogue import Catalogue
 from dpr.models.dpr import DPR
@@ -94,13 +95,13 @@ def _item_table(model: DPR, catalogue: Catalogue
         raise ValueError("catalogue: duplicate item ids")
     raw: dict[str, Sequence[Sequence[str]]] = dict(catalogue.attributes)
     attribute_dim = model.steering.attribute_dim
-    if attribute_dim:
-        if model.attribute not in raw:
-            raise ValueError(f"catalogue: the model scores with attribute {model.attribute!r}, "
-                             "which the catalogue lacks")
-        if len(model.values) != attribute_dim:
-            raise ValueError(f"model: {len(model.values)} values for attribute "
-                             f"{model.attribute!r} but attribute_dim={attribute_dim}")
+    if len(model.columns) != attribute_dim:
+        raise ValueError(f"model: {len(model.columns)} steered values but "
+                         f"attribute_dim={attribute_dim}")
+    for family in model.families:
+        if family not in raw:
+            raise ValueError(f"catalogue: the model steers attribute {family!r}, which the "
+                             "catalogue lacks")
     attributes: dict[str, Any] = {}
     matrices: dict[str, np.ndarray] = {}
     for name, per_item in raw.items():
@@ -108,8 +109,8 @@ def _item_table(model: DPR, catalogue: Catalogue
             raise ValueError(f"catalogue: attribute {name!r} has {len(per_item)} rows, the "
                              f"model has num_items={num_items}")
         present = sorted({str(v) for vs in per_item for v in vs})
-        if name == model.attribute and model.values:
-            values = list(model.values)
+        if name in model.families:
+            values = model.values_of(name)
             unknown = sorted(set(present) - set(values))
             if unknown:
                 raise ValueError(f"catalogue: attribute {name!r} has values the model does not "
@@ -229,8 +230,10 @@ def export_bundle(model: DPR, catalogue: Catalogue | Mapping[str, Any], out: str
         "format": FORMAT, "version": VERSION,
         "backbone": backbone.hyper_parameters(),
         "dim": backbone.dim, "num_items": backbone.num_items,
-        "steer": {**steering.hyper_parameters(), "attribute": model.attribute,
-                  "values": list(model.values), "strength_default": 1.0, "activation": "relu",
+        "steer": {**steering.hyper_parameters(),
+                  "families": [{"name": f, "values": model.values_of(f)}
+                               for f in model.families],
+                  "strength_default": 1.0, "activation": "relu",
                   "layer_norm_eps": LAYER_NORM_EPS,
                   "empty_prompt": "returns the backbone vector exactly",
                   "output_scale_folded": True},
@@ -314,7 +317,7 @@ def model_from_bundle(path: str | Path) -> tuple[DPR, dict[str, Any]]:
         intent.load_state_dict({name.removeprefix("intent."): torch.from_numpy(array.copy())
                                 for name, array in tensors.items()
                                 if name.startswith("intent.")})
-    model = DPR(backbone, steering, attribute=steer.get("attribute") or "genre",
-                values=steer.get("values") or [], intent=intent,
+    columns = [(f, v) for f, values in steered_families(config) for v in values]
+    model = DPR(backbone, steering, columns=columns, intent=intent,
                 refuse_threshold=float(config.get("intent", {}).get("refuse_threshold", 0.9)))
     return model.eval(), config

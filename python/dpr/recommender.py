@@ -140,6 +140,12 @@ class Recommender:
         return self._engine.attribute_values()
 
     @property
+    def steered_families(self) -> list[tuple[str, list[str]]]:
+        """The attribute families prompts steer, each with its values, in the order of the
+        steered vector's attribute coordinates (empty for a bundle that steers none)."""
+        return self._engine.steered_families
+
+    @property
     def item_ids(self) -> list[ItemId]:
         """The catalogue's item ids, in the row order of `item_vectors()`."""
         return self._engine.item_ids()

@@ -559,6 +559,20 @@ fn damaged_bundles_are_errors_not_panics() {
 }
 
 /// Writes `files` as a bundle under `dir` and opens it (checksums verified).
+/// Each `(what, files, want)` case is refused with a message containing `want`.
+fn expect_rejections(dir: &Path, cases: &[(&str, Files, &str)]) {
+    for (what, files, want) in cases {
+        let root = dir.join(what.replace(' ', "_"));
+        match open_files(&root, files) {
+            Ok(()) => panic!("{what}: accepted"),
+            Err(message) => assert!(
+                message.contains(want),
+                "{what}: {message:?} does not contain {want:?}"
+            ),
+        }
+    }
+}
+
 fn open_files(dir: &Path, files: &Files) -> Result<(), String> {
     std::fs::create_dir_all(dir.join("prompt_encoder")).unwrap();
     for (name, data) in FILES.iter().zip(&files.0) {
@@ -693,8 +707,8 @@ fn intent_section_errors_name_the_file_and_field() {
         ),
         (
             "unknown version",
-            with_config(|c| c["version"] = json!(4)),
-            "dpr.json: version Some(4) is not supported (this reader knows 1, 2 and 3)",
+            with_config(|c| c["version"] = json!(5)),
+            "dpr.json: version Some(5) is not supported (this reader knows 1, 2, 3 and 4)",
         ),
         (
             "a version-3 SASRec bundle that does not say its positions",
@@ -754,16 +768,7 @@ fn intent_section_errors_name_the_file_and_field() {
             "weights.safetensors: unexpected tensor 'intent.extra_layer.bias'",
         ),
     ];
-    for (what, files, want) in cases {
-        let root = dir.path().join(what.replace(' ', "_"));
-        match open_files(&root, &files) {
-            Ok(()) => panic!("{what}: accepted"),
-            Err(message) => assert!(
-                message.contains(want),
-                "{what}: {message:?} does not contain {want:?}"
-            ),
-        }
-    }
+    expect_rejections(dir.path(), &cases);
 }
 
 #[test]
@@ -826,4 +831,78 @@ fn bundles_without_an_intent_section_open_in_both_versions() {
     let head = IntentHead::from_weights(&intent, weights).unwrap();
     assert_eq!(head.feature_dim(), 4);
     assert_eq!(head.values()[1], ("decade".to_owned(), "2000s".to_owned()));
+}
+
+/// The valid version-2 SASRec bundle restated as version 4, steering `families`.
+fn version_4(families: Value) -> Files {
+    with_config(|c| {
+        c["version"] = json!(4);
+        c["backbone"]["positions"] = json!("from_end");
+        let steer = c["steer"].as_object_mut().unwrap();
+        steer.remove("attribute");
+        steer.remove("values");
+        steer.insert("families".into(), families);
+    })
+}
+
+#[test]
+fn version_4_bundles_steer_any_families_of_the_items_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let families = json!([{"name": "decade", "values": ["2000s"]},
+                          {"name": "genre", "values": ["Horror", "Comedy"]}]);
+    let at = dir.path().join("v4");
+    open_files(&at, &version_4(families)).unwrap();
+    let bundle = Bundle::open(&at, true).unwrap();
+    assert_eq!(bundle.version, 4);
+    let names: Vec<(&str, Vec<&str>)> = bundle
+        .steer
+        .families
+        .iter()
+        .map(|f| {
+            (
+                f.name.as_str(),
+                f.values.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("decade", vec!["2000s"]),
+            ("genre", vec!["Horror", "Comedy"])
+        ]
+    );
+    let cases = [
+        (
+            "both forms",
+            with_config(|c| {
+                c["version"] = json!(4);
+                c["backbone"]["positions"] = json!("from_end");
+                c["steer"]["families"] = json!([{"name": "genre", "values": GENRES}]);
+            }),
+            "dpr.json: steer.attribute is not read from version 4",
+        ),
+        (
+            "families in a version-2 bundle",
+            with_config(|c| c["steer"]["families"] = json!([{"name": "genre", "values": GENRES}])),
+            "dpr.json: steer.families needs version 4, the file says version 2",
+        ),
+        (
+            "unknown family",
+            version_4(json!([{"name": "mood", "values": ["Dark", "Light", "Odd"]}])),
+            r#"dpr.json: steer.families[0] ("mood"): items.json has no attribute "mood""#,
+        ),
+        (
+            "unknown value",
+            version_4(json!([{"name": "genre", "values": ["Comedy", "Western", "Horror"]}])),
+            r#"dpr.json: steer.families[0] ("genre"): "Western" is not one of items.json attributes.genre.values"#,
+        ),
+        (
+            "wrong count",
+            version_4(json!([{"name": "genre", "values": GENRES},
+                             {"name": "decade", "values": ["1990s"]}])),
+            "dpr.json: steer.families hold 4 values in all, steer.attribute_dim is 3",
+        ),
+    ];
+    expect_rejections(dir.path(), &cases);
 }

@@ -119,6 +119,19 @@ class ItemCatalogue:
                 matrix[row + 1, column[v]] = True
         return matrix, values
 
+    def steered_matrix(self, families: Sequence[str]
+                       ) -> tuple[np.ndarray, list[tuple[str, str]]]:
+        """The attribute block steering scores with: boolean (N+1, A), the families' matrices
+        side by side in the order given, and its columns as (family, value) pairs."""
+        if len(set(families)) != len(families):
+            raise ValueError(f"steered families named twice: {list(families)}")
+        matrices, columns = [np.zeros((len(self.ids) + 1, 0), dtype=bool)], []
+        for family in families:
+            matrix, values = self.attribute_matrix(family)
+            matrices.append(matrix)
+            columns += [(family, v) for v in values]
+        return np.concatenate(matrices, axis=1), columns
+
     def items_with(self, name: str, value: str) -> np.ndarray:
         """Internal ids of the items whose attribute `name` contains `value`."""
         hits = [row + 1 for row, vs in enumerate(self._attribute(name)) if value in vs]

@@ -40,19 +40,20 @@ Readings = Callable[[Sequence[str]], np.ndarray]
 """n prompts -> (n, V, 3) probabilities of none / asked / refused per read-out value."""
 
 
-def frame_plan(grammar: Grammar, split: str) -> list[tuple[str, str, str, str]]:
+def frame_plan(grammar: Grammar, split: str, family: str | None = None
+               ) -> list[tuple[str, str, str, str]]:
     """(frame id, kind, protocol, style) for every frame of `split` that names or describes
-    a value, and every connector."""
+    a value (of `family`, when given), and every connector."""
     plan = []
-    for frame in grammar.frames_of(split, "refused"):
+    for frame in grammar.frames_of(split, "refused", family=family):
         plan.append((frame.id, "refusal", "negative", "name"))
-    for frame in grammar.frames_of(split, "asked"):
+    for frame in grammar.frames_of(split, "asked", family=family):
         plan.append((frame.id, "request", "positive", "name"))
     for frame in grammar.connectors_of(split):
         plan.append((frame.id, "compound", "compound", "name"))
-    for frame in grammar.frames_of(split, "asked", "description"):
+    for frame in grammar.frames_of(split, "asked", "description", family):
         plan.append((frame.id, "description", "positive", "description"))
-    for frame in grammar.frames_of(split, "refused", "description"):
+    for frame in grammar.frames_of(split, "refused", "description", family):
         plan.append((frame.id, "description refusal", "negative", "description"))
     return plan
 
@@ -67,7 +68,7 @@ def evaluate_frames(cases: SteeringCases, steerers: dict[str, Steerer], grammar:
 
     family = cases.attribute
     out: dict[str, Any] = {}
-    for frame_id, kind, protocol, style in tqdm(frame_plan(grammar, split), desc="frames",
+    for frame_id, kind, protocol, style in tqdm(frame_plan(grammar, split, family), desc="frames",
                                                 disable=not progress):
         if style == "description":
             describable = [v for v in cases.catalogue.attribute_values(family)
@@ -101,7 +102,8 @@ def polarity_flips(cases: SteeringCases, steerers: dict[str, Steerer], grammar: 
     scorer = _Scorer(cases, mask_history=True)
     h, mask = cases.user_vectors[rows], scorer.history_mask(rows)
     by_value = attributes.T
-    asks, refusals = grammar.frames_of(split, "asked"), grammar.frames_of(split, "refused")
+    asks = grammar.frames_of(split, "asked", family=cases.attribute)
+    refusals = grammar.frames_of(split, "refused", family=cases.attribute)
     pairs = list(zip(asks, refusals, strict=False))
     out: dict[str, Any] = {"margin": FLIP_MARGIN, "cases": len(rows), "pairs": {}}
     totals: dict[str, list[float]] = {}

@@ -20,6 +20,11 @@ _NOTES = {
     "compound": "The prompt asks for one genre and forbids another; genre_share = share in the "
                 "asked genre (higher is better), avoid_share = share in the forbidden one "
                 "(lower is better).",
+    "cross-family": "The prompt asks for a value of each of two families and forbids one of the "
+                    "first (evaluate/cross_family.py); genre_share = share in the first asked "
+                    "value, also_share = in the second (higher is better), avoid_share = in the "
+                    "forbidden one (lower is better); filter = both required, the forbidden "
+                    "one removed.",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +22,14 @@ chooses one on validation frames."""
 class DPR(nn.Module):
     """Backbone + steering: `steered_vectors(items, lengths, prompt_embeddings)` -> h'.
 
-    `attribute` and `values` name the item attribute the prompts talk about (e.g. genre) and its
-    values in the order the training used; they travel with the model into the bundle.
+    `columns` names the steered attribute block's coordinates in order, as (family, value)
+    pairs (e.g. every genre, then every decade); they travel with the model into the bundle.
     `intent` is the read-out head over the prompt embedding (None: a model whose steering reads
     the bare embedding); with it, the steering's prompt input is `intent.prompt_input(e)`.
     """
 
-    def __init__(self, backbone: Backbone, steering: DPRSteering, *, attribute: str = "genre",
-                 values: list[str] | None = None, intent: IntentHead | None = None,
+    def __init__(self, backbone: Backbone, steering: DPRSteering, *,
+                 columns: Sequence[tuple[str, str]] = (), intent: IntentHead | None = None,
                  refuse_threshold: float = DEFAULT_REFUSE_THRESHOLD) -> None:
         super().__init__()
         if steering.dim != backbone.dim:
@@ -38,12 +39,23 @@ class DPR(nn.Module):
                              f"{intent.embedding_dim} + intent features {intent.feature_dim}")
         if not 0.0 < refuse_threshold <= 1.0:
             raise ValueError(f"refuse_threshold must lie in (0, 1], got {refuse_threshold}")
+        self.columns = [(str(f), str(v)) for f, v in columns]
+        if self.columns and len(self.columns) != steering.attribute_dim:
+            raise ValueError(f"{len(self.columns)} steered columns for attribute_dim "
+                             f"{steering.attribute_dim}")
         self.backbone = backbone
         self.steering = steering
         self.intent = intent
         self.refuse_threshold = float(refuse_threshold)
-        self.attribute = attribute
-        self.values = list(values or [])
+
+    @property
+    def families(self) -> list[str]:
+        """The steered attribute families, in column order."""
+        return list(dict.fromkeys(f for f, _ in self.columns))
+
+    def values_of(self, family: str) -> list[str]:
+        """The steered values of one family, in column order."""
+        return [v for f, v in self.columns if f == family]
 
     def prompt_input(self, embedding: torch.Tensor) -> torch.Tensor:
         """What the steering reads for sentence embeddings `e`: `[e, p_asked, p_refused]` with an
@@ -62,7 +74,8 @@ class DPR(nn.Module):
     def item_vectors(self, attributes: torch.Tensor | None = None) -> torch.Tensor:
         """(N, d [+ A]) vectors that steered users are scored against (rows: items 1..N).
 
-        With attribute coordinates, `attributes` is the (N, A) 0/1 matrix of item attributes.
+        With attribute coordinates, `attributes` is the (N, A) 0/1 matrix of the items' steered
+        columns (`ItemCatalogue.steered_matrix(model.families)` without row 0).
         """
         items = self.backbone.item_vectors()
         if not self.steering.attribute_dim:
@@ -78,7 +91,7 @@ class DPR(nn.Module):
         payload = {"format": "dpr-model", "version": 1,
                    "backbone": self.backbone.hyper_parameters(),
                    "steering": self.steering.hyper_parameters(),
-                   "attribute": self.attribute, "values": self.values,
+                   "columns": [list(c) for c in self.columns],
                    "intent": None if self.intent is None else self.intent.hyper_parameters(),
                    "refuse_threshold": self.refuse_threshold,
                    "state_dict": self.state_dict(), "extra": extra or {}}
@@ -93,8 +106,11 @@ def load_dpr(path: str | Path, device: str = "cpu") -> tuple[DPR, dict[str, Any]
     if checkpoint.get("format") != "dpr-model":
         raise ValueError(f"{path}: not a dpr model checkpoint")
     intent = checkpoint.get("intent")
+    columns = checkpoint.get("columns")
+    if columns is None:  # written before several families could be steered
+        columns = [(checkpoint["attribute"], v) for v in checkpoint["values"]]
     model = DPR(build_backbone(checkpoint["backbone"]), DPRSteering(**checkpoint["steering"]),
-                attribute=checkpoint["attribute"], values=checkpoint["values"],
+                columns=[tuple(c) for c in columns],
                 intent=None if intent is None else IntentHead(
                     [tuple(pair) for pair in intent["values"]], intent["embedding_dim"],
                     intent["hidden"]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,36 +17,45 @@ class Episodes:
 
     Episode i: user `user[i]` (a row of `split.train`), history
     `split.train[user][:position]`, target `split.train[user][position]` (= `target[i]`),
-    polarity index into `POLARITIES`, and `genre` / `avoid` indices into `genres` (-1 where the
-    polarity has none: `genre` for neutral, `avoid` unless compound).
+    polarity index into `POLARITIES`, and `value` / `avoid` / `also` indices into `columns`,
+    the steered (family, value) pairs (-1 where the polarity has none: `value` for neutral,
+    `avoid` unless compound; `also`, a second asked value of a later family, for some positive
+    and compound episodes: `Intent.also`).
     """
 
     user: np.ndarray
     position: np.ndarray
     target: np.ndarray
     polarity: np.ndarray
-    genre: np.ndarray
+    value: np.ndarray
     avoid: np.ndarray
-    genres: list[str]
+    also: np.ndarray
+    columns: list[tuple[str, str]]
 
     def __len__(self) -> int:
         return len(self.user)
 
 
-def intent_of(episodes: Episodes, i: int, family: str = "genre") -> Intent:
-    """The intent of episode `i` (its values are of attribute `family`)."""
+def intent_of(episodes: Episodes, i: int) -> Intent:
+    """The intent of episode `i`."""
     polarity = POLARITIES[int(episodes.polarity[i])]
-    g, a = int(episodes.genre[i]), int(episodes.avoid[i])
-    return Intent(polarity, episodes.genres[g] if g >= 0 else None,
-                  episodes.genres[a] if a >= 0 else None, family=family)
+    g, a, x = int(episodes.value[i]), int(episodes.avoid[i]), int(episodes.also[i])
+    family, value = episodes.columns[g] if g >= 0 else (episodes.columns[0][0], None)
+    avoid_family, avoid = episodes.columns[a] if a >= 0 else (None, None)
+    return Intent(polarity, value, avoid, family=family,
+                  avoid_family=avoid_family if avoid_family != family else None,
+                  also=episodes.columns[x] if x >= 0 else None)
 
 
 DEFAULT_MIX = {"positive": 0.35, "negative": 0.3, "compound": 0.2, "neutral": 0.15}
 """Share of each polarity among steering episodes."""
+ALSO_SHARE = 0.3
+"""Share of positive and compound episodes (whose target has a value in a family after the
+asked one's) that also ask for that value ("a 90s comedy")."""
 
 _POS, _NEG, _NEU, _COM = (POLARITIES.index(p) for p in ("positive", "negative", "neutral",
                                                          "compound"))
-_CHUNK = 1 << 16  # episodes handled at once, to bound the (episodes x genres) temporaries
+_CHUNK = 1 << 16  # episodes handled at once, to bound the (episodes x values) temporaries
 
 
 def _mix_probabilities(mix: dict[str, float] | None) -> np.ndarray:
@@ -85,45 +95,54 @@ def _pick(scores: np.ndarray, allowed: np.ndarray, lowest: bool) -> np.ndarray:
 
 
 def steering_episodes(split: LeaveOneOutSplit, catalogue: ItemCatalogue, *,
-                      attribute: str = "genre", rng: np.random.Generator,
+                      families: Sequence[str] = ("genre",), rng: np.random.Generator,
                       positions_per_user: int | None = None,
                       mix: dict[str, float] | None = None,
                       prefer: float = 0.7, recent: int = 20) -> Episodes:
     """Steering episodes over the training prefixes of `split` (never a validation/test target).
 
     Positions: every training position >= 1 (`positions_per_user=None`) or that many per user,
-    drawn without replacement. Each gets a polarity drawn from `mix` (default `DEFAULT_MIX`) and
-    genres as follows:
-    - positive: a genre of the target; with probability `prefer` the one the history
+    drawn without replacement. Each gets a polarity drawn from `mix` (default `DEFAULT_MIX`), a
+    family drawn uniformly from `families` (and, for a compound, a second one for the refused
+    value, so compounds mix families), and values of those families as follows:
+    - positive: a value of the target; with probability `prefer` the one the history
       `train[u][:position]` holds least often (as the evaluation protocol does), otherwise any;
-    - negative: a genre the target lacks; with probability `prefer` the one most frequent in
+    - negative: a value the target lacks; with probability `prefer` the one most frequent in
       the last `recent` history items, otherwise any;
-    - compound: the asked genre as for positive; the avoided one, with probability `prefer`,
-      the lacked genre that best combines co-occurring with the asked genre in the catalogue
-      and being frequent in the recent history (the evaluation avoids the genre that fills
-      the genre-filtered top-10), otherwise any the target lacks;
-    - neutral: no genre.
-    A polarity the target cannot carry (an item with no genre, or with all of them) falls back
-    to one it can (positive <-> negative, compound -> either, else neutral). Ties are broken at
-    random. Deterministic for a given `rng` state.
+    - compound: the asked value as for positive; the avoided one, with probability `prefer`,
+      the lacked value that best combines co-occurring with the asked value in the catalogue
+      and being frequent in the recent history (the evaluation avoids the value that fills
+      the value-filtered top-10), otherwise any the target lacks;
+    - neutral: no value.
+    A polarity the target cannot carry in the drawn family (an item with no value there, or
+    with all of them) falls back to one it can (positive <-> negative, compound -> either, else
+    neutral). With several families, `ALSO_SHARE` of the positive and compound episodes also
+    ask for one of the target's values in a family listed after the asked value's. Ties are
+    broken at random. Deterministic for a given `rng` state.
     """
     if not 0.0 <= prefer <= 1.0:
         raise ValueError(f"prefer must lie in [0, 1], got {prefer}")
     if recent < 1:
         raise ValueError(f"recent must be positive, got {recent}")
+    if not families:
+        raise ValueError("steering episodes need at least one attribute family")
     p = _mix_probabilities(mix)
-    has, genres = catalogue.attribute_matrix(attribute)  # (N+1, V) bool
-    num_genres = len(genres)
+    families = list(families)
+    has, columns = catalogue.steered_matrix(families)  # (N+1, A) bool
+    num_columns = len(columns)
+    of_family = np.array([[f == family for f, _ in columns] for family in families])
+    of_later_family = np.array([[families.index(f) > i for f, _ in columns]
+                                for i in range(len(families))])
 
     lengths = np.array([len(t) for t in split.train], dtype=np.int64)
     flat = (np.concatenate(split.train).astype(np.int64) if len(split.train)
             else np.zeros(0, dtype=np.int64))
     starts = np.cumsum(lengths) - lengths
-    # cum[j] = genre counts over flat[:j]; a history's counts are differences of two rows.
-    cum = np.zeros((len(flat) + 1, num_genres), dtype=np.int32)
+    # cum[j] = value counts over flat[:j]; a history's counts are differences of two rows.
+    cum = np.zeros((len(flat) + 1, num_columns), dtype=np.int32)
     np.cumsum(has[flat], axis=0, out=cum[1:])
 
-    # together[g, v]: share of the items of genre g that also have genre v.
+    # together[g, v]: share of the items having value g that also have value v.
     counts = has[1:].T.astype(np.int64) @ has[1:].astype(np.int64)
     together = counts / np.maximum(np.diag(counts), 1)[:, None]
 
@@ -132,16 +151,21 @@ def steering_episodes(split: LeaveOneOutSplit, catalogue: ItemCatalogue, *,
     at = starts[user] + position  # flat index of each target
     target = flat[at]
     polarity = rng.choice(len(POLARITIES), size=n, p=p).astype(np.int8)
-    genre = np.full(n, -1, dtype=np.int64)
+    family = rng.integers(len(families), size=(n, 2))
+    value = np.full(n, -1, dtype=np.int64)
     avoid = np.full(n, -1, dtype=np.int64)
+    also = np.full(n, -1, dtype=np.int64)
 
     for lo in range(0, n, _CHUNK):
         s = slice(lo, min(lo + _CHUNK, n))
         target_has = has[target[s]]
-        can_ask = target_has.any(axis=1)
-        can_forbid = ~target_has.all(axis=1)
+        in_family, in_avoid_family = of_family[family[s, 0]], of_family[family[s, 1]]
+        askable = target_has & in_family
+        forbiddable = ~target_has & in_family
+        avoidable = ~target_has & in_avoid_family
+        can_ask, can_forbid = askable.any(axis=1), forbiddable.any(axis=1)
         pol = polarity[s]
-        pol[(pol == _COM) & can_ask & ~can_forbid] = _POS
+        pol[(pol == _COM) & can_ask & ~avoidable.any(axis=1)] = _POS
         pol[(pol == _COM) & ~can_ask] = _NEG
         pol[(pol == _POS) & ~can_ask] = _NEG
         pol[(pol == _NEG) & ~can_forbid] = _POS
@@ -150,19 +174,20 @@ def steering_episodes(split: LeaveOneOutSplit, catalogue: ItemCatalogue, *,
         m = len(pol)
         history = cum[at[s]] - cum[starts[user[s]]]
         recent_counts = cum[at[s]] - cum[starts[user[s]] + np.maximum(position[s] - recent, 0)]
-        jitter = rng.random((m, num_genres)) * 0.5  # random tie-break, below one count
-        underrepresented = _pick(history + jitter, target_has, lowest=True)
-        frequent = _pick(recent_counts + jitter, ~target_has, lowest=False)
-        noise = rng.random((m, num_genres))
-        any_asked = _pick(noise, target_has, lowest=False)
-        any_forbidden = _pick(noise, ~target_has, lowest=False)
+        jitter = rng.random((m, num_columns)) * 0.5  # random tie-break, below one count
+        underrepresented = _pick(history + jitter, askable, lowest=True)
+        frequent = _pick(recent_counts + jitter, forbiddable, lowest=False)
+        noise = rng.random((m, num_columns))
+        any_asked = _pick(noise, askable, lowest=False)
+        any_forbidden = _pick(noise, forbiddable, lowest=False)
+        any_avoided = _pick(noise, avoidable, lowest=False)
         preferred = rng.random((m, 2)) < prefer
         asked = np.where(preferred[:, 0], underrepresented, any_asked)
         forbidden = np.where(preferred[:, 1], frequent, any_forbidden)
-        # Compound: avoid what comes along with the asked genre and the user watches.
+        # Compound: avoid what comes along with the asked value and the user watches.
         along = (together[asked] + 0.05) * (recent_counts + 1) + jitter * 1e-3
-        companion = _pick(along, ~target_has, lowest=False)
-        avoided = np.where(preferred[:, 1], companion, any_forbidden)
+        companion = _pick(along, avoidable, lowest=False)
+        avoided = np.where(preferred[:, 1], companion, any_avoided)
 
         g = np.full(m, -1, dtype=np.int64)
         a = np.full(m, -1, dtype=np.int64)
@@ -170,7 +195,11 @@ def steering_episodes(split: LeaveOneOutSplit, catalogue: ItemCatalogue, *,
         g[wants] = asked[wants]
         g[pol == _NEG] = forbidden[pol == _NEG]
         a[pol == _COM] = avoided[pol == _COM]
-        genre[s], avoid[s] = g, a
+        alsoable = target_has & of_later_family[family[s, 0]]
+        second = _pick(rng.random((m, num_columns)), alsoable, lowest=False)
+        x = np.where(wants & alsoable.any(axis=1) & (rng.random(m) < ALSO_SHARE), second, -1)
+        value[s], avoid[s], also[s] = g, a, x
 
     return Episodes(user=user, position=position, target=target, polarity=polarity,
-                    genre=genre, avoid=avoid, genres=[str(g) for g in genres])
+                    value=value, avoid=avoid, also=also,
+                    columns=[(str(f), str(v)) for f, v in columns])

@@ -49,10 +49,17 @@ class Frame:
     text: str
     cue: str = ""
     kind: str = "frame"
+    families: tuple[str, ...] = ()
+    """The attribute families whose values this form reads naturally with ("Something from
+    the {value}" suits decades, not genres); empty: every family."""
 
     @property
     def slots(self) -> set[str]:
         return {m.group(2) for m in _SLOT.finditer(self.text)}
+
+    def suits(self, family: str) -> bool:
+        """Whether a value of `family` may fill this form."""
+        return not self.families or family in self.families
 
 
 @dataclass(frozen=True)
@@ -134,18 +141,22 @@ class Grammar:
     # ----------------------------------------------------------------------------------
     # Queries
 
-    def frames_of(self, split: str, polarity: str, kind: str = "frame") -> list[Frame]:
-        """Frames of one split, polarity ("asked", "refused", "neutral") and kind."""
+    def frames_of(self, split: str, polarity: str, kind: str = "frame",
+                  family: str | None = None) -> list[Frame]:
+        """Frames of one split, polarity ("asked", "refused", "neutral") and kind; with
+        `family`, only those that suit its values."""
         _check_split(split)
-        return list(self._by_key.get((split, polarity, kind), []))
+        frames = self._by_key.get((split, polarity, kind), [])
+        return [f for f in frames if family is None or f.suits(family)]
 
     def connectors_of(self, split: str) -> list[Frame]:
         _check_split(split)
         return [c for c in self.connectors if c.split == split]
 
-    def clauses_of(self, split: str, polarity: str) -> list[Frame]:
+    def clauses_of(self, split: str, polarity: str, family: str | None = None) -> list[Frame]:
         _check_split(split)
-        return [c for c in self.clauses if c.split == split and c.polarity == polarity]
+        return [c for c in self.clauses if c.split == split and c.polarity == polarity
+                and (family is None or c.suits(family))]
 
     def frame(self, frame_id: str) -> Frame:
         """A frame or connector by id (KeyError if unknown)."""
@@ -177,6 +188,9 @@ class Grammar:
         _check_split(split)
         if style not in STYLES:
             raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+        if style == "description" and intent.also is not None:
+            raise ValueError("a free description names one value; an intent with `also` asks "
+                             "for two")
         if intent.polarity == "compound":
             return self._compound(intent, rng, split, frame)
         polarity = {"positive": "asked", "negative": "refused", "neutral": "neutral"}[
@@ -185,7 +199,8 @@ class Grammar:
         if frame is not None:
             chosen = self.frame(frame)
         else:
-            options = self.frames_of(split, polarity, kind)
+            options = self.frames_of(split, polarity, kind,
+                                     None if polarity == "neutral" else intent.family)
             if not options:
                 raise ValueError(f"{self.source}: no {split} {polarity} {kind} frames")
             chosen = options[int(rng.integers(len(options)))]
@@ -194,7 +209,7 @@ class Grammar:
         if polarity != "neutral":
             assert intent.value is not None
             self._fill_value(values, intent.family, intent.value, "", rng, split)
-            labels = ((intent.family, intent.value, polarity),)
+            labels = ((intent.family, intent.value, polarity), *self._also(values, intent, rng))
         text = self._finish(self._fill(chosen.text, values, rng, split), rng, split)
         return Rendering(text, chosen.id, labels)
 
@@ -210,12 +225,14 @@ class Grammar:
             connector = options[int(rng.integers(len(options)))]
         values: dict[str, str] = {}
         self._fill_value(values, intent.family, intent.value, "", rng, split)
+        also = self._also(values, intent, rng)
         self._fill_value(values, intent.avoid_family or intent.family, intent.avoid, "avoid_",
                          rng, split)
         parts: dict[str, str] = {}
+        families = {"": intent.family, "avoid_": intent.avoid_family or intent.family}
         for slot, polarity, prefix in (("ask", "asked", ""), ("refuse", "refused", "avoid_")):
             if slot in connector.slots:
-                clauses = [c for c in self.clauses_of(split, polarity)
+                clauses = [c for c in self.clauses_of(split, polarity, families[prefix])
                            if "description" not in c.slots or values.get(f"{prefix}description")]
                 clause = clauses[int(rng.integers(len(clauses)))]
                 own = {k.removeprefix(prefix): v for k, v in values.items()
@@ -224,9 +241,22 @@ class Grammar:
         filled = {**values, "avoid": values["avoid_value"], "avoid_thing": values["avoid_thing"],
                   **parts}
         text = self._finish(self._fill(connector.text, filled, rng, split), rng, split)
-        labels = ((intent.family, intent.value, "asked"),
+        labels = ((intent.family, intent.value, "asked"), *also,
                   (intent.avoid_family or intent.family, intent.avoid, "refused"))
         return Rendering(text, connector.id, labels)
+
+    def _also(self, out: dict[str, str], intent: Intent, rng: np.random.Generator
+              ) -> tuple[tuple[str, str, str], ...]:
+        """An intent's second asked value (`Intent.also`) named in front of the first one ("a
+        90s comedy"): its label, or () without one."""
+        if intent.also is None:
+            return ()
+        family, value = intent.also
+        name = _choice(self._forms(family, value).names, rng)
+        for slot in ("value", "thing"):
+            out[slot] = f"{name} {out[slot]}"
+        out.pop("description", None)
+        return ((family, value, "asked"),)
 
     def _forms(self, family: str, value: str) -> ValueForms:
         if family not in self.families:
@@ -341,7 +371,8 @@ def _parse(path: Path) -> Grammar:
             frame = Frame(id=str(entry.get("id", f"{key}-{i}")), split=split,
                           polarity=str(polarity), text=need(entry, "text", str, f"{at}."),
                           cue=str(entry.get("cue", "")),
-                          kind=kind or str(entry.get("kind", "frame")))
+                          kind=kind or str(entry.get("kind", "frame")),
+                          families=tuple(str(f) for f in entry.get("families", ())))
             _check_frame(frame, key, where, at)
             out.append(frame)
         return out

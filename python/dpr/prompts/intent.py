@@ -14,8 +14,10 @@ class Intent:
 
     `value` is the attribute value asked for (positive, compound) or refused (negative), in the
     dataset's spelling ("Sci-Fi", "Children's") of attribute `family`; `avoid` is the refused
-    value of a compound intent, of `avoid_family` (default: the same family). Neutral intents
-    carry no value (a given `value` is ignored).
+    value of a compound intent, of `avoid_family` (default: the same family). `also` is a second
+    asked value of another family, as a (family, value) pair, for a positive or compound
+    intent ("a 90s comedy, but no romance": Comedy, also ("decade", "1990s"), avoid Romance).
+    Neutral intents carry no value (a given `value` is ignored).
     """
 
     polarity: str
@@ -23,6 +25,7 @@ class Intent:
     avoid: str | None = None
     family: str = "genre"
     avoid_family: str | None = None
+    also: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         if self.polarity not in POLARITIES:
@@ -31,3 +34,11 @@ class Intent:
             raise ValueError(f"a {self.polarity} intent needs a value")
         if self.polarity == "compound" and not self.avoid:
             raise ValueError("a compound intent needs an avoid value")
+        if self.also is not None:
+            if self.polarity not in ("positive", "compound"):
+                raise ValueError(f"a {self.polarity} intent cannot ask for a second value")
+            if len(self.also) != 2 or self.also[0] == self.family:
+                raise ValueError(f"also must be a (family, value) pair of another family than "
+                                 f"{self.family!r}, got {self.also!r}")
+            if tuple(self.also) == (self.avoid_family or self.family, self.avoid):
+                raise ValueError(f"{self.also!r} cannot be both asked for and refused")

@@ -4,7 +4,7 @@ and 3 (steering), `dpr.pt`, the serving bundle and the evaluation reports. The `
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,7 @@ from dpr.data.dataset import SequenceDataset
 from dpr.models.backbone import Backbone
 from dpr.prompts import Grammar
 from dpr.train.config import BackboneTrainConfig
-from dpr.train.pipeline import SteeringRun, fit_backbone, run_steering
+from dpr.train.pipeline import SteeringRun, fit_backbone, run_steering, steerable_families
 from dpr.train.recipe import recipe
 from dpr.train.steering import SteeringTrainConfig
 from dpr.train.tower import TowerTrainConfig
@@ -45,7 +45,8 @@ def fit(dataset: SequenceDataset, out_dir: str | Path, *, backbone: str | Backbo
         hyper_parameters: Mapping[str, Any] | None = None,
         tower: TowerTrainConfig | None = None, steering: SteeringTrainConfig | None = None,
         steer: bool = True, export: bool = True, bundle_dir: str | Path | None = None,
-        evaluate: str = "full", attribute: str = "genre", grammar: Grammar | None = None,
+        evaluate: str = "full", families: Sequence[str] | None = None,
+        grammar: Grammar | None = None,
         tower_from: str | Path | None = None, title: str | None = None,
         steering_model: Mapping[str, Any] | None = None, progress: bool = True,
         on_backbone: Callable[[dict[str, Any]], object] | None = None,
@@ -59,6 +60,8 @@ def fit(dataset: SequenceDataset, out_dir: str | Path, *, backbone: str | Backbo
     which case stage 1 is skipped. `steer=False` stops after stage 1. `tower`, `steering` and
     `steering_model` (e.g. `positive_experts`) configure stages 2a-3; `evaluate` is "full",
     "protocols" or "none"; the bundle goes to `bundle_dir` (default `out_dir/bundle`).
+    `families` are the attribute families prompts steer (default: every family of the dataset
+    that the grammar describes, `steerable_families`); the others stay filter-only.
     `on_backbone` is called with stage 1's report as soon as stage 1 is done.
     """
     out = Path(out_dir)
@@ -79,7 +82,9 @@ def fit(dataset: SequenceDataset, out_dir: str | Path, *, backbone: str | Backbo
     if not steer:
         return FitResult(model, report, None)
     run = run_steering(dataset, model, out, tower=tower or TowerTrainConfig(),
-                       steering=steering or SteeringTrainConfig(), attribute=attribute,
+                       steering=steering or SteeringTrainConfig(),
+                       families=(steerable_families(dataset, grammar) if families is None
+                                 else list(families)),
                        grammar=grammar, tower_from=None if tower_from is None else Path(tower_from),
                        export=export, bundle_dir=None if bundle_dir is None else Path(bundle_dir),
                        evaluate=evaluate, title=title, progress=progress,

@@ -27,7 +27,7 @@ from dpr.train.backbone import BEST_CHECKPOINT, load_backbone
 from dpr.train.config import BackboneTrainConfig
 from dpr.train.experiment import REPORT, run_backbone_experiment
 from dpr.train.scoring import backbone_user_vectors
-from dpr.train.steering import SteeringTrainConfig, train_steering
+from dpr.train.steering import SteeringTrainConfig, grammar_for, train_steering
 from dpr.train.tower import PromptInputs, TowerTrainConfig, calibrate, save_tower, train_tower
 
 MODEL_FILE = "dpr.pt"
@@ -53,6 +53,20 @@ def fit_backbone(dataset: SequenceDataset, kind: str, config: BackboneTrainConfi
     return load_backbone(out_dir / BEST_CHECKPOINT), report
 
 
+def steerable_families(dataset: SequenceDataset, grammar: Grammar | None = None) -> list[str]:
+    """The dataset's attribute families that prompts can steer: those the grammar describes
+    (names and frames for their values), in the grammar's order. The others (e.g. brand ids
+    without names) stay filter-only. Raises ValueError when there is none."""
+    grammar = grammar or Grammar.load()
+    families = [f for f in grammar.families if f in dataset.items.attributes]
+    if not families:
+        raise ValueError(f"{dataset.name}: none of its attribute families "
+                         f"{sorted(dataset.items.attributes)} is one the prompt grammar "
+                         f"describes ({sorted(grammar.families)}); train with --backbone-only "
+                         "and serve with filters, or give a grammar for them (--grammar)")
+    return families
+
+
 def steering_for(backbone: Backbone, **hyper_parameters: Any) -> DPRSteering:
     """A fresh steering head sized for `backbone`."""
     return DPRSteering(backbone.dim, **hyper_parameters)
@@ -68,7 +82,7 @@ on the same catalogue values: the tower does not depend on the backbone)."""
 
 
 def fit_prompt_tower(dataset: SequenceDataset, config: TowerTrainConfig, out_dir: Path, *,
-                     attribute: str = "genre", grammar: Grammar | None = None,
+                     families: Sequence[str] = ("genre",), grammar: Grammar | None = None,
                      progress: bool = True) -> tuple[PromptInputs, dict[str, Any]]:
     """Stage 2a: fine-tune the prompt tower and its intent read-out on the grammar, save the
     tuned encoder to `out_dir/prompt_encoder` (unless the encoder stays frozen) and the head to
@@ -76,8 +90,8 @@ def fit_prompt_tower(dataset: SequenceDataset, config: TowerTrainConfig, out_dir
     from dpr.encoder import encoder_dir
     from dpr.train.checkpoint import save_atomic
 
-    values = [(attribute, v) for v in dataset.items.attribute_values(attribute)]
-    grammar = (grammar or Grammar.load()).with_values(attribute, [v for _, v in values])
+    _, values = dataset.items.steered_matrix(families)
+    grammar = grammar_for(grammar or Grammar.load(), dataset.items, families)
     torch.manual_seed(config.seed)
     tower = PromptTower(encoder_dir(), IntentHead(values), tune_layers=config.tune_layers)
     tower.to(config.device)
@@ -95,9 +109,10 @@ def fit_prompt_tower(dataset: SequenceDataset, config: TowerTrainConfig, out_dir
     return inputs, report
 
 
-def load_prompt_tower(run_dir: Path, attribute: str, values: Sequence[str]
+def load_prompt_tower(run_dir: Path, columns: Sequence[tuple[str, str]]
                       ) -> tuple[PromptInputs, dict[str, Any]]:
-    """The prompt tower a run saved (`fit_prompt_tower`), for a catalogue with `values`."""
+    """The prompt tower a run saved (`fit_prompt_tower`), for steered `columns` ((family,
+    value) pairs)."""
     from dpr.encoder import encoder_dir
     from dpr.train.checkpoint import load_checkpoint
 
@@ -106,7 +121,7 @@ def load_prompt_tower(run_dir: Path, attribute: str, values: Sequence[str]
         raise ValueError(f"{run_dir / TOWER_FILE}: not a prompt tower")
     spec = saved["intent"]
     pairs = [tuple(pair) for pair in spec["values"]]
-    if pairs != [(attribute, v) for v in values]:
+    if pairs != [tuple(c) for c in columns]:
         raise ValueError(f"{run_dir}: the tower reads other values than this catalogue's")
     head = IntentHead(pairs, spec["embedding_dim"], spec["hidden"])
     head.load_state_dict(saved["state_dict"])
@@ -117,21 +132,21 @@ def load_prompt_tower(run_dir: Path, attribute: str, values: Sequence[str]
 
 def fit_steering(dataset: SequenceDataset, backbone: Backbone, inputs: PromptInputs,
                  config: SteeringTrainConfig, *, refuse_threshold: float,
-                 attribute: str = "genre", grammar: Grammar | None = None,
+                 families: Sequence[str] = ("genre",), grammar: Grammar | None = None,
                  progress: bool = True, **hyper_parameters: Any) -> tuple[DPR, dict[str, Any]]:
     """Stages 2 and 3 on a trained backbone and a trained prompt tower (`inputs`); returns the
     DPR model and timing/curve."""
     torch.manual_seed(config.seed)
-    values = dataset.items.attribute_values(attribute)
+    _, columns = dataset.items.steered_matrix(families)
     intent = inputs.intent
-    hyper_parameters.setdefault("attribute_dim", len(values))
+    hyper_parameters.setdefault("attribute_dim", len(columns))
     hyper_parameters.setdefault("prompt_dim", intent.embedding_dim + intent.feature_dim)
     steering = steering_for(backbone, **hyper_parameters)
     started = time.perf_counter()
     result = train_steering(steering, backbone, dataset.split(), dataset.items, inputs, config,
-                            attribute=attribute, grammar=grammar,
+                            families=families, grammar=grammar,
                             embedding_dim=intent.embedding_dim, progress=progress)
-    model = DPR(backbone, result.steering, attribute=attribute, values=values, intent=intent,
+    model = DPR(backbone, result.steering, columns=columns, intent=intent,
                 refuse_threshold=refuse_threshold).eval()
     return model, {"config": config.to_dict(), "steering": steering.hyper_parameters(),
                    "seconds": {**result.seconds, "total": time.perf_counter() - started},
@@ -154,10 +169,11 @@ def dpr_steerer(model: DPR, encode: Encode, strength: float = 1.0) -> Steerer:
 
 def steering_cases(model_or_backbone: DPR | Backbone, dataset: SequenceDataset,
                    attribute: str = "genre", stage: str = "test") -> SteeringCases:
-    """The held-out cases of `stage`, ready for evaluation.
+    """The held-out cases of `stage`, ready for evaluation of the prompts about `attribute`.
 
-    For a DPR model with attribute coordinates, user vectors are [h, 0] and item vectors [E, A],
-    which score exactly like the backbone until a prompt moves the user.
+    For a DPR model with attribute coordinates, user vectors are [h, 0] and item vectors [E, A]
+    (A: every steered family's values), which score exactly like the backbone until a prompt
+    moves the user.
     """
     is_dpr = isinstance(model_or_backbone, DPR)
     backbone = model_or_backbone.backbone if is_dpr else model_or_backbone
@@ -167,7 +183,7 @@ def steering_cases(model_or_backbone: DPR | Backbone, dataset: SequenceDataset,
     with torch.no_grad():
         items = backbone.item_embedding.weight.detach().float().cpu()
     if is_dpr and model_or_backbone.steering.attribute_dim:
-        matrix, _ = dataset.items.attribute_matrix(model_or_backbone.attribute)
+        matrix, _ = dataset.items.steered_matrix(model_or_backbone.families)
         items = torch.cat([items, torch.from_numpy(matrix).float()], dim=1)
         vectors = model_or_backbone.steering.extend(vectors)
     vectors, items = vectors.numpy(), items.numpy().copy()
@@ -175,51 +191,73 @@ def steering_cases(model_or_backbone: DPR | Backbone, dataset: SequenceDataset,
                          item_vectors=items, catalogue=dataset.items, attribute=attribute)
 
 
-def dpr_auto(model: DPR, encode: Encode) -> AutoExclude:
-    """The values `mode="auto"` hard-excludes per prompt: refused probability (the last V
-    floats of the prompt input) at or above the model's threshold."""
+def dpr_auto(model: DPR, encode: Encode, family: str = "genre") -> AutoExclude:
+    """The values of `family` that `mode="auto"` hard-excludes per prompt: refused probability
+    (the last V floats of the prompt input) at or above the model's threshold."""
     if model.intent is None:
         raise ValueError("this model has no intent read-out, so no auto mode")
-    columns = [model.values.index(value) for family, value in model.intent.values
-               if family == model.attribute]
-    if len(columns) != len(model.values):
-        raise ValueError("the intent read-out does not cover the model's attribute values")
+    values = model.values_of(family)
+    read = [j for j, (f, _) in enumerate(model.intent.values) if f == family]
+    columns = [values.index(model.intent.values[j][1]) for j in read]
+    if not values or sorted(columns) != list(range(len(values))):
+        raise ValueError(f"the intent read-out does not cover the model's {family!r} values")
     count = model.intent.num_values
 
     def exclude(prompts: Sequence[str]) -> np.ndarray:
         refused = np.asarray(encode(list(prompts)))[:, -count:]
-        out = np.zeros((len(prompts), len(model.values)), dtype=bool)
-        out[:, columns] = refused >= model.refuse_threshold
+        out = np.zeros((len(prompts), len(values)), dtype=bool)
+        out[:, columns] = refused[:, read] >= model.refuse_threshold
         return out
 
     return exclude
 
 
 def evaluate_dpr(models: dict[str, tuple[DPR, Encode]], dataset: SequenceDataset, *,
-                 render: Render, seed: int = 0, stage: str = "test",
+                 render: Render, seed: int = 0, stage: str = "test", family: str | None = None,
                  protocols: Sequence[str] = ("standard", "positive", "negative", "compound")
                  ) -> dict[str, Any]:
-    """Run every protocol for one or more DPR models sharing a backbone (ablations); each
-    model comes with the function that turns its prompts into its prompt inputs."""
+    """Run every protocol about `family` (default: the first steered one) for one or more DPR
+    models sharing a backbone (ablations); each model comes with the function that turns its
+    prompts into its prompt inputs."""
     first = next(iter(models.values()))[0]
-    cases = steering_cases(first, dataset, first.attribute, stage)
+    family = family or first.families[0]
+    cases = steering_cases(first, dataset, family, stage)
     steerers = {name: dpr_steerer(model, encode) for name, (model, encode) in models.items()}
-    auto = {name: dpr_auto(model, encode) for name, (model, encode) in models.items()
+    auto = {name: dpr_auto(model, encode, family) for name, (model, encode) in models.items()
             if model.intent is not None}
     return evaluate_steering(cases, steerers, render=render, seed=seed, protocols=protocols,
                              auto=auto)
 
 
+def evaluate_cross(model: DPR, encode: Encode, dataset: SequenceDataset, *, render: Render,
+                   seed: int = 0, stage: str = "test") -> dict[str, Any]:
+    """The cross-family compound protocol (`dpr.evaluate.cross_family`) over the model's first
+    two steered families."""
+    from dpr.evaluate.cross_family import evaluate_cross_family
+
+    if len(model.families) < 2:
+        raise ValueError("the cross-family protocol needs a model that steers two families")
+    first, second = model.families[:2]
+    cases = steering_cases(model, dataset, first, stage)
+    auto = ({"dpr": {f: dpr_auto(model, encode, f) for f in model.families}}
+            if model.intent is not None else {})
+    return evaluate_cross_family(cases, second, {"dpr": dpr_steerer(model, encode)},
+                                 render=render, auto=auto, seed=seed)
+
+
 def evaluate_by_frame(model: DPR, inputs: PromptInputs, dataset: SequenceDataset,
                       grammar: Grammar, *, split: str = "heldout", seed: int = 0,
-                      progress: bool = True) -> dict[str, Any]:
-    """Each frame of `split` alone, polarity flips and the intent read-out's accuracy, on the
-    test cases: {"by_frame", "flips", "interpret"}."""
+                      family: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Each frame of `split` alone about `family` (default: the first steered one), polarity
+    flips and the intent read-out's accuracy over every steered value, on the test cases:
+    {"by_frame", "flips", "interpret"}."""
     from dpr.evaluate.frames import evaluate_frames, interpret_report, polarity_flips
 
-    cases = steering_cases(model, dataset, model.attribute)
-    steerers, auto = {"dpr": dpr_steerer(model, inputs)}, {"dpr": dpr_auto(model, inputs)}
-    values = [(model.attribute, v) for v in model.values]
+    family = family or model.families[0]
+    cases = steering_cases(model, dataset, family)
+    steerers = {"dpr": dpr_steerer(model, inputs)}
+    auto = {"dpr": dpr_auto(model, inputs, family)}
+    values = list(model.columns)
     return {"by_frame": evaluate_frames(cases, steerers, grammar, auto=auto, split=split,
                                         seed=seed, progress=progress),
             "flips": polarity_flips(cases, steerers, grammar, auto=auto, split=split, seed=seed),
@@ -264,7 +302,7 @@ class SteeringRun:
 
 def run_steering(dataset: SequenceDataset, backbone: Backbone, out_dir: Path, *,
                  tower: TowerTrainConfig, steering: SteeringTrainConfig,
-                 attribute: str = "genre", grammar: Grammar | None = None,
+                 families: Sequence[str] = ("genre",), grammar: Grammar | None = None,
                  tower_from: Path | None = None, export: bool = True,
                  bundle_dir: Path | None = None, evaluate: str = "full",
                  title: str | None = None, progress: bool = True, **hyper_parameters: Any
@@ -282,22 +320,21 @@ def run_steering(dataset: SequenceDataset, backbone: Backbone, out_dir: Path, *,
 
     if evaluate not in ("full", "protocols", "none"):
         raise ValueError(f"evaluate must be 'full', 'protocols' or 'none', got {evaluate!r}")
-    grammar = (grammar or Grammar.load()).with_values(
-        attribute, dataset.items.attribute_values(attribute))
+    grammar = grammar_for(grammar or Grammar.load(), dataset.items, families)
     started = time.perf_counter()
     if tower_from is not None:
-        inputs, tower_report = load_prompt_tower(tower_from, attribute,
-                                                 dataset.items.attribute_values(attribute))
+        inputs, tower_report = load_prompt_tower(tower_from,
+                                                 dataset.items.steered_matrix(families)[1])
         tower_report = {**tower_report, "reused_from": str(tower_from)}
         if "prompt_encoder" in tower_report:  # dpr.pt points at the encoder relative to itself
             tower_report["prompt_encoder"] = os.path.relpath(
                 tower_from / tower_report["prompt_encoder"], out_dir)
     else:
-        inputs, tower_report = fit_prompt_tower(dataset, tower, out_dir, attribute=attribute,
+        inputs, tower_report = fit_prompt_tower(dataset, tower, out_dir, families=families,
                                                 grammar=grammar, progress=progress)
     threshold = tower_report["calibration"]["refuse_threshold"]
     model, info = fit_steering(dataset, backbone, inputs, steering, refuse_threshold=threshold,
-                               attribute=attribute, grammar=grammar, progress=progress,
+                               families=families, grammar=grammar, progress=progress,
                                **hyper_parameters)
     seconds = {"tower": 0.0 if tower_from else tower_report["seconds"], **info["seconds"],
                "stages_2_3_total": time.perf_counter() - started}
@@ -312,9 +349,17 @@ def run_steering(dataset: SequenceDataset, backbone: Backbone, out_dir: Path, *,
     if evaluate != "none":
         models = {"dpr": (model, inputs)}
         for split in ("train", "heldout"):
-            results = evaluate_dpr(models, dataset, render=grammar_renderer(grammar, split))
-            report[f"{split}_frames"] = results
-            write_steering_report(results, out_dir, f"{title} {split} frames")
+            for i, family in enumerate(model.families):
+                results = evaluate_dpr(models, dataset, family=family,
+                                       render=grammar_renderer(grammar, split))
+                suffix = "" if i == 0 else f" {family}"
+                report[f"{split}_frames{suffix.replace(' ', '_')}"] = results
+                write_steering_report(results, out_dir, f"{title} {split} frames{suffix}")
+            if len(model.families) > 1:
+                results = evaluate_cross(model, inputs, dataset,
+                                         render=grammar_renderer(grammar, split))
+                report[f"{split}_cross_family"] = results
+                write_steering_report(results, out_dir, f"{title} {split} cross-family")
     if evaluate == "full":
         report.update(evaluate_by_frame(model, inputs, dataset, grammar, progress=progress))
         write_frames_report(report["by_frame"], report["flips"], report["interpret"], out_dir,

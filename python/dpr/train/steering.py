@@ -69,40 +69,55 @@ class PromptPool:
     """A fixed set of renderings per intent from the grammar's training split, each encoded
     once.
 
-    Every (polarity, value) gets `per_genre` renderings (a `description_share` of them free
-    descriptions) and every compound pair `per_pair`, so the encoder runs on a few thousand
-    prompts instead of every possible rendering.
+    Every (polarity, column) of `columns` ((family, value) pairs) gets `per_genre` renderings
+    (a `description_share` of them free descriptions) and every compound pair `per_pair`; with
+    several families, every request of a value with a second one of a later family
+    (`Intent.also`) gets `per_pair`, and every such compound one. So the encoder runs on a few
+    thousand prompts instead of every possible rendering. Keys are (polarity, value column,
+    avoided column, second asked column), -1 where there is none.
     """
 
-    def __init__(self, encode, grammar: Grammar, genres: list[str], rng: np.random.Generator,
-                 per_genre: int = 12, per_pair: int = 2, family: str = "genre",
+    def __init__(self, encode, grammar: Grammar, columns: Sequence[tuple[str, str]],
+                 rng: np.random.Generator, per_genre: int = 12, per_pair: int = 2,
                  description_share: float = 0.25) -> None:
-        self.choices: dict[tuple[int, int, int], list[int]] = {}
+        self.choices: dict[tuple[int, int, int, int], list[int]] = {}
         texts: dict[str, int] = {}
 
-        def add(key: tuple[int, int, int], intent: Intent, count: int) -> None:
+        def add(key: tuple[int, int, int, int], intent: Intent, count: int) -> None:
             rows = []
             for _ in range(count):
-                describe = (intent.polarity in ("positive", "negative")
+                describe = (intent.polarity in ("positive", "negative") and intent.also is None
                             and rng.random() < description_share
-                            and grammar.describable(family, str(intent.value)))
+                            and grammar.describable(intent.family, str(intent.value)))
                 text = grammar.render(intent, rng, split="train",
                                       style="description" if describe else "name").text
                 rows.append(texts.setdefault(text, len(texts)))
             self.choices[key] = sorted(set(rows))
 
-        add((NEUTRAL, -1, -1), Intent("neutral"), 4 * len(grammar.frames_of("train", "neutral")))
-        for g, genre in enumerate(genres):
-            add((POSITIVE, g, -1), Intent("positive", genre, family=family), per_genre)
-            add((NEGATIVE, g, -1), Intent("negative", genre, family=family), per_genre)
-            for a, avoid in enumerate(genres):
-                if a != g:
-                    add((COMPOUND, g, a), Intent("compound", genre, avoid, family=family),
-                        per_pair)
+        add((NEUTRAL, -1, -1, -1), Intent("neutral"),
+            4 * len(grammar.frames_of("train", "neutral")))
+        order = list(dict.fromkeys(f for f, _ in columns))
+        for g, (family, value) in enumerate(columns):
+            add((POSITIVE, g, -1, -1), Intent("positive", value, family=family), per_genre)
+            add((NEGATIVE, g, -1, -1), Intent("negative", value, family=family), per_genre)
+            later = [x for x, (f, _) in enumerate(columns) if order.index(f) > order.index(family)]
+            for x in later:
+                add((POSITIVE, g, -1, x), Intent("positive", value, family=family,
+                                                 also=columns[x]), per_pair)
+            for a, (avoid_family, avoid) in enumerate(columns):
+                if a == g:
+                    continue
+                add((COMPOUND, g, a, -1), Intent("compound", value, avoid, family=family,
+                                                 avoid_family=avoid_family), per_pair)
+                for x in later:
+                    if x != a:
+                        add((COMPOUND, g, a, x),
+                            Intent("compound", value, avoid, family=family,
+                                   avoid_family=avoid_family, also=columns[x]), 1)
         self.texts = list(texts)
         self.embeddings = torch.from_numpy(np.asarray(encode(self.texts), dtype=np.float32))
 
-    def sample(self, keys: Sequence[tuple[int, int, int]], rng: np.random.Generator
+    def sample(self, keys: Sequence[tuple[int, int, int, int]], rng: np.random.Generator
                ) -> torch.Tensor:
         """One random rendering's embedding per intent key."""
         rows = [self._pick(self.choices[key], rng) for key in keys]
@@ -145,25 +160,25 @@ def extended_items(items: torch.Tensor, attributes: torch.Tensor, attribute_dim:
     return torch.cat([items, attributes.float()], dim=1) if attribute_dim else items
 
 
-def genre_centroids(item_vectors: torch.Tensor, genre_matrix: torch.Tensor) -> torch.Tensor:
-    """(V, d) unit-norm mean item vector of each attribute value."""
-    sums = genre_matrix.T.float() @ item_vectors
-    counts = genre_matrix.sum(0).clamp(min=1).unsqueeze(-1)
+def value_centroids(item_vectors: torch.Tensor, column_matrix: torch.Tensor) -> torch.Tensor:
+    """(A, d) unit-norm mean item vector of each steered value."""
+    sums = column_matrix.T.float() @ item_vectors
+    counts = column_matrix.sum(0).clamp(min=1).unsqueeze(-1)
     return F.normalize(sums / counts, dim=-1)
 
 
-def align_projector(steering: DPRSteering, pool: PromptPool, genres: list[str],
+def align_projector(steering: DPRSteering, pool: PromptPool, num_values: int,
                     centroids: torch.Tensor, config: SteeringTrainConfig,
                     progress: bool = True) -> list[float]:
-    """Stage 2: a prompt about genre g projects closest to g's centroid (InfoNCE over genres)."""
+    """Stage 2: a prompt about value g projects closest to g's centroid (InfoNCE over values)."""
     rng = np.random.default_rng(config.seed)
     optimizer = torch.optim.AdamW(steering.projector.parameters(), lr=config.lr)
     losses = []
     bar = tqdm(range(config.align_steps), desc="stage 2: align", disable=not progress)
     for _ in bar:
-        genre_index = rng.integers(len(genres), size=config.batch_size)
+        genre_index = rng.integers(num_values, size=config.batch_size)
         polarity = rng.choice([POSITIVE, NEGATIVE], size=config.batch_size)
-        keys = [(int(p), int(g), -1) for p, g in zip(polarity, genre_index, strict=True)]
+        keys = [(int(p), int(g), -1, -1) for p, g in zip(polarity, genre_index, strict=True)]
         projected = F.normalize(steering.projector(pool.sample(keys, rng)), dim=-1)
         logits = projected @ centroids.T / config.align_temperature
         loss = F.cross_entropy(logits, torch.from_numpy(genre_index))
@@ -177,53 +192,60 @@ def align_projector(steering: DPRSteering, pool: PromptPool, genres: list[str],
 
 def train_steering(steering: DPRSteering, backbone: Backbone, split: LeaveOneOutSplit,
                    catalogue: ItemCatalogue, encode, config: SteeringTrainConfig, *,
-                   attribute: str = "genre", grammar: Grammar | None = None,
+                   families: Sequence[str] = ("genre",), grammar: Grammar | None = None,
                    embedding_dim: int | None = None, progress: bool = True
                    ) -> SteeringTrainResult:
-    """Run stage 2 then stage 3 (each as configured) on a frozen backbone.
+    """Run stage 2 then stage 3 (each as configured) on a frozen backbone, steering the values
+    of `families` (the attribute block: `catalogue.steered_matrix(families)`).
 
     `encode` maps a list of prompts to the steering's prompt inputs (`steering.prompt_dim`
     floats: the frozen tower's embedding, then its intent reading if it has one); the first
     `embedding_dim` floats (default: all) are the sentence embedding that prompt noise perturbs.
     """
-    grammar = (grammar or Grammar.load()).with_values(
-        attribute, catalogue.attribute_values(attribute))
+    grammar = grammar_for(grammar or Grammar.load(), catalogue, families)
     torch.manual_seed(config.seed)
     backbone.eval().requires_grad_(False)
     items = backbone.item_vectors().detach().float().cpu()
-    matrix, genres = catalogue.attribute_matrix(attribute)
-    if steering.attribute_dim not in (0, len(genres)):
-        raise ValueError(f"steering expects {steering.attribute_dim} values of {attribute!r}, "
-                         f"the catalogue has {len(genres)}")
-    genre_matrix = torch.from_numpy(matrix[1:])
+    matrix, columns = catalogue.steered_matrix(families)
+    if steering.attribute_dim not in (0, len(columns)):
+        raise ValueError(f"steering expects {steering.attribute_dim} values of {list(families)}, "
+                         f"the catalogue has {len(columns)}")
+    column_matrix = torch.from_numpy(matrix[1:])
     result = SteeringTrainResult(steering)
 
     started = time.perf_counter()
-    pool = PromptPool(encode, grammar, genres, np.random.default_rng(config.seed + 2),
-                      config.prompts_per_genre, config.prompts_per_pair, attribute,
+    pool = PromptPool(encode, grammar, columns, np.random.default_rng(config.seed + 2),
+                      config.prompts_per_genre, config.prompts_per_pair,
                       config.description_share)
     pool.embedding_dim = embedding_dim or pool.embeddings.shape[1]
     result.seconds["encode_prompts"] = time.perf_counter() - started
 
     if config.stage2:
         started = time.perf_counter()
-        losses = align_projector(steering, pool, genres, genre_centroids(items, genre_matrix),
-                                 config, progress)
+        losses = align_projector(steering, pool, len(columns),
+                                 value_centroids(items, column_matrix), config, progress)
         result.seconds["stage2"] = time.perf_counter() - started
         result.curve.append({"stage": 2, "first_loss": losses[0], "last_loss": losses[-1]})
     if config.stage3:
         started = time.perf_counter()
-        scored = extended_items(items, genre_matrix, steering.attribute_dim)
+        scored = extended_items(items, column_matrix, steering.attribute_dim)
         result.curve.extend(_stage3(steering, backbone, split, catalogue, pool, scored,
-                                    genre_matrix, config, attribute, progress))
+                                    column_matrix, config, families, progress))
         result.seconds["stage3"] = time.perf_counter() - started
     steering.eval()
     return result
 
 
+def grammar_for(grammar: Grammar, catalogue: ItemCatalogue, families: Sequence[str]) -> Grammar:
+    """`grammar`, knowing every value of each of `families` in `catalogue`."""
+    for family in families:
+        grammar = grammar.with_values(family, catalogue.attribute_values(family))
+    return grammar
+
+
 def _stage3(steering: DPRSteering, backbone: Backbone, split: LeaveOneOutSplit,
             catalogue: ItemCatalogue, pool: PromptPool, items: torch.Tensor,
-            genre_matrix: torch.Tensor, config: SteeringTrainConfig, attribute: str,
+            column_matrix: torch.Tensor, config: SteeringTrainConfig, families: Sequence[str],
             progress: bool) -> list[dict[str, float]]:
     rng = np.random.default_rng(config.seed + 1)  # the same on every rank: episodes, order
     prompt_rng = np.random.default_rng([config.seed, 7, distributed.world()[0]])
@@ -239,19 +261,19 @@ def _stage3(steering: DPRSteering, backbone: Backbone, split: LeaveOneOutSplit,
     started = time.perf_counter()
     curve = []
     for epoch in range(config.epochs):
-        episodes = build_episodes(head_split, catalogue, attribute=attribute, rng=rng,
+        episodes = build_episodes(head_split, catalogue, families=families, rng=rng,
                                   positions_per_user=config.positions_per_user)
         order = distributed.shard(rng.permutation(len(episodes.target)), config.batch_size)
         totals: dict[str, float] = {}
         bar = tqdm(order, desc=f"stage 3: epoch {epoch}", disable=not progress, unit="batch")
         for batch in bar:
             user = states[offsets[episodes.user[batch]] + episodes.position[batch] - 1]
-            keys = zip(episodes.polarity[batch].tolist(), episodes.genre[batch].tolist(),
-                       episodes.avoid[batch].tolist(), strict=True)
+            keys = zip(episodes.polarity[batch].tolist(), episodes.value[batch].tolist(),
+                       episodes.avoid[batch].tolist(), episodes.also[batch].tolist(), strict=True)
             prompts = _jitter(pool.sample(list(keys), prompt_rng), config.prompt_noise,
                               pool.embedding_dim)
             losses = steering_losses(model, steering, user, prompts, episodes, batch, items,
-                                     genre_matrix, config)
+                                     column_matrix, config)
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
             optimizer.step()
@@ -304,7 +326,7 @@ def steering_losses(model: torch.nn.Module, steering: DPRSteering, user: torch.T
     out = model(user, prompts)
     polarity = torch.from_numpy(episodes.polarity[batch]).long()
     target = torch.from_numpy(episodes.target[batch]) - 1
-    avoid_index = np.where(episodes.polarity[batch] == NEGATIVE, episodes.genre[batch],
+    avoid_index = np.where(episodes.polarity[batch] == NEGATIVE, episodes.value[batch],
                            episodes.avoid[batch])
     has_avoid = torch.from_numpy(avoid_index >= 0)
     forbidden = torch.zeros(len(batch), items.shape[0], dtype=torch.bool)

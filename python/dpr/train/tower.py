@@ -29,6 +29,9 @@ from dpr.prompts import Grammar, Intent, Rendering
 
 TOWER_MIX = {"positive": 0.3, "negative": 0.35, "compound": 0.2, "neutral": 0.15}
 """Share of each intent kind among the tower's training prompts."""
+ALSO_SHARE = 0.3
+"""Share of positive and compound prompts that also ask for a value of a later family ("a 90s
+comedy"), when the tower reads more than one family."""
 _POLARITY_CLASS = {"asked": ASKED, "refused": REFUSED}
 
 
@@ -67,8 +70,21 @@ class TowerTrainConfig:
 def sample_intents(values: Sequence[tuple[str, str]], n: int, rng: np.random.Generator,
                    grammar: Grammar, description_share: float = 0.25,
                    mix: dict[str, float] | None = None) -> list[tuple[Intent, str]]:
-    """`n` random (intent, style) pairs over `values` ((family, value) pairs)."""
+    """`n` random (intent, style) pairs over `values` ((family, value) pairs). With several
+    families, `ALSO_SHARE` of the positive and compound intents also ask for a value of a
+    family listed after the first value's ("a 90s comedy": the later family's name comes
+    first in the sentence)."""
     mix = mix or TOWER_MIX
+    order = list(dict.fromkeys(f for f, _ in values))
+
+    def also(first: tuple[str, str], refused: tuple[str, str] | None = None
+             ) -> tuple[str, str] | None:
+        later = [pair for pair in values
+                 if order.index(pair[0]) > order.index(first[0]) and pair != refused]
+        if not later or rng.random() >= ALSO_SHARE:
+            return None
+        return later[int(rng.integers(len(later)))]
+
     kinds = list(mix)
     p = np.array([mix[k] for k in kinds], dtype=np.float64)
     drawn = rng.choice(len(kinds), size=n, p=p / p.sum())
@@ -84,10 +100,12 @@ def sample_intents(values: Sequence[tuple[str, str]], n: int, rng: np.random.Gen
             while second == first:
                 second = values[int(rng.integers(len(values)))]
             out.append((Intent("compound", first[1], second[1], family=first[0],
-                               avoid_family=second[0]), "name"))
+                               avoid_family=second[0], also=also(first, second)), "name"))
             continue
-        describe = (rng.random() < description_share and grammar.describable(*first))
-        out.append((Intent(kind, first[1], family=first[0]),
+        extra = also(first) if kind == "positive" else None
+        describe = (extra is None and rng.random() < description_share
+                    and grammar.describable(*first))
+        out.append((Intent(kind, first[1], family=first[0], also=extra),
                     "description" if describe else "name"))
     return out
 

@@ -5,12 +5,18 @@
 
 use std::collections::BTreeMap;
 
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use serde_json::Value;
 
 use super::{inside_bundle, BundleError, CONFIG_FILE, FORMAT, MAX_LAYERS, MAX_SIZE, READ_VERSIONS};
 
 /// The first bundle version in which a SASRec backbone must state `positions`.
 pub const POSITIONS_REQUIRED_FROM: i64 = 3;
+
+/// The first bundle version whose steered attribute block is `steer.families` (any number of
+/// families) instead of the one family `steer.attribute` with `steer.values`.
+pub const FAMILIES_FROM: i64 = 4;
 
 /// Which SASRec position embedding row each history item gets.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -52,9 +58,19 @@ impl BackboneConfig {
     }
 }
 
+/// One attribute family of the steered block (`dpr.json` `steer.families[i]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SteerFamily {
+    /// An attribute of `items.json`.
+    pub name: String,
+    /// The values it steers, in column order (some or all of the attribute's values).
+    pub values: Vec<String>,
+}
+
 /// The steering head's hyper-parameters (`dpr.json` `steer`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct SteerConfig {
+    /// A: the width of the attribute block, the number of values of all steered families.
     pub attribute_dim: usize,
     pub prompt_dim: usize,
     pub positive_experts: usize,
@@ -62,10 +78,11 @@ pub struct SteerConfig {
     pub projector_hidden: usize,
     pub expert_hidden: usize,
     pub router_hidden: usize,
-    #[serde(default)]
-    pub attribute: Option<String>,
-    #[serde(default)]
-    pub values: Vec<String>,
+    /// The steered families in column order: family 0's values, then family 1's, and so on.
+    /// Read by [`parse_config`] from whichever form the version uses (see [`steer_families`]);
+    /// empty when `attribute_dim` is 0.
+    #[serde(skip)]
+    pub families: Vec<SteerFamily>,
     #[serde(default = "one")]
     pub strength_default: f32,
     #[serde(default = "layer_norm_eps")]
@@ -161,10 +178,15 @@ pub(super) fn parse_config(text: &str) -> Result<RawConfig, BundleError> {
     let version = match value.get("version").and_then(|v| v.as_i64()) {
         Some(v) if READ_VERSIONS.contains(&v) => v,
         other => {
+            let known: Vec<String> = READ_VERSIONS.iter().map(|v| v.to_string()).collect();
+            let (last, rest) = known.split_last().map_or(("", &[][..]), |(l, r)| (l, r));
             return Err(BundleError::config(
                 "version",
-                format!("version {other:?} is not supported (this reader knows 1, 2 and 3)"),
-            ))
+                format!(
+                    "version {other:?} is not supported (this reader knows {} and {last})",
+                    rest.join(", ")
+                ),
+            ));
         }
     };
     // Before version 3 a SASRec bundle without `positions` means `from_start`; a reader that
@@ -185,7 +207,8 @@ pub(super) fn parse_config(text: &str) -> Result<RawConfig, BundleError> {
             ),
         ));
     }
-    let raw: RawConfig =
+    let steer_section = value.get("steer").cloned().unwrap_or(Value::Null);
+    let mut raw: RawConfig =
         serde_json::from_value(value).map_err(|e| BundleError::config("", e.to_string()))?;
     let check = |ok: bool, field: &str, msg: &str| {
         if ok {
@@ -285,16 +308,6 @@ pub(super) fn parse_config(text: &str) -> Result<RawConfig, BundleError> {
         Some(intent) => check_intent_config(&raw, intent)?,
     }
     check(
-        s.values.len() == s.attribute_dim,
-        "steer.values",
-        "steer.values must hold steer.attribute_dim values",
-    )?;
-    check(
-        s.attribute_dim == 0 || s.attribute.is_some(),
-        "steer.attribute",
-        "steer.attribute is required when steer.attribute_dim > 0",
-    )?;
-    check(
         s.strength_default.is_finite(),
         "steer.strength_default",
         "steer.strength_default must be finite",
@@ -304,7 +317,122 @@ pub(super) fn parse_config(text: &str) -> Result<RawConfig, BundleError> {
         "steer.layer_norm_eps",
         "steer.layer_norm_eps must be positive",
     )?;
+    raw.steer.families = steer_families(version, &steer_section, raw.steer.attribute_dim)?;
     Ok(raw)
+}
+
+/// `steer.<name>` of the `steer` section, `None` when absent or null.
+fn steer_field<T: DeserializeOwned>(steer: &Value, name: &str) -> Result<Option<T>, BundleError> {
+    match steer.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => T::deserialize(v).map(Some).map_err(|e| {
+            BundleError::config(&format!("steer.{name}"), format!("steer.{name}: {e}"))
+        }),
+    }
+}
+
+/// The steered families of the `steer` section (`steer`), in column order: from version
+/// [`FAMILIES_FROM`] `steer.families`, before it the one family `steer.attribute` with its
+/// `steer.values` (none when `attribute_dim` is 0). Each family is named once, lists each
+/// value once, and together they hold `attribute_dim` values; that they are attributes and
+/// values of `items.json` is checked once that is read ([`super::items`]).
+fn steer_families(
+    version: i64,
+    steer: &Value,
+    attribute_dim: usize,
+) -> Result<Vec<SteerFamily>, BundleError> {
+    let check = |ok: bool, field: &str, msg: String| {
+        if ok {
+            Ok(())
+        } else {
+            Err(BundleError::config(field, msg))
+        }
+    };
+    let listed = steer_field::<Vec<SteerFamily>>(steer, "families")?;
+    let attribute = steer_field::<String>(steer, "attribute")?;
+    let values = steer_field::<Vec<String>>(steer, "values")?;
+    let families = if version >= FAMILIES_FROM {
+        for (field, given) in [
+            ("steer.attribute", attribute.is_some()),
+            ("steer.values", values.is_some()),
+        ] {
+            check(
+                !given,
+                field,
+                format!(
+                    "{field} is not read from version {FAMILIES_FROM}: steer.families names the \
+                     steered families and their values"
+                ),
+            )?;
+        }
+        listed.ok_or_else(|| {
+            BundleError::config(
+                "steer.families",
+                format!(
+                    "steer.families is required from version {FAMILIES_FROM} (a list of \
+                     {{\"name\", \"values\"}}, empty when steer.attribute_dim is 0)"
+                ),
+            )
+        })?
+    } else {
+        check(
+            listed.is_none(),
+            "steer.families",
+            format!(
+                "steer.families needs version {FAMILIES_FROM}, the file says version {version} \
+                 (which names one family in steer.attribute and steer.values)"
+            ),
+        )?;
+        let values = values.unwrap_or_default();
+        check(
+            values.len() == attribute_dim,
+            "steer.values",
+            "steer.values must hold steer.attribute_dim values".into(),
+        )?;
+        match attribute {
+            Some(name) if attribute_dim > 0 => vec![SteerFamily { name, values }],
+            None if attribute_dim > 0 => {
+                return Err(BundleError::config(
+                    "steer.attribute",
+                    "steer.attribute is required when steer.attribute_dim > 0",
+                ))
+            }
+            _ => Vec::new(),
+        }
+    };
+    // Before version 4 the one family is `steer.attribute` with `steer.values` (counted above),
+    // so a repeated value is reported there.
+    let legacy = version < FAMILIES_FROM;
+    let mut names = std::collections::BTreeSet::new();
+    for (i, family) in families.iter().enumerate() {
+        let name = &family.name;
+        check(
+            names.insert(name),
+            "steer.families",
+            format!("steer.families[{i}] names {name:?} again"),
+        )?;
+        let mut seen = std::collections::HashSet::with_capacity(family.values.len());
+        if let Some(value) = family.values.iter().find(|v| !seen.insert(*v)) {
+            let (field, at) = if legacy {
+                ("steer.values", "steer.values".to_owned())
+            } else {
+                ("steer.families", format!("steer.families[{i}] ({name:?})"))
+            };
+            return Err(BundleError::config(
+                field,
+                format!("{at} lists {value:?} twice"),
+            ));
+        }
+    }
+    let total: usize = families.iter().map(|f| f.values.len()).sum();
+    check(
+        total == attribute_dim,
+        "steer.families",
+        format!(
+            "steer.families hold {total} values in all, steer.attribute_dim is {attribute_dim}"
+        ),
+    )?;
+    Ok(families)
 }
 
 /// The `intent` section on its own and against the rest of `dpr.json` (its values are checked
@@ -404,6 +532,173 @@ fn check_intent_config(raw: &RawConfig, intent: &IntentConfig) -> Result<(), Bun
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    /// A valid `dpr.json` of `version` (a GRU4Rec one, A = 5), its `steer` section edited.
+    fn config_text(version: i64, edit_steer: impl FnOnce(&mut Value)) -> String {
+        let mut steer = json!({"dim": 4, "attribute_dim": 5, "prompt_dim": 8,
+                               "positive_experts": 1, "negative_experts": 1,
+                               "projector_hidden": 3, "expert_hidden": 3, "router_hidden": 3});
+        edit_steer(&mut steer);
+        json!({"format": "dpr-bundle", "version": version,
+               "backbone": {"kind": "gru4rec", "max_len": 5, "num_layers": 1},
+               "dim": 4, "num_items": 6, "steer": steer,
+               "prompt_encoder": {"dir": "prompt_encoder", "max_tokens": 16, "dim": 8},
+               "items": {"file": "items.json"}, "files": {}})
+        .to_string()
+    }
+
+    fn legacy(steer: &mut Value) {
+        steer["attribute"] = json!("genre");
+        steer["values"] = json!(["Action", "Comedy", "Drama", "Horror", "Romance"]);
+    }
+
+    fn two_families(steer: &mut Value) {
+        steer["families"] = json!([
+            {"name": "genre", "values": ["Drama", "Action", "Comedy"]},
+            {"name": "decade", "values": ["1990s", "2000s"]},
+        ]);
+    }
+
+    fn family(name: &str, values: &[&str]) -> SteerFamily {
+        SteerFamily {
+            name: name.into(),
+            values: values.iter().map(|v| v.to_string()).collect(),
+        }
+    }
+
+    /// The field and message of the error `text` is rejected with.
+    fn rejected(text: &str) -> (String, String) {
+        match parse_config(text) {
+            Err(BundleError::Config { field, message }) => (field, message),
+            other => panic!("not a config error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn steered_families_come_from_steer_families_or_the_one_steer_attribute() {
+        for version in 1..FAMILIES_FROM {
+            let raw = parse_config(&config_text(version, legacy)).unwrap();
+            let genre = ["Action", "Comedy", "Drama", "Horror", "Romance"];
+            assert_eq!(raw.steer.families, vec![family("genre", &genre)]);
+        }
+        let raw = parse_config(&config_text(4, two_families)).unwrap();
+        assert_eq!(
+            raw.steer.families,
+            vec![
+                family("genre", &["Drama", "Action", "Comedy"]),
+                family("decade", &["1990s", "2000s"]),
+            ]
+        );
+        // No attribute block: no family, in either form (a null attribute is an absent one).
+        let none = |steer: &mut Value| {
+            steer["attribute_dim"] = json!(0);
+            steer["attribute"] = Value::Null;
+            steer["values"] = json!([]);
+        };
+        assert!(parse_config(&config_text(3, none))
+            .unwrap()
+            .steer
+            .families
+            .is_empty());
+        let empty = |steer: &mut Value| {
+            steer["attribute_dim"] = json!(0);
+            steer["families"] = json!([]);
+        };
+        assert!(parse_config(&config_text(4, empty))
+            .unwrap()
+            .steer
+            .families
+            .is_empty());
+    }
+
+    #[test]
+    fn each_version_takes_one_form_of_the_steered_families() {
+        let both = |steer: &mut Value| {
+            two_families(steer);
+            legacy(steer);
+        };
+        let (field, message) = rejected(&config_text(4, both));
+        assert_eq!(field, "steer.attribute");
+        assert!(message.contains("not read from version 4"), "{message}");
+        let values_too = |steer: &mut Value| {
+            two_families(steer);
+            steer["values"] = json!(["Action"]);
+        };
+        assert_eq!(rejected(&config_text(4, values_too)).0, "steer.values");
+        let (field, message) = rejected(&config_text(4, legacy));
+        assert_eq!(field, "steer.attribute");
+        assert!(message.contains("steer.families"), "{message}");
+        let (field, message) = rejected(&config_text(4, |_| {}));
+        assert_eq!(field, "steer.families");
+        assert!(message.contains("required from version 4"), "{message}");
+        let (field, message) = rejected(&config_text(3, both));
+        assert_eq!(field, "steer.families");
+        assert!(
+            message.contains("needs version 4, the file says version 3"),
+            "{message}"
+        );
+        let (field, _) = rejected(&config_text(3, |steer| steer["attribute"] = json!("genre")));
+        assert_eq!(field, "steer.values");
+        let (field, _) = rejected(&config_text(4, |steer| steer["families"] = json!("genre")));
+        assert_eq!(field, "steer.families");
+    }
+
+    #[test]
+    fn steered_families_are_distinct_and_hold_attribute_dim_values() {
+        let cases: [(&str, Value, &str); 4] = [
+            (
+                "a family twice",
+                json!([{"name": "genre", "values": ["Drama", "Action"]},
+                       {"name": "decade", "values": ["1990s"]},
+                       {"name": "genre", "values": ["Comedy", "Horror"]}]),
+                "steer.families[2] names \"genre\" again",
+            ),
+            (
+                "a value twice",
+                json!([{"name": "genre", "values": ["Drama", "Action", "Drama"]},
+                       {"name": "decade", "values": ["1990s", "2000s"]}]),
+                "steer.families[0] (\"genre\") lists \"Drama\" twice",
+            ),
+            (
+                "too few values",
+                json!([{"name": "genre", "values": ["Drama", "Action", "Comedy"]},
+                       {"name": "decade", "values": ["1990s"]}]),
+                "steer.families hold 4 values in all, steer.attribute_dim is 5",
+            ),
+            (
+                "too many values",
+                json!([{"name": "genre", "values": ["Drama", "Action", "Comedy", "Horror"]},
+                       {"name": "decade", "values": ["1990s", "2000s"]}]),
+                "steer.families hold 6 values in all, steer.attribute_dim is 5",
+            ),
+        ];
+        for (what, families, want) in cases {
+            let text = config_text(4, |steer| steer["families"] = families);
+            let (field, message) = rejected(&text);
+            assert_eq!(field, "steer.families", "{what}");
+            assert_eq!(message, want, "{what}");
+        }
+        let repeat = |steer: &mut Value| {
+            legacy(steer);
+            steer["values"][4] = json!("Action");
+        };
+        let (field, message) = rejected(&config_text(3, repeat));
+        assert_eq!(
+            (field.as_str(), message.as_str()),
+            ("steer.values", "steer.values lists \"Action\" twice")
+        );
+    }
+
+    #[test]
+    fn unknown_versions_name_the_known_ones() {
+        let (field, message) = rejected(&config_text(5, two_families));
+        assert_eq!(field, "version");
+        assert_eq!(
+            message,
+            "version Some(5) is not supported (this reader knows 1, 2, 3 and 4)"
+        );
+    }
 
     #[test]
     fn sasrec_positions_default_to_from_start() {

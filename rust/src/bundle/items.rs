@@ -6,7 +6,7 @@ use std::path::Path;
 use rustc_hash::FxHashMap;
 use serde::Deserialize;
 
-use super::config::{IntentConfig, RawConfig};
+use super::config::{IntentConfig, RawConfig, SteerConfig, FAMILIES_FROM};
 use super::{read_text, BundleError, CONFIG_FILE};
 
 /// An item's external id, as the dataset spells it.
@@ -199,21 +199,7 @@ pub(super) fn read_items(root: &Path, raw: &RawConfig) -> Result<Items, BundleEr
             ));
         }
     }
-    let steer = &raw.steer;
-    if let Some(attr) = steer
-        .attribute
-        .as_deref()
-        .filter(|_| steer.attribute_dim > 0)
-    {
-        let values = items.attributes.get(attr).map(|a| &a.values);
-        if values != Some(&steer.values) {
-            return Err(BundleError::items(
-                name,
-                &format!("attributes.{attr}.values"),
-                format!("attributes.{attr}.values differ from {CONFIG_FILE} steer.values"),
-            ));
-        }
-    }
+    check_steer_families(raw.version, &raw.steer, &items.attributes, name)?;
     if let Some(intent) = &raw.intent {
         check_intent_values(intent, &items.attributes, name)?;
     }
@@ -223,6 +209,49 @@ pub(super) fn read_items(root: &Path, raw: &RawConfig) -> Result<Items, BundleEr
         titles: items.titles,
         attributes: items.attributes,
     })
+}
+
+/// Every steered family is an attribute of the items file, and every value it lists is one of
+/// that attribute's values (any order). Before version 4 the one family `steer.attribute` has
+/// exactly the attribute's values, in the same order, as those versions define.
+fn check_steer_families(
+    version: i64,
+    steer: &SteerConfig,
+    attributes: &BTreeMap<String, RawAttribute>,
+    items_file: &str,
+) -> Result<(), BundleError> {
+    for (i, family) in steer.families.iter().enumerate() {
+        let name = &family.name;
+        let attribute = attributes.get(name);
+        if version < FAMILIES_FROM {
+            if attribute.map(|a| &a.values) != Some(&family.values) {
+                return Err(BundleError::items(
+                    items_file,
+                    &format!("attributes.{name}.values"),
+                    format!("attributes.{name}.values differ from {CONFIG_FILE} steer.values"),
+                ));
+            }
+            continue;
+        }
+        let problem = match attribute {
+            None => format!("{items_file} has no attribute {name:?}"),
+            Some(a) => {
+                let known: std::collections::HashSet<&str> =
+                    a.values.iter().map(String::as_str).collect();
+                match family.values.iter().find(|v| !known.contains(v.as_str())) {
+                    None => continue,
+                    Some(value) => {
+                        format!("{value:?} is not one of {items_file} attributes.{name}.values")
+                    }
+                }
+            }
+        };
+        return Err(BundleError::config(
+            "steer.families",
+            format!("steer.families[{i}] ({name:?}): {problem}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Every `(family, value)` of the intent head is a value of that attribute in `items.json`.
@@ -250,9 +279,78 @@ fn check_intent_values(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bundle::SteerFamily;
 
     fn ints(xs: &[i64]) -> Vec<ItemId> {
         xs.iter().map(|&x| ItemId::Int(x)).collect()
+    }
+
+    /// The attributes of an items file: genre and decade (no item has any of them).
+    fn genre_and_decade() -> BTreeMap<String, RawAttribute> {
+        let attribute = |values: &[&str]| RawAttribute {
+            values: values.iter().map(|v| v.to_string()).collect(),
+            items: Vec::new(),
+        };
+        BTreeMap::from([
+            ("genre".into(), attribute(&["Action", "Comedy", "Drama"])),
+            ("decade".into(), attribute(&["1990s", "2000s"])),
+        ])
+    }
+
+    /// A steering configuration steering `families`.
+    fn steering(families: &[(&str, &[&str])]) -> SteerConfig {
+        let families: Vec<SteerFamily> = families
+            .iter()
+            .map(|(name, values)| SteerFamily {
+                name: name.to_string(),
+                values: values.iter().map(|v| v.to_string()).collect(),
+            })
+            .collect();
+        let mut steer: SteerConfig = serde_json::from_value(serde_json::json!({
+            "attribute_dim": families.iter().map(|f| f.values.len()).sum::<usize>(),
+            "prompt_dim": 8, "positive_experts": 1, "negative_experts": 1,
+            "projector_hidden": 3, "expert_hidden": 3, "router_hidden": 3}))
+        .unwrap();
+        steer.families = families;
+        steer
+    }
+
+    #[test]
+    fn steered_families_are_attributes_of_the_items_file_in_any_order() {
+        let attributes = genre_and_decade();
+        let check = |version, families: &[(&str, &[&str])]| {
+            check_steer_families(version, &steering(families), &attributes, "items.json")
+        };
+        let genre: (&str, &[&str]) = ("genre", &["Drama", "Action"]);
+        assert_eq!(check(4, &[genre, ("decade", &["2000s", "1990s"])]), Ok(()));
+        assert_eq!(check(4, &[]), Ok(()));
+        let config_error =
+            |message: &str| Err(BundleError::config("steer.families", message.to_owned()));
+        assert_eq!(
+            check(4, &[genre, ("mood", &["Dark"])]),
+            config_error(r#"steer.families[1] ("mood"): items.json has no attribute "mood""#)
+        );
+        assert_eq!(
+            check(4, &[("decade", &["1990s", "1980s"])]),
+            config_error(
+                r#"steer.families[0] ("decade"): "1980s" is not one of items.json attributes.decade.values"#
+            )
+        );
+        // Before version 4 the one family is the whole attribute, in its own order.
+        assert_eq!(
+            check(3, &[("genre", &["Action", "Comedy", "Drama"])]),
+            Ok(())
+        );
+        for values in [&["Drama", "Action", "Comedy"][..], &["Action", "Comedy"]] {
+            assert_eq!(
+                check(3, &[("genre", values)]),
+                Err(BundleError::items(
+                    "items.json",
+                    "attributes.genre.values",
+                    "attributes.genre.values differ from dpr.json steer.values"
+                ))
+            );
+        }
     }
 
     #[test]

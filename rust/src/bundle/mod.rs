@@ -19,7 +19,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub use config::{
-    BackboneConfig, EncoderConfig, IntentConfig, Positions, SteerConfig, INTENT_FEATURES,
+    BackboneConfig, EncoderConfig, IntentConfig, Positions, SteerConfig, SteerFamily,
+    FAMILIES_FROM, INTENT_FEATURES,
 };
 pub use error::BundleError;
 pub use items::{Attribute, IdRows, ItemId};
@@ -36,10 +37,10 @@ use weights::{check_attributes, read_weights, ReadWeights};
 
 pub const FORMAT: &str = "dpr-bundle";
 /// The newest bundle version (2 adds the optional intent read-out, 3 makes SASRec's
-/// `backbone.positions` mandatory).
-pub const VERSION: i64 = 3;
+/// `backbone.positions` mandatory, 4 lets the steered block span several attribute families).
+pub const VERSION: i64 = 4;
 /// Every version this reader accepts.
-pub const READ_VERSIONS: [i64; 3] = [1, 2, 3];
+pub const READ_VERSIONS: [i64; 4] = [1, 2, 3, 4];
 pub const CONFIG_FILE: &str = "dpr.json";
 pub const WEIGHTS_FILE: &str = "weights.safetensors";
 /// The largest dimension or count `dpr.json` may state (items are addressed by u32 rows).

@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 
 use rayon::prelude::*;
 
-use crate::bundle::{Attribute, Bundle, BundleError, IdRows, ItemId};
+use crate::bundle::{Attribute, Bundle, BundleError, IdRows, ItemId, SteerFamily};
 use crate::index::exact::{self, Hit, Matrix};
 use crate::index::hnsw::{HnswIndex, HnswParams, SharedItems};
 use crate::index::policy::INDEX_FILE;
@@ -112,6 +112,8 @@ pub struct Model {
     encoder: PromptEncoder,
     /// `(attribute index, value index)` of each intent value (empty without a head).
     intent_targets: Vec<(usize, usize)>,
+    /// The families of the attribute block (columns `d..`), in column order.
+    steered_families: Vec<SteerFamily>,
     /// Rows having each value of each attribute: every filter's allowed rows come from here.
     postings: Postings,
     index: OnceLock<HnswIndex>,
@@ -152,13 +154,13 @@ fn open_index(
     HnswIndex::build_shared(shared, 1..num_items + 1, &HnswParams::default()).map_err(index_error)
 }
 
-/// `(attribute index, value index)` of each of the head's values among `attributes` (the
-/// bundle reader has checked that each exists).
+/// `(attribute index, value index)` of each of the intent head's `(family, value)` among
+/// `attributes` (the bundle reader has checked that each exists).
 fn intent_targets(
-    head: &IntentHead,
+    values: &[(String, String)],
     attributes: &[Attribute],
 ) -> Result<Vec<(usize, usize)>, ModelError> {
-    head.values()
+    values
         .iter()
         .map(|(family, value)| {
             attributes
@@ -176,6 +178,107 @@ fn intent_targets(
                 })
         })
         .collect()
+}
+
+/// `filter` that also leaves out every `(attribute index, value index)` of `values`, each
+/// under its own attribute.
+fn excluding(filter: &Filter, values: &[(usize, usize)]) -> Filter {
+    let mut filter = filter.clone();
+    for &(attribute, value) in values {
+        match filter.exclude.iter_mut().find(|(a, _)| *a == attribute) {
+            Some((_, values)) => values.push(value),
+            None => filter.exclude.push((attribute, vec![value])),
+        }
+    }
+    filter
+}
+
+/// Where one steered family's values go in an item row.
+#[derive(Debug, PartialEq)]
+struct SteerColumns {
+    /// Index of the family's attribute in the bundle's attributes.
+    attribute: usize,
+    /// Per value index of the attribute, its column in the row (`d + offset + position`), or
+    /// `None` for a value the family does not list.
+    columns: Vec<Option<usize>>,
+}
+
+/// The columns of every steered family's values in rows of `width = d + A` floats (the
+/// families' values fill `d..width` in order; the bundle reader has checked them).
+fn steer_columns(
+    families: &[SteerFamily],
+    attributes: &[Attribute],
+    d: usize,
+    width: usize,
+) -> Result<Vec<SteerColumns>, ModelError> {
+    let mut next = d;
+    let mut out = Vec::with_capacity(families.len());
+    for family in families {
+        let (attribute, attr) = attributes
+            .iter()
+            .enumerate()
+            .find(|(_, a)| a.name == family.name)
+            .ok_or_else(|| {
+                BundleError::config(
+                    "steer.families",
+                    format!("steer.families: {:?} is not an item attribute", family.name),
+                )
+            })?;
+        let listed: rustc_hash::FxHashMap<&str, usize> = family
+            .values
+            .iter()
+            .enumerate()
+            .map(|(position, value)| (value.as_str(), next + position))
+            .collect();
+        let columns = attr
+            .values
+            .iter()
+            .map(|value| listed.get(value.as_str()).copied())
+            .collect();
+        out.push(SteerColumns { attribute, columns });
+        next += family.values.len();
+    }
+    if next != width {
+        return Err(BundleError::config(
+            "steer.families",
+            format!(
+                "steer.families hold {} values, the steering head's output has {}",
+                next - d,
+                width.saturating_sub(d)
+            ),
+        )
+        .into());
+    }
+    Ok(out)
+}
+
+/// The item table, `(N+1) × width`: row i is `[E_i, A_i]`, where `embedding` is `(N+1) × d`
+/// and `A_i` has a 1 in the column of each steered value item i has. It is built in the
+/// embedding's own buffer (rows move back to front, so none is overwritten before it moves):
+/// a large catalogue loads without a second table-sized allocation.
+fn item_table(
+    embedding: Vec<f32>,
+    d: usize,
+    n: usize,
+    width: usize,
+    steered: &[SteerColumns],
+    attributes: &[Attribute],
+) -> Vec<f32> {
+    let mut table = embedding;
+    table.resize((n + 1) * width, 0.0);
+    for row in (0..=n).rev() {
+        table.copy_within(row * d..(row + 1) * d, row * width);
+        let out = &mut table[row * width..(row + 1) * width];
+        out[d..].fill(0.0);
+        for family in steered {
+            for v in attributes[family.attribute].values_of(row) {
+                if let Some(column) = family.columns[v] {
+                    out[column] = 1.0;
+                }
+            }
+        }
+    }
+    table
 }
 
 impl Model {
@@ -218,7 +321,7 @@ impl Model {
         }
         let intent_targets = match &intent {
             None => Vec::new(),
-            Some(head) => intent_targets(head, &bundle.attributes)?,
+            Some(head) => intent_targets(head.values(), &bundle.attributes)?,
         };
         let encoder = match intent {
             None => encoder,
@@ -246,6 +349,7 @@ impl Model {
             steering,
             encoder,
             intent_targets,
+            steered_families: std::mem::take(&mut bundle.steer.families),
             postings,
             index: OnceLock::new(),
             histories: HistoryCache::new(history_cache),
@@ -288,27 +392,15 @@ impl Model {
         };
         let (d, n) = (bundle.dim, bundle.num_items);
         let width = steering.output_dim();
-        // Widen the embedding's own buffer into the table (rows move back to front, so none is
-        // overwritten before it moves): a large catalogue loads without a second table-sized
-        // allocation.
-        let mut table = weights.item_embedding;
-        let steer_attribute = bundle
-            .steer
-            .attribute
-            .as_deref()
-            .filter(|_| bundle.steer.attribute_dim > 0)
-            .and_then(|name| bundle.attribute(name));
-        table.resize((n + 1) * width, 0.0);
-        for row in (0..=n).rev() {
-            table.copy_within(row * d..(row + 1) * d, row * width);
-            let out = &mut table[row * width..(row + 1) * width];
-            out[d..].fill(0.0);
-            if let Some(attr) = steer_attribute {
-                for v in attr.values_of(row) {
-                    out[d + v] = 1.0;
-                }
-            }
-        }
+        let columns = steer_columns(&bundle.steer.families, &bundle.attributes, d, width)?;
+        let table = item_table(
+            weights.item_embedding,
+            d,
+            n,
+            width,
+            &columns,
+            &bundle.attributes,
+        );
         let table = Arc::new(table);
         let index = if retrieval.uses_graph(n) {
             Some(open_index(&table, width, n, &path.join(INDEX_FILE))?)
@@ -375,6 +467,11 @@ impl Model {
         Ok(self.encoder.encode(prompt)?)
     }
 
+    /// The attribute families of the steered vector's coordinates `d..`, in column order.
+    pub fn steered_families(&self) -> &[SteerFamily] {
+        &self.steered_families
+    }
+
     /// The intent read-out head, if the bundle has one.
     pub fn intent(&self) -> Option<&IntentHead> {
         self.encoder.intent()
@@ -420,14 +517,7 @@ impl Model {
         if refused.is_empty() {
             return None;
         }
-        let mut filter = options.filter.clone();
-        for (attribute, value) in refused {
-            match filter.exclude.iter_mut().find(|(a, _)| *a == attribute) {
-                Some((_, values)) => values.push(value),
-                None => filter.exclude.push((attribute, vec![value])),
-            }
-        }
-        Some(filter)
+        Some(excluding(&options.filter, &refused))
     }
 
     fn check_history(&self, history: &[u32]) -> Result<(), ModelError> {
@@ -634,5 +724,157 @@ impl Model {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok((index, values))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An attribute over `items.len()` items; `items[i]` are the value indices of row `i + 1`.
+    fn attribute(name: &str, values: &[&str], items: &[&[usize]]) -> Attribute {
+        let w = values.len();
+        let mut matrix = vec![0u8; (items.len() + 1) * w];
+        for (i, item) in items.iter().enumerate() {
+            for &v in *item {
+                matrix[(i + 1) * w + v] = 1;
+            }
+        }
+        Attribute {
+            name: name.into(),
+            values: values.iter().map(|v| v.to_string()).collect(),
+            matrix,
+        }
+    }
+
+    fn family(name: &str, values: &[&str]) -> SteerFamily {
+        SteerFamily {
+            name: name.into(),
+            values: values.iter().map(|v| v.to_string()).collect(),
+        }
+    }
+
+    /// Three items: Action + Drama of the 2000s, Comedy of the 1990s, nothing; and a language.
+    fn catalogue() -> Vec<Attribute> {
+        vec![
+            attribute("language", &["en", "fr"], &[&[0], &[1], &[0]]),
+            attribute(
+                "genre",
+                &["Action", "Comedy", "Drama"],
+                &[&[0, 2], &[1], &[]],
+            ),
+            attribute("decade", &["1990s", "2000s"], &[&[1], &[0], &[]]),
+        ]
+    }
+
+    /// The item table of `catalogue()` steering `families`, with d = 2 and `E_i = [i, -i]`.
+    fn table_of(families: &[SteerFamily]) -> (Vec<f32>, usize) {
+        let (d, n) = (2, 3);
+        let attributes = catalogue();
+        let width = d + families.iter().map(|f| f.values.len()).sum::<usize>();
+        let embedding = (0..=n).flat_map(|i| [i as f32, -(i as f32)]).collect();
+        let columns = steer_columns(families, &attributes, d, width).unwrap();
+        (
+            item_table(embedding, d, n, width, &columns, &attributes),
+            width,
+        )
+    }
+
+    #[test]
+    fn the_item_table_has_a_one_per_steered_value_family_after_family() {
+        // Genre listed in another order than the items file's, then decade.
+        let families = [
+            family("genre", &["Drama", "Action", "Comedy"]),
+            family("decade", &["1990s", "2000s"]),
+        ];
+        let (table, width) = table_of(&families);
+        assert_eq!(width, 7);
+        #[rustfmt::skip]
+        let want = [
+            0.0, 0.0,   0.0, 0.0, 0.0,  0.0, 0.0,  // padding
+            1.0, -1.0,  1.0, 1.0, 0.0,  0.0, 1.0,  // Drama, Action; 2000s
+            2.0, -2.0,  0.0, 0.0, 1.0,  1.0, 0.0,  // Comedy; 1990s
+            3.0, -3.0,  0.0, 0.0, 0.0,  0.0, 0.0,  // nothing steered
+        ];
+        assert_eq!(table, want);
+        let ones = table[width + 2..2 * width]
+            .iter()
+            .filter(|&&x| x == 1.0)
+            .count();
+        assert_eq!(ones, 3, "two genres and a decade");
+    }
+
+    #[test]
+    fn values_a_family_does_not_list_get_no_column() {
+        let families = [
+            family("decade", &["2000s"]),
+            family("genre", &["Comedy", "Action"]),
+        ];
+        let (table, width) = table_of(&families);
+        assert_eq!(width, 5);
+        assert_eq!(&table[width + 2..2 * width], [1.0, 0.0, 1.0]); // 2000s; Action, no Drama
+        assert_eq!(&table[2 * width + 2..3 * width], [0.0, 1.0, 0.0]); // no 1990s; Comedy
+                                                                       // One family in the items file's order: column d + v for value v, as before version 4.
+        let (table, width) = table_of(&[family("genre", &["Action", "Comedy", "Drama"])]);
+        assert_eq!(&table[width + 2..2 * width], [1.0, 0.0, 1.0]);
+        let (table, width) = table_of(&[]);
+        assert_eq!(width, 2);
+        assert_eq!(table, [0.0, 0.0, 1.0, -1.0, 2.0, -2.0, 3.0, -3.0]);
+    }
+
+    #[test]
+    fn steer_columns_are_errors_for_an_unknown_family_or_another_width() {
+        let attributes = catalogue();
+        let mood = steer_columns(&[family("mood", &["Dark"])], &attributes, 2, 3);
+        assert!(
+            matches!(&mood, Err(ModelError::Bundle(BundleError::Config { field, .. })) if field == "steer.families"),
+            "{mood:?}"
+        );
+        let decade = [family("decade", &["1990s", "2000s"])];
+        assert!(steer_columns(&decade, &attributes, 2, 5).is_err());
+        assert_eq!(
+            steer_columns(&decade, &attributes, 2, 4).unwrap(),
+            [SteerColumns {
+                attribute: 2,
+                columns: vec![Some(2), Some(3)]
+            }]
+        );
+    }
+
+    #[test]
+    fn auto_exclusions_land_in_the_family_of_each_intent_value() {
+        let attributes = catalogue();
+        let pair = |f: &str, v: &str| (f.to_owned(), v.to_owned());
+        let values = [
+            pair("genre", "Comedy"),
+            pair("decade", "2000s"),
+            pair("genre", "Drama"),
+        ];
+        let targets = intent_targets(&values, &attributes).unwrap();
+        assert_eq!(targets, [(1, 1), (2, 1), (1, 2)]);
+        // Refusing Comedy and the 2000s leaves out rows 1 (2000s) and 2 (Comedy).
+        let filter = excluding(&Filter::default(), &targets[..2]);
+        assert_eq!(filter.exclude, [(1, vec![1]), (2, vec![1])]);
+        let passing = |filter: &Filter| -> Vec<usize> {
+            (1..=3).filter(|&r| filter.passes(&attributes, r)).collect()
+        };
+        assert_eq!(passing(&filter), [3]);
+        // Added to a caller's filter: the same family's list grows, others stay.
+        let caller = Filter {
+            include: vec![(0, vec![0])],
+            exclude: vec![(1, vec![2])],
+        };
+        let filter = excluding(&caller, &targets[..2]);
+        assert_eq!(filter.include, caller.include);
+        assert_eq!(filter.exclude, [(1, vec![2, 1]), (2, vec![1])]);
+        assert_eq!(passing(&filter), [3]);
+        let filter = excluding(&caller, &[targets[0]]);
+        assert_eq!(passing(&filter), [3]);
+        assert_eq!(
+            passing(&excluding(&Filter::default(), &[targets[1]])),
+            [2, 3]
+        );
+        let unknown = intent_targets(&[pair("decade", "1980s")], &attributes);
+        assert!(matches!(unknown, Err(ModelError::Bundle(_))));
     }
 }

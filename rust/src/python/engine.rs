@@ -482,6 +482,17 @@ impl Engine {
         self.model.intent().map(|head| head.values().to_vec())
     }
 
+    /// `[(family, [values])]` the steered vector's attribute coordinates stand for, in column
+    /// order (family after family); `[]` when it has none.
+    #[getter]
+    fn steered_families(&self) -> Vec<(String, Vec<String>)> {
+        self.model
+            .steered_families()
+            .iter()
+            .map(|f| (f.name.clone(), f.values.clone()))
+            .collect()
+    }
+
     /// Refused probability from which mode "auto" excludes a value; `None` without a head.
     #[getter]
     fn refuse_threshold(&self) -> Option<f64> {
