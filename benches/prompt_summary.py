@@ -69,6 +69,42 @@ def rows(name: str, report: dict[str, Any]) -> list[str]:
     ]
 
 
+def family_rows(name: str, report: dict[str, Any]) -> list[str]:
+    """Issue 20's targets: each steered family after the first, and the cross-family compound."""
+    out = []
+    for key, results in report.items():
+        if not key.startswith("heldout_frames_"):
+            continue
+        family = key.removeprefix("heldout_frames_")
+        protocols = results["protocols"]
+        pos, neg = protocols["positive"]["methods"], protocols["negative"]["methods"]
+        out += [
+            f"| {name} | {family}, positive: soft NDCG@10 ÷ pre-filter; asked share (soft) | "
+            f"≥ 1.05; ≥ 0.9 | {_ratio(pos, 'dpr soft', 'pre-filter'):.3f}; "
+            f"{pos['dpr soft']['genre_share@10']:.3f} (pre-filter "
+            f"{pos['pre-filter']['genre_share@10']:.3f}, backbone "
+            f"{pos['backbone']['genre_share@10']:.3f}) |",
+            f"| {name} | {family}, refused: forbidden share (soft / auto); auto ÷ hard filter | "
+            f"≤ 0.02 | {neg['dpr soft']['genre_share@10']:.3f} / "
+            f"{neg['dpr auto']['genre_share@10']:.3f}; "
+            f"{_ratio(neg, 'dpr auto', 'hard filter'):.3f} (backbone "
+            f"{neg['backbone']['genre_share@10']:.3f}) |"]
+    if "heldout_cross_family" in report:
+        block = report["heldout_cross_family"]["protocols"]["cross-family"]
+        first, second = block["families"]
+        m = block["methods"]
+        out += [
+            f"| {name} | cross-family compound ({first} + {second} asked, {first} refused): "
+            f"asked shares / refused share (soft) | ≥ 0.7 each / ≤ 0.03 | "
+            f"{m['dpr soft']['genre_share@10']:.3f}, {m['dpr soft']['also_share@10']:.3f} / "
+            f"{m['dpr soft']['avoid_share@10']:.3f} (auto {m['dpr auto']['genre_share@10']:.3f}, "
+            f"{m['dpr auto']['also_share@10']:.3f} / {m['dpr auto']['avoid_share@10']:.3f}) |",
+            f"| {name} | cross-family compound: auto / hybrid NDCG@10 ÷ combined filter | ≥ 1.0 | "
+            f"{_ratio(m, 'dpr auto', 'filter'):.3f} / {_ratio(m, 'dpr hybrid', 'filter'):.3f} "
+            f"({block['cases']} cases) |"]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("runs", nargs="+", help="NAME=RUN_DIR")
@@ -83,10 +119,11 @@ def main() -> None:
         name, _, folder = spec.partition("=")
         run = Path(folder)
         report = json.loads((run / "steering.json").read_text())
-        lines += rows(name, report)
+        lines += rows(name, report) + family_rows(name, report)
         RESULTS.mkdir(parents=True, exist_ok=True)
         for path in run.iterdir():
-            for report_kind in ("train-frames", "heldout-frames", "by-frame"):
+            for report_kind in ("train-frames", "heldout-frames", "by-frame",
+                                "heldout-frames-decade", "heldout-cross-family"):
                 if path.stem.endswith(report_kind) and path.suffix in (".md", ".png"):
                     shutil.copyfile(path, RESULTS / f"steering-{name}-{report_kind}{path.suffix}")
     (RESULTS / "prompt-understanding.md").write_text("\n".join(lines) + "\n")
