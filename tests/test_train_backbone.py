@@ -219,8 +219,9 @@ def test_fit_stops_after_stage_1_and_reuses_it(dataset, tmp_path):
     from dpr.train import fit
 
     seen = []
-    first = fit(dataset, tmp_path, backbone="gru4rec", steer=False, progress=False,
-                on_backbone=seen.append, dim=16, max_len=30, max_epochs=2, batch_size=64)
+    first = fit(dataset, tmp_path, backbone="gru4rec", steer=False, export=False,
+                progress=False, on_backbone=seen.append, dim=16, max_len=30, max_epochs=2,
+                batch_size=64)
     assert first.steering is None and first.bundle is None and first.model_path is None
     assert first.backbone_report is not None and seen == [first.backbone_report]
     assert (tmp_path / "backbone.pt").is_file() and (tmp_path / "metrics.json").is_file()

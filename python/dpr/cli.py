@@ -103,7 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     train.add_argument("--no-resume", action="store_true",
                        help="start over even if --out holds a checkpoint")
-    train.add_argument("--backbone-only", action="store_true", help="stop after stage 1")
+    train.add_argument("--backbone-only", action="store_true",
+                       help="stop after stage 1 and export the backbone as a filter-only bundle "
+                            "(OUT/bundle: hard filters on every attribute family, no prompts)")
     train.add_argument("--steer", type=_families, default=None,
                        help="attribute families prompts steer, e.g. genre,decade (default: every "
                             "family of the data that the prompt grammar describes)")
@@ -300,6 +302,9 @@ def _train(args: argparse.Namespace) -> int:
         if "interpret" in run.report:
             print(f"interpret accuracy on held-out frames: "
                   f"{run.report['interpret']['accuracy']:.3f}")
+    elif result.bundle is not None:
+        print(f"filter-only bundle (no prompts; include/exclude filters on "
+              f"{', '.join(sorted(dataset.items.attributes))}) written to {result.bundle}")
     print(f"written to {args.out}")
     return 0
 

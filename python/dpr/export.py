@@ -36,9 +36,11 @@ from dpr.bundle_schema import (
     steered_families,
 )
 from dpr.catalogue import Catalogue
+from dpr.models.backbone import Backbone
 from dpr.models.dpr import DPR
 
-__all__ = ["ENCODER_FILES", "export_bundle", "export_from_checkpoint", "model_from_bundle"]
+__all__ = ["ENCODER_FILES", "export_bundle", "export_filter_only", "export_from_checkpoint",
+           "filter_only_model", "model_from_bundle"]
 
 LAYER_NORM_EPS = 1e-5
 
@@ -188,17 +190,31 @@ def _json_safe(value: Any) -> Any:
         return str(value)
 
 
+def _check_takes_no_prompt(model: DPR) -> None:
+    """Raise unless `model` steers nothing: no steered value, no intent read-out and a steering
+    head whose output is exactly zero (what `steer.prompts: false` promises)."""
+    experts = model.steering.experts
+    if model.columns or model.steering.attribute_dim or model.intent is not None:
+        raise ValueError("a bundle that takes no prompt steers no attribute value and has no "
+                         "intent read-out")
+    if experts.out_weight.detach().any() or experts.out_bias.detach().any():
+        raise ValueError("a bundle that takes no prompt needs a steering head whose output is "
+                         "zero (experts.out_weight and out_bias all 0)")
+
+
 def export_bundle(model: DPR, catalogue: Catalogue | Mapping[str, Any], out: str | Path, *,
                   encoder_dir: Path | None = None, encoder_dtype: str = "float16",
-                  training: dict[str, Any] | None = None) -> Path:
+                  training: dict[str, Any] | None = None, prompts: bool = True) -> Path:
     """Write `model` plus its item catalogue as a bundle (version `dpr.bundle_schema.VERSION`)
     at `out`; returns `out`.
 
     `catalogue` is the item table: a `Catalogue`, or the dict `dpr.pt`'s extra holds (`item_ids`
     and `titles` in internal order 1..N, `attributes` as {name: per-item value lists}).
     `encoder_dir` is the sentence encoder folder to ship (default: `dpr.encoder.encoder_dir()`),
-    its weights stored as `encoder_dtype`. Validates everything before writing; atomic (see
-    the module docstring).
+    its weights stored as `encoder_dtype`. `prompts=False` marks a filter-only bundle
+    (`steer.prompts`: serving refuses every non-blank prompt), for a model that steers nothing
+    (`filter_only_model`). Validates everything before writing; atomic (see the module
+    docstring).
     """
     from safetensors.numpy import save as save_numpy
 
@@ -214,6 +230,8 @@ def export_bundle(model: DPR, catalogue: Catalogue | Mapping[str, Any], out: str
         if not (encoder_dir / required).is_file():
             raise FileNotFoundError(f"prompt encoder: no {required} in {encoder_dir}")
 
+    if not prompts:
+        _check_takes_no_prompt(model)
     backbone, steering = model.backbone, model.steering
     tensors = _tensor_table(model)
     if tensors["items.embedding"].shape[0] != backbone.num_items + 1:
@@ -236,7 +254,7 @@ def export_bundle(model: DPR, catalogue: Catalogue | Mapping[str, Any], out: str
                   "strength_default": 1.0, "activation": "relu",
                   "layer_norm_eps": LAYER_NORM_EPS,
                   "empty_prompt": "returns the backbone vector exactly",
-                  "output_scale_folded": True},
+                  "output_scale_folded": True, "prompts": prompts},
         "prompt_encoder": _encoder_config(encoder_dir, encoder_dtype),
         "items": {"file": ITEMS_FILE, "attributes": sorted(items["attributes"])},
         "training": _json_safe(training or {}),
@@ -259,6 +277,42 @@ def export_bundle(model: DPR, catalogue: Catalogue | Mapping[str, Any], out: str
         config["files"] = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in written}
         _write_json(tmp / CONFIG_FILE, config)  # last: a bundle without it never loads
     return out
+
+
+def filter_only_model(backbone: Backbone, prompt_dim: int) -> DPR:
+    """`backbone` under a steering head that steers nothing: no attribute block, no intent
+    read-out, one expert whose output weights and bias are zero (so every prompt input leaves
+    the backbone's vector exactly as it is), every hidden width 1. `prompt_dim` is the prompt
+    encoder's width, which a bundle's steering head must read."""
+    import torch
+
+    from dpr.models.steering import DPRSteering
+
+    steering = DPRSteering(backbone.dim, attribute_dim=0, prompt_dim=prompt_dim,
+                           positive_experts=1, negative_experts=0, projector_hidden=1,
+                           expert_hidden=1, router_hidden=1)
+    with torch.no_grad():
+        steering.experts.out_weight.zero_()
+        steering.experts.out_bias.zero_()
+    return DPR(backbone, steering).eval()
+
+
+def export_filter_only(backbone: Backbone, catalogue: Catalogue | Mapping[str, Any],
+                       out: str | Path, *, encoder_dir: Path | None = None,
+                       encoder_dtype: str = "float16",
+                       training: dict[str, Any] | None = None) -> Path:
+    """Write `backbone` as a filter-only bundle at `out` (version `VERSION`, `steer.prompts`
+    false, `steer.families` empty): it serves the backbone's ranking with hard filters on every
+    attribute family of `catalogue` and refuses prompts. It carries the prompt encoder like every
+    bundle (`encoder_dir`, default `dpr.encoder.encoder_dir()`). Returns `out`."""
+    if encoder_dir is None:
+        from dpr.encoder import encoder_dir as default_encoder_dir
+
+        encoder_dir = default_encoder_dir()
+    prompt_dim = _encoder_config(Path(encoder_dir), encoder_dtype)["dim"]
+    return export_bundle(filter_only_model(backbone, prompt_dim), catalogue, out,
+                         encoder_dir=Path(encoder_dir), encoder_dtype=encoder_dtype,
+                         training=training, prompts=False)
 
 
 def export_from_checkpoint(model_path: str | Path, out: str | Path, **kw: Any) -> Path:

@@ -28,6 +28,9 @@ class FitResult:
     """Stage 1's metrics.json content (None when a trained backbone was passed in)."""
     steering: SteeringRun | None
     """Stages 2-3, the model file, the bundle and their report (None with `steer=False`)."""
+    filter_only_bundle: Path | None = None
+    """With `steer=False`: the filter-only bundle of the backbone (`dpr.export.export_filter_only`),
+    when one was exported."""
 
     @property
     def model_path(self) -> Path | None:
@@ -36,8 +39,9 @@ class FitResult:
 
     @property
     def bundle(self) -> Path | None:
-        """The serving bundle folder, when one was exported."""
-        return None if self.steering is None else self.steering.bundle
+        """The serving bundle folder, when one was exported: the steerable one, or with
+        `steer=False` the filter-only one."""
+        return self.filter_only_bundle if self.steering is None else self.steering.bundle
 
 
 def fit(dataset: SequenceDataset, out_dir: str | Path, *, backbone: str | Backbone = "sasrec",
@@ -57,7 +61,9 @@ def fit(dataset: SequenceDataset, out_dir: str | Path, *, backbone: str | Backbo
     (`dpr.train.recipe`) with `overrides` (e.g. `max_minutes=10`, `dim=128`) on top; or
     `train` and `hyper_parameters` replace the recipe outright. A finished stage 1 already in
     `out_dir` is reused, an unfinished one resumed. `backbone` may also be a trained model, in
-    which case stage 1 is skipped. `steer=False` stops after stage 1. `tower`, `steering` and
+    which case stage 1 is skipped. `steer=False` stops after stage 1 and exports the backbone
+    as a filter-only bundle (hard filters on every attribute family, no prompts; docs/bundle.md
+    `steer.prompts`) unless `export=False`. `tower`, `steering` and
     `steering_model` (e.g. `positive_experts`) configure stages 2a-3; `evaluate` is "full",
     "protocols" or "none"; the bundle goes to `bundle_dir` (default `out_dir/bundle`).
     `families` are the attribute families prompts steer (default: every family of the dataset
@@ -80,7 +86,9 @@ def fit(dataset: SequenceDataset, out_dir: str | Path, *, backbone: str | Backbo
             raise ValueError("stage-1 settings were given for a backbone that is already trained")
         model, report = backbone, None
     if not steer:
-        return FitResult(model, report, None)
+        return FitResult(model, report, None,
+                         _export_filter_only(dataset, model, report, out, bundle_dir)
+                         if export else None)
     run = run_steering(dataset, model, out, tower=tower or TowerTrainConfig(),
                        steering=steering or SteeringTrainConfig(),
                        families=(steerable_families(dataset, grammar) if families is None
@@ -90,3 +98,18 @@ def fit(dataset: SequenceDataset, out_dir: str | Path, *, backbone: str | Backbo
                        evaluate=evaluate, title=title, progress=progress,
                        **dict(steering_model or {}))
     return FitResult(model, report, run)
+
+
+def _export_filter_only(dataset: SequenceDataset, backbone: Backbone,
+                        report: dict[str, Any] | None, out: Path,
+                        bundle_dir: str | Path | None) -> Path | None:
+    """The filter-only bundle of a backbone-only run (written by the main process only)."""
+    from dpr.catalogue import Catalogue
+    from dpr.export import export_filter_only
+    from dpr.train import distributed
+
+    if not distributed.is_main():
+        return None
+    return export_filter_only(backbone, Catalogue.from_items(dataset.items),
+                              out / "bundle" if bundle_dir is None else Path(bundle_dir),
+                              training={"dataset": dataset.name, "backbone": report or {}})

@@ -7,6 +7,7 @@
 //! search; the backbone reads the first `d` floats of the same rows as its input embedding.
 
 mod history_cache;
+mod prompts;
 
 use std::fmt;
 use std::path::Path;
@@ -118,6 +119,9 @@ pub struct Model {
     postings: Postings,
     index: OnceLock<HnswIndex>,
     histories: HistoryCache,
+    /// `dpr.json` `steer.prompts`: false for a filter-only bundle, which refuses every
+    /// non-blank prompt ([`prompts::NO_PROMPT`]).
+    takes_prompts: bool,
 }
 
 const _: () = {
@@ -291,6 +295,7 @@ impl Model {
         retrieval: Retrieval,
     ) -> Result<Model, ModelError> {
         let mut bundle = Bundle::open(path, verify_checksums)?;
+        let takes_prompts = prompts::takes_prompts(path, &bundle)?;
         let encoder_dir = bundle.encoder_dir();
         let max_tokens = bundle.encoder.max_tokens;
         // The encoder (float16 → float32 weights) loads beside the item table and the index.
@@ -353,6 +358,7 @@ impl Model {
             postings,
             index: OnceLock::new(),
             histories: HistoryCache::new(history_cache),
+            takes_prompts,
         };
         if let Some(index) = index {
             let _ = model.index.set(index);
@@ -463,8 +469,22 @@ impl Model {
 
     /// The prompt's input to the steering head, `prompt_dim` floats (cached; blank → zeros):
     /// the sentence embedding, followed by the intent features when the bundle has a head.
+    /// A bundle that takes no prompt refuses a non-blank one ([`prompts::NO_PROMPT`]).
     pub fn encode_prompt(&self, prompt: &str) -> Result<Arc<[f32]>, ModelError> {
-        Ok(self.encoder.encode(prompt)?)
+        let input = self.encoder.encode(prompt)?;
+        prompts::check(self.takes_prompts, &input)?;
+        Ok(input)
+    }
+
+    /// The prompt input a query with `prompt` runs on: its encoding when `steer`, else zeros
+    /// (the prompt is ignored), except that a bundle taking no prompt refuses a non-blank one
+    /// either way.
+    pub fn query_prompt(&self, prompt: &str, steer: bool) -> Result<Arc<[f32]>, ModelError> {
+        if steer || !self.takes_prompts {
+            self.encode_prompt(prompt)
+        } else {
+            Ok(vec![0.0f32; self.prompt_dim()].into())
+        }
     }
 
     /// The attribute families of the steered vector's coordinates `d..`, in column order.
@@ -480,7 +500,13 @@ impl Model {
     /// What the intent head reads in `prompt`: the values asked for or refused with
     /// probability ≥ its detect threshold, most confident first (blank → none). An
     /// `Argument` error for a bundle without a head.
+    /// A bundle that takes no prompt reads nothing: `[]` for a blank prompt, [`prompts::NO_PROMPT`]
+    /// for any other.
     pub fn interpret(&self, prompt: &str) -> Result<Vec<Reading>, ModelError> {
+        if !self.takes_prompts {
+            self.encode_prompt(prompt)?;
+            return Ok(Vec::new());
+        }
         let head = self.intent().ok_or_else(|| {
             ModelError::Argument(
                 "this bundle has no intent read-out (dpr.json has no intent section): \
@@ -551,6 +577,7 @@ impl Model {
             )));
         }
         check_strength(f64::from(strength))?;
+        prompts::check(self.takes_prompts, prompt)?;
         let rows = Rows {
             data: &self.table,
             stride: self.width,
@@ -691,8 +718,12 @@ impl Model {
 
     /// Encodes every distinct prompt once (cached), in order: prompt inputs, as
     /// [`Model::encode_prompt`].
-    pub fn encode_prompts(&self, prompts: &[&str]) -> Result<Vec<Arc<[f32]>>, ModelError> {
-        Ok(self.encoder.encode_many(prompts)?)
+    pub fn encode_prompts(&self, texts: &[&str]) -> Result<Vec<Arc<[f32]>>, ModelError> {
+        let inputs = self.encoder.encode_many(texts)?;
+        for input in &inputs {
+            prompts::check(self.takes_prompts, input)?;
+        }
+        Ok(inputs)
     }
 
     /// Resolves `(attribute, values)` names to indices; unknown names are `ModelError::Key`.

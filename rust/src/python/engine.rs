@@ -234,7 +234,8 @@ impl Engine {
     /// {attribute: [values]})`, best first. `steer=False` ranks with the plain backbone
     /// vector; `include`/`exclude` are `[(attribute, [values])]` hard filters;
     /// `auto_exclude=True` (mode "auto") also excludes the values the intent head reads as
-    /// refused with probability ≥ its refuse threshold.
+    /// refused with probability ≥ its refuse threshold. A filter-only bundle (`dpr.json`
+    /// `steer.prompts: false`) refuses a non-blank prompt here and in every prompt-taking call.
     #[pyo3(signature = (history, prompt, k=10, strength=1.0, steer=true, exclude_seen=true, include=Vec::new(), exclude=Vec::new(), auto_exclude=false, unknown="error"))]
     #[allow(clippy::too_many_arguments)]
     fn query<'py>(
@@ -267,11 +268,7 @@ impl Engine {
         };
         let model = &self.model;
         let hits = detached(py, "Engine.query", || -> Result<Vec<Hit>, ModelError> {
-            let embedding = if steer {
-                model.encode_prompt(prompt)?
-            } else {
-                vec![0.0f32; model.prompt_dim()].into()
-            };
+            let embedding = model.query_prompt(prompt, steer)?;
             model.query(&rows, &embedding, &options, true)
         })?
         .map_err(model_error)?;
