@@ -313,3 +313,15 @@ def test_real_encoder_half_size(tmp_path: Path) -> None:
              / (source / "model.safetensors").stat().st_size)
     assert 0.45 < ratio < 0.55
     assert (out / "prompt_encoder" / "vocab.txt").is_file()
+
+
+def test_steered_families_read_from_every_version() -> None:
+    from dpr.bundle_schema import steered_families
+
+    v3 = {"version": 3, "steer": {"attribute_dim": 2, "attribute": "genre",
+                                  "values": ["Comedy", "Drama"]}}
+    assert steered_families(v3) == [("genre", ["Comedy", "Drama"])]
+    assert steered_families({"version": 2, "steer": {"attribute_dim": 0}}) == []
+    v4 = {"version": 4, "steer": {"attribute_dim": 3, "families": [
+        {"name": "genre", "values": ["Comedy", "Drama"]}, {"name": "decade", "values": ["1990s"]}]}}
+    assert steered_families(v4) == [("genre", ["Comedy", "Drama"]), ("decade", ["1990s"])]
