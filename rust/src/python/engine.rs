@@ -449,7 +449,8 @@ impl Engine {
 
     /// What the intent head reads in `prompt`: `[(attribute, value, "asked"|"refused",
     /// confidence)]`, most confident first; `[]` for a blank prompt. `ValueError` for a bundle
-    /// without an intent head.
+    /// without an intent head (a filter-only bundle: `[]` for a blank prompt, `ValueError` for
+    /// any other).
     fn interpret(
         &self,
         py: Python<'_>,
