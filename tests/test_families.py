@@ -122,17 +122,19 @@ def test_a_two_family_bundle_serves_what_pytorch_computes(two_families, tmp_path
                                     ("decade", list(DECADES))]
     matrix, _ = dataset.items.steered_matrix(model.families)
     expected_items = reference.item_vectors(torch.from_numpy(matrix[1:])).detach().numpy()
-    np.testing.assert_allclose(rec.item_vectors()[1:], expected_items, atol=1e-6)
+    np.testing.assert_allclose(rec.item_vectors(), expected_items, atol=1e-6)
     split = dataset.split()
-    for prompt in ("a 1990s comedy, but no horror", "nothing from the 80s", ""):
-        for u in range(5):
-            history = [dataset.items.ids[int(i) - 1] for i in split.train[u]]
-            hits = rec.query(history, prompt, k=10, mode="soft")
+    for u in range(5):
+        history = [dataset.items.ids[int(i) - 1] for i in split.train[u]]
+        recent = torch.from_numpy(np.asarray(split.train[u][-40:]))
+        with torch.no_grad():
+            h = reference.user_vectors(recent[None], torch.tensor([len(recent)]))[0].numpy()
+        plain = rec.user_vector(history, "")
+        # no prompt: the backbone's vector, with zeros on every steered value's coordinate
+        np.testing.assert_allclose(plain[: model.backbone.dim], h, atol=1e-4)
+        assert not plain[model.backbone.dim:].any()
+        for prompt in ("a 1990s comedy, but no horror", "nothing from the 80s"):
             served = rec.user_vector(history, prompt)
-            with torch.no_grad():
-                h = reference.user_vectors(torch.from_numpy(np.asarray(split.train[u][-40:])
-                                                            )[None], torch.tensor([len(
-                                                                split.train[u][-40:])]))
             assert served.shape == (model.backbone.dim + len(model.columns),)
-            assert len(hits) == 10
-            np.testing.assert_allclose(served[: model.backbone.dim], h[0].numpy(), atol=1e-4)
+            assert not np.allclose(served, plain)
+            assert len(rec.query(history, prompt, k=10, mode="soft")) == 10
