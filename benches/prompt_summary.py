@@ -102,13 +102,75 @@ def family_rows(name: str, report: dict[str, Any]) -> list[str]:
             f"| {name} | cross-family compound: auto / hybrid NDCG@10 ÷ combined filter | ≥ 1.0 | "
             f"{_ratio(m, 'dpr auto', 'filter'):.3f} / {_ratio(m, 'dpr hybrid', 'filter'):.3f} "
             f"({block['cases']} cases) |"]
+    for key, results in report.items():
+        if key.startswith("heldout_ranges_"):
+            out += range_rows(name, key.removeprefix("heldout_ranges_"), results)
     return out
+
+
+def genre_row(name: str, report: dict[str, Any]) -> str:
+    """One row of the first family's held-out protocol figures (runs of any evaluation)."""
+    protocols = report["heldout_frames"]["protocols"]
+    pos, neg = protocols["positive"]["methods"], protocols["negative"]["methods"]
+    com, std = protocols["compound"]["methods"], protocols["standard"]["methods"]
+    families = "+".join(report.get("families", [])) or "?"
+    return (f"| {name} | {families} | {_ratio(pos, 'dpr soft', 'pre-filter'):.3f} | "
+            f"{neg['dpr soft']['genre_share@10']:.3f} / {neg['dpr auto']['genre_share@10']:.3f} | "
+            f"{_ratio(neg, 'dpr auto', 'hard filter'):.3f} / "
+            f"{_ratio(neg, 'dpr hybrid', 'hard filter'):.3f} | "
+            f"{com['dpr auto']['genre_share@10']:.3f} / {com['dpr auto']['avoid_share@10']:.3f} | "
+            f"{_ratio(std, 'dpr neutral', 'backbone'):.3f} |")
+
+
+GENRE_HEADER = [
+    "| run | steered | positive: soft ÷ pre-filter | refused share soft / auto | "
+    "refusals: auto / hybrid ÷ hard filter | compound auto: asked / refused share | "
+    "neutral ÷ backbone |", "|---|---|---|---|---|---|---|"]
+
+
+def range_rows(name: str, family: str, results: dict[str, Any]) -> list[str]:
+    """The range protocols of one ordered family ("older than 1980", "nothing recent")."""
+    pos = results["protocols"]["range positive"]
+    neg = results["protocols"]["range negative"]
+    p, n = pos["methods"], neg["methods"]
+    return [
+        f"| {name} | {family} range asked: soft NDCG@10 ÷ pre-filter; asked share (soft); "
+        f"interpret | ≥ 1.05; ≥ 0.9; – | {_ratio(p, 'dpr soft', 'pre-filter'):.3f}; "
+        f"{p['dpr soft']['genre_share@10']:.3f} (backbone {p['backbone']['genre_share@10']:.3f}); "
+        f"{pos.get('interpret', math.nan):.3f} exact, "
+        f"{pos.get('interpret_overlap', math.nan):.3f} overlap |",
+        f"| {name} | {family} range refused: forbidden share (soft / auto); auto ÷ hard filter; "
+        f"interpret | ≤ 0.02 | {n['dpr soft']['genre_share@10']:.3f} / "
+        f"{n['dpr auto']['genre_share@10']:.3f}; {_ratio(n, 'dpr auto', 'hard filter'):.3f} "
+        f"(backbone {n['backbone']['genre_share@10']:.3f}); {neg.get('interpret', math.nan):.3f}"
+        f" exact, {neg.get('interpret_overlap', math.nan):.3f} overlap |"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("runs", nargs="+", help="NAME=RUN_DIR")
+    parser.add_argument("--families", metavar="NAME",
+                        help="write only the attribute-family rows (runs trained with "
+                             "`--evaluate protocols` suffice) to benches/results/NAME.md")
     args = parser.parse_args()
+    if args.families:
+        lines = ["# Attribute families: targets and measurements", "",
+                 "Held-out frames, test split, full ranking, k = 10, history masked. Produced by "
+                 "`python benches/prompt_summary.py --families " + args.families + " "
+                 + " ".join(args.runs) + "`.", "",
+                 "| run | measure | target | measured |", "|---|---|---|---|"]
+        genre = ["", "Genre (the first family) on the same held-out frames:", "", *GENRE_HEADER]
+        for spec in args.runs:
+            name, _, folder = spec.partition("=")
+            report = json.loads((Path(folder) / "steering.json").read_text())
+            steer = json.loads((Path(folder) / "bundle" / "dpr.json").read_text())["steer"]
+            report["families"] = ([f["name"] for f in steer["families"]] if "families" in steer
+                                  else [steer["attribute"]])
+            lines += family_rows(name, report)
+            genre.append(genre_row(name, report))
+        lines += genre
+        (RESULTS / f"{args.families}.md").write_text("\n".join(lines) + "\n")
+        return
     lines = ["# Prompt understanding: targets and measurements", "",
              "Held-out frames of the grammar (python/dpr/prompts/grammar.json), test split, "
              "full ranking, k = 10, history masked. Each run's own tables: "

@@ -75,6 +75,12 @@ def test_train_then_evaluate_with_a_custom_grammar(tmp_path, capsys):
     assert set(results["flips"]["separated"]) == {"dpr soft", "dpr auto"}
     assert list((tmp_path / "eval" / "results").glob("*by-frame.png"))
 
+    quick = tmp_path / "eval" / "quick.json"
+    assert main(["evaluate", str(out), "--data", str(data), "--format", "csv",
+                 "--json", str(quick), "--no-frames"]) == 0
+    results = json.loads(quick.read_text())
+    assert "negative" in results["protocols"] and "by_frame" not in results
+
 
 def test_evaluate_refuses_another_catalogue(tmp_path, capsys):
     data, other, out = tmp_path / "data", tmp_path / "other", tmp_path / "model"
@@ -86,7 +92,9 @@ def test_evaluate_refuses_another_catalogue(tmp_path, capsys):
         + "".join(f"x{u},99,5,{t}\n" for u in range(5) for t in range(5)))
     assert main(["train", "--data", str(data), "--format", "csv", "--out", str(out),
                  "--max-epochs", "1", "--dim", "16", "--max-len", "20", "--steer-epochs", "1",
-                 "--positions-per-user", "2", *TINY_TOWER]) == 0
+                 "--positions-per-user", "2", "--evaluate", "none", *TINY_TOWER]) == 0
+    assert not (out / "steering.json").is_file() or "heldout_frames" not in json.loads(
+        (out / "steering.json").read_text())
     code = main(["evaluate", str(out), "--data", str(other), "--format", "csv",
                  "--json", str(tmp_path / "r.json")])
     assert code == 2

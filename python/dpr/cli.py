@@ -128,6 +128,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", choices=["train", "valid", "heldout"], default="heldout",
                           help="which frames of the grammar to evaluate on")
     evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--no-frames", action="store_true",
+                          help="the protocols only: skip each frame alone, polarity flips and "
+                               "interpret accuracy (minutes instead of an hour on ML-1M)")
     evaluate.set_defaults(handler=_evaluate)
 
     export = commands.add_parser("export", help="write a serving bundle from a trained model")
@@ -245,6 +248,10 @@ def _steering_arguments(parser: argparse.ArgumentParser) -> None:
                             "(the tower does not depend on the backbone)")
     tower.add_argument("--grammar", type=Path, default=None,
                        help="prompt grammar file (default: the built-in one)")
+    tower.add_argument("--evaluate", choices=("full", "protocols", "none"), default="full",
+                       help="after training: every protocol on training and held-out frames "
+                            "plus each held-out frame alone (full), the protocols only, or "
+                            "nothing")
 
 
 RECIPE_FLAGS = {"dim": "dim", "max_len": "max_len", "blocks": "num_blocks",
@@ -289,7 +296,7 @@ def _train(args: argparse.Namespace) -> int:
                  tower=_tower_config(args), steering=_steering_config(args),
                  grammar=Grammar.load(args.grammar) if args.grammar else None,
                  tower_from=args.tower_from, title=f"{dataset.name} {args.backbone}",
-                 families=args.steer,
+                 families=args.steer, evaluate=args.evaluate,
                  steering_model={"positive_experts": args.positive_experts,
                                  "negative_experts": args.negative_experts},
                  on_backbone=lambda report: print(_stage1_summary(args.backbone, report)),
@@ -298,7 +305,8 @@ def _train(args: argparse.Namespace) -> int:
     if run is not None and distributed.is_main():
         print(f"stages 2-3: {run.report['seconds']['stages_2_3_total']:.0f} s; "
               f"bundle written to {run.bundle}")
-        print(_steering_table(run.report["heldout_frames"]))
+        if "heldout_frames" in run.report:
+            print(_steering_table(run.report["heldout_frames"]))
         if "interpret" in run.report:
             print(f"interpret accuracy on held-out frames: "
                   f"{run.report['interpret']['accuracy']:.3f}")
@@ -343,7 +351,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     from dpr.evaluate.report import write_steering_report
     from dpr.models import load_dpr
     from dpr.prompts import Grammar
-    from dpr.train.pipeline import MODEL_FILE, evaluate_by_frame, evaluate_dpr, grammar_renderer
+    from dpr.train.pipeline import (
+        MODEL_FILE,
+        evaluate_by_frame,
+        evaluate_cross,
+        evaluate_dpr,
+        evaluate_ranges,
+        grammar_renderer,
+    )
     from dpr.train.steering import grammar_for
     from dpr.train.tower import PromptInputs
 
@@ -364,16 +379,30 @@ def _evaluate(args: argparse.Namespace) -> int:
         results[f"family_{family}"] = evaluate_dpr(
             {"dpr": (model, inputs)}, dataset, family=family,
             render=grammar_renderer(grammar, args.split), seed=args.seed)
-    results.update(evaluate_by_frame(model, inputs, dataset, grammar, split=args.split,
-                                     seed=args.seed))
+    if len(model.families) > 1:
+        results["cross_family"] = evaluate_cross(model, inputs, dataset, seed=args.seed,
+                                                 render=grammar_renderer(grammar, args.split))
+    for family in model.families:
+        if grammar.ranges_of(family, args.split, "asked"):
+            results[f"ranges_{family}"] = evaluate_ranges(model, inputs, dataset, grammar, family,
+                                                          split=args.split, seed=args.seed)
+    if not args.no_frames:
+        results.update(evaluate_by_frame(model, inputs, dataset, grammar, split=args.split,
+                                         seed=args.seed))
     results["grammar"] = grammar.source
     write_json_atomic(results, args.json)
     title = f"{dataset.name}: {path} ({args.split} frames)"
-    write_steering_report(results, args.json.parent / args.json.stem, title)
-    write_frames_report(results["by_frame"], results["flips"], results["interpret"],
-                        args.json.parent / args.json.stem, f"{title} by frame")
+    reports = args.json.parent / args.json.stem
+    write_steering_report(results, reports, title)
+    for key, block in results.items():
+        if key.startswith(("family_", "ranges_")) or key == "cross_family":
+            write_steering_report(block, reports, f"{title} {key.replace('_', ' ')}")
+    if not args.no_frames:
+        write_frames_report(results["by_frame"], results["flips"], results["interpret"],
+                            reports, f"{title} by frame")
     print(_steering_table(results))
-    print(f"interpret accuracy: {results['interpret']['accuracy']:.3f}")
+    if not args.no_frames:
+        print(f"interpret accuracy: {results['interpret']['accuracy']:.3f}")
     return 0
 
 

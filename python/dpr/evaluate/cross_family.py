@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from dpr.evaluate.metrics import target_ranks
 from dpr.evaluate.protocols import (
     NO_GENRE,
     AutoExclude,
@@ -91,18 +90,10 @@ def evaluate_cross_family(cases: SteeringCases, second: str, steerers: dict[str,
 
     def record(method: str, scores: np.ndarray, batch: np.ndarray) -> None:
         tally = tallies.setdefault(method, _Tally())
-        targets = cases.targets[batch]
-        ranks = target_ranks(scores, targets)
-        ranks[~(scores[np.arange(len(batch)), targets] > -np.inf)] = cases.catalogue.num_items
-        tally.ranks.append(ranks)
+        tally.add_ranks(scores, cases.targets[batch], cases.catalogue.num_items)
         top = top_mask(scores, k)
-        listed = top.sum(axis=1)
-        kept = listed > 0
         for metric, (by_value, values) in shares.items():
-            has = (top & by_value[values[batch]]).sum(axis=1)
-            tally.share_sums[metric] = tally.share_sums.get(metric, 0.0) + float(
-                (has[kept] / listed[kept]).sum())
-            tally.share_rows[metric] = tally.share_rows.get(metric, 0) + int(kept.sum())
+            tally.add_share(metric, top, by_value[values[batch]])
 
     matrices = {first: first_matrix.T, second: second_matrix.T}
     for start in range(0, len(rows), batch_size):

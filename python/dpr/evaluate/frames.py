@@ -177,10 +177,12 @@ def interpret_report(readings: Readings, grammar: Grammar, values: Sequence[tupl
 
 
 def _kind(grammar: Grammar, frame_id: str, labels: tuple) -> str:
-    if len(labels) == 2:
-        return "compound"
     if not labels:
         return "neutral"
-    frame = grammar.frame(frame_id)
+    frame = grammar.frame(frame_id.rsplit("/", 1)[-1])  # "era/frame": an era in a frame
+    if frame.kind == "connector":
+        return "compound"
+    if frame.kind == "range" or "/" in frame_id:
+        return "range request" if labels[0][2] == "asked" else "range refusal"
     base = "request" if frame.polarity == "asked" else "refusal"
     return f"description {base}" if frame.kind == "description" else base

@@ -108,6 +108,22 @@ class _Tally:
     share_sums: dict[str, float] = field(default_factory=dict)
     share_rows: dict[str, int] = field(default_factory=dict)
 
+    def add_ranks(self, scores: np.ndarray, targets: np.ndarray, num_items: int) -> None:
+        """The targets' ranks under `scores`; a target scored -inf is a miss at any k <= N."""
+        ranks = target_ranks(scores, targets)
+        ranks[~(scores[np.arange(len(targets)), targets] > -np.inf)] = num_items
+        self.ranks.append(ranks)
+
+    def add_share(self, metric: str, top: np.ndarray, members: np.ndarray) -> None:
+        """Per row, the share of the top-k list (`top`) that is in `members` (rows with an
+        empty list are left out)."""
+        listed = top.sum(axis=1)
+        kept = listed > 0
+        has = (top & members).sum(axis=1)
+        self.share_sums[metric] = self.share_sums.get(metric, 0.0) + float(
+            (has[kept] / listed[kept]).sum())
+        self.share_rows[metric] = self.share_rows.get(metric, 0) + int(kept.sum())
+
 
 def _rng(seed: int, purpose: str) -> np.random.Generator:
     """An rng per purpose, so one protocol's draws don't depend on which others run."""
@@ -353,21 +369,12 @@ def _run_protocol(protocol: str, rows: np.ndarray, texts: list[str], include: np
 
     def record(method: str, scores: np.ndarray, batch: np.ndarray) -> None:
         tally = tallies.setdefault(method, _Tally())
-        targets = cases.targets[batch]
-        ranks = target_ranks(scores, targets)
-        unrankable = ~(scores[np.arange(len(batch)), targets] > -np.inf)
-        ranks[unrankable] = cases.catalogue.num_items  # a miss at any k <= N
-        tally.ranks.append(ranks)
+        tally.add_ranks(scores, cases.targets[batch], cases.catalogue.num_items)
         if not shares:
             return
         top = top_mask(scores, k)
-        listed = top.sum(axis=1)
-        nonempty = listed > 0
         for metric, genres in shares.items():
-            has = (top & by_value[genres[batch]]).sum(axis=1)
-            tally.share_sums[metric] = tally.share_sums.get(metric, 0.0) + float(
-                (has[nonempty] / listed[nonempty]).sum())
-            tally.share_rows[metric] = tally.share_rows.get(metric, 0) + int(nonempty.sum())
+            tally.add_share(metric, top, by_value[genres[batch]])
 
     for start in range(0, len(rows), batch_size):
         batch = rows[start:start + batch_size]

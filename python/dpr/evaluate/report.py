@@ -25,6 +25,13 @@ _NOTES = {
                     "value, also_share = in the second (higher is better), avoid_share = in the "
                     "forbidden one (lower is better); filter = both required, the forbidden "
                     "one removed.",
+    "range positive": "The prompt asks for a range of values holding the held-out item's "
+                      "(\"older than 1980\", \"a recent film\"; evaluate/ranges.py); "
+                      "genre_share = share of the top-k in the range (higher is better); "
+                      "pre-filter = only the range.",
+    "range negative": "The prompt refuses a range of values holding none of the held-out item's "
+                      "(\"nothing older than the 80s\"); genre_share = share of the top-k in "
+                      "the range (lower is better); hard filter = the range removed.",
 }
 
 
@@ -61,6 +68,10 @@ def steering_markdown(results: dict[str, Any], title: str) -> str:
             lines += ["Example prompts:", ""]
             lines += [f"- {_example_text(e)}" for e in block["examples"]]
             lines.append("")
+        if "interpret" in block:
+            lines += [f"Intent read-out on these prompts: exact {block['interpret']:.3f}, "
+                      f"overlap {block.get('interpret_overlap', float('nan')):.3f} (mean "
+                      "Jaccard of the read and the labelled value sets).", ""]
         methods = block["methods"]
         if not methods:
             lines += ["(no cases)", ""]

@@ -6,9 +6,16 @@
 - `steering_episodes`: stage-3 training episodes from the training prefixes.
 """
 
-from dpr.prompts.episodes import DEFAULT_MIX, Episodes, intent_of, steering_episodes
+from dpr.prompts.episodes import (
+    DEFAULT_MIX,
+    Episodes,
+    ValueRange,
+    intent_of,
+    steering_episodes,
+    value_ranges,
+)
 from dpr.prompts.grammar import SPLITS, STYLES, Frame, Grammar, Rendering
 from dpr.prompts.intent import POLARITIES, Intent
 
 __all__ = ["DEFAULT_MIX", "POLARITIES", "SPLITS", "STYLES", "Episodes", "Frame", "Grammar",
-           "Intent", "Rendering", "intent_of", "steering_episodes"]
+           "Intent", "Rendering", "ValueRange", "intent_of", "steering_episodes", "value_ranges"]

@@ -3,12 +3,37 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from dpr.data.dataset import ItemCatalogue, LeaveOneOutSplit
+from dpr.prompts.grammar import Grammar
 from dpr.prompts.intent import POLARITIES, Intent
+
+
+@dataclass(frozen=True)
+class ValueRange:
+    """A range of one family's values a prompt can name at once ("older than 1980"), as
+    indices into the steered columns, with the polarities the grammar can render it in."""
+
+    columns: tuple[int, ...]
+    asked: bool
+    refused: bool
+
+
+def value_ranges(grammar: Grammar, columns: Sequence[tuple[str, str]], split: str = "train"
+                 ) -> list[ValueRange]:
+    """Every range of `split`'s forms over the steered `columns` ((family, value) pairs)."""
+    index = {pair: j for j, pair in enumerate(columns)}
+    found: dict[tuple[int, ...], set[str]] = {}
+    for family in dict.fromkeys(f for f, _ in columns):
+        for polarity in ("asked", "refused"):
+            for values in grammar.ranges_of(family, split, polarity):
+                if all((family, v) in index for v in values):
+                    key = tuple(index[family, v] for v in values)
+                    found.setdefault(key, set()).add(polarity)
+    return [ValueRange(key, "asked" in p, "refused" in p) for key, p in found.items()]
 
 
 @dataclass
@@ -20,7 +45,9 @@ class Episodes:
     polarity index into `POLARITIES`, and `value` / `avoid` / `also` indices into `columns`,
     the steered (family, value) pairs (-1 where the polarity has none: `value` for neutral,
     `avoid` unless compound; `also`, a second asked value of a later family, for some positive
-    and compound episodes: `Intent.also`).
+    and compound episodes: `Intent.also`). `span`, where >= 0, indexes `ranges`: the episode's
+    prompt names that whole range (asked for a positive, refused for a negative episode), of
+    which `value` is one member.
     """
 
     user: np.ndarray
@@ -31,6 +58,12 @@ class Episodes:
     avoid: np.ndarray
     also: np.ndarray
     columns: list[tuple[str, str]]
+    span: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    ranges: list[ValueRange] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if len(self.span) != len(self.user):
+            self.span = np.full(len(self.user), -1, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.user)
@@ -42,9 +75,12 @@ def intent_of(episodes: Episodes, i: int) -> Intent:
     g, a, x = int(episodes.value[i]), int(episodes.avoid[i]), int(episodes.also[i])
     family, value = episodes.columns[g] if g >= 0 else (episodes.columns[0][0], None)
     avoid_family, avoid = episodes.columns[a] if a >= 0 else (None, None)
+    r = int(episodes.span[i])
+    span = (tuple(episodes.columns[c][1] for c in episodes.ranges[r].columns) if r >= 0
+            else ())
     return Intent(polarity, value, avoid, family=family,
                   avoid_family=avoid_family if avoid_family != family else None,
-                  also=episodes.columns[x] if x >= 0 else None)
+                  also=episodes.columns[x] if x >= 0 else None, values=span)
 
 
 DEFAULT_MIX = {"positive": 0.35, "negative": 0.3, "compound": 0.2, "neutral": 0.15}
@@ -52,6 +88,9 @@ DEFAULT_MIX = {"positive": 0.35, "negative": 0.3, "compound": 0.2, "neutral": 0.
 ALSO_SHARE = 0.3
 """Share of positive and compound episodes (whose target has a value in a family after the
 asked one's) that also ask for that value ("a 90s comedy")."""
+RANGE_SHARE = 0.3
+"""Share of the other positive and negative episodes that name a range holding the value
+instead of the value alone, where one fits (`steering_episodes`' `ranges`)."""
 
 _POS, _NEG, _NEU, _COM = (POLARITIES.index(p) for p in ("positive", "negative", "neutral",
                                                          "compound"))
@@ -98,7 +137,8 @@ def steering_episodes(split: LeaveOneOutSplit, catalogue: ItemCatalogue, *,
                       families: Sequence[str] = ("genre",), rng: np.random.Generator,
                       positions_per_user: int | None = None,
                       mix: dict[str, float] | None = None,
-                      prefer: float = 0.7, recent: int = 20) -> Episodes:
+                      prefer: float = 0.7, recent: int = 20,
+                      ranges: Sequence[ValueRange] = ()) -> Episodes:
     """Steering episodes over the training prefixes of `split` (never a validation/test target).
 
     Positions: every training position >= 1 (`positions_per_user=None`) or that many per user,
@@ -117,8 +157,10 @@ def steering_episodes(split: LeaveOneOutSplit, catalogue: ItemCatalogue, *,
     A polarity the target cannot carry in the drawn family (an item with no value there, or
     with all of them) falls back to one it can (positive <-> negative, compound -> either, else
     neutral). With several families, `ALSO_SHARE` of the positive and compound episodes also
-    ask for one of the target's values in a family listed after the asked value's. Ties are
-    broken at random. Deterministic for a given `rng` state.
+    ask for one of the target's values in a family listed after the asked value's. Of the
+    other positive and negative episodes, `RANGE_SHARE` name one of `ranges` instead: a request
+    for a range holding the asked value, a refusal of a range holding the refused value and
+    none of the target's. Ties are broken at random. Deterministic for a given `rng` state.
     """
     if not 0.0 <= prefer <= 1.0:
         raise ValueError(f"prefer must lie in [0, 1], got {prefer}")
@@ -155,6 +197,13 @@ def steering_episodes(split: LeaveOneOutSplit, catalogue: ItemCatalogue, *,
     value = np.full(n, -1, dtype=np.int64)
     avoid = np.full(n, -1, dtype=np.int64)
     also = np.full(n, -1, dtype=np.int64)
+    span = np.full(n, -1, dtype=np.int64)
+    ranges = list(ranges)
+    in_range = np.zeros((num_columns, len(ranges)), dtype=bool)  # column x range
+    for r, value_range in enumerate(ranges):
+        in_range[list(value_range.columns), r] = True
+    range_asked = np.array([r.asked for r in ranges], dtype=bool)
+    range_refused = np.array([r.refused for r in ranges], dtype=bool)
 
     for lo in range(0, n, _CHUNK):
         s = slice(lo, min(lo + _CHUNK, n))
@@ -199,7 +248,16 @@ def steering_episodes(split: LeaveOneOutSplit, catalogue: ItemCatalogue, *,
         second = _pick(rng.random((m, num_columns)), alsoable, lowest=False)
         x = np.where(wants & alsoable.any(axis=1) & (rng.random(m) < ALSO_SHARE), second, -1)
         value[s], avoid[s], also[s] = g, a, x
+        if ranges:
+            touches = (target_has.astype(np.int32) @ in_range.astype(np.int32)) > 0
+            holds = in_range[np.maximum(g, 0)]
+            fits = np.where((pol == _POS)[:, None], holds & range_asked,
+                            holds & ~touches & range_refused)
+            named = (((pol == _POS) | (pol == _NEG)) & (x < 0) & fits.any(axis=1)
+                     & (rng.random(m) < RANGE_SHARE))
+            picked = _pick(rng.random((m, len(ranges))), fits, lowest=False)
+            span[s] = np.where(named, picked, -1)
 
     return Episodes(user=user, position=position, target=target, polarity=polarity,
                     value=value, avoid=avoid, also=also,
-                    columns=[(str(f), str(v)) for f, v in columns])
+                    columns=[(str(f), str(v)) for f, v in columns], span=span, ranges=ranges)

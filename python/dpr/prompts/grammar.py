@@ -7,6 +7,9 @@ descriptions that never name the value. Every piece belongs to one split ("train
 "heldout"), so a held-out rendering uses forms that training never saw, not only new fillings
 of trained ones. `docs/prompts.md` describes the format.
 
+Ranges name several values of an ordered family at once: relative frames ("older than {year}",
+"nothing newer than the {value}") and eras ("a recent film", "old black-and-white classics").
+
 `Grammar.render(intent, rng, split=...)` turns an `Intent` into a `Rendering`: the sentence, the
 frame it came from and its labels, one `(family, value, "asked" | "refused")` per value it names.
 """
@@ -34,6 +37,10 @@ DEFAULT_GRAMMAR = Path(__file__).with_name("grammar.json")
 _FORMAT = "dpr-prompt-grammar"
 _SLOT = re.compile(r"(?:\b([Aa]) )?\{(\w+)\}")
 _VALUE_SLOTS = {"value", "thing", "description"}
+_RANGE_SLOTS = {"value", "year"}
+RELATIONS = ("before", "until", "from", "after")
+"""How a relative frame's boundary value D picks values of an ordered family: strictly before D,
+up to and including D, from D on, strictly after D."""
 _AVOID_SLOTS = {"avoid", "avoid_thing"}
 _ALWAYS = {"noun", "nouns", "context"}
 
@@ -52,6 +59,8 @@ class Frame:
     families: tuple[str, ...] = ()
     """The attribute families whose values this form reads naturally with ("Something from
     the {value}" suits decades, not genres); empty: every family."""
+    relation: str = ""
+    """For a relative frame (kind "range"): which values its boundary picks (`RELATIONS`)."""
 
     @property
     def slots(self) -> set[str]:
@@ -72,6 +81,22 @@ class ValueForms:
     """Forms that stand alone as a noun phrase ("comedies", "westerns")."""
     descriptions: tuple[str, ...] = ()
     """Noun phrases that describe the value without naming it."""
+    year: str = ""
+    """The first year the value covers ("1980" for the 1980s): the `{year}` of relative
+    frames; empty for values of unordered families."""
+
+
+@dataclass(frozen=True)
+class Era:
+    """A named range of an ordered family ("recent": the 1990s and 2000s)."""
+
+    id: str
+    split: str
+    values: tuple[str, ...]
+    names: tuple[str, ...]
+    """Modifiers ("recent", "black-and-white")."""
+    nouns: tuple[str, ...] = ()
+    """Stand-alone noun phrases ("old black-and-white classics")."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +107,21 @@ class Family:
     values: dict[str, ValueForms]
     things: tuple[str, ...] = ("{name} {nouns}",)
     """Patterns that make a noun phrase of a value name ({name}, {noun}, {nouns})."""
+    eras: tuple[Era, ...] = ()
+    present: tuple[str, ...] | None = None
+    """The values the catalogue in hand has (`Grammar.with_values`); ranges cover only these.
+    None: every value listed."""
+
+    @property
+    def ordered(self) -> bool:
+        """Whether the values have an order ranges can follow (every value has a year)."""
+        return bool(self.values) and all(f.year for f in self.values.values())
+
+    def timeline(self) -> list[str]:
+        """The values ranges are taken over, oldest first."""
+        present = set(self.values) if self.present is None else set(self.present)
+        return sorted((v for v in self.values if v in present),
+                      key=lambda v: int(self.values[v].year))
 
 
 @dataclass(frozen=True)
@@ -101,6 +141,7 @@ class Grammar:
     frames: list[Frame]
     clauses: list[Frame]
     connectors: list[Frame]
+    ranges: list[Frame]
     nouns: tuple[tuple[str, str], ...]
     hedges: dict[str, tuple[str, ...]]
     contexts: dict[str, tuple[str, ...]]
@@ -125,18 +166,21 @@ class Grammar:
 
     def with_values(self, family: str, values: Sequence[str]) -> Grammar:
         """This grammar, knowing every value in `values` of `family` (a value the grammar does
-        not list is named by its lower-cased spelling and has no free description)."""
+        not list is named by its lower-cased spelling and has no free description), with the
+        family's ranges restricted to `values`."""
         known = self.families.get(family)
         forms = dict(known.values) if known else {}
-        missing = [v for v in values if v not in forms]
-        if not missing:
+        present = tuple(str(v) for v in values)
+        if known is not None and known.present == present and all(v in forms for v in present):
             return self
-        for value in missing:
-            forms[value] = ValueForms(names=(value.lower(),))
+        for value in present:
+            forms.setdefault(value, ValueForms(names=(value.lower(),)))
         families = dict(self.families)
-        families[family] = Family(family, forms, known.things if known else ("{name} {nouns}",))
-        return Grammar(families, self.frames, self.clauses, self.connectors, self.nouns,
-                       self.hedges, self.contexts, self.description_splits, self.source)
+        families[family] = Family(family, forms, known.things if known else ("{name} {nouns}",),
+                                  known.eras if known else (), present)
+        return Grammar(families, self.frames, self.clauses, self.connectors, self.ranges,
+                       self.nouns, self.hedges, self.contexts, self.description_splits,
+                       self.source)
 
     # ----------------------------------------------------------------------------------
     # Queries
@@ -158,9 +202,28 @@ class Grammar:
         return [c for c in self.clauses if c.split == split and c.polarity == polarity
                 and (family is None or c.suits(family))]
 
+    def ranges_of(self, family: str, split: str, polarity: str) -> list[tuple[str, ...]]:
+        """Every range (a set of two or more values, not all of them, oldest first) that the
+        relative frames and eras of `split` can ask for (`polarity` "asked") or refuse
+        ("refused") in `family`; empty for a family without an order."""
+        _check_split(split)
+        known = self.families.get(family)
+        if known is None or not known.ordered:
+            return []
+        timeline = known.timeline()
+        found: dict[tuple[str, ...], None] = {}
+        for frame in self.ranges:
+            if frame.split == split and frame.polarity == polarity and frame.suits(family):
+                for boundary in timeline:
+                    found.setdefault(_relative(timeline, frame.relation, boundary), None)
+        for era in known.eras:
+            if era.split == split:
+                found.setdefault(tuple(v for v in timeline if v in era.values), None)
+        return [r for r in found if 2 <= len(r) < len(timeline)]
+
     def frame(self, frame_id: str) -> Frame:
         """A frame or connector by id (KeyError if unknown)."""
-        for frame in (*self.frames, *self.connectors):
+        for frame in (*self.frames, *self.connectors, *self.ranges):
             if frame.id == frame_id:
                 return frame
         raise KeyError(f"the grammar has no frame {frame_id!r}")
@@ -193,6 +256,8 @@ class Grammar:
                              "for two")
         if intent.polarity == "compound":
             return self._compound(intent, rng, split, frame)
+        if intent.values:
+            return self._range(intent, rng, split)
         polarity = {"positive": "asked", "negative": "refused", "neutral": "neutral"}[
             intent.polarity]
         kind = "description" if style == "description" and polarity != "neutral" else "frame"
@@ -244,6 +309,48 @@ class Grammar:
         labels = ((intent.family, intent.value, "asked"), *also,
                   (intent.avoid_family or intent.family, intent.avoid, "refused"))
         return Rendering(text, connector.id, labels)
+
+    def _range(self, intent: Intent, rng: np.random.Generator, split: str) -> Rendering:
+        """A sentence naming the whole range `intent.values`: a relative frame whose boundary
+        picks exactly that set, or an era that covers it, in a generic frame."""
+        polarity = "asked" if intent.polarity == "positive" else "refused"
+        known = self.families.get(intent.family)
+        if known is None or not known.ordered:
+            raise ValueError(f"{self.source}: family {intent.family!r} has no order, so no "
+                             "ranges")
+        timeline = known.timeline()
+        wanted = tuple(v for v in timeline if v in intent.values)
+        if len(wanted) != len(set(intent.values)):
+            raise ValueError(f"range {intent.values!r} has values outside {timeline}")
+        relative: list[tuple[Frame, str | Era]] = [
+            (frame, boundary) for frame in self.ranges
+            if frame.split == split and frame.polarity == polarity and frame.suits(intent.family)
+            for boundary in timeline
+            if _relative(timeline, frame.relation, boundary) == wanted]
+        generic = [f for f in self.frames_of(split, polarity, "frame", intent.family)
+                   if not f.families]
+        eras: list[tuple[Frame, str | Era]] = [
+            (frame, era) for era in known.eras
+            if era.split == split and tuple(v for v in timeline if v in era.values) == wanted
+            for frame in generic]
+        # relative frames and eras equally often where both fit (eras fill many frames)
+        groups = [g for g in (relative, eras) if g]
+        if not groups:
+            raise ValueError(f"{self.source}: no {split} form {polarity} the range {wanted}")
+        options = groups[int(rng.integers(len(groups)))]
+        chosen, by = options[int(rng.integers(len(options)))]
+        values: dict[str, str] = {}
+        if isinstance(by, Era):
+            name = _choice(by.names, rng)
+            things = [t.replace("{name}", name) for t in ("{name} {nouns}",)] + list(by.nouns)
+            values = {"value": name, "thing": self._fill(_choice(things, rng), {}, rng, split)}
+        else:
+            forms = self._forms(intent.family, by)
+            values = {"value": _choice(forms.names, rng), "year": forms.year}
+        text = self._finish(self._fill(chosen.text, values, rng, split), rng, split)
+        labels = tuple((intent.family, v, polarity) for v in wanted)
+        frame_id = chosen.id if not isinstance(by, Era) else f"{by.id}/{chosen.id}"
+        return Rendering(text, frame_id, labels)
 
     def _also(self, out: dict[str, str], intent: Intent, rng: np.random.Generator
               ) -> tuple[tuple[str, str, str], ...]:
@@ -317,6 +424,16 @@ class Grammar:
         return text
 
 
+def _relative(timeline: Sequence[str], relation: str, boundary: str) -> tuple[str, ...]:
+    """The values of `timeline` (oldest first) that `relation` to `boundary` picks."""
+    at = list(timeline).index(boundary)
+    picks = {"before": slice(0, at), "until": slice(0, at + 1), "from": slice(at, None),
+             "after": slice(at + 1, None)}
+    if relation not in picks:
+        raise ValueError(f"relation must be one of {RELATIONS}, got {relation!r}")
+    return tuple(timeline[picks[relation]])
+
+
 def _choice(options: Sequence[str], rng: np.random.Generator) -> str:
     return options[int(rng.integers(len(options)))]
 
@@ -357,8 +474,25 @@ def _parse(path: Path) -> Grammar:
             if not names:
                 raise ValueError(f"{where}: families.{name}.values.{value}.names is empty")
             values[value] = ValueForms(names, tuple(forms.get("nouns", ())),
-                                       tuple(forms.get("descriptions", ())))
-        families[name] = Family(name, values, tuple(spec.get("things", ("{name} {nouns}",))))
+                                       tuple(forms.get("descriptions", ())),
+                                       str(forms.get("year", "")))
+        eras = []
+        for i, era in enumerate(spec.get("eras", ())):
+            at = f"families.{name}.eras[{i}]."
+            if era.get("split") not in SPLITS:
+                raise ValueError(f"{where}: {at}split must be one of {SPLITS}")
+            unknown = [v for v in need(era, "values", list, at) if v not in values]
+            if unknown:
+                raise ValueError(f"{where}: {at}values names unknown values {unknown}")
+            names = tuple(need(era, "names", list, at))
+            if not names:
+                raise ValueError(f"{where}: {at}names is empty")
+            eras.append(Era(str(era.get("id", f"{name}-era-{i}")), era["split"],
+                            tuple(era["values"]), names, tuple(era.get("nouns", ()))))
+        families[name] = Family(name, values, tuple(spec.get("things", ("{name} {nouns}",))),
+                                tuple(eras))
+        if eras and not families[name].ordered:
+            raise ValueError(f"{where}: families.{name} has eras, so every value needs a year")
 
     def frames(key: str, kind: str | None) -> list[Frame]:
         out = []
@@ -372,7 +506,8 @@ def _parse(path: Path) -> Grammar:
                           polarity=str(polarity), text=need(entry, "text", str, f"{at}."),
                           cue=str(entry.get("cue", "")),
                           kind=kind or str(entry.get("kind", "frame")),
-                          families=tuple(str(f) for f in entry.get("families", ())))
+                          families=tuple(str(f) for f in entry.get("families", ())),
+                          relation=str(entry.get("relation", "")))
             _check_frame(frame, key, where, at)
             out.append(frame)
         return out
@@ -380,12 +515,13 @@ def _parse(path: Path) -> Grammar:
     parsed = Grammar(
         families=families, frames=frames("frames", None), clauses=frames("clauses", "clause"),
         connectors=frames("connectors", "connector"),
+        ranges=frames("ranges", "range") if "ranges" in data else [],
         nouns=tuple(tuple(pair) for pair in need(data, "nouns", list, "")),
         hedges={s: tuple(v) for s, v in need(data, "hedges", dict, "").items()},
         contexts={s: tuple(v) for s, v in need(data, "contexts", dict, "").items()},
         description_splits={s: tuple(v) for s, v in data.get("description_splits", {}).items()},
         source=where)
-    ids = [f.id for f in (*parsed.frames, *parsed.connectors)]
+    ids = [f.id for f in (*parsed.frames, *parsed.connectors, *parsed.ranges)]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise ValueError(f"{where}: duplicate frame ids {duplicates}")
@@ -404,6 +540,15 @@ def _check_frame(frame: Frame, key: str, where: str, at: str) -> None:
                              "{value}/{thing}) and a refused one ({refuse} or {avoid}/"
                              "{avoid_thing})")
         allowed = {"ask", "refuse"} | _VALUE_SLOTS | _AVOID_SLOTS | _ALWAYS
+    elif key == "ranges":
+        if frame.relation not in RELATIONS:
+            raise ValueError(f"{where}: {at}.relation must be one of {RELATIONS}")
+        if frame.polarity not in ("asked", "refused"):
+            raise ValueError(f"{where}: {at}.polarity must be asked or refused")
+        if not slots & _RANGE_SLOTS:
+            raise ValueError(f"{where}: {at} {frame.text!r} names no boundary ({{value}} or "
+                             "{year})")
+        allowed = _RANGE_SLOTS | _ALWAYS
     elif frame.polarity == "neutral":
         allowed = set(_ALWAYS)
     elif frame.polarity in ("asked", "refused"):

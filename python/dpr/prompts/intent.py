@@ -1,4 +1,4 @@
-"""What a prompt expresses: an `Intent` over one attribute family's values."""
+"""What a prompt expresses: an `Intent` over attribute values."""
 
 from __future__ import annotations
 
@@ -17,7 +17,11 @@ class Intent:
     value of a compound intent, of `avoid_family` (default: the same family). `also` is a second
     asked value of another family, as a (family, value) pair, for a positive or compound
     intent ("a 90s comedy, but no romance": Comedy, also ("decade", "1990s"), avoid Romance).
-    Neutral intents carry no value (a given `value` is ignored).
+    `values`, when given, is a *range*: a set of values of `family` asked for or refused
+    together ("something older than 1980", "nothing recent"); `value` is then one of them (the
+    one an episode is built around) and the rendering names the whole set, never `value` alone.
+    Only positive and negative intents take a range. Neutral intents carry no value (a given
+    `value` is ignored).
     """
 
     polarity: str
@@ -26,6 +30,7 @@ class Intent:
     family: str = "genre"
     avoid_family: str | None = None
     also: tuple[str, str] | None = None
+    values: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.polarity not in POLARITIES:
@@ -34,6 +39,12 @@ class Intent:
             raise ValueError(f"a {self.polarity} intent needs a value")
         if self.polarity == "compound" and not self.avoid:
             raise ValueError("a compound intent needs an avoid value")
+        if self.values:
+            if self.polarity not in ("positive", "negative") or self.also is not None:
+                raise ValueError("only a positive or negative intent with no second value can "
+                                 "name a range of values")
+            if self.value not in self.values:
+                raise ValueError(f"the value {self.value!r} is not in the range {self.values!r}")
         if self.also is not None:
             if self.polarity not in ("positive", "compound"):
                 raise ValueError(f"a {self.polarity} intent cannot ask for a second value")

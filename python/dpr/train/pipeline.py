@@ -245,6 +245,19 @@ def evaluate_cross(model: DPR, encode: Encode, dataset: SequenceDataset, *, rend
                                  render=render, auto=auto, seed=seed)
 
 
+def evaluate_ranges(model: DPR, inputs: PromptInputs, dataset: SequenceDataset,
+                    grammar: Grammar, family: str, *, split: str, seed: int = 0,
+                    stage: str = "test") -> dict[str, Any]:
+    """The range protocols (`dpr.evaluate.ranges`) on `family`, with prompts from `split`."""
+    from dpr.evaluate.ranges import evaluate_ranges as run
+
+    cases = steering_cases(model, dataset, family, stage)
+    auto = {"dpr": dpr_auto(model, inputs, family)} if model.intent is not None else {}
+    return run(cases, {"dpr": dpr_steerer(model, inputs)}, grammar, split=split, auto=auto,
+               read=inputs.readings if model.intent is not None else None,
+               columns=list(model.columns), seed=seed)
+
+
 def evaluate_by_frame(model: DPR, inputs: PromptInputs, dataset: SequenceDataset,
                       grammar: Grammar, *, split: str = "heldout", seed: int = 0,
                       family: str | None = None, progress: bool = True) -> dict[str, Any]:
@@ -360,6 +373,12 @@ def run_steering(dataset: SequenceDataset, backbone: Backbone, out_dir: Path, *,
                                          render=grammar_renderer(grammar, split))
                 report[f"{split}_cross_family"] = results
                 write_steering_report(results, out_dir, f"{title} {split} cross-family")
+            for family in model.families:
+                if grammar.ranges_of(family, split, "asked"):
+                    results = evaluate_ranges(model, inputs, dataset, grammar, family,
+                                              split=split)
+                    report[f"{split}_ranges_{family}"] = results
+                    write_steering_report(results, out_dir, f"{title} {split} ranges {family}")
     if evaluate == "full":
         report.update(evaluate_by_frame(model, inputs, dataset, grammar, progress=progress))
         write_frames_report(report["by_frame"], report["flips"], report["interpret"], out_dir,

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from dpr.data.dataset import ItemCatalogue, LeaveOneOutSplit
 from dpr.models.backbone import Backbone
 from dpr.models.steering import DPRSteering
-from dpr.prompts import POLARITIES, Episodes, Grammar, Intent
+from dpr.prompts import POLARITIES, Episodes, Grammar, Intent, ValueRange, value_ranges
 from dpr.prompts import steering_episodes as build_episodes
 from dpr.train import distributed
 from dpr.train.batches import history_batch
@@ -73,17 +73,18 @@ class PromptPool:
     (a `description_share` of them free descriptions) and every compound pair `per_pair`; with
     several families, every request of a value with a second one of a later family
     (`Intent.also`) gets `per_pair`, and every such compound one. So the encoder runs on a few
-    thousand prompts instead of every possible rendering. Keys are (polarity, value column,
-    avoided column, second asked column), -1 where there is none.
+    thousand prompts instead of every possible rendering. Each of `ranges` gets `per_genre`
+    renderings per polarity it can be rendered in. Keys are (polarity, value column, avoided
+    column, second asked column, range), -1 where there is none (`episode_keys`).
     """
 
     def __init__(self, encode, grammar: Grammar, columns: Sequence[tuple[str, str]],
                  rng: np.random.Generator, per_genre: int = 12, per_pair: int = 2,
-                 description_share: float = 0.25) -> None:
-        self.choices: dict[tuple[int, int, int, int], list[int]] = {}
+                 description_share: float = 0.25, ranges: Sequence[ValueRange] = ()) -> None:
+        self.choices: dict[tuple[int, int, int, int, int], list[int]] = {}
         texts: dict[str, int] = {}
 
-        def add(key: tuple[int, int, int, int], intent: Intent, count: int) -> None:
+        def add(key: tuple[int, int, int, int, int], intent: Intent, count: int) -> None:
             rows = []
             for _ in range(count):
                 describe = (intent.polarity in ("positive", "negative") and intent.also is None
@@ -94,30 +95,38 @@ class PromptPool:
                 rows.append(texts.setdefault(text, len(texts)))
             self.choices[key] = sorted(set(rows))
 
-        add((NEUTRAL, -1, -1, -1), Intent("neutral"),
+        add((NEUTRAL, -1, -1, -1, -1), Intent("neutral"),
             4 * len(grammar.frames_of("train", "neutral")))
+        for r, value_range in enumerate(ranges):
+            family = columns[value_range.columns[0]][0]
+            span = tuple(columns[c][1] for c in value_range.columns)
+            for polarity, kind, renderable in ((POSITIVE, "positive", value_range.asked),
+                                               (NEGATIVE, "negative", value_range.refused)):
+                if renderable:
+                    add((polarity, -1, -1, -1, r),
+                        Intent(kind, span[0], family=family, values=span), per_genre)
         order = list(dict.fromkeys(f for f, _ in columns))
         for g, (family, value) in enumerate(columns):
-            add((POSITIVE, g, -1, -1), Intent("positive", value, family=family), per_genre)
-            add((NEGATIVE, g, -1, -1), Intent("negative", value, family=family), per_genre)
+            add((POSITIVE, g, -1, -1, -1), Intent("positive", value, family=family), per_genre)
+            add((NEGATIVE, g, -1, -1, -1), Intent("negative", value, family=family), per_genre)
             later = [x for x, (f, _) in enumerate(columns) if order.index(f) > order.index(family)]
             for x in later:
-                add((POSITIVE, g, -1, x), Intent("positive", value, family=family,
-                                                 also=columns[x]), per_pair)
+                add((POSITIVE, g, -1, x, -1), Intent("positive", value, family=family,
+                                                     also=columns[x]), per_pair)
             for a, (avoid_family, avoid) in enumerate(columns):
                 if a == g:
                     continue
-                add((COMPOUND, g, a, -1), Intent("compound", value, avoid, family=family,
-                                                 avoid_family=avoid_family), per_pair)
+                add((COMPOUND, g, a, -1, -1), Intent("compound", value, avoid, family=family,
+                                                     avoid_family=avoid_family), per_pair)
                 for x in later:
                     if x != a:
-                        add((COMPOUND, g, a, x),
+                        add((COMPOUND, g, a, x, -1),
                             Intent("compound", value, avoid, family=family,
                                    avoid_family=avoid_family, also=columns[x]), 1)
         self.texts = list(texts)
         self.embeddings = torch.from_numpy(np.asarray(encode(self.texts), dtype=np.float32))
 
-    def sample(self, keys: Sequence[tuple[int, int, int, int]], rng: np.random.Generator
+    def sample(self, keys: Sequence[tuple[int, int, int, int, int]], rng: np.random.Generator
                ) -> torch.Tensor:
         """One random rendering's embedding per intent key."""
         rows = [self._pick(self.choices[key], rng) for key in keys]
@@ -126,6 +135,29 @@ class PromptPool:
     @staticmethod
     def _pick(options: list[int], rng: np.random.Generator) -> int:
         return options[int(rng.integers(len(options)))]
+
+
+def episode_keys(episodes: Episodes, batch: np.ndarray) -> list[tuple[int, int, int, int, int]]:
+    """The prompt-pool key of each episode in `batch` (a range episode's prompt names the range,
+    not its own value)."""
+    span = episodes.span[batch]
+    value = np.where(span >= 0, -1, episodes.value[batch])
+    return list(zip(episodes.polarity[batch].tolist(), value.tolist(),
+                    episodes.avoid[batch].tolist(), episodes.also[batch].tolist(),
+                    span.tolist(), strict=True))
+
+
+def refused_columns(episodes: Episodes, batch: np.ndarray, num_columns: int) -> torch.Tensor:
+    """(B, A) bool: the steered values each episode's prompt refuses (a negative episode's
+    value or range, a compound's avoided value)."""
+    out = torch.zeros(len(batch), num_columns, dtype=torch.bool)
+    polarity, span = episodes.polarity[batch], episodes.span[batch]
+    single = np.where(polarity == NEGATIVE, episodes.value[batch], episodes.avoid[batch])
+    rows = np.flatnonzero((single >= 0) & ~((polarity == NEGATIVE) & (span >= 0)))
+    out[torch.from_numpy(rows), torch.from_numpy(single[rows])] = True
+    for row in np.flatnonzero((polarity == NEGATIVE) & (span >= 0)):
+        out[int(row), list(episodes.ranges[int(span[row])].columns)] = True
+    return out
 
 
 @torch.inference_mode()
@@ -178,7 +210,7 @@ def align_projector(steering: DPRSteering, pool: PromptPool, num_values: int,
     for _ in bar:
         genre_index = rng.integers(num_values, size=config.batch_size)
         polarity = rng.choice([POSITIVE, NEGATIVE], size=config.batch_size)
-        keys = [(int(p), int(g), -1, -1) for p, g in zip(polarity, genre_index, strict=True)]
+        keys = [(int(p), int(g), -1, -1, -1) for p, g in zip(polarity, genre_index, strict=True)]
         projected = F.normalize(steering.projector(pool.sample(keys, rng)), dim=-1)
         logits = projected @ centroids.T / config.align_temperature
         loss = F.cross_entropy(logits, torch.from_numpy(genre_index))
@@ -214,9 +246,10 @@ def train_steering(steering: DPRSteering, backbone: Backbone, split: LeaveOneOut
     result = SteeringTrainResult(steering)
 
     started = time.perf_counter()
+    ranges = value_ranges(grammar, columns)
     pool = PromptPool(encode, grammar, columns, np.random.default_rng(config.seed + 2),
                       config.prompts_per_genre, config.prompts_per_pair,
-                      config.description_share)
+                      config.description_share, ranges)
     pool.embedding_dim = embedding_dim or pool.embeddings.shape[1]
     result.seconds["encode_prompts"] = time.perf_counter() - started
 
@@ -230,7 +263,7 @@ def train_steering(steering: DPRSteering, backbone: Backbone, split: LeaveOneOut
         started = time.perf_counter()
         scored = extended_items(items, column_matrix, steering.attribute_dim)
         result.curve.extend(_stage3(steering, backbone, split, catalogue, pool, scored,
-                                    column_matrix, config, families, progress))
+                                    column_matrix, config, families, ranges, progress))
         result.seconds["stage3"] = time.perf_counter() - started
     steering.eval()
     return result
@@ -246,7 +279,7 @@ def grammar_for(grammar: Grammar, catalogue: ItemCatalogue, families: Sequence[s
 def _stage3(steering: DPRSteering, backbone: Backbone, split: LeaveOneOutSplit,
             catalogue: ItemCatalogue, pool: PromptPool, items: torch.Tensor,
             column_matrix: torch.Tensor, config: SteeringTrainConfig, families: Sequence[str],
-            progress: bool) -> list[dict[str, float]]:
+            ranges: Sequence[ValueRange], progress: bool) -> list[dict[str, float]]:
     rng = np.random.default_rng(config.seed + 1)  # the same on every rank: episodes, order
     prompt_rng = np.random.default_rng([config.seed, 7, distributed.world()[0]])
     heads = [s[: backbone.max_len] for s in split.train]
@@ -262,15 +295,14 @@ def _stage3(steering: DPRSteering, backbone: Backbone, split: LeaveOneOutSplit,
     curve = []
     for epoch in range(config.epochs):
         episodes = build_episodes(head_split, catalogue, families=families, rng=rng,
-                                  positions_per_user=config.positions_per_user)
+                                  positions_per_user=config.positions_per_user, ranges=ranges)
         order = distributed.shard(rng.permutation(len(episodes.target)), config.batch_size)
         totals: dict[str, float] = {}
         bar = tqdm(order, desc=f"stage 3: epoch {epoch}", disable=not progress, unit="batch")
         for batch in bar:
             user = states[offsets[episodes.user[batch]] + episodes.position[batch] - 1]
-            keys = zip(episodes.polarity[batch].tolist(), episodes.value[batch].tolist(),
-                       episodes.avoid[batch].tolist(), episodes.also[batch].tolist(), strict=True)
-            prompts = _jitter(pool.sample(list(keys), prompt_rng), config.prompt_noise,
+            prompts = _jitter(pool.sample(episode_keys(episodes, batch), prompt_rng),
+                              config.prompt_noise,
                               pool.embedding_dim)
             losses = steering_losses(model, steering, user, prompts, episodes, batch, items,
                                      column_matrix, config)
@@ -326,11 +358,9 @@ def steering_losses(model: torch.nn.Module, steering: DPRSteering, user: torch.T
     out = model(user, prompts)
     polarity = torch.from_numpy(episodes.polarity[batch]).long()
     target = torch.from_numpy(episodes.target[batch]) - 1
-    avoid_index = np.where(episodes.polarity[batch] == NEGATIVE, episodes.value[batch],
-                           episodes.avoid[batch])
-    has_avoid = torch.from_numpy(avoid_index >= 0)
-    forbidden = torch.zeros(len(batch), items.shape[0], dtype=torch.bool)
-    forbidden[has_avoid] = genre_matrix[:, torch.from_numpy(avoid_index[avoid_index >= 0])].T
+    refused = refused_columns(episodes, batch, genre_matrix.shape[1])
+    has_avoid = refused.any(dim=1)
+    forbidden = (refused.float() @ genre_matrix.T.float()) > 0
 
     logits = out.steered @ items.T
     allowed_logits = logits.masked_fill(forbidden, -torch.inf)

@@ -32,6 +32,9 @@ TOWER_MIX = {"positive": 0.3, "negative": 0.35, "compound": 0.2, "neutral": 0.15
 ALSO_SHARE = 0.3
 """Share of positive and compound prompts that also ask for a value of a later family ("a 90s
 comedy"), when the tower reads more than one family."""
+RANGE_SHARE = 0.3
+"""Share of single-value requests and refusals in an ordered family (decades) that name a
+range of its values instead ("older than 1980", "a recent film")."""
 _POLARITY_CLASS = {"asked": ASKED, "refused": REFUSED}
 
 
@@ -69,13 +72,19 @@ class TowerTrainConfig:
 
 def sample_intents(values: Sequence[tuple[str, str]], n: int, rng: np.random.Generator,
                    grammar: Grammar, description_share: float = 0.25,
-                   mix: dict[str, float] | None = None) -> list[tuple[Intent, str]]:
+                   mix: dict[str, float] | None = None, split: str = "train"
+                   ) -> list[tuple[Intent, str]]:
     """`n` random (intent, style) pairs over `values` ((family, value) pairs). With several
     families, `ALSO_SHARE` of the positive and compound intents also ask for a value of a
     family listed after the first value's ("a 90s comedy": the later family's name comes
-    first in the sentence)."""
+    first in the sentence). In a family with ranges in `split`, `RANGE_SHARE` of the other
+    requests and refusals name a range instead of one value."""
     mix = mix or TOWER_MIX
     order = list(dict.fromkeys(f for f, _ in values))
+    known = set(values)
+    ranges = {(family, polarity): [r for r in grammar.ranges_of(family, split, polarity)
+                                   if all((family, v) in known for v in r)]
+              for family in order for polarity in ("asked", "refused")}
 
     def also(first: tuple[str, str], refused: tuple[str, str] | None = None
              ) -> tuple[str, str] | None:
@@ -103,6 +112,11 @@ def sample_intents(values: Sequence[tuple[str, str]], n: int, rng: np.random.Gen
                                avoid_family=second[0], also=also(first, second)), "name"))
             continue
         extra = also(first) if kind == "positive" else None
+        spans = ranges[first[0], "asked" if kind == "positive" else "refused"]
+        if extra is None and spans and rng.random() < RANGE_SHARE:
+            span = spans[int(rng.integers(len(spans)))]
+            out.append((Intent(kind, span[0], family=first[0], values=span), "name"))
+            continue
         describe = (extra is None and rng.random() < description_share
                     and grammar.describable(*first))
         out.append((Intent(kind, first[1], family=first[0], also=extra),
@@ -115,7 +129,8 @@ def render_batch(grammar: Grammar, values: Sequence[tuple[str, str]], n: int,
                  ) -> list[Rendering]:
     """`n` labelled prompts from `split`."""
     return [grammar.render(intent, rng, split=split, style=style)
-            for intent, style in sample_intents(values, n, rng, grammar, description_share)]
+            for intent, style in sample_intents(values, n, rng, grammar, description_share,
+                                                split=split)]
 
 
 def label_matrix(renderings: Sequence[Rendering], values: Sequence[tuple[str, str]]

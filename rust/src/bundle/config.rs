@@ -83,6 +83,11 @@ pub struct SteerConfig {
     /// empty when `attribute_dim` is 0.
     #[serde(skip)]
     pub families: Vec<SteerFamily>,
+    /// `steer.prompts`: whether the bundle takes prompts at all. Absent means `true`; `false`
+    /// (a filter-only bundle, exported from a backbone without steering) is only valid with no
+    /// steered value and no intent read-out. Read by [`parse_config`] ([`steer_prompts`]).
+    #[serde(skip)]
+    pub prompts: bool,
     #[serde(default = "one")]
     pub strength_default: f32,
     #[serde(default = "layer_norm_eps")]
@@ -318,7 +323,46 @@ pub(super) fn parse_config(text: &str) -> Result<RawConfig, BundleError> {
         "steer.layer_norm_eps must be positive",
     )?;
     raw.steer.families = steer_families(version, &steer_section, raw.steer.attribute_dim)?;
+    raw.steer.prompts = steer_prompts(
+        &steer_section,
+        raw.steer.attribute_dim,
+        raw.intent.is_some(),
+    )?;
     Ok(raw)
+}
+
+/// `steer.prompts` (see [`SteerConfig::prompts`]) of the `steer` section.
+fn steer_prompts(
+    steer: &Value,
+    attribute_dim: usize,
+    has_intent: bool,
+) -> Result<bool, BundleError> {
+    let field = "steer.prompts";
+    let takes = match steer.get("prompts") {
+        None => true,
+        Some(Value::Bool(takes)) => *takes,
+        Some(other) => {
+            return Err(BundleError::config(
+                field,
+                format!("steer.prompts must be true or false, got {other}"),
+            ))
+        }
+    };
+    if !takes && attribute_dim > 0 {
+        return Err(BundleError::config(
+            field,
+            format!(
+                "steer.prompts is false but the bundle steers {attribute_dim} attribute values"
+            ),
+        ));
+    }
+    if !takes && has_intent {
+        return Err(BundleError::config(
+            field,
+            "steer.prompts is false but the bundle has an intent read-out",
+        ));
+    }
+    Ok(takes)
 }
 
 /// `steer.<name>` of the `steer` section, `None` when absent or null.
@@ -573,6 +617,48 @@ mod tests {
             Err(BundleError::Config { field, message }) => (field, message),
             other => panic!("not a config error: {other:?}"),
         }
+    }
+
+    #[test]
+    fn prompts_default_to_true_and_false_needs_no_steered_value_and_no_intent() {
+        assert!(
+            parse_config(&config_text(4, two_families))
+                .unwrap()
+                .steer
+                .prompts
+        );
+        let takes = |value: Value| {
+            move |steer: &mut Value| {
+                two_families(steer);
+                steer["prompts"] = value;
+            }
+        };
+        assert!(
+            parse_config(&config_text(4, takes(json!(true))))
+                .unwrap()
+                .steer
+                .prompts
+        );
+        let filter_only = |steer: &mut Value| {
+            steer["attribute_dim"] = json!(0);
+            steer["families"] = json!([]);
+            steer["prompts"] = json!(false);
+        };
+        assert!(
+            !parse_config(&config_text(4, filter_only))
+                .unwrap()
+                .steer
+                .prompts
+        );
+        let (field, _) = rejected(&config_text(4, takes(json!(false))));
+        assert_eq!(field, "steer.prompts");
+        let (field, message) = rejected(&config_text(4, takes(json!("no"))));
+        assert_eq!(field, "steer.prompts");
+        assert!(message.contains("true or false"), "{message}");
+        assert!(steer_prompts(&json!({"prompts": false}), 0, true)
+            .unwrap_err()
+            .to_string()
+            .contains("intent read-out"));
     }
 
     #[test]

@@ -295,7 +295,7 @@ impl Model {
         retrieval: Retrieval,
     ) -> Result<Model, ModelError> {
         let mut bundle = Bundle::open(path, verify_checksums)?;
-        let takes_prompts = prompts::takes_prompts(path, &bundle)?;
+        let takes_prompts = bundle.steer.prompts;
         let encoder_dir = bundle.encoder_dir();
         let max_tokens = bundle.encoder.max_tokens;
         // The encoder (float16 → float32 weights) loads beside the item table and the index.
