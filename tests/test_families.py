@@ -74,7 +74,9 @@ def test_decade_prompts_steer_towards_and_away_from_a_decade(two_families):
     assert results["attribute"] == "decade"
     positive = results["protocols"]["positive"]["methods"]
     negative = results["protocols"]["negative"]["methods"]
-    assert positive["dpr soft"]["genre_share@10"] > positive["backbone"]["genre_share@10"] + 0.15
+    # +0.13 here (0.17 before ranges took a share of the decade episodes: in this 3-decade
+    # fixture a range is two of the three decades, a weak signal for one decade)
+    assert positive["dpr soft"]["genre_share@10"] > positive["backbone"]["genre_share@10"] + 0.1
     assert negative["dpr soft"]["genre_share@10"] < 0.7 * negative["backbone"]["genre_share@10"]
     assert negative["dpr auto"]["genre_share@10"] <= negative["dpr soft"]["genre_share@10"]
     standard = results["protocols"]["standard"]["methods"]
