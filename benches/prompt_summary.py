@@ -70,7 +70,8 @@ def rows(name: str, report: dict[str, Any]) -> list[str]:
 
 
 def family_rows(name: str, report: dict[str, Any]) -> list[str]:
-    """Issue 20's targets: each steered family after the first, and the cross-family compound."""
+    """Issue 20's targets: each steered family after the first, and the cross-family compound
+    (ranges: benches/range_reading.py, which measures every run on the same held-out forms)."""
     out = []
     for key, results in report.items():
         if not key.startswith("heldout_frames_"):
@@ -102,9 +103,6 @@ def family_rows(name: str, report: dict[str, Any]) -> list[str]:
             f"| {name} | cross-family compound: auto / hybrid NDCG@10 ÷ combined filter | ≥ 1.0 | "
             f"{_ratio(m, 'dpr auto', 'filter'):.3f} / {_ratio(m, 'dpr hybrid', 'filter'):.3f} "
             f"({block['cases']} cases) |"]
-    for key, results in report.items():
-        if key.startswith("heldout_ranges_"):
-            out += range_rows(name, key.removeprefix("heldout_ranges_"), results)
     return out
 
 
@@ -126,24 +124,6 @@ GENRE_HEADER = [
     "| run | steered | positive: soft ÷ pre-filter | refused share soft / auto | "
     "refusals: auto / hybrid ÷ hard filter | compound auto: asked / refused share | "
     "neutral ÷ backbone |", "|---|---|---|---|---|---|---|"]
-
-
-def range_rows(name: str, family: str, results: dict[str, Any]) -> list[str]:
-    """The range protocols of one ordered family ("older than 1980", "nothing recent")."""
-    pos = results["protocols"]["range positive"]
-    neg = results["protocols"]["range negative"]
-    p, n = pos["methods"], neg["methods"]
-    return [
-        f"| {name} | {family} range asked: soft NDCG@10 ÷ pre-filter; asked share (soft); "
-        f"interpret | ≥ 1.05; ≥ 0.9; – | {_ratio(p, 'dpr soft', 'pre-filter'):.3f}; "
-        f"{p['dpr soft']['genre_share@10']:.3f} (backbone {p['backbone']['genre_share@10']:.3f}); "
-        f"{pos.get('interpret', math.nan):.3f} exact, "
-        f"{pos.get('interpret_overlap', math.nan):.3f} overlap |",
-        f"| {name} | {family} range refused: forbidden share (soft / auto); auto ÷ hard filter; "
-        f"interpret | ≤ 0.02 | {n['dpr soft']['genre_share@10']:.3f} / "
-        f"{n['dpr auto']['genre_share@10']:.3f}; {_ratio(n, 'dpr auto', 'hard filter'):.3f} "
-        f"(backbone {n['backbone']['genre_share@10']:.3f}); {neg.get('interpret', math.nan):.3f}"
-        f" exact, {neg.get('interpret_overlap', math.nan):.3f} overlap |"]
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
-"""How the intent read-out reads each range form: per relative frame and era of one split, the
-share of a range's values read with its polarity, of values outside it read at all, and of
-its values read with the opposite polarity.
+"""Ranges on one split, several runs side by side: the range protocols (`dpr.evaluate.ranges`)
+and how the intent read-out reads each range form (per relative frame and era: the share of a
+range's values read with its polarity, of values outside it read at all, and of its values read
+with the opposite polarity).
 
     python benches/range_reading.py NAME=RUN [NAME=RUN ...] --data ../shared/data/ml-1m \
         --format movielens-1m --split heldout --out range-reading
@@ -20,7 +21,7 @@ from dpr.data import load_dataset
 from dpr.models import load_dpr
 from dpr.models.intent import ASKED, NONE, REFUSED
 from dpr.prompts import Grammar, Intent
-from dpr.train.pipeline import MODEL_FILE
+from dpr.train.pipeline import MODEL_FILE, evaluate_ranges
 from dpr.train.steering import grammar_for
 from dpr.train.tower import PromptInputs, label_matrix
 
@@ -58,6 +59,28 @@ def reading_by_form(run: Path, dataset, family: str, split: str, per_polarity: i
     return {form: (len(v), *np.mean(v, axis=0)) for form, v in sorted(rows.items())}
 
 
+def protocol_row(name: str, run: Path, dataset, family: str, split: str) -> str:
+    """The range protocols of one run, as a table row."""
+    model, extra = load_dpr(run / MODEL_FILE)
+    grammar = grammar_for(Grammar.load(), dataset.items, model.families)
+    inputs = PromptInputs(run / extra["prompt_encoder"], model.intent)
+    blocks = evaluate_ranges(model, inputs, dataset, grammar, family, split=split)["protocols"]
+    pos, neg = blocks["range positive"], blocks["range negative"]
+    p, n = pos["methods"], neg["methods"]
+
+    def ratio(methods: dict, top: str, bottom: str) -> float:
+        return methods[top]["ndcg@10"] / methods[bottom]["ndcg@10"]
+
+    share = "genre_share@10"
+    return (f"| {name} | {ratio(p, 'dpr soft', 'pre-filter'):.3f} | {p['dpr soft'][share]:.3f} "
+            f"({p['backbone'][share]:.3f}) | {n['dpr soft'][share]:.3f} / "
+            f"{n['dpr auto'][share]:.3f} ({n['backbone'][share]:.3f}) | "
+            f"{ratio(n, 'dpr auto', 'hard filter'):.3f} / "
+            f"{ratio(n, 'dpr hybrid', 'hard filter'):.3f} | {pos['interpret']:.3f} / "
+            f"{pos['interpret_overlap']:.3f}; "
+            f"{neg['interpret']:.3f} / {neg['interpret_overlap']:.3f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("runs", nargs="+", help="NAME=RUN_DIR")
@@ -69,13 +92,20 @@ def main() -> None:
     parser.add_argument("--out", default="range-reading")
     args = parser.parse_args()
     dataset = load_dataset(args.data, args.format)
-    tables = {}
+    tables, protocols = {}, []
     for spec in args.runs:
         name, _, folder = spec.partition("=")
         tables[name] = reading_by_form(Path(folder), dataset, args.family, args.split,
                                        args.prompts)
+        protocols.append(protocol_row(name, Path(folder), dataset, args.family, args.split))
     forms = sorted({f for t in tables.values() for f in t})
-    lines = [f"# How the read-out reads each {args.family} range form ({args.split} split)", "",
+    lines = [f"# {args.family} ranges on the {args.split} split", "",
+             "Range protocols (test split, full ranking, k = 10; shares of the top-10 in the "
+             "range):", "",
+             "| run | asked: soft ÷ pre-filter | asked share soft (backbone) | refused share "
+             "soft / auto (backbone) | refused: auto / hybrid ÷ hard filter | interpret exact / "
+             "overlap, asked; refused |", "|---|---|---|---|---|---|", *protocols, "",
+             "How the read-out reads each form:", "",
              f"{2 * args.prompts} prompts per run ({args.prompts} asked, {args.prompts} refused "
              f"ranges). Per form: the share of the range's values read with the range's "
              "polarity (right), of values outside the range read at all (outside), and of the "
