@@ -336,13 +336,13 @@ class Grammar:
         # relative frames and eras equally often where both fit (eras fill many frames)
         groups = [g for g in (relative, eras) if g]
         if not groups:
-            raise ValueError(f"{self.source}: no {split} form {polarity} the range {wanted}")
+            verb = "asks for" if polarity == "asked" else "refuses"
+            raise ValueError(f"{self.source}: no {split} form {verb} the range {wanted}")
         options = groups[int(rng.integers(len(groups)))]
         chosen, by = options[int(rng.integers(len(options)))]
-        values: dict[str, str] = {}
         if isinstance(by, Era):
             name = _choice(by.names, rng)
-            things = [t.replace("{name}", name) for t in ("{name} {nouns}",)] + list(by.nouns)
+            things = [f"{name} {{nouns}}", *by.nouns]
             values = {"value": name, "thing": self._fill(_choice(things, rng), {}, rng, split)}
         else:
             forms = self._forms(intent.family, by)
