@@ -106,13 +106,13 @@ def family_rows(name: str, report: dict[str, Any]) -> list[str]:
     return out
 
 
-def genre_row(name: str, report: dict[str, Any]) -> str:
-    """One row of the first family's held-out protocol figures (runs of any evaluation)."""
+def genre_row(name: str, report: dict[str, Any], families: list[str]) -> str:
+    """One row of the first family's held-out protocol figures (runs of any evaluation) of a
+    run steering `families`."""
     protocols = report["heldout_frames"]["protocols"]
     pos, neg = protocols["positive"]["methods"], protocols["negative"]["methods"]
     com, std = protocols["compound"]["methods"], protocols["standard"]["methods"]
-    families = "+".join(report.get("families", [])) or "?"
-    return (f"| {name} | {families} | {_ratio(pos, 'dpr soft', 'pre-filter'):.3f} | "
+    return (f"| {name} | {'+'.join(families)} | {_ratio(pos, 'dpr soft', 'pre-filter'):.3f} | "
             f"{neg['dpr soft']['genre_share@10']:.3f} / {neg['dpr auto']['genre_share@10']:.3f} | "
             f"{_ratio(neg, 'dpr auto', 'hard filter'):.3f} / "
             f"{_ratio(neg, 'dpr hybrid', 'hard filter'):.3f} | "
@@ -144,10 +144,10 @@ def main() -> None:
             name, _, folder = spec.partition("=")
             report = json.loads((Path(folder) / "steering.json").read_text())
             steer = json.loads((Path(folder) / "bundle" / "dpr.json").read_text())["steer"]
-            report["families"] = ([f["name"] for f in steer["families"]] if "families" in steer
-                                  else [steer["attribute"]])
+            families = ([f["name"] for f in steer["families"]] if "families" in steer
+                        else [steer["attribute"]])  # bundles before version 4
             lines += family_rows(name, report)
-            genre.append(genre_row(name, report))
+            genre.append(genre_row(name, report, families))
         lines += genre
         (RESULTS / f"{args.families}.md").write_text("\n".join(lines) + "\n")
         return

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,12 +29,17 @@ from dpr.train.tower import PromptInputs, label_matrix
 RESULTS = Path(__file__).parent / "results"
 
 
-def reading_by_form(run: Path, dataset, family: str, split: str, per_polarity: int,
-                    seed: int = 0) -> dict[str, tuple[int, float, float, float]]:
-    """Form id -> (prompts, in-range values read right, outside values read, flipped)."""
+def load_run(run: Path, dataset) -> tuple[Any, PromptInputs, Grammar]:
+    """A run's model, its frozen prompt tower, and the grammar knowing the catalogue."""
     model, extra = load_dpr(run / MODEL_FILE)
     grammar = grammar_for(Grammar.load(), dataset.items, model.families)
-    inputs = PromptInputs(run / extra["prompt_encoder"], model.intent)
+    return model, PromptInputs(run / extra["prompt_encoder"], model.intent), grammar
+
+
+def reading_by_form(model, inputs: PromptInputs, grammar: Grammar, family: str, split: str,
+                    per_polarity: int, seed: int = 0
+                    ) -> dict[str, tuple[int, float, float, float]]:
+    """Form id -> (prompts, in-range values read right, outside values read, flipped)."""
     rng = np.random.default_rng(seed)
     renderings = []
     for polarity, kind in (("asked", "positive"), ("refused", "negative")):
@@ -59,11 +65,9 @@ def reading_by_form(run: Path, dataset, family: str, split: str, per_polarity: i
     return {form: (len(v), *np.mean(v, axis=0)) for form, v in sorted(rows.items())}
 
 
-def protocol_row(name: str, run: Path, dataset, family: str, split: str) -> str:
+def protocol_row(name: str, model, inputs: PromptInputs, grammar: Grammar, dataset,
+                 family: str, split: str) -> str:
     """The range protocols of one run, as a table row."""
-    model, extra = load_dpr(run / MODEL_FILE)
-    grammar = grammar_for(Grammar.load(), dataset.items, model.families)
-    inputs = PromptInputs(run / extra["prompt_encoder"], model.intent)
     blocks = evaluate_ranges(model, inputs, dataset, grammar, family, split=split)["protocols"]
     pos, neg = blocks["range positive"], blocks["range negative"]
     p, n = pos["methods"], neg["methods"]
@@ -95,9 +99,11 @@ def main() -> None:
     tables, protocols = {}, []
     for spec in args.runs:
         name, _, folder = spec.partition("=")
-        tables[name] = reading_by_form(Path(folder), dataset, args.family, args.split,
+        model, inputs, grammar = load_run(Path(folder), dataset)
+        tables[name] = reading_by_form(model, inputs, grammar, args.family, args.split,
                                        args.prompts)
-        protocols.append(protocol_row(name, Path(folder), dataset, args.family, args.split))
+        protocols.append(protocol_row(name, model, inputs, grammar, dataset, args.family,
+                                      args.split))
     forms = sorted({f for t in tables.values() for f in t})
     lines = [f"# {args.family} ranges on the {args.split} split", "",
              "Range protocols (test split, full ranking, k = 10; shares of the top-10 in the "

@@ -145,7 +145,7 @@ def _plot(results: dict[str, Any], title: str, file: IO[bytes]) -> None:
     top.set_ylabel(f"NDCG@{k}")
     top.set_title(title)
     _bars(bottom, share_groups, colour)
-    bottom.set_ylabel(f"share of top-{k} in genre")
+    bottom.set_ylabel(f"share of top-{k} in the value")
     bottom.set_ylim(0.0, 1.05)
     figure.legend(handles=[Patch(color=colour[n], label=n) for n in names], loc="center right",
                   fontsize="small", frameon=False)
