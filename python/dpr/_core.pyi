@@ -18,6 +18,7 @@ to the input arrays from another thread during a call.
 """
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -98,9 +99,10 @@ class Engine:
 
     def __init__(self, path: str, verify_checksums: bool = True,
                  cache_capacity: int = 4096, index: str = "auto",
-                 history_cache: int = 4096) -> None:
+                 history_cache: int = 4096, hit: type[tuple[Any, ...]] | None = None) -> None:
         """Load and validate the bundle at ``path``; ``index`` is "auto", "exact" or "hnsw";
-        ``history_cache`` backbone vectors are kept per history (0: none).
+        ``history_cache`` backbone vectors are kept per history (0: none); ``hit`` is the
+        tuple subclass :meth:`query` returns hits as (``dpr.Hit``; default: plain tuples).
 
         Raises:
             FileNotFoundError: the directory or a file it needs is missing.
@@ -122,6 +124,7 @@ class Engine:
         the best items (at most ``k``), best first. ``history`` holds dataset item ids
         (``unknown`` as in :meth:`rows`).
 
+        Raises ValueError when a hit's score is not finite (steering overflowed float32).
         ``steer=False`` ranks with the unsteered backbone. ``auto_exclude=True`` (mode
         "auto") also hard-excludes every value the intent head reads as refused with
         probability >= ``refuse_threshold``, on top of ``exclude``; it does nothing without a

@@ -6,7 +6,6 @@ loaded and safe to share between threads; every call releases the GIL while it c
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from numbers import Real
@@ -117,7 +116,7 @@ class Recommender:
                 f"{DEMO_BUNDLE}: this install has no demo bundle (a wheel built after "
                 "`dpr build-demo` has one); pass a bundle path, or run `dpr build-demo`")
         root = DEMO_BUNDLE if path is None else Path(path)
-        return cls(Engine(str(root), verify, prompt_cache, index, history_cache), root)
+        return cls(Engine(str(root), verify, prompt_cache, index, history_cache, Hit), root)
 
     def save_index(self, path: str | os.PathLike[str] | None = None) -> Path:
         """Save the HNSW graph (built if needed) so later loads read it instead of building;
@@ -264,12 +263,9 @@ class Recommender:
             raise TypeError(f"exclude_seen must be a bool, got {type(exclude_seen).__name__}")
         k = self._k(k)
         strength = self._strength(strength)
-        hits = self._engine.query(
+        return self._engine.query(
             history, prompt, k, strength, mode != "hard", bool(exclude_seen),
             include_pairs, exclude_pairs, mode == "auto", unknown)
-        if not all(math.isfinite(hit[1]) for hit in hits):
-            _check_finite(np.array([hit[1] for hit in hits], dtype=np.float32), strength)  # raises
-        return [Hit(*hit) for hit in hits]
 
     def query_batch(self, histories: Sequence[Sequence[ItemId]], prompts: str | Sequence[str] = "",
                     k: int = 10, strength: float | None = None, exclude_seen: bool = True,

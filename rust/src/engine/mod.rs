@@ -17,9 +17,10 @@ use rayon::prelude::*;
 
 use crate::bundle::{Attribute, Bundle, BundleError, IdRows, ItemId, SteerFamily};
 use crate::index::exact::{self, Hit, Matrix};
+use crate::index::half::{self, HalfRows};
 use crate::index::hnsw::{HnswIndex, HnswParams, SharedItems};
-use crate::index::policy::INDEX_FILE;
 pub use crate::index::policy::{Filter, Retrieval};
+use crate::index::policy::{HALF_COPY_MAX_BYTES, INDEX_FILE};
 use crate::index::rowset::{Postings, RowSet};
 use crate::nn::backbone::{Backbone, Rows};
 use crate::nn::encoder::{PromptEncoder, PromptError};
@@ -118,6 +119,9 @@ pub struct Model {
     /// Rows having each value of each attribute: every filter's allowed rows come from here.
     postings: Postings,
     index: OnceLock<HnswIndex>,
+    /// The float16 copy the exact scan reads first, when no graph serves queries and the copy
+    /// is small enough ([`HALF_COPY_MAX_BYTES`]).
+    half: Option<HalfRows>,
     histories: HistoryCache,
     /// `dpr.json` `steer.prompts`: false for a filter-only bundle, which refuses every
     /// non-blank prompt ([`prompts::NO_PROMPT`]).
@@ -340,7 +344,7 @@ impl Model {
         let attributes = std::mem::take(&mut bundle.attributes);
         let n = bundle.num_items;
         let postings = Postings::build(&attributes, n);
-        let model = Model {
+        let mut model = Model {
             dim: bundle.dim,
             num_items: n,
             ids: std::mem::take(&mut bundle.ids),
@@ -357,11 +361,15 @@ impl Model {
             steered_families: std::mem::take(&mut bundle.steer.families),
             postings,
             index: OnceLock::new(),
+            half: None,
             histories: HistoryCache::new(history_cache),
             takes_prompts,
         };
-        if let Some(index) = index {
-            let _ = model.index.set(index);
+        match index {
+            Some(index) => {
+                let _ = model.index.set(index);
+            }
+            None => model.half = model.half_copy(),
         }
         Ok(model)
     }
@@ -419,6 +427,32 @@ impl Model {
     fn matrix(&self) -> Result<Matrix<'_>, ModelError> {
         Matrix::new(&self.table, self.num_items + 1, self.width)
             .map_err(|e| ModelError::Argument(e.to_string()))
+    }
+
+    /// The float16 copy of the item table for the exact scan, unless it would exceed
+    /// [`HALF_COPY_MAX_BYTES`] or the table holds values float16 cannot.
+    fn half_copy(&self) -> Option<HalfRows> {
+        let values = (self.num_items + 1) * self.width;
+        if values.saturating_mul(2) > HALF_COPY_MAX_BYTES {
+            return None;
+        }
+        HalfRows::new(self.matrix().ok()?)
+    }
+
+    /// The exact top-k among rows passing `keep`: from the float16 copy when there is one.
+    fn scan(
+        &self,
+        items: Matrix<'_>,
+        vector: &[f32],
+        k: usize,
+        exclude: &[usize],
+        keep: exact::Keep<'_>,
+        parallel: bool,
+    ) -> Result<Vec<Hit>, exact::RetrieveError> {
+        match &self.half {
+            Some(half) => half::top_k_where(items, half, vector, k, exclude, keep),
+            None => exact::top_k_where(items, vector, k, exclude, keep, parallel),
+        }
     }
 
     /// Saves the HNSW graph (building it first if needed) to `file`.
@@ -653,7 +687,8 @@ impl Model {
                     .search_excluding(vector, options.k, 0, &exclude)
                     .map_err(|e| argument(&e));
             }
-            return exact::top_k_where(items, vector, options.k, &exclude, None, parallel)
+            return self
+                .scan(items, vector, options.k, &exclude, None, parallel)
                 .map_err(|e| argument(&e));
         }
         let allowed = self.postings.allowed(filter, &self.attributes, &exclude);
@@ -666,7 +701,7 @@ impl Model {
             RowSet::Sorted(_) => exact::top_k_among(items, 0, vector, options.k, &allowed),
             RowSet::Bits { .. } => {
                 let keep = |row: usize| allowed.contains(row);
-                exact::top_k_where(items, vector, options.k, &[], Some(&keep), parallel)
+                self.scan(items, vector, options.k, &[], Some(&keep), parallel)
             }
         }
         .map_err(|e| argument(&e))

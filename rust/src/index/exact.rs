@@ -131,7 +131,7 @@ impl<'a> Matrix<'a> {
 
     /// Row `i`; callers keep `i < rows`, which with the checked shape keeps the slice in bounds.
     #[inline]
-    fn row(&self, i: usize) -> &'a [f32] {
+    pub(crate) fn row(&self, i: usize) -> &'a [f32] {
         let start = i * self.cols;
         &self.data[start..start + self.cols]
     }
@@ -176,7 +176,7 @@ use crate::nn::linalg::gemv;
 const SCORE_BLOCK: usize = 64;
 
 /// Excluded rows, sorted and deduplicated, so a scan in row order skips them with a cursor.
-fn sorted_exclusions<'e>(
+pub(crate) fn sorted_exclusions<'e>(
     exclude: &'e [usize],
     rows: usize,
     query: Option<usize>,

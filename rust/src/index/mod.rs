@@ -4,6 +4,7 @@
 
 pub mod exact;
 mod graph;
+pub mod half;
 pub mod hnsw;
 pub mod policy;
 pub mod rank;

@@ -14,7 +14,7 @@ use numpy::ndarray::{Array2, ArrayView2};
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods};
 use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
 
 use super::convert::{non_negative, pad, type_name};
 use super::detached;
@@ -23,8 +23,90 @@ use crate::bundle::ItemId;
 use crate::engine::{check_strength, Filter, Model, ModelError, QueryOptions, Retrieval};
 use crate::index::exact::Hit;
 
-/// `(id, score, title, {attribute: [values]})`: one hit of [`Engine::query`].
-type QueryHit<'py> = (Py<PyAny>, f32, String, Bound<'py, PyDict>);
+/// The Python side of [`Engine::query`]'s hits, made once per engine: the class of a hit,
+/// `tuple.__new__` (which fills a tuple subclass without running Python code), and the
+/// attribute names and values as shared Python strings.
+struct HitMaker {
+    /// A tuple subclass of `(id, score, title, attributes)`, or plain tuples.
+    class: Option<Py<PyType>>,
+    tuple_new: Py<PyAny>,
+    names: Vec<Py<PyString>>,
+    values: Vec<Vec<Py<PyString>>>,
+}
+
+impl HitMaker {
+    fn new(py: Python<'_>, model: &Model, class: Option<Bound<'_, PyType>>) -> PyResult<Self> {
+        let tuple = py.get_type::<PyTuple>();
+        if let Some(class) = &class {
+            if !class.is_subclass(&tuple)? {
+                return Err(PyTypeError::new_err(format!(
+                    "hit must be a tuple subclass of 4 fields (id, score, title, attributes), got {}",
+                    class.name()?
+                )));
+            }
+        }
+        let strings = |values: &[String]| {
+            values
+                .iter()
+                .map(|v| PyString::new(py, v).unbind())
+                .collect()
+        };
+        Ok(Self {
+            class: class.map(Bound::unbind),
+            tuple_new: tuple.getattr("__new__")?.unbind(),
+            names: model
+                .attributes
+                .iter()
+                .map(|a| PyString::new(py, &a.name).unbind())
+                .collect(),
+            values: model
+                .attributes
+                .iter()
+                .map(|a| strings(&a.values))
+                .collect(),
+        })
+    }
+
+    /// `(id, score, title, {attribute: [values]})` of item `row` (1..=N), as a hit object.
+    fn make<'py>(&self, py: Python<'py>, model: &Model, hit: &Hit) -> PyResult<Bound<'py, PyAny>> {
+        let n = model.num_items;
+        if !(1..=n).contains(&hit.row) {
+            return Err(PyRuntimeError::new_err(format!(
+                "internal error in dpr._core.Engine.query: hit row {} is not an item row (1..={n})",
+                hit.row
+            )));
+        }
+        let attributes = PyDict::new(py);
+        for ((a, name), values) in model.attributes.iter().zip(&self.names).zip(&self.values) {
+            let list = PyList::new(py, a.values_of(hit.row).map(|v| values[v].bind(py)))?;
+            attributes.set_item(name.bind(py), list)?;
+        }
+        let item = hit.row - 1;
+        let fields = PyTuple::new(
+            py,
+            [
+                id_to_py(py, &model.ids[item])?.into_bound(py),
+                PyFloat::new(py, f64::from(hit.score)).into_any(),
+                PyString::new(py, &model.titles[item]).into_any(),
+                attributes.into_any(),
+            ],
+        )?;
+        match &self.class {
+            Some(class) => self.tuple_new.bind(py).call1((class.bind(py), fields)),
+            None => Ok(fields.into_any()),
+        }
+    }
+}
+
+/// The error of a hit list whose scores overflowed float32 at `strength`.
+fn not_finite(py: Python<'_>, strength: f64) -> PyErr {
+    match PyFloat::new(py, strength).str() {
+        Ok(strength) => PyValueError::new_err(format!(
+            "the steered scores are not finite at strength={strength}; use a smaller strength"
+        )),
+        Err(e) => e,
+    }
+}
 
 /// `(ids, scores)` of [`Engine::query_batch`]: ids an int64 or object array.
 type BatchHits<'py> = PyResult<(Bound<'py, PyAny>, Bound<'py, PyArray2<f32>>)>;
@@ -101,27 +183,13 @@ fn id_to_py(py: Python<'_>, id: &ItemId) -> PyResult<Py<PyAny>> {
     })
 }
 
-/// `{attribute: [values]}` of item `row`.
-fn item_attributes<'py>(model: &Model, py: Python<'py>, row: i64) -> PyResult<Bound<'py, PyDict>> {
-    let n = model.num_items;
-    let row = usize::try_from(row)
-        .ok()
-        .filter(|&r| (1..=n).contains(&r))
-        .ok_or_else(|| PyValueError::new_err(format!("row {row} is not an item row (1..={n})")))?;
-    let out = PyDict::new(py);
-    for a in &model.attributes {
-        let values: Vec<&str> = a.values_of(row).map(|v| a.values[v].as_str()).collect();
-        out.set_item(&a.name, values)?;
-    }
-    Ok(out)
-}
-
 /// A loaded bundle. Thread-safe: every method takes `&self`, compute runs without the GIL.
 #[pyclass(frozen, module = "dpr._core")]
 pub struct Engine {
     model: Arc<Model>,
     /// `model.ids` in the form `query_batch` returns them.
     batch_ids: BatchIds,
+    hits: HitMaker,
 }
 
 #[pymethods]
@@ -130,7 +198,8 @@ impl Engine {
     /// 50k items, HNSW from there), "exact" or "hnsw"; the HNSW graph is read from the bundle's
     /// `index.usearch` or built at load.
     #[new]
-    #[pyo3(signature = (path, verify_checksums=true, cache_capacity=4096, index="auto", history_cache=4096))]
+    /// `hit`: the tuple subclass `query` returns its hits as (default: plain tuples).
+    #[pyo3(signature = (path, verify_checksums=true, cache_capacity=4096, index="auto", history_cache=4096, hit=None))]
     fn new(
         py: Python<'_>,
         path: PathBuf,
@@ -138,6 +207,7 @@ impl Engine {
         cache_capacity: i64,
         index: &str,
         history_cache: i64,
+        hit: Option<Bound<'_, PyType>>,
     ) -> PyResult<Self> {
         let cache_capacity = non_negative(cache_capacity, "cache_capacity")?;
         let history_cache = non_negative(history_cache, "history_cache")?;
@@ -163,6 +233,7 @@ impl Engine {
         .map_err(model_error)?;
         Ok(Engine {
             batch_ids: BatchIds::new(py, &model.ids)?,
+            hits: HitMaker::new(py, &model, hit)?,
             model: Arc::new(model),
         })
     }
@@ -251,13 +322,13 @@ impl Engine {
         exclude: Vec<(String, Vec<String>)>,
         auto_exclude: bool,
         unknown: &str,
-    ) -> PyResult<Vec<QueryHit<'py>>> {
+    ) -> PyResult<Bound<'py, PyList>> {
         let k = non_negative(k, "k")?;
-        let strength = finite_strength(strength)?;
+        let checked = finite_strength(strength)?;
         let (rows, _) = self.rows(history, unknown)?;
         let options = QueryOptions {
             k,
-            strength,
+            strength: checked,
             steer,
             auto_exclude,
             exclude_seen,
@@ -272,19 +343,15 @@ impl Engine {
             model.query(&rows, &embedding, &options, true)
         })?
         .map_err(model_error)?;
-        hits.iter()
-            .map(|hit| {
-                // Hits are item rows 1..=N; `item_attributes` checks the row first.
-                let attributes = item_attributes(model, py, hit.row as i64)?;
-                let item = hit.row - 1;
-                Ok((
-                    id_to_py(py, &model.ids[item])?,
-                    hit.score,
-                    model.titles[item].clone(),
-                    attributes,
-                ))
-            })
-            .collect()
+        if hits.iter().any(|hit| !hit.score.is_finite()) {
+            return Err(not_finite(py, strength));
+        }
+        PyList::new(
+            py,
+            hits.iter()
+                .map(|hit| self.hits.make(py, model, hit))
+                .collect::<PyResult<Vec<_>>>()?,
+        )
     }
 
     /// Top-`k` for many users, in parallel, ids in and ids out: `(ids (B, k), scores (B, k)
@@ -367,10 +434,7 @@ impl Engine {
             .zip(&scores)
             .any(|(&r, s)| r >= 0 && !s.is_finite())
         {
-            let strength = PyFloat::new(py, strength).str()?;
-            return Err(PyValueError::new_err(format!(
-                "the steered scores are not finite at strength={strength}; use a smaller strength"
-            )));
+            return Err(not_finite(py, strength));
         }
         let ids = match int_ids {
             Some(ids) => shaped(b, width, ids)?.into_pyarray(py).into_any(),

@@ -1,0 +1,500 @@
+//! The exact scan from a bfloat16 copy of the item table: approximate scores from half the
+//! bytes, then float32 rescoring of every row that could still be in the top `k`. The result
+//! is the float32 scan's, hit for hit and bit for bit ([`crate::index::exact::top_k_where`]).
+//!
+//! Why: a few thousand items of width ~80 make a float32 table of about 1 MB, which does not
+//! stay in a core's L2 beside the steering weights, so every query streamed it from L3. The
+//! bfloat16 copy is half the size and laid out for the kernels: blocks of [`BLOCK`] rows, and
+//! inside a block the columns in pairs, each row's two values side by side. One 64-byte line
+//! then holds a column pair of 16 rows: AVX-512 BF16's `vdpbf16ps` multiplies it by the
+//! query's pair and adds both products into 16 row scores in one instruction; without it, a
+//! shift and a mask widen the line into two float32 registers. No horizontal sums either way.
+//!
+//! Why the result is exact. Let `e_r` be a row's float32 score (as `dot` computes it) and `a_r`
+//! its bfloat16 score; [`HalfRows::error_bound`] gives `B ≥ |a_r − e_r|` for every row
+//! (bfloat16 rounding of the table and of the query is at most 2⁻⁹ relative each, and both
+//! sums' float32 rounding at most `n·2⁻²⁴` of `Σ|x_i t_i|`, which Cauchy–Schwarz bounds with
+//! the largest row norm). Let `τ` be the `k`-th best approximate score among eligible rows.
+//! The `k` rows scoring at least `τ` approximately score at least `τ − B` exactly, so the
+//! `k`-th best exact score is at least `τ − B`, and every row of the exact top `k` (ties
+//! included) has `a_r ≥ τ − 2B`. Those rows are rescored in float32 and ranked by
+//! [`rank_order`]. On ML-1M's table `2B` leaves 10–13 rows to rescore for `k = 10`.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use half::bf16;
+
+use super::exact::{self, sorted_exclusions, Keep, Matrix, RetrieveError};
+use super::rank::{rank_key, rank_order, Hit};
+use crate::nn::linalg::{self, Level};
+
+/// Rows per block of the bfloat16 layout (one AVX-512 register of scores).
+pub const BLOCK: usize = 16;
+
+/// Rows whose approximate scores are computed per kernel call (stack scratch).
+const CHUNK_BLOCKS: usize = 64;
+
+/// Above this share of the rows, `k` makes nearly every row a candidate: the float32 scan is
+/// cheaper than approximating and then rescoring them all.
+const MAX_K_SHARE: usize = 8;
+
+/// Table values and query values beyond this magnitude leave the float32 scan in charge
+/// (bfloat16 would overflow near `f32::MAX`, and scores must stay finite).
+const MAX_MAGNITUDE: f32 = 1e30;
+
+/// The bfloat16 copy of an item matrix (layout in the module docs).
+pub struct HalfRows {
+    /// Bits of block `b`, column pair `q`, lane `l` (row `b · BLOCK + l`), column `2q + j` at
+    /// `((b · pairs + q) · BLOCK + l) · 2 + j`; rows and the column past the end are zeros.
+    data: Vec<u16>,
+    rows: usize,
+    cols: usize,
+    /// Largest Euclidean norm of a float32 row.
+    max_norm: f64,
+}
+
+/// Which kernel computes the approximate scores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Kernel {
+    Portable,
+    Avx2,
+    Avx512,
+    /// AVX-512 with BF16 dot products (the query rounded to bfloat16 as well).
+    Avx512Bf16,
+}
+
+/// The kernel for this process: [`linalg::level`] (so `DPR_KERNELS` caps it), plus BF16 where
+/// the CPU has it and the level is AVX-512.
+fn kernel() -> Kernel {
+    match linalg::level() {
+        Level::Portable => Kernel::Portable,
+        Level::Avx2 => Kernel::Avx2,
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 if std::arch::is_x86_feature_detected!("avx512bf16") => Kernel::Avx512Bf16,
+        Level::Avx512 => Kernel::Avx512,
+    }
+}
+
+impl HalfRows {
+    /// The bfloat16 copy of `items`, or `None` when a value is not finite or beyond
+    /// [`MAX_MAGNITUDE`] (the exact scan then reads the float32 table alone).
+    pub fn new(items: Matrix<'_>) -> Option<Self> {
+        let (rows, cols) = (items.rows(), items.cols());
+        if rows == 0 || cols == 0 {
+            return None;
+        }
+        let values = items.as_slice();
+        if values
+            .iter()
+            .any(|v| !v.is_finite() || v.abs() > MAX_MAGNITUDE)
+        {
+            return None;
+        }
+        let pairs = cols.div_ceil(2);
+        let mut data = vec![0u16; rows.div_ceil(BLOCK) * pairs * BLOCK * 2];
+        let mut max_norm = 0.0f64;
+        for (r, row) in values.chunks_exact(cols).enumerate() {
+            let (b, lane) = (r / BLOCK, r % BLOCK);
+            for (c, &v) in row.iter().enumerate() {
+                data[((b * pairs + c / 2) * BLOCK + lane) * 2 + c % 2] =
+                    bf16::from_f32(v).to_bits();
+            }
+            let norm = row
+                .iter()
+                .map(|&v| f64::from(v).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            max_norm = max_norm.max(norm);
+        }
+        Some(Self {
+            data,
+            rows,
+            cols,
+            max_norm,
+        })
+    }
+
+    /// `B`: the largest possible gap between a row's bfloat16 and float32 scores for `query`
+    /// (module docs); `None` when a query value is not finite or too large, where only the
+    /// float32 scan is exact.
+    fn error_bound(&self, query: &[f32]) -> Option<f64> {
+        let (mut l1, mut l2) = (0.0f64, 0.0f64);
+        for &v in query {
+            if !v.is_finite() || v.abs() > MAX_MAGNITUDE {
+                return None;
+            }
+            let v = f64::from(v);
+            l1 += v.abs();
+            l2 += v * v;
+        }
+        let largest = l2.sqrt() * self.max_norm;
+        if largest > f64::from(MAX_MAGNITUDE) {
+            return None;
+        }
+        let unit = 2f64.powi(-24);
+        let relative = 2f64.powi(-8) + 2f64.powi(-18) + 4.0 * self.cols as f64 * unit;
+        // 1% slack covers the rounding of this very computation.
+        Some(1.01 * (relative * largest + unit * l1))
+    }
+
+    /// Approximate scores of rows `first_block · BLOCK ..` into `out` (a whole number of
+    /// blocks) with `kernel` (one this CPU runs).
+    fn scores(&self, kernel: Kernel, first_block: usize, query: &[f32], out: &mut [f32]) {
+        let pairs = self.cols.div_ceil(2);
+        let line = pairs * BLOCK * 2;
+        let blocks = out.len() / BLOCK;
+        let data = &self.data[first_block * line..(first_block + blocks) * line];
+        #[cfg(target_arch = "x86_64")]
+        {
+            let mut padded = [0.0f32; 2];
+            let last = |c: usize| if c < query.len() { query[c] } else { 0.0 };
+            // SAFETY (all three): the kernel was detected on this CPU; `data` holds `blocks`
+            // whole blocks of `pairs` column pairs and `out` `blocks · BLOCK` scores.
+            match kernel {
+                Kernel::Avx512Bf16 => {
+                    let x: Vec<u32> = (0..pairs)
+                        .map(|q| {
+                            let lo = bf16::from_f32(last(2 * q)).to_bits();
+                            let hi = bf16::from_f32(last(2 * q + 1)).to_bits();
+                            u32::from(lo) | u32::from(hi) << 16
+                        })
+                        .collect();
+                    return unsafe { simd::scores_bf16(data, &x, out) };
+                }
+                Kernel::Avx512 | Kernel::Avx2 => {
+                    let even = query.len() / 2 * 2;
+                    let mut x = Vec::with_capacity(2 * pairs);
+                    x.extend_from_slice(&query[..even]);
+                    if even < query.len() {
+                        padded[0] = query[even];
+                        x.extend_from_slice(&padded);
+                    }
+                    return unsafe {
+                        if kernel == Kernel::Avx512 {
+                            simd::scores_avx512(data, &x, out)
+                        } else {
+                            simd::scores_avx2(data, &x, out)
+                        }
+                    };
+                }
+                Kernel::Portable => {}
+            }
+        }
+        scores_portable(data, query, out);
+    }
+}
+
+fn scores_portable(data: &[u16], query: &[f32], out: &mut [f32]) {
+    let pairs = query.len().div_ceil(2);
+    for (block, scores) in data
+        .chunks_exact(pairs * BLOCK * 2)
+        .zip(out.chunks_exact_mut(BLOCK))
+    {
+        scores.fill(0.0);
+        for (q, pair) in block.chunks_exact(BLOCK * 2).enumerate() {
+            for j in 0..2 {
+                let Some(&x) = query.get(2 * q + j) else {
+                    continue;
+                };
+                for (s, values) in scores.iter_mut().zip(pair.chunks_exact(2)) {
+                    *s += f32::from_bits(u32::from(values[j]) << 16) * x;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    use super::BLOCK;
+
+    /// # Safety
+    /// AVX-512F and AVX-512 BF16; `data` holds `out.len() / BLOCK` blocks of `x.len()` column
+    /// pairs; `x` holds the query's pairs as bfloat16 bits (low half: the even column).
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn scores_bf16(data: &[u16], x: &[u32], out: &mut [f32]) {
+        let mut p = data.as_ptr() as *const __m512i;
+        let line = |p: *const __m512i| -> __m512bh { std::mem::transmute(_mm512_loadu_si512(p)) };
+        let pair = |v: u32| -> __m512bh { std::mem::transmute(_mm512_set1_epi32(v as i32)) };
+        let quads = x.chunks_exact(4);
+        let rest = quads.remainder();
+        for scores in out.chunks_exact_mut(BLOCK) {
+            // Four named accumulators (an array indexed at run time would live on the stack)
+            // keep four dot products in flight.
+            let (mut a0, mut a1, mut a2, mut a3) = (
+                _mm512_setzero_ps(),
+                _mm512_setzero_ps(),
+                _mm512_setzero_ps(),
+                _mm512_setzero_ps(),
+            );
+            for q in quads.clone() {
+                a0 = _mm512_dpbf16_ps(a0, line(p), pair(q[0]));
+                a1 = _mm512_dpbf16_ps(a1, line(p.add(1)), pair(q[1]));
+                a2 = _mm512_dpbf16_ps(a2, line(p.add(2)), pair(q[2]));
+                a3 = _mm512_dpbf16_ps(a3, line(p.add(3)), pair(q[3]));
+                p = p.add(4);
+            }
+            for &q in rest {
+                a0 = _mm512_dpbf16_ps(a0, line(p), pair(q));
+                p = p.add(1);
+            }
+            let sum = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
+            _mm512_storeu_ps(scores.as_mut_ptr(), sum);
+        }
+    }
+
+    /// # Safety
+    /// AVX-512F; `data` holds `out.len() / BLOCK` blocks of `x.len() / 2` column pairs.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn scores_avx512(data: &[u16], x: &[f32], out: &mut [f32]) {
+        let mask = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
+        let mut p = data.as_ptr() as *const __m512i;
+        for scores in out.chunks_exact_mut(BLOCK) {
+            // Even and odd columns accumulate apart (two fused multiply-adds in flight).
+            let (mut even_sum, mut odd_sum) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            for pair in x.chunks_exact(2) {
+                let t = _mm512_loadu_si512(p);
+                let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(t));
+                let odd = _mm512_castsi512_ps(_mm512_and_si512(t, mask));
+                even_sum = _mm512_fmadd_ps(even, _mm512_set1_ps(pair[0]), even_sum);
+                odd_sum = _mm512_fmadd_ps(odd, _mm512_set1_ps(pair[1]), odd_sum);
+                p = p.add(1);
+            }
+            _mm512_storeu_ps(scores.as_mut_ptr(), _mm512_add_ps(even_sum, odd_sum));
+        }
+    }
+
+    /// # Safety
+    /// AVX2 and FMA; `data` holds `out.len() / BLOCK` blocks of `x.len() / 2` column pairs.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn scores_avx2(data: &[u16], x: &[f32], out: &mut [f32]) {
+        let mask = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
+        let mut p = data.as_ptr() as *const __m256i;
+        for scores in out.chunks_exact_mut(BLOCK) {
+            // Rows 0..8 and 8..16, each with an even-column and an odd-column accumulator.
+            let (mut lo_even, mut lo_odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let (mut hi_even, mut hi_odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            for pair in x.chunks_exact(2) {
+                let (x0, x1) = (_mm256_set1_ps(pair[0]), _mm256_set1_ps(pair[1]));
+                let (lo, hi) = (_mm256_loadu_si256(p), _mm256_loadu_si256(p.add(1)));
+                let widen = |t| {
+                    (
+                        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(t)),
+                        _mm256_castsi256_ps(_mm256_and_si256(t, mask)),
+                    )
+                };
+                let ((le, lo_), (he, ho)) = (widen(lo), widen(hi));
+                lo_even = _mm256_fmadd_ps(le, x0, lo_even);
+                lo_odd = _mm256_fmadd_ps(lo_, x1, lo_odd);
+                hi_even = _mm256_fmadd_ps(he, x0, hi_even);
+                hi_odd = _mm256_fmadd_ps(ho, x1, hi_odd);
+                p = p.add(2);
+            }
+            _mm256_storeu_ps(scores.as_mut_ptr(), _mm256_add_ps(lo_even, lo_odd));
+            _mm256_storeu_ps(scores.as_mut_ptr().add(8), _mm256_add_ps(hi_even, hi_odd));
+        }
+    }
+}
+
+/// The largest float32 at most `value` (a threshold rounded the safe way).
+fn below(value: f64) -> f32 {
+    let rounded = value as f32;
+    if f64::from(rounded) > value {
+        rounded.next_down()
+    } else {
+        rounded
+    }
+}
+
+/// The float of a [`rank_key`] (the key's bit trick is its own inverse).
+fn key_score(key: i32) -> f32 {
+    f32::from_bits((key ^ (((key >> 31) as u32) >> 1) as i32) as u32)
+}
+
+/// [`exact::top_k_where`] on one thread, reading `half` (the float16 copy of `items`) first:
+/// the same hits and scores. Falls back to the float32 scan where the copy cannot be exact
+/// (a query that is not finite or could overflow) or would not pay (`k` near the row count).
+pub fn top_k_where(
+    items: Matrix<'_>,
+    half: &HalfRows,
+    query: &[f32],
+    k: usize,
+    exclude: &[usize],
+    keep: Keep<'_>,
+) -> Result<Vec<Hit>, RetrieveError> {
+    top_k_at(kernel(), items, half, query, k, exclude, keep)
+}
+
+fn top_k_at(
+    kernel: Kernel,
+    items: Matrix<'_>,
+    half: &HalfRows,
+    query: &[f32],
+    k: usize,
+    exclude: &[usize],
+    keep: Keep<'_>,
+) -> Result<Vec<Hit>, RetrieveError> {
+    let rows = items.rows();
+    let fallback = || exact::top_k_where(items, query, k, exclude, keep, false);
+    if half.rows != rows || half.cols != items.cols() || query.len() != items.cols() {
+        return fallback();
+    }
+    if k.saturating_mul(MAX_K_SHARE) > rows {
+        return fallback();
+    }
+    let Some(bound) = half.error_bound(query) else {
+        return fallback();
+    };
+    let excluded = sorted_exclusions(exclude, rows, None)?;
+    if k == 0 {
+        return Ok(Vec::new());
+    }
+    let margin = 2.0 * bound;
+    let mut skip = excluded.iter().copied().peekable();
+    // The best `k` approximate scores so far (rank keys, worst on top) and the rows that
+    // beat the running threshold when scanned; the final threshold only rises.
+    let mut best: BinaryHeap<Reverse<i32>> = BinaryHeap::with_capacity(k + 1);
+    let mut candidates: Vec<(usize, f32)> = Vec::with_capacity(4 * k);
+    let mut threshold = f32::NEG_INFINITY;
+    let mut scores = [0.0f32; CHUNK_BLOCKS * BLOCK];
+    let blocks = rows.div_ceil(BLOCK);
+    for first in (0..blocks).step_by(CHUNK_BLOCKS) {
+        let count = CHUNK_BLOCKS.min(blocks - first);
+        let scores = &mut scores[..count * BLOCK];
+        half.scores(kernel, first, query, scores);
+        let start = first * BLOCK;
+        for (b, block) in scores.chunks_exact(BLOCK).enumerate() {
+            // Most blocks hold no row above the threshold: one vectorised count skips them.
+            if block.iter().filter(|&&a| a >= threshold).count() == 0 {
+                continue;
+            }
+            for (i, &a) in block.iter().enumerate() {
+                let row = start + b * BLOCK + i;
+                if a < threshold || row >= rows {
+                    continue;
+                }
+                while skip.next_if(|&r| r < row).is_some() {}
+                if skip.peek() == Some(&row) || keep.is_some_and(|keep| !keep(row)) {
+                    continue;
+                }
+                candidates.push((row, a));
+                best.push(Reverse(rank_key(a)));
+                if best.len() > k {
+                    best.pop();
+                }
+                if best.len() == k {
+                    let worst = best.peek().map_or(f32::NEG_INFINITY, |w| key_score(w.0));
+                    threshold = below(f64::from(worst) - margin);
+                }
+            }
+        }
+    }
+    let mut hits: Vec<Hit> = candidates
+        .into_iter()
+        .filter(|&(_, a)| a >= threshold)
+        .map(|(row, _)| Hit {
+            row,
+            score: exact::dot(items.row(row), query),
+        })
+        .collect();
+    if hits.len() > k {
+        hits.select_nth_unstable_by(k - 1, rank_order);
+        hits.truncate(k);
+    }
+    hits.sort_unstable_by(rank_order);
+    Ok(hits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic pseudo-random floats in `[-1, 1)`.
+    fn wave(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    fn check_matches_float32(rows: usize, cols: usize, k: usize, exclude: &[usize], seed: u64) {
+        let data = wave(rows * cols, seed);
+        let items = Matrix::new(&data, rows, cols).unwrap();
+        let half = HalfRows::new(items).unwrap();
+        let query = wave(cols, seed + 1);
+        let keep = |row: usize| row % 3 != 1;
+        for keep in [None, Some(&keep as &(dyn Fn(usize) -> bool + Sync))] {
+            let want = exact::top_k_where(items, &query, k, exclude, keep, false).unwrap();
+            for level in ALL_KERNELS.into_iter().filter(|&l| l <= kernel()) {
+                let got = top_k_at(level, items, &half, &query, k, exclude, keep).unwrap();
+                assert_eq!(got.len(), want.len(), "{rows}×{cols} k {k} {level:?}");
+                for (g, w) in got.iter().zip(&want) {
+                    assert_eq!(g.row, w.row, "{rows}×{cols} k {k} {level:?}");
+                    assert_eq!(g.score.to_bits(), w.score.to_bits());
+                }
+            }
+        }
+    }
+
+    const ALL_KERNELS: [Kernel; 4] = [
+        Kernel::Portable,
+        Kernel::Avx2,
+        Kernel::Avx512,
+        Kernel::Avx512Bf16,
+    ];
+
+    #[test]
+    fn the_bfloat16_scan_returns_the_float32_hits_bit_for_bit() {
+        for (rows, cols) in [(1, 1), (15, 7), (16, 16), (17, 82), (1000, 82), (3125, 64)] {
+            for k in [1, 2, 10] {
+                check_matches_float32(rows, cols, k, &[], rows as u64 + cols as u64);
+                let exclude: Vec<usize> = (0..rows).step_by(5).collect();
+                check_matches_float32(rows, cols, k, &exclude, 7);
+            }
+        }
+    }
+
+    #[test]
+    fn ties_and_duplicates_keep_the_float32_order() {
+        // Identical rows tie exactly: the lower row wins, as in the float32 scan.
+        let base = wave(40, 3);
+        let data: Vec<f32> = (0..300).flat_map(|_| base.iter().copied()).collect();
+        let items = Matrix::new(&data, 300, 40).unwrap();
+        let half = HalfRows::new(items).unwrap();
+        let query = wave(40, 4);
+        let got = top_k_where(items, &half, &query, 10, &[0, 3], None).unwrap();
+        let rows: Vec<usize> = got.iter().map(|h| h.row).collect();
+        assert_eq!(rows, vec![1, 2, 4, 5, 6, 7, 8, 9, 10, 11]);
+    }
+
+    #[test]
+    fn values_too_large_leave_no_copy_and_odd_queries_fall_back() {
+        let mut data = wave(64 * 8, 5);
+        data[3] = 1e31;
+        assert!(HalfRows::new(Matrix::new(&data, 64, 8).unwrap()).is_none());
+        data[3] = 0.5;
+        let items = Matrix::new(&data, 64, 8).unwrap();
+        let half = HalfRows::new(items).unwrap();
+        let mut query = wave(8, 6);
+        query[2] = f32::NAN;
+        let want = exact::top_k_where(items, &query, 5, &[], None, false).unwrap();
+        let got = top_k_where(items, &half, &query, 5, &[], None).unwrap();
+        assert_eq!(got.len(), want.len());
+        query[2] = 1e31;
+        let want = exact::top_k_where(items, &query, 5, &[], None, false).unwrap();
+        assert_eq!(
+            top_k_where(items, &half, &query, 5, &[], None).unwrap(),
+            want
+        );
+        // Bad exclusions are the float32 scan's errors.
+        assert!(top_k_where(items, &half, &wave(8, 1), 5, &[64], None).is_err());
+    }
+}
