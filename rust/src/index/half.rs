@@ -20,20 +20,16 @@
 //! included) has `a_r ≥ τ − 2B`. Those rows are rescored in float32 and ranked by
 //! [`rank_order`]. On ML-1M's table `2B` leaves 10–13 rows to rescore for `k = 10`.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::cell::RefCell;
 
 use half::bf16;
 
 use super::exact::{self, sorted_exclusions, Keep, Matrix, RetrieveError};
-use super::rank::{rank_key, rank_order, Hit};
+use super::rank::{rank_order, Hit};
 use crate::nn::linalg::{self, Level};
 
 /// Rows per block of the bfloat16 layout (one AVX-512 register of scores).
 pub const BLOCK: usize = 16;
-
-/// Rows whose approximate scores are computed per kernel call (stack scratch).
-const CHUNK_BLOCKS: usize = 64;
 
 /// Above this share of the rows, `k` makes nearly every row a candidate: the float32 scan is
 /// cheaper than approximating and then rescoring them all.
@@ -138,70 +134,79 @@ impl HalfRows {
         Some(1.01 * (relative * largest + unit * l1))
     }
 
-    /// Approximate scores of rows `first_block · BLOCK ..` into `out` (a whole number of
-    /// blocks) with `kernel` (one this CPU runs).
-    fn scores(&self, kernel: Kernel, first_block: usize, query: &[f32], out: &mut [f32]) {
+    /// The query in the form `kernel` reads.
+    fn prepare(&self, kernel: Kernel, query: &[f32]) -> Prepared {
         let pairs = self.cols.div_ceil(2);
-        let line = pairs * BLOCK * 2;
+        let value = |c: usize| query.get(c).copied().unwrap_or(0.0);
+        match kernel {
+            Kernel::Avx512Bf16 => Prepared::Bf16Pairs(
+                (0..pairs)
+                    .map(|q| {
+                        let lo = bf16::from_f32(value(2 * q)).to_bits();
+                        let hi = bf16::from_f32(value(2 * q + 1)).to_bits();
+                        u32::from(lo) | u32::from(hi) << 16
+                    })
+                    .collect(),
+            ),
+            _ => Prepared::Padded((0..2 * pairs).map(value).collect()),
+        }
+    }
+
+    /// Approximate scores of rows `first_block · BLOCK ..` into `out` (a whole number of
+    /// blocks) and each block's largest score into `maxima`, with `kernel` (one this CPU
+    /// runs) on `query` as [`HalfRows::prepare`] made it.
+    fn scores(
+        &self,
+        kernel: Kernel,
+        first_block: usize,
+        query: &Prepared,
+        out: &mut [f32],
+        maxima: &mut [f32],
+    ) {
+        let line = self.cols.div_ceil(2) * BLOCK * 2;
         let blocks = out.len() / BLOCK;
         let data = &self.data[first_block * line..(first_block + blocks) * line];
-        #[cfg(target_arch = "x86_64")]
-        {
-            let mut padded = [0.0f32; 2];
-            let last = |c: usize| if c < query.len() { query[c] } else { 0.0 };
+        match (kernel, query) {
             // SAFETY (all three): the kernel was detected on this CPU; `data` holds `blocks`
-            // whole blocks of `pairs` column pairs and `out` `blocks · BLOCK` scores.
-            match kernel {
-                Kernel::Avx512Bf16 => {
-                    let x: Vec<u32> = (0..pairs)
-                        .map(|q| {
-                            let lo = bf16::from_f32(last(2 * q)).to_bits();
-                            let hi = bf16::from_f32(last(2 * q + 1)).to_bits();
-                            u32::from(lo) | u32::from(hi) << 16
-                        })
-                        .collect();
-                    return unsafe { simd::scores_bf16(data, &x, out) };
-                }
-                Kernel::Avx512 | Kernel::Avx2 => {
-                    let even = query.len() / 2 * 2;
-                    let mut x = Vec::with_capacity(2 * pairs);
-                    x.extend_from_slice(&query[..even]);
-                    if even < query.len() {
-                        padded[0] = query[even];
-                        x.extend_from_slice(&padded);
-                    }
-                    return unsafe {
-                        if kernel == Kernel::Avx512 {
-                            simd::scores_avx512(data, &x, out)
-                        } else {
-                            simd::scores_avx2(data, &x, out)
-                        }
-                    };
-                }
-                Kernel::Portable => {}
-            }
+            // whole blocks of the query's column pairs, `out` `blocks · BLOCK` scores and
+            // `maxima` `blocks` floats.
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::Avx512Bf16, Prepared::Bf16Pairs(x)) => unsafe {
+                simd::scores_bf16(data, x, out, maxima)
+            },
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::Avx512, Prepared::Padded(x)) => unsafe {
+                simd::scores_avx512(data, x, out, maxima)
+            },
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::Avx2, Prepared::Padded(x)) => unsafe {
+                simd::scores_avx2(data, x, out, maxima)
+            },
+            (_, Prepared::Padded(x)) => scores_portable(data, x, out, maxima),
+            (_, Prepared::Bf16Pairs(_)) => unreachable!("bfloat16 pairs are made for Avx512Bf16"),
         }
-        scores_portable(data, query, out);
     }
 }
 
-fn scores_portable(data: &[u16], query: &[f32], out: &mut [f32]) {
-    let pairs = query.len().div_ceil(2);
-    for (block, scores) in data
-        .chunks_exact(pairs * BLOCK * 2)
-        .zip(out.chunks_exact_mut(BLOCK))
-    {
+/// A query as a kernel reads it.
+enum Prepared {
+    /// Column pairs as bfloat16 bits (low half: the even column).
+    Bf16Pairs(Vec<u32>),
+    /// Float32, padded with a zero to an even length.
+    Padded(Vec<f32>),
+}
+
+fn scores_portable(data: &[u16], x: &[f32], out: &mut [f32], maxima: &mut [f32]) {
+    let blocks = data.chunks_exact(x.len() * BLOCK);
+    for ((block, scores), max) in blocks.zip(out.chunks_exact_mut(BLOCK)).zip(maxima) {
         scores.fill(0.0);
-        for (q, pair) in block.chunks_exact(BLOCK * 2).enumerate() {
-            for j in 0..2 {
-                let Some(&x) = query.get(2 * q + j) else {
-                    continue;
-                };
-                for (s, values) in scores.iter_mut().zip(pair.chunks_exact(2)) {
-                    *s += f32::from_bits(u32::from(values[j]) << 16) * x;
-                }
+        for (pair, xs) in block.chunks_exact(BLOCK * 2).zip(x.chunks_exact(2)) {
+            for (s, values) in scores.iter_mut().zip(pair.chunks_exact(2)) {
+                *s += f32::from_bits(u32::from(values[0]) << 16) * xs[0];
+                *s += f32::from_bits(u32::from(values[1]) << 16) * xs[1];
             }
         }
+        *max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     }
 }
 
@@ -215,13 +220,13 @@ mod simd {
     /// AVX-512F and AVX-512 BF16; `data` holds `out.len() / BLOCK` blocks of `x.len()` column
     /// pairs; `x` holds the query's pairs as bfloat16 bits (low half: the even column).
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub unsafe fn scores_bf16(data: &[u16], x: &[u32], out: &mut [f32]) {
+    pub unsafe fn scores_bf16(data: &[u16], x: &[u32], out: &mut [f32], maxima: &mut [f32]) {
         let mut p = data.as_ptr() as *const __m512i;
         let line = |p: *const __m512i| -> __m512bh { std::mem::transmute(_mm512_loadu_si512(p)) };
         let pair = |v: u32| -> __m512bh { std::mem::transmute(_mm512_set1_epi32(v as i32)) };
         let quads = x.chunks_exact(4);
         let rest = quads.remainder();
-        for scores in out.chunks_exact_mut(BLOCK) {
+        for (scores, max) in out.chunks_exact_mut(BLOCK).zip(maxima) {
             // Four named accumulators (an array indexed at run time would live on the stack)
             // keep four dot products in flight.
             let (mut a0, mut a1, mut a2, mut a3) = (
@@ -243,16 +248,17 @@ mod simd {
             }
             let sum = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
             _mm512_storeu_ps(scores.as_mut_ptr(), sum);
+            *max = _mm512_reduce_max_ps(sum);
         }
     }
 
     /// # Safety
     /// AVX-512F; `data` holds `out.len() / BLOCK` blocks of `x.len() / 2` column pairs.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn scores_avx512(data: &[u16], x: &[f32], out: &mut [f32]) {
+    pub unsafe fn scores_avx512(data: &[u16], x: &[f32], out: &mut [f32], maxima: &mut [f32]) {
         let mask = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
         let mut p = data.as_ptr() as *const __m512i;
-        for scores in out.chunks_exact_mut(BLOCK) {
+        for (scores, max) in out.chunks_exact_mut(BLOCK).zip(maxima) {
             // Even and odd columns accumulate apart (two fused multiply-adds in flight).
             let (mut even_sum, mut odd_sum) = (_mm512_setzero_ps(), _mm512_setzero_ps());
             for pair in x.chunks_exact(2) {
@@ -263,17 +269,19 @@ mod simd {
                 odd_sum = _mm512_fmadd_ps(odd, _mm512_set1_ps(pair[1]), odd_sum);
                 p = p.add(1);
             }
-            _mm512_storeu_ps(scores.as_mut_ptr(), _mm512_add_ps(even_sum, odd_sum));
+            let sum = _mm512_add_ps(even_sum, odd_sum);
+            _mm512_storeu_ps(scores.as_mut_ptr(), sum);
+            *max = _mm512_reduce_max_ps(sum);
         }
     }
 
     /// # Safety
     /// AVX2 and FMA; `data` holds `out.len() / BLOCK` blocks of `x.len() / 2` column pairs.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn scores_avx2(data: &[u16], x: &[f32], out: &mut [f32]) {
+    pub unsafe fn scores_avx2(data: &[u16], x: &[f32], out: &mut [f32], maxima: &mut [f32]) {
         let mask = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
         let mut p = data.as_ptr() as *const __m256i;
-        for scores in out.chunks_exact_mut(BLOCK) {
+        for (scores, max) in out.chunks_exact_mut(BLOCK).zip(maxima) {
             // Rows 0..8 and 8..16, each with an even-column and an odd-column accumulator.
             let (mut lo_even, mut lo_odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
             let (mut hi_even, mut hi_odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
@@ -293,8 +301,16 @@ mod simd {
                 hi_odd = _mm256_fmadd_ps(ho, x1, hi_odd);
                 p = p.add(2);
             }
-            _mm256_storeu_ps(scores.as_mut_ptr(), _mm256_add_ps(lo_even, lo_odd));
-            _mm256_storeu_ps(scores.as_mut_ptr().add(8), _mm256_add_ps(hi_even, hi_odd));
+            let (lo, hi) = (
+                _mm256_add_ps(lo_even, lo_odd),
+                _mm256_add_ps(hi_even, hi_odd),
+            );
+            _mm256_storeu_ps(scores.as_mut_ptr(), lo);
+            _mm256_storeu_ps(scores.as_mut_ptr().add(8), hi);
+            let m = _mm256_max_ps(lo, hi);
+            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            *max = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps::<1>(m, m)));
         }
     }
 }
@@ -307,11 +323,6 @@ fn below(value: f64) -> f32 {
     } else {
         rounded
     }
-}
-
-/// The float of a [`rank_key`] (the key's bit trick is its own inverse).
-fn key_score(key: i32) -> f32 {
-    f32::from_bits((key ^ (((key >> 31) as u32) >> 1) as i32) as u32)
 }
 
 /// [`exact::top_k_where`] on one thread, reading `half` (the float16 copy of `items`) first:
@@ -353,61 +364,105 @@ fn top_k_at(
         return Ok(Vec::new());
     }
     let margin = 2.0 * bound;
-    let mut skip = excluded.iter().copied().peekable();
-    // The best `k` approximate scores so far (rank keys, worst on top) and the rows that
-    // beat the running threshold when scanned; the final threshold only rises.
-    let mut best: BinaryHeap<Reverse<i32>> = BinaryHeap::with_capacity(k + 1);
-    let mut candidates: Vec<(usize, f32)> = Vec::with_capacity(4 * k);
-    let mut threshold = f32::NEG_INFINITY;
-    let mut scores = [0.0f32; CHUNK_BLOCKS * BLOCK];
-    let blocks = rows.div_ceil(BLOCK);
-    for first in (0..blocks).step_by(CHUNK_BLOCKS) {
-        let count = CHUNK_BLOCKS.min(blocks - first);
-        let scores = &mut scores[..count * BLOCK];
-        half.scores(kernel, first, query, scores);
-        let start = first * BLOCK;
-        for (b, block) in scores.chunks_exact(BLOCK).enumerate() {
-            // Most blocks hold no row above the threshold: one vectorised count skips them.
-            if block.iter().filter(|&&a| a >= threshold).count() == 0 {
-                continue;
-            }
-            for (i, &a) in block.iter().enumerate() {
-                let row = start + b * BLOCK + i;
-                if a < threshold || row >= rows {
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let Scratch {
+            scores,
+            maxima,
+            values,
+            candidates,
+        } = &mut *scratch;
+        let blocks = rows.div_ceil(BLOCK);
+        scores.resize(blocks * BLOCK, 0.0);
+        maxima.resize(blocks, 0.0);
+        half.scores(kernel, 0, &half.prepare(kernel, query), scores, maxima);
+        let eligible = |row: usize| {
+            row < rows && excluded.binary_search(&row).is_err() && keep.is_none_or(|keep| keep(row))
+        };
+        // Collects the eligible rows scoring at least `floor`, visiting only the blocks
+        // whose maximum reaches it.
+        let collect = |floor: f32, into: &mut Vec<(usize, f32)>| {
+            into.clear();
+            for (b, &max) in maxima.iter().enumerate() {
+                if max < floor {
                     continue;
                 }
-                while skip.next_if(|&r| r < row).is_some() {}
-                if skip.peek() == Some(&row) || keep.is_some_and(|keep| !keep(row)) {
-                    continue;
-                }
-                candidates.push((row, a));
-                best.push(Reverse(rank_key(a)));
-                if best.len() > k {
-                    best.pop();
-                }
-                if best.len() == k {
-                    let worst = best.peek().map_or(f32::NEG_INFINITY, |w| key_score(w.0));
-                    threshold = below(f64::from(worst) - margin);
+                let block = &scores[b * BLOCK..(b + 1) * BLOCK];
+                for (i, &a) in block.iter().enumerate() {
+                    let row = b * BLOCK + i;
+                    if a >= floor && eligible(row) {
+                        into.push((row, a));
+                    }
                 }
             }
+        };
+        // A first floor from the k-th best block maximum: usually right, and checked below.
+        values.clear();
+        values.extend_from_slice(maxima);
+        let guess = if values.len() > k {
+            *values
+                .select_nth_unstable_by(k - 1, |x, y| y.total_cmp(x))
+                .1
+        } else {
+            f32::NEG_INFINITY
+        };
+        let mut floor = below(f64::from(guess) - margin);
+        collect(floor, candidates);
+        // `τ`, the k-th best approximate score of an eligible row: every eligible row scoring
+        // at least `floor` is a candidate, so with `k` candidates it is theirs.
+        let kth = |candidates: &[(usize, f32)], values: &mut Vec<f32>| {
+            values.clear();
+            values.extend(candidates.iter().map(|&(_, a)| a));
+            *values
+                .select_nth_unstable_by(k - 1, |x, y| y.total_cmp(x))
+                .1
+        };
+        let threshold = if candidates.len() >= k {
+            let tau = kth(candidates, values);
+            let threshold = below(f64::from(tau) - margin);
+            if threshold < floor {
+                floor = threshold;
+                collect(floor, candidates);
+            }
+            threshold
+        } else {
+            // Fewer than k eligible rows reach the guess: take every eligible row.
+            collect(f32::NEG_INFINITY, candidates);
+            if candidates.len() >= k {
+                below(f64::from(kth(candidates, values)) - margin)
+            } else {
+                f32::NEG_INFINITY
+            }
+        };
+        let mut hits: Vec<Hit> = candidates
+            .iter()
+            .filter(|&&(_, a)| a >= threshold)
+            .map(|&(row, _)| Hit {
+                row,
+                score: exact::dot(items.row(row), query),
+            })
+            .collect();
+        if hits.len() > k {
+            hits.select_nth_unstable_by(k - 1, rank_order);
+            hits.truncate(k);
         }
-    }
-    let mut hits: Vec<Hit> = candidates
-        .into_iter()
-        .filter(|&(_, a)| a >= threshold)
-        .map(|(row, _)| Hit {
-            row,
-            score: exact::dot(items.row(row), query),
-        })
-        .collect();
-    if hits.len() > k {
-        hits.select_nth_unstable_by(k - 1, rank_order);
-        hits.truncate(k);
-    }
-    hits.sort_unstable_by(rank_order);
-    Ok(hits)
+        hits.sort_unstable_by(rank_order);
+        Ok(hits)
+    })
 }
 
+/// The per-thread buffers of [`top_k_where`], reused so a query allocates little.
+#[derive(Default)]
+struct Scratch {
+    scores: Vec<f32>,
+    maxima: Vec<f32>,
+    values: Vec<f32>,
+    candidates: Vec<(usize, f32)>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,14 +482,24 @@ mod tests {
 
     fn check_matches_float32(rows: usize, cols: usize, k: usize, exclude: &[usize], seed: u64) {
         let data = wave(rows * cols, seed);
-        let items = Matrix::new(&data, rows, cols).unwrap();
+        check_matches_float32_with(&data, rows, cols, &wave(cols, seed + 1), k, exclude);
+    }
+
+    fn check_matches_float32_with(
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+        query: &[f32],
+        k: usize,
+        exclude: &[usize],
+    ) {
+        let items = Matrix::new(data, rows, cols).unwrap();
         let half = HalfRows::new(items).unwrap();
-        let query = wave(cols, seed + 1);
         let keep = |row: usize| row % 3 != 1;
         for keep in [None, Some(&keep as &(dyn Fn(usize) -> bool + Sync))] {
-            let want = exact::top_k_where(items, &query, k, exclude, keep, false).unwrap();
+            let want = exact::top_k_where(items, query, k, exclude, keep, false).unwrap();
             for level in ALL_KERNELS.into_iter().filter(|&l| l <= kernel()) {
-                let got = top_k_at(level, items, &half, &query, k, exclude, keep).unwrap();
+                let got = top_k_at(level, items, &half, query, k, exclude, keep).unwrap();
                 assert_eq!(got.len(), want.len(), "{rows}×{cols} k {k} {level:?}");
                 for (g, w) in got.iter().zip(&want) {
                     assert_eq!(g.row, w.row, "{rows}×{cols} k {k} {level:?}");
@@ -460,6 +525,23 @@ mod tests {
                 check_matches_float32(rows, cols, k, &exclude, 7);
             }
         }
+    }
+
+    #[test]
+    fn excluding_the_best_rows_still_gives_the_float32_hits() {
+        // The first floor comes from block maxima; excluded or filtered-out best rows make it
+        // too high, and the scan must lower it rather than come back short or wrong.
+        let (rows, cols) = (2000, 82);
+        let data = wave(rows * cols, 11);
+        let items = Matrix::new(&data, rows, cols).unwrap();
+        let query = wave(cols, 12);
+        let best = exact::top_k_where(items, &query, 60, &[], None, false).unwrap();
+        let top: Vec<usize> = best.iter().map(|h| h.row).collect();
+        for cut in [5, 10, 30, 60] {
+            check_matches_float32_with(&data, rows, cols, &query, 10, &top[..cut]);
+        }
+        let everything: Vec<usize> = (0..rows - 3).collect();
+        check_matches_float32_with(&data, rows, cols, &query, 10, &everything);
     }
 
     #[test]
