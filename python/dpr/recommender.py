@@ -101,8 +101,9 @@ class Recommender:
 
         `verify` checks every file against the sha256 sums in `dpr.json`; `prompt_cache` is how
         many prompt embeddings to keep (least recently used are dropped); `history_cache` is
-        how many backbone vectors to keep, keyed by the history (what a model reads of it), so
-        that a new prompt on an unchanged history skips the backbone (0 turns it off; see
+        how many histories to remember (what a model reads of each: its backbone vector and
+        the steering's terms in it, ~5 KB each with the default recipe), so that a new prompt
+        on an unchanged history skips the backbone (0 turns it off; see
         `history_cache_stats`). `index`: "auto"
         scans all items exactly below 50,000 items and searches an HNSW graph from there on
         (read from the bundle's `index.usearch` if saved with `save_index`, else built now);

@@ -440,8 +440,11 @@ fn open_and_use(root: &Path, verify: bool) -> Result<(), String> {
     }
     let mut steered = vec![0.0f32; steering.output_dim()];
     let mut gates = vec![0.0f32; steering.num_experts()];
+    let mut terms = vec![0.0f32; steering.history_terms_len()];
+    steering.history_terms(&h, &mut terms);
     steering.steer(
         &h,
+        &terms,
         &steering.prepare(&prompt),
         1.0,
         &mut steered,

@@ -1,5 +1,7 @@
-//! The backbone's vector per history, remembered: a conversation re-prompts the same history
-//! many times, and the backbone forward is most of a warm query's cost.
+//! What a history alone determines, remembered: a conversation re-prompts the same history
+//! many times, and the backbone forward is most of a warm query's cost. The engine stores the
+//! backbone's vector and the steering head's terms in it ([`crate::nn::steer`]); this module
+//! only sees a fixed-length float vector per key.
 //!
 //! Keyed by the rows the backbone actually reads (the last `max_len` of the history), so two
 //! histories that differ only before that window share an entry. Bounded (least recently used

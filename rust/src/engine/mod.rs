@@ -617,20 +617,32 @@ impl Model {
             stride: self.width,
             width: self.dim,
         };
-        let mut h = vec![0.0f32; self.dim];
+        // What the history alone determines, cached together: the backbone's vector `h`, then
+        // (for a bundle that steers) the steering's terms in `h`.
+        let terms = if self.takes_prompts {
+            self.steering.history_terms_len()
+        } else {
+            0
+        };
+        let mut state = vec![0.0f32; self.dim + terms];
         let window = self.backbone.window(history);
-        self.histories.get_or_compute(window, &mut h, |h| {
-            self.backbone.user_vector(rows, window, h)
+        self.histories.get_or_compute(window, &mut state, |state| {
+            let (h, terms) = state.split_at_mut(self.dim);
+            self.backbone.user_vector(rows, window, h);
+            if !terms.is_empty() {
+                self.steering.history_terms(h, terms);
+            }
         });
+        let (h, terms) = state.split_at(self.dim);
         let mut out = vec![0.0f32; self.width];
         let mut gates = vec![0.0f32; self.steering.num_experts()];
         let strength = if steer { strength } else { 0.0 };
-        if strength != 0.0 {
+        if strength != 0.0 && !terms.is_empty() {
             let prepared = self.steering.prepare(prompt);
             self.steering
-                .steer(&h, &prepared, strength, &mut out, &mut gates);
+                .steer(h, terms, &prepared, strength, &mut out, &mut gates);
         } else {
-            out[..self.dim].copy_from_slice(&h);
+            out[..self.dim].copy_from_slice(h);
         }
         Ok(out)
     }

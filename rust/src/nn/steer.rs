@@ -3,12 +3,14 @@
 //!
 //! Most of the head's arithmetic depends on the prompt alone: the projector, the prompt's half
 //! of the router's first layer, and the `p` third of every expert's first layer. Those parts are
-//! computed once per distinct prompt ([`PreparedPrompt`], kept in a small LRU cache), so a query
-//! with a known prompt only pays for the parts that read `h`:
+//! computed once per distinct prompt ([`PreparedPrompt`], kept in a small LRU cache). The `h`
+//! thirds depend on the history alone ([`Steering::history_terms`]; the engine keeps them with
+//! the backbone's vector in its history cache), so a re-prompt on a known history only pays
+//! for the `h ⊙ p` third and the experts' output layers:
 //!
 //! ```text
-//! router:  relu(R_e e + b_r  +  R_h h)                      (R_e e + b_r cached)
-//! expert:  relu(W_p p + b_k  +  [W_h | W_hp] · [h, h ⊙ p])   (W_p p + b_k cached)
+//! router:  relu(R_e e + b_r  +  R_h h)                 (R_e e + b_r per prompt, R_h h per history)
+//! expert:  relu(W_p p + b_k  +  W_h h  +  W_hp (h ⊙ p))  (W_p p + b_k per prompt, W_h h per history)
 //! ```
 
 use std::cell::RefCell;
@@ -44,6 +46,11 @@ impl Dense {
         }
     }
 
+    /// `out = W x`.
+    fn apply(&self, x: &[f32], out: &mut [f32]) {
+        gemv(&self.weight, self.cols, x, out);
+    }
+
     /// `out = W x + plus`.
     fn apply_plus(&self, x: &[f32], plus: &[f32], out: &mut [f32]) {
         gemv(&self.weight, self.cols, x, out);
@@ -76,8 +83,10 @@ pub struct Steering {
     experts_prompt: Dense,
     /// `b_in` of every expert, stacked.
     experts_bias: Vec<f32>,
-    /// The `[h, h ⊙ p]` columns of every expert's first layer, stacked (`K·H` outputs).
-    experts_state: Dense,
+    /// The `h` columns of every expert's first layer, stacked (`K·H` outputs).
+    experts_history: Dense,
+    /// The `h ⊙ p` columns of every expert's first layer, stacked (`K·H` outputs).
+    experts_product: Dense,
     experts: Vec<Expert>,
     prepared: Option<Mutex<LruCache<u64, Arc<PreparedPrompt>>>>,
 }
@@ -143,12 +152,6 @@ impl Steering {
                 format!("steer.experts: expected {k} experts"),
             ));
         }
-        // Columns of each W_in: [h | p | h ⊙ p]; `state` gathers the h and h ⊙ p columns.
-        let state: Vec<f32> = in_weight
-            .chunks_exact(3 * d)
-            .flat_map(|row| row[..d].iter().chain(&row[2 * d..]))
-            .copied()
-            .collect();
         let experts = (0..k)
             .map(|i| {
                 let output = Linear::new(
@@ -179,7 +182,9 @@ impl Steering {
             router_output,
             experts_prompt: Dense::columns(&in_weight, 3 * d, d, 2 * d),
             experts_bias: in_bias,
-            experts_state: Dense::columns(&state, 2 * d, 0, 2 * d),
+            // Columns of each W_in: [h | p | h ⊙ p].
+            experts_history: Dense::columns(&in_weight, 3 * d, 0, d),
+            experts_product: Dense::columns(&in_weight, 3 * d, 2 * d, 3 * d),
             experts,
             prepared: NonZeroUsize::new(cache_capacity).map(|c| Mutex::new(LruCache::new(c))),
         })
@@ -196,6 +201,19 @@ impl Steering {
 
     pub fn num_experts(&self) -> usize {
         self.experts.len()
+    }
+
+    /// Floats of [`Steering::history_terms`]: `K·H` expert terms, then the router's.
+    pub fn history_terms_len(&self) -> usize {
+        self.experts_bias.len() + self.router_bias.len()
+    }
+
+    /// The parts of the head that read the backbone's vector `h` alone, `[W_h h, R_h h]`
+    /// ([`Steering::history_terms_len`] floats), for [`Steering::steer`].
+    pub fn history_terms(&self, h: &[f32], terms: &mut [f32]) {
+        let (experts, router) = terms.split_at_mut(self.experts_bias.len());
+        self.experts_history.apply(h, experts);
+        self.router_state.apply(h, router);
     }
 
     /// The prompt-only part of the steering for `prompt` (`prompt_dim` floats), from the cache
@@ -246,10 +264,12 @@ impl Steering {
     }
 
     /// Writes `h' = [h, 0] + strength · Σ g_k Δ_k` (`d + A` floats) to `out` and the gates to
-    /// `gates` (K floats). A zero prompt or zero strength gives exactly `[h, 0]`, gates zero.
+    /// `gates` (K floats), given `h`'s [`Steering::history_terms`]. A zero prompt or zero
+    /// strength gives exactly `[h, 0]`, gates zero.
     pub fn steer(
         &self,
         h: &[f32],
+        terms: &[f32],
         prompt: &PreparedPrompt,
         strength: f32,
         out: &mut [f32],
@@ -265,22 +285,25 @@ impl Steering {
         STEER_SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             let SteerScratch {
-                state,
+                product,
                 router,
                 hidden,
                 delta,
             } = &mut *scratch;
-            state.clear();
-            state.extend_from_slice(h);
-            state.extend(h.iter().zip(&prompt.projected).map(|(hv, pv)| hv * pv));
-            router.resize(prompt.router.len(), 0.0);
-            self.router_state.apply_plus(h, &prompt.router, router);
+            let (experts_terms, router_terms) = terms.split_at(prompt.experts.len());
+            router.clear();
+            router.extend(router_terms.iter().zip(&prompt.router).map(|(h, e)| h + e));
             relu(router);
             self.router_output.apply_row(router, gates);
             softmax(gates);
+            product.clear();
+            product.extend(h.iter().zip(&prompt.projected).map(|(hv, pv)| hv * pv));
             hidden.resize(prompt.experts.len(), 0.0);
-            self.experts_state
-                .apply_plus(state, &prompt.experts, hidden);
+            self.experts_product
+                .apply_plus(product, experts_terms, hidden);
+            for (x, p) in hidden.iter_mut().zip(&prompt.experts) {
+                *x += p;
+            }
             relu(hidden);
             delta.resize(d + self.attribute_dim, 0.0);
             let width = hidden.len() / self.experts.len().max(1);
@@ -300,7 +323,7 @@ impl Steering {
 /// The per-thread buffers of [`Steering::steer`], reused so a query allocates nothing.
 #[derive(Default)]
 struct SteerScratch {
-    state: Vec<f32>,
+    product: Vec<f32>,
     router: Vec<f32>,
     hidden: Vec<f32>,
     delta: Vec<f32>,
