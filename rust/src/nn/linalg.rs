@@ -402,11 +402,21 @@ fn scaled_softmax_at(level: Level, x: &mut [f32], scale: f32) {
 /// The body of the SIMD levels' [`scaled_softmax`], compiled once per level.
 #[inline(always)]
 fn scaled_softmax_poly(x: &mut [f32], scale: f32) {
-    let mut max = f32::NEG_INFINITY;
-    for v in x.iter_mut() {
-        *v *= scale;
-        max = max.max(*v);
+    // Sixteen running maxima, so that the loop vectorises (one running maximum is a serial
+    // chain); the maximum is the same whatever the order.
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let mut chunks = x.chunks_exact_mut(16);
+    for chunk in &mut chunks {
+        for (lane, v) in lanes.iter_mut().zip(chunk.iter_mut()) {
+            *v *= scale;
+            *lane = lane.max(*v);
+        }
     }
+    for v in chunks.into_remainder() {
+        *v *= scale;
+        lanes[0] = lanes[0].max(*v);
+    }
+    let max = lanes.into_iter().fold(f32::NEG_INFINITY, f32::max);
     for v in x.iter_mut() {
         *v = exp_poly(*v - max);
     }
@@ -423,7 +433,11 @@ fn exp_poly(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let x = x.max(-87.0);
-    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    // In [-126, 0] for the x ≤ 0 the callers pass; the clamp keeps the cast below exact (and
+    // vectorisable: `as` would add a saturating, NaN-checking conversion per lane).
+    let n = (x * std::f32::consts::LOG2_E + 0.5)
+        .floor()
+        .clamp(-126.0, 127.0);
     let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
     let mut p = 1.987_569_1e-4f32;
     for c in [
@@ -436,7 +450,10 @@ fn exp_poly(x: f32) -> f32 {
         p = p.mul_add(r, c);
     }
     let y = p.mul_add(r * r, r) + 1.0;
-    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    // SAFETY: `n` is a whole number in [-126, 127] (clamped above; NaN cannot reach it, as
+    // `max(-87)` maps NaN to -87).
+    let exponent = unsafe { n.to_int_unchecked::<i32>() };
+    y * f32::from_bits(((exponent + 127) << 23) as u32)
 }
 
 #[inline]
