@@ -265,7 +265,15 @@ impl Engine {
         let mut dropped = 0usize;
         for item in iter {
             let item = item?;
-            let id = if item.is_instance_of::<PyBool>() || item.is_instance_of::<PyFloat>() {
+            // The common case first: a plain int (never a bool, which is a subclass).
+            let exact_int = if item.is_exact_instance_of::<PyInt>() {
+                item.extract::<i64>().ok()
+            } else {
+                None
+            };
+            let id = if let Some(i) = exact_int {
+                Some(ItemId::Int(i))
+            } else if item.is_instance_of::<PyBool>() || item.is_instance_of::<PyFloat>() {
                 None
             } else if let Ok(s) = item.cast::<PyString>() {
                 Some(ItemId::Str(s.to_str()?.to_owned()))
