@@ -544,6 +544,31 @@ mod tests {
         check_matches_float32_with(&data, rows, cols, &query, 10, &everything);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(200))]
+
+        /// Any table, query, k and exclusions: the float32 scan's hits, bit for bit, at every
+        /// kernel this CPU runs. Values come in a few magnitudes and many repeats, so ties and
+        /// near-ties are common.
+        #[test]
+        fn any_scan_matches_float32(
+            rows in 1usize..400,
+            cols in 1usize..40,
+            k in 0usize..30,
+            seed in 0u64..1_000,
+            scale in proptest::sample::select(vec![1e-30f32, 1e-3, 1.0, 1e4]),
+            levels in 1u32..9,
+            excluded in proptest::collection::vec(0usize..400, 0..40),
+        ) {
+            let data: Vec<f32> = wave(rows * cols, seed)
+                .iter()
+                .map(|v| (v * levels as f32).round() / levels as f32 * scale)
+                .collect();
+            let exclude: Vec<usize> = excluded.into_iter().filter(|&r| r < rows).collect();
+            check_matches_float32_with(&data, rows, cols, &wave(cols, seed + 7), k, &exclude);
+        }
+    }
+
     #[test]
     fn ties_and_duplicates_keep_the_float32_order() {
         // Identical rows tie exactly: the lower row wins, as in the float32 scan.
