@@ -75,7 +75,7 @@ def _dpr_index(items: np.ndarray, m: int, ef_construction: int, stem: Path | Non
     saved there); returns it with its build seconds and RSS growth (None when loaded)."""
     from dpr._core import HnswIndex
 
-    path = stem.with_suffix(".usearch") if stem else None
+    path = stem.with_suffix(".hnsw") if stem else None
     if path is not None and path.is_file():
         return HnswIndex.load(path, items), None, None
     before = rss_mib()

@@ -14,9 +14,7 @@ use std::cell::RefCell;
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
-use rayon::prelude::*;
 use rustc_hash::FxHashMap;
-use usearch::Index;
 
 use crate::nn::linalg;
 
@@ -33,12 +31,24 @@ pub struct FlatGraph {
 }
 
 /// One level above the base: few nodes, so a map from node to its slice of `neighbours`.
-struct UpperLevel {
+pub(crate) struct UpperLevel {
     slots: FxHashMap<u32, (u32, u32)>,
     neighbours: Vec<u32>,
 }
 
 impl UpperLevel {
+    /// The level holding each `(node, neighbours)` list.
+    pub(crate) fn from_lists(lists: impl Iterator<Item = (u32, Vec<u32>)>) -> Self {
+        let mut slots = FxHashMap::default();
+        let mut neighbours = Vec::new();
+        for (node, list) in lists {
+            let offset = neighbours.len() as u32;
+            neighbours.extend_from_slice(&list);
+            slots.insert(node, (offset, list.len() as u32));
+        }
+        Self { slots, neighbours }
+    }
+
     fn of(&self, node: u32) -> &[u32] {
         match self.slots.get(&node) {
             Some(&(offset, count)) => &self.neighbours[offset as usize..(offset + count) as usize],
@@ -170,76 +180,56 @@ pub(crate) fn prefetch(data: &[f32]) {
 }
 
 impl FlatGraph {
-    /// Copies the graph of `index`, whose keys are `start..start + len`.
-    pub fn from_usearch(index: &Index, start: usize, len: usize) -> Result<Self, String> {
-        if len > u32::MAX as usize {
-            return Err(format!("{len} rows do not fit 32-bit node ids"));
-        }
-        if len == 0 {
-            return Ok(Self {
-                stride: 1,
-                base: Vec::new(),
-                upper: Vec::new(),
-                entry: 0,
-                len,
-            });
-        }
-        let local = |key: u64| -> Result<u32, String> {
-            (key as usize)
-                .checked_sub(start)
-                .filter(|&node| node < len)
-                .map(|node| node as u32)
-                .ok_or_else(|| format!("neighbour key {key} outside rows {start}..{}", start + len))
-        };
-        // usearch's base level holds up to twice the upper levels' connectivity.
-        let width = 2 * index.connectivity();
-        let stride = width + 1;
-        let mut base = vec![0u32; len * stride];
-        let levels = base
-            .par_chunks_mut(stride)
-            .enumerate()
-            .map_init(
-                || vec![0u64; width],
-                |keys, (node, slot)| -> Result<usize, String> {
-                    let key = (start + node) as u64;
-                    let mut cursor = index.neighbors(key, 0);
-                    if cursor.total() > width {
-                        return Err(format!(
-                            "node {key} has {} base neighbours, more than {width}",
-                            cursor.total()
-                        ));
-                    }
-                    let count = cursor.drain_into(keys);
-                    slot[0] = count as u32;
-                    for (entry, &k) in slot[1..].iter_mut().zip(&keys[..count]) {
-                        *entry = local(k)?;
-                    }
-                    Ok(index.level_of_key(key))
-                },
-            )
-            .collect::<Result<Vec<usize>, String>>()?;
-        let top = levels.iter().copied().max().unwrap_or(0);
-        let entry = levels.iter().position(|&l| l == top).unwrap_or(0) as u32;
-        let mut upper = Vec::with_capacity(top);
-        for level in 1..=top {
-            let mut slots = FxHashMap::default();
-            let mut neighbours = Vec::new();
-            for (node, _) in levels.iter().enumerate().filter(|(_, &l)| l >= level) {
-                let offset = neighbours.len() as u32;
-                for key in index.neighbors((start + node) as u64, level) {
-                    neighbours.push(local(key)?);
-                }
-                slots.insert(node as u32, (offset, neighbours.len() as u32 - offset));
-            }
-            upper.push(UpperLevel { slots, neighbours });
-        }
-        Ok(Self {
+    /// The graph from its parts: `base` holds `stride` words per node (its neighbour count,
+    /// then its neighbours), `upper[l - 1]` level `l`.
+    pub(crate) fn from_parts(
+        stride: usize,
+        base: Vec<u32>,
+        upper: Vec<UpperLevel>,
+        entry: u32,
+        len: usize,
+    ) -> Self {
+        debug_assert_eq!(base.len(), len * stride);
+        Self {
             stride,
             base,
             upper,
             entry,
             len,
-        })
+        }
+    }
+
+    /// Number of nodes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The node every search starts from.
+    #[cfg(test)]
+    pub(crate) fn entry(&self) -> u32 {
+        self.entry
+    }
+
+    /// Levels above the base.
+    #[cfg(test)]
+    pub(crate) fn upper_levels(&self) -> usize {
+        self.upper.len()
+    }
+
+    /// Most neighbours a node keeps on the base level.
+    #[cfg(test)]
+    pub(crate) fn base_width(&self) -> usize {
+        self.stride - 1
+    }
+
+    /// `node`'s neighbours on `level` (0: the base).
+    #[cfg(test)]
+    pub(crate) fn neighbours(&self, node: u32, level: usize) -> &[u32] {
+        if level == 0 {
+            self.base_neighbours(node)
+        } else {
+            self.upper[level - 1].of(node)
+        }
     }
 
     /// The copy as bytes, for [`FlatGraph::from_bytes`]: a magic tag, then little-endian
@@ -274,25 +264,23 @@ impl FlatGraph {
         out
     }
 
-    /// Reads [`FlatGraph::to_bytes`] output for keys `start..start + len`, checking every
-    /// count and node id; `Err` says what does not fit.
-    pub fn from_bytes(bytes: &[u8], start: usize, len: usize) -> Result<Self, String> {
+    /// Reads [`FlatGraph::to_bytes`] output, checking every count and node id; returns the
+    /// first row with the graph, or says what does not fit.
+    pub fn from_bytes(bytes: &[u8]) -> Result<(usize, Self), String> {
         let mut reader = Reader { bytes, at: 0 };
         if reader.take(FLAT_MAGIC.len())? != FLAT_MAGIC {
             return Err("not a dpr flat HNSW graph".into());
         }
         let header: Vec<usize> = (0..5).map(|_| reader.u64()).collect::<Result<_, _>>()?;
-        let [file_start, file_len, stride, entry, levels] = header[..] else {
+        let [start, len, stride, entry, levels] = header[..] else {
             unreachable!("five header fields")
         };
-        if (file_start, file_len) != (start, len) {
-            return Err(format!(
-                "graph covers rows {file_start}..{}, index rows {start}..{}",
-                file_start + file_len,
-                start + len
-            ));
-        }
-        if stride == 0 || (len > 0 && entry >= len) || levels > 64 {
+        if len > u32::MAX as usize
+            || start.checked_add(len).is_none()
+            || stride == 0
+            || (len > 0 && entry >= len)
+            || levels > 64
+        {
             return Err("bad header".into());
         }
         let node_ok = |n: u32| (n as usize) < len;
@@ -324,13 +312,16 @@ impl FlatGraph {
         if reader.at != bytes.len() {
             return Err("trailing bytes".into());
         }
-        Ok(Self {
-            stride,
-            base,
-            upper,
-            entry: entry as u32,
-            len,
-        })
+        Ok((
+            start,
+            Self {
+                stride,
+                base,
+                upper,
+                entry: entry as u32,
+                len,
+            },
+        ))
     }
 
     fn base_neighbours(&self, node: u32) -> &[u32] {
