@@ -803,7 +803,15 @@ mod tests {
             let (mut hit, mut total) = (0, 0);
             for q in queries.chunks_exact(d) {
                 let truth = exact::top_k(items, q, 10, &[]).unwrap();
-                let found = graph.search(&data, d, q, 128, None, false);
+                let found = graph.search(&crate::index::graph::Walk {
+                    vectors: &data,
+                    dim: d,
+                    query: q,
+                    ef: 128,
+                    allowed: None,
+                    two_hop: false,
+                    codes: None,
+                });
                 let found: Vec<usize> = found.iter().take(10).map(|s| s.node as usize).collect();
                 hit += truth.iter().filter(|h| found.contains(&h.row)).count();
                 total += truth.len();

@@ -33,9 +33,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::index::build::{self, BuildParams};
+use crate::index::codes::Codes;
 use crate::index::exact::{self, Matrix};
 use crate::index::file;
-use crate::index::graph::FlatGraph;
+use crate::index::graph::{FlatGraph, Walk};
 use crate::index::policy::{self, Plan};
 use crate::index::rank::{rank_order, Hit};
 use crate::index::rowset::RowSet;
@@ -114,6 +115,8 @@ impl std::error::Error for HnswError {}
 pub struct HnswIndex {
     /// The graph in the layout its searches walk (see [`crate::index::graph`]).
     flat: FlatGraph,
+    /// The indexed rows as int8 codes, which the walks score (see [`crate::index::codes`]).
+    codes: Codes,
     /// The build settings, kept in the saved file.
     connectivity: usize,
     expansion_add: usize,
@@ -265,6 +268,7 @@ impl HnswIndex {
             },
         );
         Ok(Self {
+            codes: Codes::new(vectors, dim),
             flat,
             connectivity: params.connectivity,
             expansion_add: params.expansion_add,
@@ -461,7 +465,15 @@ impl HnswIndex {
         let vectors = self.indexed_vectors();
         let mut hits: Vec<Hit> = self
             .flat
-            .search(vectors, self.dim, query, ef, keep, two_hop)
+            .search(&Walk {
+                vectors,
+                dim: self.dim,
+                query,
+                ef,
+                allowed: keep,
+                two_hop,
+                codes: Some(&self.codes),
+            })
             .into_iter()
             .map(|s| Hit {
                 row: start + s.node as usize,
@@ -565,7 +577,9 @@ impl HnswIndex {
             ..HnswParams::default()
         };
         check_params(&params).map_err(|e| file_err(e.to_string()))?;
+        let first = start * dim;
         let index = Self {
+            codes: Codes::new(&items.data[first..first + len * dim], dim),
             flat: saved.graph,
             connectivity: saved.connectivity,
             expansion_add: saved.expansion_add,

@@ -3,6 +3,7 @@
 //! choosing between them.
 
 mod build;
+mod codes;
 pub mod exact;
 mod file;
 mod graph;
