@@ -23,7 +23,7 @@ use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::*};
 use std::sync::Mutex;
 
-use crate::index::graph::{prefetch, FlatGraph, Scored, UpperLevel};
+use crate::index::graph::{prefetch, FlatGraph, Scored, UpperLevel, AHEAD};
 use crate::nn::linalg;
 
 /// Highest level a node may get (the chance of reaching it with `M = 2` is 2^-24 per node).
@@ -358,6 +358,9 @@ impl<'a> Graph<'a> {
             if results.len() >= ef && current < worst {
                 break;
             }
+            if let Some(next) = candidates.peek() {
+                prefetch(self.list(next.node, level));
+            }
             let list = self.list(current.node, level);
             let count = (list[0].load(Relaxed) as usize).min(list.len() - 1);
             fresh.clear();
@@ -367,10 +370,15 @@ impl<'a> Graph<'a> {
                 if *seen != epoch {
                     *seen = epoch;
                     fresh.push(next);
-                    prefetch(self.vectors.of(next));
                 }
             }
-            for &next in fresh.iter() {
+            for &next in fresh.iter().take(AHEAD) {
+                prefetch(self.vectors.of(next));
+            }
+            for (i, &next) in fresh.iter().enumerate() {
+                if let Some(&later) = fresh.get(i + AHEAD) {
+                    prefetch(self.vectors.of(later));
+                }
                 let candidate = Scored {
                     score: dot(query, self.vectors.of(next)),
                     node: next,

@@ -191,7 +191,7 @@ pub(crate) fn prefetch<T>(data: &[T]) {
 }
 
 /// How many neighbours ahead of the one being scored the walk prefetches.
-const AHEAD: usize = 8;
+pub(crate) const AHEAD: usize = 8;
 
 impl FlatGraph {
     /// The graph from its parts: `base` holds `stride` words per node (its neighbour count,
