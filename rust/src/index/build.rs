@@ -819,6 +819,7 @@ mod tests {
                     allowed: None,
                     two_hop: false,
                     codes: None,
+                    rescore: 0,
                 });
                 let found: Vec<usize> = found.iter().take(10).map(|s| s.node as usize).collect();
                 hit += truth.iter().filter(|h| found.contains(&h.row)).count();

@@ -20,7 +20,7 @@ use rustc_hash::FxHashMap;
 use crate::index::codes::Codes;
 use crate::nn::linalg;
 
-/// The graph over local nodes `0..len` (usearch key `start + i` is node `i`).
+/// The graph over local nodes `0..len` (node `i` is item row `start + i` of its index).
 pub struct FlatGraph {
     /// Entries per node in `base`: the neighbour count, then room for the base level's
     /// maximum number of neighbours.
@@ -137,6 +137,9 @@ pub struct Walk<'a> {
     pub two_hop: bool,
     /// Codes of the vectors to score the walk on (the results are rescored exactly).
     pub codes: Option<&'a Codes>,
+    /// With `codes`: how many of the best results by the codes' scores are rescored and
+    /// returned (0: all of them).
+    pub rescore: usize,
 }
 
 /// Per-thread search state, reused across searches (and across indexes).
@@ -397,7 +400,13 @@ impl FlatGraph {
                 };
                 #[cfg(not(target_arch = "x86_64"))]
                 let mut found = self.walk_codes(walk, &mut scratch, codes, &scaled);
-                // The codes only steered the walk: every score handed out is exact.
+                // The codes only steered the walk: the best `rescore` by their scores are
+                // scored exactly, and only exact scores are handed out.
+                if walk.rescore > 0 && found.len() > walk.rescore {
+                    found.sort_unstable_by(|a, b| b.cmp(a));
+                    found.truncate(walk.rescore);
+                }
+                found.iter().for_each(|s| prefetch(vector(s.node)));
                 for s in &mut found {
                     s.score = linalg::dot(query, vector(s.node));
                 }

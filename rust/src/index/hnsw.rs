@@ -169,6 +169,13 @@ fn check_params(params: &HnswParams) -> Result<(), HnswError> {
     Ok(())
 }
 
+/// How many of a walk's best results by the int8 codes are rescored exactly when `k` are
+/// wanted: a margin for the codes' error (each score is off by at most half a step per
+/// dimension), which only a near-tie at the `k`-th place can exceed.
+fn rescored(k: usize) -> usize {
+    2 * k + 16
+}
+
 /// Checks that `range` lies inside `rows` rows and that those rows of `data` are finite.
 fn check_rows(
     data: &[f32],
@@ -473,6 +480,7 @@ impl HnswIndex {
                 allowed: keep,
                 two_hop,
                 codes: Some(&self.codes),
+                rescore: rescored(k),
             })
             .into_iter()
             .map(|s| Hit {
