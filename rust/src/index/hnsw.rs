@@ -12,10 +12,11 @@
 //!
 //! What this module adds on top of the graph:
 //!
-//! * **Exact scores and order.** Scores are [`crate::index::exact::dot`] on this index's own copy
-//!   of the rows, and the best `k` are ranked exactly as [`crate::index::exact::top_k`] ranks them
-//!   (higher score first, ties to the lower row, NaN last). A score therefore equals the exact
-//!   scan's score bit for bit.
+//! * **Exact scores and order.** The walk scores int8 codes of the rows
+//!   ([`crate::index::codes`]) and rescores its best `2k + 16` results; the scores handed out
+//!   are [`crate::index::exact::dot`] on this index's own copy of the rows, and the best `k`
+//!   are ranked exactly as [`crate::index::exact::top_k`] ranks them (higher score first, ties
+//!   to the lower row, NaN last). A score therefore equals the exact scan's score bit for bit.
 //! * **Filters that keep their promise.** The allowed rows come as a [`RowSet`] with its exact
 //!   size; a row outside it is never returned, and `min(k, allowed rows)` hits come back
 //!   whenever that many rows are allowed: [`policy::plan`] sends a filter keeping few rows to
