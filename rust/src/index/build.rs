@@ -531,9 +531,10 @@ impl<'a> Graph<'a> {
     /// Links every base-level node that the entry point cannot reach. With inner products the
     /// heuristic often drops a small-norm node from all of its neighbours' lists (each has a
     /// neighbour scoring higher with it than the list's owner does), so some nodes end up with
-    /// no incoming link at all; a filtered walk needs them. Each such node is appended to the
-    /// list of a reachable node near it (its own neighbours first, else the best nodes a search
-    /// for it finds), taking a slot from a node with another incoming link when all are full.
+    /// no incoming link at all; a filtered walk needs them. Each such node is linked from a
+    /// reachable node near it (its own neighbours, else the best nodes a search for it finds),
+    /// taking a slot from a node with other incoming links when their lists are full; rounds
+    /// repeat while a slot so taken cut some node off.
     fn connect_all(&self) {
         let len = self.levels.len();
         let mut scratch = Scratch::new(len);
@@ -554,18 +555,30 @@ impl<'a> Graph<'a> {
                 if reached[node as usize] {
                     continue;
                 }
-                let mut hosts: Vec<u32> = self
+                // Near hosts first: its own neighbours (near it when it was inserted), then
+                // theirs, then the best nodes a search for it finds (all reachable).
+                let hosts: Vec<u32> = self
                     .base_list(node)
                     .into_iter()
                     .filter(|&h| reached[h as usize])
                     .collect();
-                if !self.has_room(&hosts) {
-                    // Every node a search finds is reachable.
+                let mut linked = self.append(node, &hosts, &mut incoming);
+                if !linked {
+                    let second: Vec<u32> = hosts.iter().flat_map(|&h| self.base_list(h)).collect();
+                    linked = self.append(node, &second, &mut incoming);
+                }
+                let mut found = Vec::new();
+                if !linked {
                     let start = self.descend(node, entry, top);
                     self.search_level(node, start, 0, &mut scratch, linalg::dot);
-                    hosts.extend(scratch.found.iter().map(|s| s.node));
+                    found.extend(scratch.found.iter().map(|s| s.node));
+                    linked = self.append(node, &found, &mut incoming);
                 }
-                if self.attach(node, &hosts, &mut incoming) {
+                if !linked {
+                    linked = self.evict(node, &hosts, &mut incoming)
+                        || self.evict(node, &found, &mut incoming);
+                }
+                if linked {
                     self.reach_from(node, &mut reached);
                 }
             }
@@ -621,19 +634,10 @@ impl<'a> Graph<'a> {
         best
     }
 
-    /// Whether one of `hosts` has room on the base level.
-    fn has_room(&self, hosts: &[u32]) -> bool {
-        hosts.iter().any(|&h| {
-            let list = self.list(h, 0);
-            (list[0].load(Relaxed) as usize) < list.len() - 1
-        })
-    }
-
-    /// Appends `node` to the first host with room; when all are full, replaces in the first
-    /// host a neighbour that has another incoming link. Returns whether `node` was linked.
-    fn attach(&self, node: u32, hosts: &[u32], incoming: &mut [u32]) -> bool {
-        let hosts = hosts.iter().copied().filter(|&h| h != node);
-        for host in hosts.clone() {
+    /// Appends `node` to the first of `hosts` (other than itself) with room on the base
+    /// level; returns whether one had room.
+    fn append(&self, node: u32, hosts: &[u32], incoming: &mut [u32]) -> bool {
+        for &host in hosts.iter().filter(|&&h| h != node) {
             let list = self.list(host, 0);
             let count = list[0].load(Relaxed) as usize;
             if list[1..=count].iter().any(|w| w.load(Relaxed) == node) {
@@ -646,13 +650,19 @@ impl<'a> Graph<'a> {
                 return true;
             }
         }
-        for host in hosts {
+        false
+    }
+
+    /// Gives `node`, in the first of `hosts` that has one, the slot of the neighbour with the
+    /// most incoming links (at least two); returns whether one had such a slot.
+    fn evict(&self, node: u32, hosts: &[u32], incoming: &mut [u32]) -> bool {
+        for &host in hosts.iter().filter(|&&h| h != node) {
             let list = self.list(host, 0);
             let count = list[0].load(Relaxed) as usize;
-            // The last slot with a node linked from elsewhere too.
-            let slot = list[1..=count]
-                .iter()
-                .rposition(|w| incoming[w.load(Relaxed) as usize] >= 2);
+            let links = |i: usize| incoming[list[1 + i].load(Relaxed) as usize];
+            let slot = (0..count)
+                .max_by_key(|&i| links(i))
+                .filter(|&i| links(i) >= 2);
             if let Some(slot) = slot {
                 let evicted = list[1 + slot].swap(node, Relaxed);
                 incoming[evicted as usize] -= 1;
