@@ -23,7 +23,9 @@ GENRES = [f"genre {i:02d}" for i in range(18)]
 
 def make_bundle(path: Path, items: int, seed: int) -> Path:
     """Writes (once) a bundle of `items` items with a saved HNSW graph; returns its path."""
-    if (path / "index.usearch").is_file():
+    from dpr._core import INDEX_FILE
+
+    if (path / INDEX_FILE).is_file():
         return path
     import numpy as np
     import torch
@@ -44,7 +46,7 @@ def make_bundle(path: Path, items: int, seed: int) -> Path:
     import dpr
 
     started = time.perf_counter()
-    dpr.Recommender.load(path, index="hnsw").save_index(path / "index.usearch")
+    dpr.Recommender.load(path, index="hnsw").save_index(path / INDEX_FILE)
     print(f"built and saved the HNSW graph in {time.perf_counter() - started:.0f} s", flush=True)
     return path
 

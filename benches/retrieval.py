@@ -75,7 +75,7 @@ def _dpr_index(items: np.ndarray, m: int, ef_construction: int, stem: Path | Non
     saved there); returns it with its build seconds and RSS growth (None when loaded)."""
     from dpr._core import HnswIndex
 
-    path = stem.with_suffix(".usearch") if stem else None
+    path = stem.with_suffix(".hnsw") if stem else None
     if path is not None and path.is_file():
         return HnswIndex.load(path, items), None, None
     before = rss_mib()
@@ -355,8 +355,10 @@ def to_markdown(results: list[dict[str, Any]], meta: dict[str, Any], command: st
                  *[f"two-hop ef {ef}" for ef in FILTER_EFS]], plans)
         + f"\nBoth graphs: M = {meta['m']}, ef_construction = {meta['ef_construction']}, built "
           f"and searched on {meta['threads']} threads (batch calls). dpr's graph is built by "
-          "usearch and walked by dpr's own search (`rust/src/index/graph.rs`), scoring with the "
-          "exact scan's dot product. Clustered synthetic vectors "
+          "dpr's builder (`rust/src/index/build.rs`) and walked by dpr's own search "
+          "(`rust/src/index/graph.rs`) on int8 codes of the vectors, its results rescored with "
+          "the exact scan's dot product. Build times: both builders side by side in one run "
+          "unless `--cache` supplied the graphs. Clustered synthetic vectors "
           f"(512 centres, norms 0.5x–2x), {meta['queries']} queries from the same distribution."
           f"\n\n"
           + footer(meta, command))

@@ -291,7 +291,7 @@ def test_threads_get_the_serial_results(data, index):
 def test_save_and_load(tmp_path, data):
     items = catalogue(3_000, 16, seed=6)
     idx = _core.HnswIndex(items, skip_first_row=True, connectivity=8)
-    path = tmp_path / "index.usearch"
+    path = tmp_path / "index.hnsw"
     idx.save(path)
     back = _core.HnswIndex.load(path, items)
     assert len(back) == len(idx) and back.dim == 16 and back.first_row == 1
@@ -307,8 +307,8 @@ def test_save_and_load(tmp_path, data):
     with pytest.raises(OSError, match="dimension"):
         _core.HnswIndex.load(path, items[:, :8])
     with pytest.raises(OSError, match="missing"):
-        _core.HnswIndex.load(tmp_path / "missing.usearch", items)
-    junk = tmp_path / "junk.usearch"
+        _core.HnswIndex.load(tmp_path / "missing.hnsw", items)
+    junk = tmp_path / "junk.hnsw"
     junk.write_bytes(b"not an index" * 10)
     with pytest.raises(OSError, match="junk"):
         _core.HnswIndex.load(junk, items)

@@ -16,6 +16,7 @@ import pytest
 
 import dpr
 from dpr import Recommender
+from dpr._core import INDEX_FILE
 
 if TYPE_CHECKING:
     from conftest import TinyBundle
@@ -349,6 +350,24 @@ def test_saved_index_is_served_and_can_be_replaced_while_open(tiny: TinyBundle,
     assert viewing.query(history, PROMPTS[0], k=10) == before
     assert Recommender.load(bundle, index="hnsw").query(history, PROMPTS[0], k=10) == before
     assert not list(bundle.glob("*.partial")), "no partial file left behind"
+
+
+def test_a_bundle_with_an_old_usearch_index_is_served_from_a_fresh_graph(
+        tiny: TinyBundle, tmp_path: Path) -> None:
+    """Bundles saved before dpr built its own graph carry `index.usearch` and `index.flat`:
+    those files are not read (the graph is built at load) and a new save writes INDEX_FILE."""
+    bundle = tiny.copy_to(tmp_path)
+    (bundle / "index.usearch").write_bytes(b"usearch file of an earlier dpr" * 100)
+    (bundle / "index.flat").write_bytes(b"DPRFLAT1" + bytes(64))
+    history = tiny.ids[:5]
+    old = Recommender.load(bundle, index="hnsw")
+    fresh = Recommender.load(tiny.path, index="hnsw")
+    for prompt in PROMPTS:
+        assert old.query(history, prompt, k=10) == fresh.query(history, prompt, k=10)
+    assert old.save_index() == bundle / INDEX_FILE
+    assert INDEX_FILE == "index.hnsw"
+    again = Recommender.load(bundle, index="hnsw")
+    assert again.query(history, PROMPTS[0], k=10) == old.query(history, PROMPTS[0], k=10)
 
 
 def test_missing_demo_bundle_says_how_to_get_one(monkeypatch: pytest.MonkeyPatch,

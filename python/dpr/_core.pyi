@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 __version__: str
 INDEX_FILE: str
-"""The file name of the saved HNSW graph inside a bundle (``"index.usearch"``)."""
+"""The file name of the saved HNSW graph inside a bundle (``"index.hnsw"``)."""
 KERNEL_LEVEL: str
 """The dense kernels this process runs: ``"avx512"``, ``"avx2"`` or ``"portable"``: the best the
 CPU has, capped by the ``DPR_KERNELS`` environment variable (read once, at import)."""
@@ -262,7 +262,7 @@ class PromptEncoder:
         """Number of prompt vectors currently cached."""
 
 class HnswIndex:
-    """Approximate top-k by inner product over the rows of an item matrix (HNSW graph, usearch).
+    """Approximate top-k by inner product over the rows of an item matrix (dpr's HNSW graph).
 
     Vectors need not be normalised: the graph uses the inner-product metric, and every
     returned score is the exact float32 inner product, computed and ranked as :func:`top_k`
@@ -307,12 +307,15 @@ class HnswIndex:
         sampled rows are checked against the file. The default ``ef`` is 64.
 
         Raises:
-            OSError: missing or unreadable file, not an index, or an index of other items
-                (the message names the file).
+            OSError: missing or unreadable file, not an index (an ``index.usearch`` of an
+                earlier dpr included), a damaged one (its checksum), or an index of other
+                items (the message names the file).
         """
 
     def save(self, path: str) -> None:
-        """Write the graph and its vectors to ``path`` (usearch's format).
+        """Write the graph to ``path`` in dpr's index format (see ``docs/bundle.md``): the
+        graph, its settings and sampled item vectors (to recognise the items at load), with a
+        checksum. The file is written beside ``path`` and renamed into place.
 
         Raises:
             OSError: the file cannot be written.

@@ -106,7 +106,8 @@ class Recommender:
         on an unchanged history skips the backbone (0 turns it off; see
         `history_cache_stats`). `index`: "auto"
         scans all items exactly below 50,000 items and searches an HNSW graph from there on
-        (read from the bundle's `index.usearch` if saved with `save_index`, else built now);
+        (read from the bundle's `index.hnsw` if saved with `save_index`, else built now; an
+        `index.usearch` of an earlier dpr is not read);
         "exact" or "hnsw" force one. Selective filters are always answered exactly.
 
         Raises FileNotFoundError (missing directory or file) or `BundleFormatError` (a
@@ -121,7 +122,7 @@ class Recommender:
 
     def save_index(self, path: str | os.PathLike[str] | None = None) -> Path:
         """Save the HNSW graph (built if needed) so later loads read it instead of building;
-        default location: the bundle's `index.usearch`. Returns the file written."""
+        default location: the bundle's `index.hnsw`. Returns the file written."""
         target = self.path / INDEX_FILE if path is None else Path(path)
         self._engine.save_index(str(target))
         return target

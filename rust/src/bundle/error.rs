@@ -29,7 +29,7 @@ pub enum BundleError {
     Tensor { tensor: String, message: String },
     /// `file` differs from its sha256 in `dpr.json` `files`.
     Checksum { file: String },
-    /// The saved HNSW graph (`index.usearch`) cannot be used with this bundle.
+    /// The saved HNSW graph (`index.hnsw`) cannot be used with this bundle.
     Index { message: String },
     /// A file of the prompt encoder folder disagrees with `dpr.json`.
     Encoder { file: String, message: String },
@@ -131,7 +131,7 @@ mod tests {
                 BundleError::Index {
                     message: "damaged".into(),
                 },
-                "index.usearch: damaged",
+                "index.hnsw: damaged",
             ),
             (
                 BundleError::unreadable("dpr.json", "not valid UTF-8 text"),

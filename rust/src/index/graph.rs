@@ -1,26 +1,26 @@
 // Over 400 lines because the flat file's writer, reader and the walk share one private layout.
-//! Best-first search over a flat copy of the HNSW graph that usearch built.
+//! Best-first search over the HNSW graph in its flat layout, which [`crate::index::build`]
+//! produces and [`crate::index::file`] saves.
 //!
-//! usearch builds, saves and loads the graph; searching it through usearch measured 3-4x
-//! slower than hnswlib at equal recall (`benches/results/retrieval.md` before this module): it
-//! tracks visited nodes in a hash set, prefetches no vectors, and reaches every distance
-//! through two indirect calls into a kernel compiled for baseline x86-64. Here the base level
-//! is one fixed-stride table (a node's neighbour count, then its neighbours), visits are
-//! epoch-stamped in a per-thread array, the vectors of a node's unvisited neighbours are all
-//! prefetched before any is scored, and scores use [`linalg::dot`] (AVX2+FMA where the CPU
-//! has it).
+//! The base level is one fixed-stride table (a node's neighbour count, then its neighbours);
+//! visits are epoch-stamped in a per-thread array; the next candidate's list is prefetched
+//! while the current one is expanded, and each neighbour's vector a few neighbours before it
+//! is scored; the walk scores int8 codes of the vectors ([`crate::index::codes`], a quarter of
+//! the memory traffic) and the results are rescored with [`linalg::dot`] (AVX2+FMA where the
+//! CPU has it), the exact scan's dot product. (Searching through usearch, which built the
+//! graph before, measured 3-4x slower than hnswlib: a hash set of visited nodes, no prefetch,
+//! two indirect calls per distance.)
 
 use std::cell::RefCell;
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
-use rayon::prelude::*;
 use rustc_hash::FxHashMap;
-use usearch::Index;
 
+use crate::index::codes::Codes;
 use crate::nn::linalg;
 
-/// The graph over local nodes `0..len` (usearch key `start + i` is node `i`).
+/// The graph over local nodes `0..len` (node `i` is item row `start + i` of its index).
 pub struct FlatGraph {
     /// Entries per node in `base`: the neighbour count, then room for the base level's
     /// maximum number of neighbours.
@@ -33,12 +33,24 @@ pub struct FlatGraph {
 }
 
 /// One level above the base: few nodes, so a map from node to its slice of `neighbours`.
-struct UpperLevel {
+pub(crate) struct UpperLevel {
     slots: FxHashMap<u32, (u32, u32)>,
     neighbours: Vec<u32>,
 }
 
 impl UpperLevel {
+    /// The level holding each `(node, neighbours)` list.
+    pub(crate) fn from_lists(lists: impl Iterator<Item = (u32, Vec<u32>)>) -> Self {
+        let mut slots = FxHashMap::default();
+        let mut neighbours = Vec::new();
+        for (node, list) in lists {
+            let offset = neighbours.len() as u32;
+            neighbours.extend_from_slice(&list);
+            slots.insert(node, (offset, list.len() as u32));
+        }
+        Self { slots, neighbours }
+    }
+
     fn of(&self, node: u32) -> &[u32] {
         match self.slots.get(&node) {
             Some(&(offset, count)) => &self.neighbours[offset as usize..(offset + count) as usize],
@@ -112,13 +124,22 @@ impl<'a> Reader<'a> {
 }
 
 /// One search's inputs (see [`FlatGraph::search`]).
-struct Walk<'a> {
-    vectors: &'a [f32],
-    dim: usize,
-    query: &'a [f32],
-    ef: usize,
-    allowed: Option<&'a dyn Fn(u32) -> bool>,
-    two_hop: bool,
+#[derive(Clone, Copy)]
+pub struct Walk<'a> {
+    /// Node `i`'s vector is `vectors[i * dim..(i + 1) * dim]`.
+    pub vectors: &'a [f32],
+    pub dim: usize,
+    pub query: &'a [f32],
+    /// The breadth.
+    pub ef: usize,
+    /// Which nodes may be returned (all when `None`).
+    pub allowed: Option<&'a dyn Fn(u32) -> bool>,
+    pub two_hop: bool,
+    /// Codes of the vectors to score the walk on (the results are rescored exactly).
+    pub codes: Option<&'a Codes>,
+    /// With `codes`: how many of the best results by the codes' scores are rescored and
+    /// returned (0: all of them).
+    pub rescore: usize,
 }
 
 /// Per-thread search state, reused across searches (and across indexes).
@@ -152,94 +173,80 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
-/// Asks the CPU to start loading `data` into the caches.
+/// Asks the CPU to start loading `data` into the caches (every 64-byte line of it).
 #[inline(always)]
-pub(crate) fn prefetch(data: &[f32]) {
+pub(crate) fn prefetch<T>(data: &[T]) {
     #[cfg(target_arch = "x86_64")]
-    for line in data.chunks(16) {
-        // SAFETY: a prefetch is a hint that never faults; the pointer is in bounds anyway.
-        #[allow(unused_unsafe)]
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                line.as_ptr().cast(),
-            )
-        };
+    {
+        let (start, bytes) = (data.as_ptr().cast::<i8>(), std::mem::size_of_val(data));
+        for offset in (0..bytes).step_by(64) {
+            // SAFETY: a prefetch is a hint that never faults; the pointer is in bounds anyway.
+            #[allow(unused_unsafe)]
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    start.wrapping_add(offset),
+                )
+            };
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = data;
 }
 
+/// How many neighbours ahead of the one being scored the walk prefetches.
+pub(crate) const AHEAD: usize = 8;
+
 impl FlatGraph {
-    /// Copies the graph of `index`, whose keys are `start..start + len`.
-    pub fn from_usearch(index: &Index, start: usize, len: usize) -> Result<Self, String> {
-        if len > u32::MAX as usize {
-            return Err(format!("{len} rows do not fit 32-bit node ids"));
-        }
-        if len == 0 {
-            return Ok(Self {
-                stride: 1,
-                base: Vec::new(),
-                upper: Vec::new(),
-                entry: 0,
-                len,
-            });
-        }
-        let local = |key: u64| -> Result<u32, String> {
-            (key as usize)
-                .checked_sub(start)
-                .filter(|&node| node < len)
-                .map(|node| node as u32)
-                .ok_or_else(|| format!("neighbour key {key} outside rows {start}..{}", start + len))
-        };
-        // usearch's base level holds up to twice the upper levels' connectivity.
-        let width = 2 * index.connectivity();
-        let stride = width + 1;
-        let mut base = vec![0u32; len * stride];
-        let levels = base
-            .par_chunks_mut(stride)
-            .enumerate()
-            .map_init(
-                || vec![0u64; width],
-                |keys, (node, slot)| -> Result<usize, String> {
-                    let key = (start + node) as u64;
-                    let mut cursor = index.neighbors(key, 0);
-                    if cursor.total() > width {
-                        return Err(format!(
-                            "node {key} has {} base neighbours, more than {width}",
-                            cursor.total()
-                        ));
-                    }
-                    let count = cursor.drain_into(keys);
-                    slot[0] = count as u32;
-                    for (entry, &k) in slot[1..].iter_mut().zip(&keys[..count]) {
-                        *entry = local(k)?;
-                    }
-                    Ok(index.level_of_key(key))
-                },
-            )
-            .collect::<Result<Vec<usize>, String>>()?;
-        let top = levels.iter().copied().max().unwrap_or(0);
-        let entry = levels.iter().position(|&l| l == top).unwrap_or(0) as u32;
-        let mut upper = Vec::with_capacity(top);
-        for level in 1..=top {
-            let mut slots = FxHashMap::default();
-            let mut neighbours = Vec::new();
-            for (node, _) in levels.iter().enumerate().filter(|(_, &l)| l >= level) {
-                let offset = neighbours.len() as u32;
-                for key in index.neighbors((start + node) as u64, level) {
-                    neighbours.push(local(key)?);
-                }
-                slots.insert(node as u32, (offset, neighbours.len() as u32 - offset));
-            }
-            upper.push(UpperLevel { slots, neighbours });
-        }
-        Ok(Self {
+    /// The graph from its parts: `base` holds `stride` words per node (its neighbour count,
+    /// then its neighbours), `upper[l - 1]` level `l`.
+    pub(crate) fn from_parts(
+        stride: usize,
+        base: Vec<u32>,
+        upper: Vec<UpperLevel>,
+        entry: u32,
+        len: usize,
+    ) -> Self {
+        debug_assert_eq!(base.len(), len * stride);
+        Self {
             stride,
             base,
             upper,
             entry,
             len,
-        })
+        }
+    }
+
+    /// Number of nodes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The node every search starts from.
+    #[cfg(test)]
+    pub(crate) fn entry(&self) -> u32 {
+        self.entry
+    }
+
+    /// Levels above the base.
+    #[cfg(test)]
+    pub(crate) fn upper_levels(&self) -> usize {
+        self.upper.len()
+    }
+
+    /// Most neighbours a node keeps on the base level.
+    #[cfg(test)]
+    pub(crate) fn base_width(&self) -> usize {
+        self.stride - 1
+    }
+
+    /// `node`'s neighbours on `level` (0: the base).
+    #[cfg(test)]
+    pub(crate) fn neighbours(&self, node: u32, level: usize) -> &[u32] {
+        if level == 0 {
+            self.base_neighbours(node)
+        } else {
+            self.upper[level - 1].of(node)
+        }
     }
 
     /// The copy as bytes, for [`FlatGraph::from_bytes`]: a magic tag, then little-endian
@@ -274,25 +281,23 @@ impl FlatGraph {
         out
     }
 
-    /// Reads [`FlatGraph::to_bytes`] output for keys `start..start + len`, checking every
-    /// count and node id; `Err` says what does not fit.
-    pub fn from_bytes(bytes: &[u8], start: usize, len: usize) -> Result<Self, String> {
+    /// Reads [`FlatGraph::to_bytes`] output, checking every count and node id; returns the
+    /// first row with the graph, or says what does not fit.
+    pub fn from_bytes(bytes: &[u8]) -> Result<(usize, Self), String> {
         let mut reader = Reader { bytes, at: 0 };
         if reader.take(FLAT_MAGIC.len())? != FLAT_MAGIC {
             return Err("not a dpr flat HNSW graph".into());
         }
         let header: Vec<usize> = (0..5).map(|_| reader.u64()).collect::<Result<_, _>>()?;
-        let [file_start, file_len, stride, entry, levels] = header[..] else {
+        let [start, len, stride, entry, levels] = header[..] else {
             unreachable!("five header fields")
         };
-        if (file_start, file_len) != (start, len) {
-            return Err(format!(
-                "graph covers rows {file_start}..{}, index rows {start}..{}",
-                file_start + file_len,
-                start + len
-            ));
-        }
-        if stride == 0 || (len > 0 && entry >= len) || levels > 64 {
+        if len > u32::MAX as usize
+            || start.checked_add(len).is_none()
+            || stride == 0
+            || (len > 0 && entry >= len)
+            || levels > 64
+        {
             return Err("bad header".into());
         }
         let node_ok = |n: u32| (n as usize) < len;
@@ -324,13 +329,16 @@ impl FlatGraph {
         if reader.at != bytes.len() {
             return Err("trailing bytes".into());
         }
-        Ok(Self {
-            stride,
-            base,
-            upper,
-            entry: entry as u32,
-            len,
-        })
+        Ok((
+            start,
+            Self {
+                stride,
+                base,
+                upper,
+                entry: entry as u32,
+                len,
+            },
+        ))
     }
 
     fn base_neighbours(&self, node: u32) -> &[u32] {
@@ -339,78 +347,135 @@ impl FlatGraph {
     }
 
     /// Up to `ef` nodes that `allowed` keeps (all when `None`), found by the HNSW walk with
-    /// breadth `ef`, best first. `vectors` holds node `i`'s vector at `i * dim`. With
-    /// `two_hop`, a disallowed neighbour is not scored; its own allowed neighbours are, up to
+    /// breadth `ef`, best first, with exact scores (`linalg::dot` of the query and the
+    /// vector; the walk itself scores `codes` when given). With `two_hop`, a disallowed neighbour is not scored; its own allowed neighbours are, up to
     /// a node's base-level width per expansion (ACORN-1); without, every neighbour is scored
     /// and only allowed ones enter the results (hnswlib's filtered search).
     ///
     /// # Panics
-    /// If `vectors` holds fewer than `len` rows of `dim` floats, or `query` is not `dim` long.
-    pub fn search(
-        &self,
-        vectors: &[f32],
-        dim: usize,
-        query: &[f32],
-        ef: usize,
-        allowed: Option<&dyn Fn(u32) -> bool>,
-        two_hop: bool,
-    ) -> Vec<Scored> {
+    /// If `vectors` holds fewer than `len` rows of `dim` floats, `codes` fewer than `len`
+    /// rows, or `query` is not `dim` long.
+    pub fn search(&self, walk: &Walk<'_>) -> Vec<Scored> {
+        let (vectors, dim, query) = (walk.vectors, walk.dim, walk.query);
         assert!(vectors.len() >= self.len * dim && query.len() == dim);
-        if self.len == 0 || ef == 0 {
+        if self.len == 0 || walk.ef == 0 {
             return Vec::new();
         }
-        let walk = Walk {
-            vectors,
-            dim,
-            query,
-            ef,
-            allowed,
-            two_hop: two_hop && allowed.is_some(),
+        let walk = &Walk {
+            two_hop: walk.two_hop && walk.allowed.is_some(),
+            ..*walk
         };
         let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
-        #[cfg(target_arch = "x86_64")]
-        let found = if linalg::x86::has_avx2_fma() {
-            // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-            unsafe { self.walk_avx2(&walk, &mut scratch) }
-        } else {
-            self.walk(&walk, &mut scratch, linalg::dot)
+        let vector = |node: u32| &vectors[node as usize * dim..][..dim];
+        let mut found = match walk.codes {
+            None => {
+                #[cfg(target_arch = "x86_64")]
+                if linalg::x86::has_avx2_fma() {
+                    // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
+                    unsafe { self.walk_avx2(walk, &mut scratch) }
+                } else {
+                    self.walk_with(
+                        walk,
+                        &mut scratch,
+                        |n| linalg::dot(query, vector(n)),
+                        |n| prefetch(vector(n)),
+                    )
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                self.walk_with(
+                    walk,
+                    &mut scratch,
+                    |n| linalg::dot(query, vector(n)),
+                    |n| prefetch(vector(n)),
+                )
+            }
+            Some(codes) => {
+                let scaled = codes.scaled(query);
+                #[cfg(target_arch = "x86_64")]
+                let mut found = if linalg::x86::has_avx2_fma() {
+                    // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
+                    unsafe { self.walk_codes_avx2(walk, &mut scratch, codes, &scaled) }
+                } else {
+                    self.walk_codes(walk, &mut scratch, codes, &scaled)
+                };
+                #[cfg(not(target_arch = "x86_64"))]
+                let mut found = self.walk_codes(walk, &mut scratch, codes, &scaled);
+                // The codes only steered the walk: the best `rescore` by their scores are
+                // scored exactly, and only exact scores are handed out.
+                if walk.rescore > 0 && found.len() > walk.rescore {
+                    found.sort_unstable_by(|a, b| b.cmp(a));
+                    found.truncate(walk.rescore);
+                }
+                found.iter().for_each(|s| prefetch(vector(s.node)));
+                for s in &mut found {
+                    s.score = linalg::dot(query, vector(s.node));
+                }
+                found
+            }
         };
-        #[cfg(not(target_arch = "x86_64"))]
-        let found = self.walk(&walk, &mut scratch, linalg::dot);
         SCRATCH.with(|s| *s.borrow_mut() = scratch);
+        found.sort_unstable_by(|a, b| b.cmp(a));
         found
     }
 
-    /// [`Self::walk`] compiled for AVX2+FMA, so that the dot product inlines into the loop.
+    /// [`Self::walk_with`] on exact scores, compiled for AVX2+FMA so that the dot product
+    /// inlines into the loop.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn walk_avx2(&self, walk: &Walk<'_>, scratch: &mut Scratch) -> Vec<Scored> {
+        let (vectors, dim, query) = (walk.vectors, walk.dim, walk.query);
+        let vector = |node: u32| &vectors[node as usize * dim..][..dim];
         // SAFETY: this function only runs where AVX2 and FMA are present.
-        let dot = |a: &[f32], b: &[f32]| unsafe { linalg::x86::dot(a, b) };
-        self.walk(walk, scratch, dot)
+        let score = |node: u32| unsafe { linalg::x86::dot(query, vector(node)) };
+        self.walk_with(walk, scratch, score, |node| prefetch(vector(node)))
     }
 
-    #[inline(always)]
-    fn walk(
+    /// [`Self::walk_with`] on the scores of `codes` (against the `scaled` query).
+    fn walk_codes(
         &self,
         walk: &Walk<'_>,
         scratch: &mut Scratch,
-        dot: impl Fn(&[f32], &[f32]) -> f32,
+        codes: &Codes,
+        scaled: &[f32],
+    ) -> Vec<Scored> {
+        let score = |node: u32| Codes::score(scaled, codes.of(node));
+        self.walk_with(walk, scratch, score, |node| prefetch(codes.of(node)))
+    }
+
+    /// [`Self::walk_codes`] compiled for AVX2+FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn walk_codes_avx2(
+        &self,
+        walk: &Walk<'_>,
+        scratch: &mut Scratch,
+        codes: &Codes,
+        scaled: &[f32],
+    ) -> Vec<Scored> {
+        // SAFETY: this function only runs where AVX2 and FMA are present.
+        let score = |node: u32| unsafe { Codes::score_avx2(scaled, codes.of(node)) };
+        self.walk_with(walk, scratch, score, |node| prefetch(codes.of(node)))
+    }
+
+    #[inline(always)]
+    fn walk_with(
+        &self,
+        walk: &Walk<'_>,
+        scratch: &mut Scratch,
+        score: impl Fn(u32) -> f32,
+        fetch: impl Fn(u32),
     ) -> Vec<Scored> {
         let Walk {
-            vectors,
-            dim,
-            query,
             ef,
             allowed,
             two_hop,
+            ..
         } = *walk;
-        let vector = |node: u32| &vectors[node as usize * dim..][..dim];
         let keeps = |node: u32| allowed.is_none_or(|keep| keep(node));
 
         // Greedy descent through the upper levels.
         let mut best = Scored {
-            score: dot(query, vector(self.entry)),
+            score: score(self.entry),
             node: self.entry,
         };
         for level in self.upper.iter().rev() {
@@ -418,7 +483,7 @@ impl FlatGraph {
                 let mut moved = false;
                 for &node in level.of(best.node) {
                     let candidate = Scored {
-                        score: dot(query, vector(node)),
+                        score: score(node),
                         node,
                     };
                     if candidate > best {
@@ -451,8 +516,12 @@ impl FlatGraph {
             if results.len() >= ef && current < results.peek().expect("non-empty").0 {
                 break;
             }
-            // Mark the unvisited neighbours and prefetch all their vectors first, so that
-            // their cache misses overlap instead of coming one after another.
+            // The next candidate's list is likely read next: start loading it now.
+            if let Some(next) = candidates.peek() {
+                prefetch(&self.base[next.node as usize * self.stride..][..self.stride]);
+            }
+            // Mark the unvisited neighbours, then score them with the vectors of the next
+            // few already on their way, so that cache misses overlap.
             fresh.clear();
             let width = self.stride - 1;
             for &node in self.base_neighbours(current.node) {
@@ -463,7 +532,6 @@ impl FlatGraph {
                 *seen = epoch;
                 if !two_hop || keeps(node) {
                     fresh.push(node);
-                    prefetch(vector(node));
                     continue;
                 }
                 // ACORN-1: reach past a disallowed neighbour to its allowed neighbours.
@@ -475,13 +543,19 @@ impl FlatGraph {
                     if *seen != epoch && keeps(second) {
                         *seen = epoch;
                         fresh.push(second);
-                        prefetch(vector(second));
                     }
                 }
             }
-            for &node in fresh.iter() {
+            let ahead = AHEAD;
+            for &node in fresh.iter().take(ahead) {
+                fetch(node);
+            }
+            for (i, &node) in fresh.iter().enumerate() {
+                if let Some(&later) = fresh.get(i + ahead) {
+                    fetch(later);
+                }
                 let candidate = Scored {
-                    score: dot(query, vector(node)),
+                    score: score(node),
                     node,
                 };
                 let worst = results.peek().map(|r| r.0);
@@ -496,8 +570,6 @@ impl FlatGraph {
                 }
             }
         }
-        let mut found: Vec<Scored> = results.drain().map(|r| r.0).collect();
-        found.sort_unstable_by(|a, b| b.cmp(a));
-        found
+        results.drain().map(|r| r.0).collect()
     }
 }

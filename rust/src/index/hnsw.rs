@@ -1,56 +1,55 @@
-// Over 400 lines because ~390 are tests; build, persistence and search share private state.
-//! Approximate top-k by inner product: an HNSW graph built by the `usearch` crate
-//! (inner-product metric), searched by dpr's own walk over a flat copy of it
+// Over 400 lines because ~400 are tests; build, persistence and search share private state.
+//! Approximate top-k by inner product: an HNSW graph built by dpr's own builder
+//! ([`crate::index::build`], inner-product metric) and searched by dpr's own walk
 //! ([`crate::index::graph`]), with row filters, an exact fallback, and exact scores.
 //!
-//! Why `usearch` and why the inner-product metric: see `benches/results/hnsw-crates.md`. In
-//! short, item vectors are not normalised; `hnsw_rs`'s `DistDot` asserts unit vectors and its
-//! search asserts non-negative distances, and the usual MIPS→L2 transform (an extra coordinate
+//! Why the inner-product metric: see `benches/results/hnsw-crates.md`. In short, item vectors
+//! are not normalised; `hnsw_rs`'s `DistDot` asserts unit vectors and its search asserts
+//! non-negative distances, and the usual MIPS→L2 transform (an extra coordinate
 //! `sqrt(M² - |x|²)`) made recall collapse on catalogues whose norms vary, in both crates.
-//! Why dpr walks the graph itself: searching through usearch measured 3-4x slower than
-//! hnswlib at the same recall (see [`crate::index::graph`]).
+//! Why dpr builds and walks the graph itself: through the `usearch` crate, searches measured
+//! 3-4x and builds 2-3x slower than hnswlib (`benches/results/retrieval.md` history).
 //!
 //! What this module adds on top of the graph:
 //!
-//! * **Exact scores and order.** Scores are [`crate::index::exact::dot`] on this index's own copy
-//!   of the rows, and the best `k` are ranked exactly as [`crate::index::exact::top_k`] ranks them
-//!   (higher score first, ties to the lower row, NaN last). A score therefore equals the exact
-//!   scan's score bit for bit.
+//! * **Exact scores and order.** The walk scores int8 codes of the rows
+//!   ([`crate::index::codes`]) and rescores its best `2k + 16` results; the scores handed out
+//!   are [`crate::index::exact::dot`] on this index's own copy of the rows, and the best `k`
+//!   are ranked exactly as [`crate::index::exact::top_k`] ranks them (higher score first, ties
+//!   to the lower row, NaN last). A score therefore equals the exact scan's score bit for bit.
 //! * **Filters that keep their promise.** The allowed rows come as a [`RowSet`] with its exact
 //!   size; a row outside it is never returned, and `min(k, allowed rows)` hits come back
 //!   whenever that many rows are allowed: [`policy::plan`] sends a filter keeping few rows to
 //!   the exact scan of just those rows, and a graph walk that still comes back short falls
 //!   back to the same scan. (Known bugs in this area: usearch #751 returned fewer than k,
 //!   hnsw_rs #27 returned filtered-out items.)
-//! * **Safe concurrency.** usearch inserts need one of a fixed number of per-thread contexts
-//!   reserved up front, and fail when all are taken; a small semaphore makes a builder thread
-//!   wait for a free context instead. Searches keep their state per thread.
+//! * **Safe concurrency.** The graph is immutable once built; searches keep their state per
+//!   thread.
+//! * **A checked file.** [`HnswIndex::save`] writes [`crate::index::file`]'s format, which
+//!   [`HnswIndex::load`] refuses when damaged or built for another catalogue.
 
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 
-use memmap2::{Mmap, MmapOptions};
-use rayon::prelude::*;
-use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
-
+use crate::index::build::{self, BuildParams};
+use crate::index::codes::Codes;
 use crate::index::exact::{self, Matrix};
-use crate::index::graph::FlatGraph;
+use crate::index::file;
+use crate::index::graph::{FlatGraph, Walk};
 use crate::index::policy::{self, Plan};
 use crate::index::rank::{rank_order, Hit};
 use crate::index::rowset::RowSet;
 
-/// Concurrent usearch inserts while building (searches use dpr's own walk); more builder
-/// threads wait for a free context. Each context costs a visited-set and two heaps of `ef`
-/// entries, so this can be generous.
-const CONTEXTS: usize = 64;
+/// The seed of the graph's levels (a fixed seed: one thread builds the same graph every time).
+const SEED: u64 = 0x5EED_D9B0;
 
-/// Largest accepted `connectivity` (usearch stores neighbour counts compactly; hnswlib's
-/// documentation recommends 2..100).
+/// Largest accepted `connectivity` (hnswlib's documentation recommends 2..100; the graph's
+/// base level keeps `2 * connectivity` neighbours a node).
 const MAX_CONNECTIVITY: usize = 1024;
 
-/// Graph construction and search settings, named as in hnswlib/usearch.
+/// Graph construction and search settings (hnswlib's `M`, `ef_construction` and `ef`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HnswParams {
     /// `M`: neighbours kept per node and layer (twice that on the bottom layer).
@@ -88,8 +87,6 @@ pub enum HnswError {
     Param { name: &'static str, message: String },
     /// An item holds a NaN or an infinity (the graph cannot place it).
     NonFinite { row: usize },
-    /// The HNSW library reported an error.
-    Backend(String),
     /// Saving or loading failed; `path` names the file.
     File { path: PathBuf, message: String },
 }
@@ -108,7 +105,6 @@ impl fmt::Display for HnswError {
             Self::ZeroDim => write!(f, "items have dimension 0; nothing to index"),
             Self::Param { name, message } => write!(f, "{name}: {message}"),
             Self::NonFinite { row } => write!(f, "item row {row} holds a NaN or an infinity"),
-            Self::Backend(message) => write!(f, "HNSW index error: {message}"),
             Self::File { path, message } => write!(f, "{}: {message}", path.display()),
         }
     }
@@ -116,54 +112,15 @@ impl fmt::Display for HnswError {
 
 impl std::error::Error for HnswError {}
 
-fn backend(err: impl fmt::Display) -> HnswError {
-    HnswError::Backend(err.to_string())
-}
-
-/// A counting semaphore over usearch's per-thread contexts (used by inserts).
-struct Contexts {
-    free: Mutex<usize>,
-    freed: Condvar,
-}
-
-/// Holds one context until dropped.
-struct ContextGuard<'a>(&'a Contexts);
-
-impl Contexts {
-    fn new(count: usize) -> Self {
-        Self {
-            free: Mutex::new(count),
-            freed: Condvar::new(),
-        }
-    }
-
-    fn acquire(&self) -> ContextGuard<'_> {
-        // A poisoned lock only means another thread panicked while counting; the count is intact.
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        while *free == 0 {
-            free = self.freed.wait(free).unwrap_or_else(|e| e.into_inner());
-        }
-        *free -= 1;
-        ContextGuard(self)
-    }
-}
-
-impl Drop for ContextGuard<'_> {
-    fn drop(&mut self) {
-        let mut free = self.0.free.lock().unwrap_or_else(|e| e.into_inner());
-        *free += 1;
-        self.0.freed.notify_one();
-    }
-}
-
 /// An HNSW graph over rows `start..start + len` of an item matrix, searched by inner product.
 pub struct HnswIndex {
-    /// Declared before `_file`: a viewed graph points into the mapping, so it is dropped first.
-    graph: Index,
-    /// The graph copied into the layout its searches walk (see [`crate::index::graph`]).
+    /// The graph in the layout its searches walk (see [`crate::index::graph`]).
     flat: FlatGraph,
-    /// The saved index file, mapped, when the graph is a view of it (see [`HnswIndex::load`]).
-    _file: Option<Mmap>,
+    /// The indexed rows as int8 codes, which the walks score (see [`crate::index::codes`]).
+    codes: Codes,
+    /// The build settings, kept in the saved file.
+    connectivity: usize,
+    expansion_add: usize,
     /// Item vectors for exact rescoring and the exact fallback: item row `base + i` is
     /// `vectors[i * dim..(i + 1) * dim]`. Shared with the caller's item table (no copy) or a
     /// copy of the indexed rows.
@@ -181,31 +138,11 @@ const _: () = {
     send_sync::<HnswIndex>()
 };
 
-/// Where [`HnswIndex::save`] puts the flat copy of the graph saved at `path`: beside it,
-/// with the extension `flat`, so that loading skips the copy.
-pub fn flat_path(path: &Path) -> PathBuf {
-    path.with_extension("flat")
-}
-
 /// Where a file bound for `path` is written before it is renamed into place.
 fn partial_path(path: &Path) -> PathBuf {
     let mut partial = path.as_os_str().to_owned();
     partial.push(format!(".{}.partial", std::process::id()));
     PathBuf::from(partial)
-}
-
-fn options(dim: usize, connectivity: usize, expansion_add: usize) -> IndexOptions {
-    IndexOptions {
-        dimensions: dim,
-        metric: MetricKind::IP,
-        quantization: ScalarKind::F32,
-        connectivity,
-        expansion_add,
-        // A search asks usearch for `max(k, ef)` results and usearch explores
-        // `max(expansion_search, count)`: 1 lets every call choose its own `ef`.
-        expansion_search: 1,
-        multi: false,
-    }
 }
 
 fn check_params(params: &HnswParams) -> Result<(), HnswError> {
@@ -231,6 +168,13 @@ fn check_params(params: &HnswParams) -> Result<(), HnswError> {
         return bad("expansion_search", "must be >= 1, got 0");
     }
     Ok(())
+}
+
+/// How many of a walk's best results by the int8 codes are rescored exactly when `k` are
+/// wanted: a margin for the codes' error (each score is off by at most half a step per
+/// dimension), which only a near-tie at the `k`-th place can exceed.
+fn rescored(k: usize) -> usize {
+    2 * k + 16
 }
 
 /// Checks that `range` lies inside `rows` rows and that those rows of `data` are finite.
@@ -319,26 +263,23 @@ impl HnswIndex {
     ) -> Result<Self, HnswError> {
         check_params(params)?;
         let dim = items.cols;
-        let graph = Index::new(&options(dim, params.connectivity, params.expansion_add))
-            .map_err(backend)?;
-        let threads = CONTEXTS.max(rayon::current_num_threads());
-        graph
-            .reserve_capacity_and_threads(rows.len(), threads)
-            .map_err(backend)?;
-        let contexts = Contexts::new(threads);
-        let vector = |row: usize| &items.data[(row - base) * dim..(row - base + 1) * dim];
-        rows.clone()
-            .into_par_iter()
-            .try_for_each(|row| {
-                let _context = contexts.acquire();
-                graph.add(row as u64, vector(row))
-            })
-            .map_err(backend)?;
-        let flat = FlatGraph::from_usearch(&graph, rows.start, rows.len()).map_err(backend)?;
+        let first = (rows.start - base) * dim;
+        let vectors = &items.data[first..first + rows.len() * dim];
+        let flat = build::build(
+            vectors,
+            dim,
+            rows.len(),
+            BuildParams {
+                m: params.connectivity,
+                ef_construction: params.expansion_add,
+                seed: SEED,
+            },
+        );
         Ok(Self {
-            graph,
+            codes: Codes::new(vectors, dim),
             flat,
-            _file: None,
+            connectivity: params.connectivity,
+            expansion_add: params.expansion_add,
             vectors: items.data,
             base,
             start: rows.start,
@@ -532,7 +473,16 @@ impl HnswIndex {
         let vectors = self.indexed_vectors();
         let mut hits: Vec<Hit> = self
             .flat
-            .search(vectors, self.dim, query, ef, keep, two_hop)
+            .search(&Walk {
+                vectors,
+                dim: self.dim,
+                query,
+                ef,
+                allowed: keep,
+                two_hop,
+                codes: Some(&self.codes),
+                rescore: rescored(k),
+            })
             .into_iter()
             .map(|s| Hit {
                 row: start + s.node as usize,
@@ -546,50 +496,45 @@ impl HnswIndex {
         hits
     }
 
-    /// Writes the graph (with its copy of the vectors) to `path` in usearch's format. The file
-    /// is written beside `path` and renamed into place, so an index viewing the old file (see
-    /// [`HnswIndex::load`]) keeps working and a failed save leaves the old file intact.
+    /// The graph (for tests of its shape).
+    #[cfg(test)]
+    pub(crate) fn graph(&self) -> &FlatGraph {
+        &self.flat
+    }
+
+    /// Writes the index to `path` in [`crate::index::file`]'s format (the graph, its
+    /// settings and sampled item vectors; the items themselves stay with the caller). The file
+    /// is written beside `path` and renamed into place, so a failed save leaves the old file
+    /// intact and a reader never sees half a file.
     pub fn save(&self, path: &Path) -> Result<(), HnswError> {
         let file_err = |message: String| HnswError::File {
             path: path.to_owned(),
             message,
         };
+        let bytes = file::encode(
+            &self.flat,
+            self.start,
+            self.dim,
+            self.connectivity,
+            self.expansion_add,
+            |row| self.vector(row),
+        );
         let partial = partial_path(path);
-        let name = partial
-            .to_str()
-            .ok_or_else(|| file_err("path is not valid UTF-8".into()))?;
-        let flat = flat_path(path);
-        let flat_partial = partial_path(&flat);
-        let written = self
-            .graph
-            .save(name)
-            .map_err(|e| format!("cannot save HNSW index: {e}"))
-            .and_then(|()| {
-                std::fs::write(&flat_partial, self.flat.to_bytes(self.start))
-                    .map_err(|e| format!("cannot write {}: {e}", flat.display()))
-            })
-            .and_then(|()| {
-                // The flat copy first: a reader that sees the new graph finds its copy too
-                // (and a stale copy is refused by its row range or rebuilt from the graph).
-                std::fs::rename(&flat_partial, &flat).map_err(|e| format!("cannot rename: {e}"))
-            })
+        let written = std::fs::write(&partial, bytes)
+            .map_err(|e| format!("cannot write: {e}"))
             .and_then(|()| {
                 std::fs::rename(&partial, path).map_err(|e| format!("cannot rename: {e}"))
             });
         if written.is_err() {
             let _ = std::fs::remove_file(&partial);
-            let _ = std::fs::remove_file(&flat_partial);
         }
         written.map_err(file_err)
     }
 
     /// Opens an index written by [`HnswIndex::save`] for the same `items` (copied). The file
-    /// must be an inner-product float32 index of the items' dimension whose keys are a range of
-    /// rows of `items`, and sampled rows must equal the stored vectors (a catalogue that changed
+    /// must be intact (its checksum), of the items' dimension, over a range of rows of `items`,
+    /// and its sampled vectors must equal those rows of `items` (a catalogue that changed
     /// since the index was saved is refused). The default `ef` is [`HnswParams::default`]'s.
-    ///
-    /// The graph is memory-mapped (pre-faulted), not copied. The file must not be modified
-    /// while the index is open (`save` replaces files, it never rewrites them).
     pub fn load(path: &Path, items: Matrix<'_>) -> Result<Self, HnswError> {
         if items.cols() == 0 {
             return Err(HnswError::ZeroDim);
@@ -614,99 +559,55 @@ impl HnswIndex {
             path: path.to_owned(),
             message,
         };
-        let name = path
-            .to_str()
-            .ok_or_else(|| file_err("path is not valid UTF-8".into()))?;
         if !path.is_file() {
             return Err(file_err("no such file".into()));
         }
-        let meta = Index::metadata(name)
-            .map_err(|e| file_err(format!("not a usearch HNSW index: {e}")))?;
-        if meta.metric != MetricKind::IP || meta.quantization != ScalarKind::F32 || meta.multi {
-            return Err(file_err(format!(
-                "expected an inner-product float32 index, found metric {:?}, scalars {:?}",
-                meta.metric, meta.quantization
-            )));
-        }
+        let bytes = std::fs::read(path).map_err(|e| file_err(format!("cannot read: {e}")))?;
+        let saved = file::decode(&bytes).map_err(file_err)?;
+        drop(bytes);
         let dim = items.cols;
-        if meta.dimensions != dim as u64 {
+        if saved.dim != dim {
             return Err(file_err(format!(
                 "index has dimension {} but items have dimension {dim}",
-                meta.dimensions,
+                saved.dim
             )));
         }
         let rows = items.rows();
-        let graph = Index::new(&options(dim, 16, 128)).map_err(backend)?;
-        // A viewed index keeps the thread contexts reserved before the view.
-        let threads = CONTEXTS.max(rayon::current_num_threads());
-        graph
-            .reserve_capacity_and_threads(1, threads)
-            .map_err(backend)?;
-        let file = std::fs::File::open(path).map_err(|e| file_err(e.to_string()))?;
-        // Searches walk the flat copy, so the graph file's pages are only faulted in up front
-        // (`populate`) when that copy must be made from them.
-        let saved_flat = std::fs::read(flat_path(path)).ok();
-        let mut options = MmapOptions::new();
-        if saved_flat.is_none() {
-            options.populate();
-        }
-        // SAFETY: the mapping is only read, and lives as long as the graph viewing it (field
-        // order in `HnswIndex`); replacing the file (as `save` does) leaves it intact.
-        let map =
-            unsafe { options.map(&file) }.map_err(|e| file_err(format!("cannot map: {e}")))?;
-        // SAFETY: `map` outlives the graph (moved into the index below, dropped after it).
-        unsafe { graph.view_from_buffer(&map) }
-            .map_err(|e| file_err(format!("cannot open HNSW index: {e}")))?;
-        graph.change_expansion_search(1);
-        let len = graph.size();
-        // Keys are a contiguous range of rows; find where it starts.
-        let start = (0..rows).find(|&r| graph.contains(r as u64)).unwrap_or(0);
-        let end = start + len;
-        if end > rows || (len > 0 && !graph.contains((end - 1) as u64)) {
+        let (start, len) = (saved.start, saved.graph.len());
+        if start + len > rows {
             return Err(file_err(format!(
                 "index holds {len} rows from row {start}, which items ({rows} rows) do not match"
             )));
         }
-        check_rows(&items.data, dim, rows, &(start..end))?;
-        // The copy saved beside the graph if it matches, else a fresh copy of the graph.
-        let flat = saved_flat.and_then(|bytes| FlatGraph::from_bytes(&bytes, start, len).ok());
-        let flat = match flat {
-            Some(flat) => flat,
-            None => FlatGraph::from_usearch(&graph, start, len).map_err(file_err)?,
+        check_rows(&items.data, dim, rows, &(start..start + len))?;
+        let params = HnswParams {
+            connectivity: saved.connectivity,
+            expansion_add: saved.expansion_add,
+            ..HnswParams::default()
         };
+        check_params(&params).map_err(|e| file_err(e.to_string()))?;
+        let first = start * dim;
         let index = Self {
-            graph,
-            flat,
-            _file: Some(map),
+            codes: Codes::new(&items.data[first..first + len * dim], dim),
+            flat: saved.graph,
+            connectivity: saved.connectivity,
+            expansion_add: saved.expansion_add,
             vectors: items.data,
             base: 0,
             start,
             len,
             dim,
-            expansion_search: HnswParams::default().expansion_search,
+            expansion_search: params.expansion_search,
         };
-        index.check_vectors().map_err(file_err)?;
-        Ok(index)
-    }
-
-    /// Compares the graph's stored vectors with the items at evenly spaced rows.
-    fn check_vectors(&self) -> Result<(), String> {
-        let mut stored = vec![0.0f32; self.dim];
-        let samples = self.len.min(64);
-        for s in 0..samples {
-            let row = self.start + s * self.len / samples;
-            let found = self
-                .graph
-                .get(row as u64, &mut stored)
-                .map_err(|e| e.to_string())?;
-            if found != 1 || stored != self.vector(row) {
-                return Err(format!(
+        for (row, stored) in &saved.samples {
+            if stored.as_slice() != index.vector(*row) {
+                return Err(file_err(format!(
                     "stored vector of row {row} differs from the items: the index was built \
                      for another catalogue"
-                ));
+                )));
             }
         }
-        Ok(())
+        Ok(index)
     }
 }
 
@@ -1043,9 +944,9 @@ mod tests {
                     .unwrap()
             })
             .collect();
-        // Many threads at once, more than the contexts reserved for building.
+        // Many threads at once, more than the cores.
         std::thread::scope(|s| {
-            for t in 0..CONTEXTS + 16 {
+            for t in 0..80 {
                 let (index, queries, serial, odd) = (&index, &queries, &serial, &odd);
                 s.spawn(move || {
                     for j in 0..queries.len() {
@@ -1069,9 +970,10 @@ mod tests {
         };
         let index = HnswIndex::build(items, 1..n, &params).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("items.usearch");
+        let path = dir.path().join("items.hnsw");
         index.save(&path).unwrap();
         let back = HnswIndex::load(&path, items).unwrap();
+        assert_eq!(back.graph().to_bytes(1), index.graph().to_bytes(1));
         assert_eq!((back.rows(), back.dim()), (1..n, d));
         let mut rng = Rng(11);
         for _ in 0..20 {
@@ -1085,10 +987,11 @@ mod tests {
         other.iter_mut().for_each(|v| *v *= 2.0);
         let changed = Matrix::new(&other, n, d).unwrap();
         let err = HnswIndex::load(&path, changed).unwrap_err();
-        assert!(err.to_string().contains("items.usearch"), "{err}");
-        let missing = dir.path().join("missing.usearch");
+        assert!(err.to_string().contains("items.hnsw"), "{err}");
+        assert!(err.to_string().contains("another catalogue"), "{err}");
+        let missing = dir.path().join("missing.hnsw");
         let err = HnswIndex::load(&missing, items).unwrap_err();
-        assert!(err.to_string().contains("missing.usearch"), "{err}");
+        assert!(err.to_string().contains("missing.hnsw"), "{err}");
         let narrow = Matrix::new(&data[..n * 6], n, 6).unwrap();
         assert!(HnswIndex::load(&path, narrow).is_err());
         let fewer = Matrix::new(&data[..(n / 2) * d], n / 2, d).unwrap();
@@ -1096,36 +999,47 @@ mod tests {
     }
 
     #[test]
-    fn the_flat_copy_is_saved_and_a_bad_one_is_rebuilt_from_the_graph() {
+    fn a_damaged_or_foreign_file_is_refused_with_a_clear_error() {
         let (n, d) = (1_500, 8);
         let data = catalogue(n, d, 12);
         let items = Matrix::new(&data, n, d).unwrap();
         let index = HnswIndex::build(items, 1..n, &HnswParams::default()).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("items.usearch");
+        let path = dir.path().join("index.hnsw");
         index.save(&path).unwrap();
-        let flat = flat_path(&path);
-        let saved = std::fs::read(&flat).unwrap();
-        let read = FlatGraph::from_bytes(&saved, 1, n - 1).unwrap();
-        assert_eq!(read.to_bytes(1), saved);
-        assert!(FlatGraph::from_bytes(&saved, 0, n - 1).is_err());
-        assert!(FlatGraph::from_bytes(&saved[..saved.len() - 1], 1, n - 1).is_err());
-        let mut wrong = saved.clone();
-        let last = wrong.len() - 4;
-        wrong[last..].copy_from_slice(&(n as u32).to_le_bytes());
-        assert!(FlatGraph::from_bytes(&wrong, 1, n - 1).is_err());
+        let saved = std::fs::read(&path).unwrap();
+        let refused = |contents: &[u8], why: &str| {
+            std::fs::write(&path, contents).unwrap();
+            let err = HnswIndex::load(&path, items).unwrap_err().to_string();
+            assert!(err.contains("index.hnsw") && err.contains(why), "{err}");
+        };
+        // A flipped bit in a neighbour id, a truncated file, one byte more: the checksum.
+        let mut flipped = saved.clone();
+        flipped[saved.len() / 2] ^= 1;
+        refused(&flipped, "checksum");
+        refused(&saved[..saved.len() - 1], "checksum");
+        let mut longer = saved.clone();
+        longer.push(0);
+        refused(&longer, "checksum");
+        // Not an index file at all (an old usearch file, say): named as such.
+        refused(b"usearch-index-bytes", "not a dpr HNSW index file");
+        refused(b"", "not a dpr HNSW index file");
+        // A sound file for other rows of the items.
+        let other = HnswIndex::build(items, 0..n, &HnswParams::default()).unwrap();
+        other.save(&path).unwrap();
+        let fewer = Matrix::new(&data[..(n - 1) * d], n - 1, d).unwrap();
+        let err = HnswIndex::load(&path, fewer).unwrap_err().to_string();
+        assert!(err.contains("do not match"), "{err}");
+        // The intact file loads and answers as the built index does.
+        std::fs::write(&path, &saved).unwrap();
+        let back = HnswIndex::load(&path, items).unwrap();
         let mut rng = Rng(13);
-        let queries: Vec<Vec<f32>> = (0..10).map(|_| rng.gauss_vec(d)).collect();
-        let expected: Vec<Vec<Hit>> = queries
-            .iter()
-            .map(|q| index.search(q, 10, 0, None).unwrap())
-            .collect();
-        for contents in [saved, wrong, b"garbage".to_vec()] {
-            std::fs::write(&flat, contents).unwrap();
-            let back = HnswIndex::load(&path, items).unwrap();
-            for (q, want) in queries.iter().zip(&expected) {
-                assert_eq!(&back.search(q, 10, 0, None).unwrap(), want);
-            }
+        for _ in 0..10 {
+            let q = rng.gauss_vec(d);
+            assert_eq!(
+                back.search(&q, 10, 0, None).unwrap(),
+                index.search(&q, 10, 0, None).unwrap()
+            );
         }
     }
 }

@@ -1,8 +1,11 @@
-//! Retrieval: the exact inner-product scan, the HNSW graph (built by usearch, walked by dpr,
-//! saved in a flat file beside usearch's), the row sets filters select, and the policy
+//! Retrieval: the exact inner-product scan, the HNSW graph (built by dpr's builder, walked by
+//! dpr's search, saved in dpr's own file), the row sets filters select, and the policy
 //! choosing between them.
 
+mod build;
+mod codes;
 pub mod exact;
+mod file;
 mod graph;
 pub mod half;
 pub mod hnsw;

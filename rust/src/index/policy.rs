@@ -7,7 +7,7 @@ use crate::bundle::Attribute;
 
 /// The saved graph inside a bundle (optional; built at load time when absent). The Python side
 /// reads this name from `dpr._core.INDEX_FILE`.
-pub const INDEX_FILE: &str = "index.usearch";
+pub const INDEX_FILE: &str = "index.hnsw";
 
 /// Which search answers queries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

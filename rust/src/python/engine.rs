@@ -196,7 +196,7 @@ pub struct Engine {
 impl Engine {
     /// Loads and validates the bundle directory at `path`. `index`: "auto" (exact scan below
     /// 50k items, HNSW from there), "exact" or "hnsw"; the HNSW graph is read from the bundle's
-    /// `index.usearch` or built at load.
+    /// `index.hnsw` or built at load.
     #[new]
     /// `hit`: the tuple subclass `query` returns its hits as (default: plain tuples).
     #[pyo3(signature = (path, verify_checksums=true, cache_capacity=4096, index="auto", history_cache=4096, hit=None))]
@@ -667,7 +667,7 @@ impl Engine {
         Ok(out)
     }
 
-    /// Writes the HNSW graph to `path` (e.g. `BUNDLE/index.usearch`), building it if needed.
+    /// Writes the HNSW graph to `path` (e.g. `BUNDLE/index.hnsw`), building it if needed.
     fn save_index(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
         let model = &self.model;
         detached(py, "Engine.save_index", || model.save_index(&path))?.map_err(model_error)

@@ -61,7 +61,6 @@ pub(crate) fn prompt_error(err: PromptError) -> PyErr {
 
 pub(crate) fn hnsw_error(err: HnswError) -> PyErr {
     match err {
-        HnswError::Backend(_) => PyRuntimeError::new_err(err.to_string()),
         HnswError::File { .. } => PyOSError::new_err(err.to_string()),
         _ => PyValueError::new_err(err.to_string()),
     }

@@ -58,7 +58,7 @@ fn ef_arg(ef: Option<i64>) -> PyResult<usize> {
     ef.map_or(Ok(0), |ef| positive(ef, "ef"))
 }
 
-/// Approximate top-k by inner product over the rows of an item matrix (HNSW, usearch).
+/// Approximate top-k by inner product over the rows of an item matrix (dpr's HNSW graph).
 /// See `_core.pyi` for the contract.
 #[pyclass(frozen, name = "HnswIndex", module = "dpr._core")]
 pub struct PyHnswIndex {

@@ -1,0 +1,124 @@
+//! The item vectors as int8 codes (one scale per dimension), which the graph walk scores: a
+//! 64-float vector shrinks from four cache lines to one, and a walk waits mostly on those
+//! lines (measured at 10k and 100k items, d = 64: 1.1x and 1.4x the queries/s of walking the
+//! float vectors at equal recall). Scores from codes are approximate; the walk's results are
+//! rescored exactly before anyone sees them (see [`crate::index::graph`]).
+
+/// `codes[i * dim + j] * scale[j]` approximates vector `i`'s value `j`.
+pub struct Codes {
+    codes: Vec<i8>,
+    scale: Vec<f32>,
+    dim: usize,
+}
+
+impl Codes {
+    /// Codes of the `vectors.len() / dim` rows of `vectors` (finite values).
+    pub fn new(vectors: &[f32], dim: usize) -> Self {
+        let mut scale = vec![0.0f32; dim];
+        for row in vectors.chunks_exact(dim) {
+            for (s, v) in scale.iter_mut().zip(row) {
+                *s = s.max(v.abs());
+            }
+        }
+        for s in &mut scale {
+            *s = if *s > 0.0 { *s / 127.0 } else { 1.0 };
+        }
+        let codes = vectors
+            .chunks_exact(dim)
+            .flat_map(|row| {
+                row.iter()
+                    .zip(&scale)
+                    .map(|(v, s)| (v / s).round().clamp(-127.0, 127.0) as i8)
+            })
+            .collect();
+        Self { codes, scale, dim }
+    }
+
+    /// The query with each value multiplied by its dimension's scale, so that
+    /// [`Codes::score`] is a plain dot product with the codes.
+    pub fn scaled(&self, query: &[f32]) -> Vec<f32> {
+        query.iter().zip(&self.scale).map(|(q, s)| q * s).collect()
+    }
+
+    /// Node `node`'s codes.
+    #[inline(always)]
+    pub fn of(&self, node: u32) -> &[i8] {
+        &self.codes[node as usize * self.dim..][..self.dim]
+    }
+
+    /// The approximate score of `codes` against a [`Codes::scaled`] query.
+    #[inline(always)]
+    pub fn score(scaled: &[f32], codes: &[i8]) -> f32 {
+        scaled.iter().zip(codes).map(|(q, &c)| q * c as f32).sum()
+    }
+
+    /// The same score with AVX2 and FMA.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn score_avx2(scaled: &[f32], codes: &[i8]) -> f32 {
+        use std::arch::x86_64::*;
+        let n = scaled.len().min(codes.len());
+        let (q, c) = (scaled.as_ptr(), codes.as_ptr());
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let mut i = 0;
+        // SAFETY (all loads): i + 16 <= n, resp. i + 8 <= n, bounds both slices.
+        while i + 16 <= n {
+            let a = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(c.add(i).cast())));
+            let b = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(c.add(i + 8).cast())));
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i)), a, acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i + 8)), b, acc1);
+            i += 16;
+        }
+        if i + 8 <= n {
+            let a = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(c.add(i).cast())));
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i)), a, acc0);
+            i += 8;
+        }
+        let acc = _mm256_add_ps(acc0, acc1);
+        let quad = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+        let mut sum = _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)));
+        while i < n {
+            sum += scaled[i] * codes[i] as f32;
+            i += 1;
+        }
+        sum
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::linalg;
+
+    #[test]
+    fn codes_approximate_the_dot_product() {
+        let (n, dim) = (50, 37);
+        let vectors: Vec<f32> = (0..n * dim)
+            .map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0)
+            .collect();
+        let query: Vec<f32> = (0..dim).map(|i| (i as f32 * 0.37).sin()).collect();
+        let codes = Codes::new(&vectors, dim);
+        let scaled = codes.scaled(&query);
+        for (i, row) in vectors.chunks_exact(dim).enumerate() {
+            let exact = linalg::dot(&query, row);
+            let approx = Codes::score(&scaled, codes.of(i as u32));
+            let bound: f32 = query.iter().map(|q| q.abs() * 2.0 / 127.0).sum();
+            assert!((exact - approx).abs() <= bound, "{exact} vs {approx}");
+            #[cfg(target_arch = "x86_64")]
+            if linalg::x86::has_avx2_fma() {
+                // SAFETY: checked just above.
+                let simd = unsafe { Codes::score_avx2(&scaled, codes.of(i as u32)) };
+                assert!((simd - approx).abs() <= 1e-4 * approx.abs().max(1.0));
+            }
+        }
+        // A zero column keeps a usable scale.
+        let zeros = Codes::new(&[0.0; 8], 4);
+        assert_eq!(Codes::score(&zeros.scaled(&[1.0; 4]), zeros.of(1)), 0.0);
+    }
+}

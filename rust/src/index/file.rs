@@ -1,0 +1,120 @@
+//! The saved HNSW index file (a bundle's `index.hnsw`, see `docs/bundle.md`): the graph in
+//! the walk's layout, the build settings, sampled item vectors (so that a graph saved for
+//! another catalogue is refused), and a sha256 of all of it (so that a damaged file is refused
+//! rather than walked).
+//!
+//! Layout, little-endian: the tag `DPRHNSW1`; `u64` dimension, connectivity, expansion_add and
+//! the byte length of the graph block; the graph block ([`FlatGraph::to_bytes`]); `u64` sample
+//! count `s`, then the `s` sampled rows' vectors as `f32`s (row `first + i * rows / s` for `i`
+//! in `0..s`); the sha256 of everything before it (32 bytes).
+
+use sha2::{Digest, Sha256};
+
+use crate::index::graph::FlatGraph;
+
+const MAGIC: &[u8; 8] = b"DPRHNSW1";
+
+/// Rows whose vectors the file keeps, to recognise the catalogue it was built for.
+const SAMPLES: usize = 64;
+
+/// What an index file holds.
+pub struct Saved {
+    pub graph: FlatGraph,
+    /// The first item row (node `i` is row `start + i`).
+    pub start: usize,
+    pub dim: usize,
+    pub connectivity: usize,
+    pub expansion_add: usize,
+    /// `(row, vector)` of the sampled rows.
+    pub samples: Vec<(usize, Vec<f32>)>,
+}
+
+/// The item rows sampled from an index over rows `start..start + len`.
+pub fn sample_rows(start: usize, len: usize) -> impl Iterator<Item = usize> {
+    let count = len.min(SAMPLES);
+    (0..count).map(move |i| start + i * len / count)
+}
+
+/// The file's bytes. `vector(row)` is item row `row`'s vector (`dim` floats).
+pub fn encode<'a>(
+    graph: &FlatGraph,
+    start: usize,
+    dim: usize,
+    connectivity: usize,
+    expansion_add: usize,
+    vector: impl Fn(usize) -> &'a [f32],
+) -> Vec<u8> {
+    let block = graph.to_bytes(start);
+    let rows: Vec<usize> = sample_rows(start, graph.len()).collect();
+    let mut out = Vec::with_capacity(block.len() + 64 + rows.len() * dim * 4 + 32);
+    out.extend_from_slice(MAGIC);
+    for value in [dim, connectivity, expansion_add, block.len()] {
+        out.extend_from_slice(&(value as u64).to_le_bytes());
+    }
+    out.extend_from_slice(&block);
+    out.extend_from_slice(&(rows.len() as u64).to_le_bytes());
+    for row in rows {
+        out.extend(vector(row).iter().flat_map(|v| v.to_le_bytes()));
+    }
+    let digest = Sha256::digest(&out);
+    out.extend_from_slice(&digest);
+    out
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> Result<usize, String> {
+    let raw = bytes
+        .get(at..at + 8)
+        .ok_or("file too short")?
+        .try_into()
+        .expect("8 bytes");
+    usize::try_from(u64::from_le_bytes(raw)).map_err(|_| "value too large".to_string())
+}
+
+/// Reads [`encode`]'s output; `Err` says why the bytes are not a sound index file.
+pub fn decode(bytes: &[u8]) -> Result<Saved, String> {
+    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        return Err(
+            "not a dpr HNSW index file (the index.usearch files of earlier dpr \
+                    versions are not read: build the index and save it again)"
+                .into(),
+        );
+    }
+    let body_len = bytes.len().checked_sub(32).ok_or("file too short")?;
+    let (body, digest) = bytes.split_at(body_len);
+    if Sha256::digest(body).as_slice() != digest {
+        return Err("checksum mismatch: the file is damaged or truncated".into());
+    }
+    let field = |i: usize| u64_at(body, MAGIC.len() + 8 * i);
+    let (dim, connectivity, expansion_add, block_len) =
+        (field(0)?, field(1)?, field(2)?, field(3)?);
+    let block_at = MAGIC.len() + 32;
+    let block_end = block_at
+        .checked_add(block_len)
+        .filter(|&end| end <= body.len())
+        .ok_or("file too short")?;
+    let (start, graph) = FlatGraph::from_bytes(&body[block_at..block_end])?;
+    let count = u64_at(body, block_end)?;
+    let rows: Vec<usize> = sample_rows(start, graph.len()).collect();
+    let floats_at = block_end + 8;
+    let expected = rows.len().checked_mul(dim).and_then(|n| n.checked_mul(4));
+    if count != rows.len() || expected.and_then(|n| n.checked_add(floats_at)) != Some(body.len()) {
+        return Err("bad sample block".into());
+    }
+    let floats: Vec<f32> = body[floats_at..]
+        .chunks_exact(4)
+        .map(|w| f32::from_le_bytes(w.try_into().expect("4 bytes")))
+        .collect();
+    let samples = rows
+        .into_iter()
+        .zip(floats.chunks_exact(dim.max(1)))
+        .map(|(row, v)| (row, v.to_vec()))
+        .collect();
+    Ok(Saved {
+        graph,
+        start,
+        dim,
+        connectivity,
+        expansion_add,
+        samples,
+    })
+}
