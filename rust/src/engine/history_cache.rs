@@ -173,7 +173,9 @@ mod tests {
 
     #[test]
     fn many_threads_share_it_safely() {
-        let cache = HistoryCache::new(64);
+        // Room for every key in every shard, so nothing is evicted: each of the 64 keys can
+        // miss at most once per thread (threads racing on a key both compute it).
+        let cache = HistoryCache::new(1024);
         std::thread::scope(|scope| {
             for t in 0..8u32 {
                 let cache = &cache;
@@ -189,6 +191,6 @@ mod tests {
         });
         let stats = cache.stats();
         assert_eq!(stats.hits + stats.misses, 8 * 500);
-        assert!(stats.hits > 3000, "{stats:?}");
+        assert!(stats.misses <= 8 * 64, "{stats:?}");
     }
 }
