@@ -119,7 +119,7 @@ pub struct Model {
     /// Rows having each value of each attribute: every filter's allowed rows come from here.
     postings: Postings,
     index: OnceLock<HnswIndex>,
-    /// The float16 copy the exact scan reads first, when no graph serves queries and the copy
+    /// The bfloat16 copy the exact scan reads first, when no graph serves queries and the copy
     /// is small enough ([`HALF_COPY_MAX_BYTES`]).
     half: Option<HalfRows>,
     histories: HistoryCache,
@@ -429,8 +429,8 @@ impl Model {
             .map_err(|e| ModelError::Argument(e.to_string()))
     }
 
-    /// The float16 copy of the item table for the exact scan, unless it would exceed
-    /// [`HALF_COPY_MAX_BYTES`] or the table holds values float16 cannot.
+    /// The bfloat16 copy of the item table for the exact scan, unless it would exceed
+    /// [`HALF_COPY_MAX_BYTES`] or the table holds values too large for it.
     fn half_copy(&self) -> Option<HalfRows> {
         let values = (self.num_items + 1) * self.width;
         if values.saturating_mul(2) > HALF_COPY_MAX_BYTES {
@@ -439,7 +439,7 @@ impl Model {
         HalfRows::new(self.matrix().ok()?)
     }
 
-    /// The exact top-k among rows passing `keep`: from the float16 copy when there is one.
+    /// The exact top-k among rows passing `keep`: from the bfloat16 copy when there is one.
     fn scan(
         &self,
         items: Matrix<'_>,

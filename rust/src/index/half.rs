@@ -325,7 +325,7 @@ fn below(value: f64) -> f32 {
     }
 }
 
-/// [`exact::top_k_where`] on one thread, reading `half` (the float16 copy of `items`) first:
+/// [`exact::top_k_where`] on one thread, reading `half` (the bfloat16 copy of `items`) first:
 /// the same hits and scores. Falls back to the float32 scan where the copy cannot be exact
 /// (a query that is not finite or could overflow) or would not pay (`k` near the row count).
 pub fn top_k_where(

@@ -33,10 +33,10 @@ impl Retrieval {
     }
 }
 
-/// The exact scan reads a float16 copy of the item table ([`crate::index::half`]) when the
+/// The exact scan reads a bfloat16 copy of the item table ([`crate::index::half`]) when the
 /// copy takes at most this many bytes (~400k items of width 82; queries on larger catalogues
-/// use the graph by default). Measured on ML-1M's 3,125 × 82 table: a re-prompt's scan in
-/// `python benches/latency.py`, see `benches/results/latency.md`.
+/// use the graph by default). On ML-1M's 3,125 × 82 table the copy took a re-prompt's scan
+/// from ~17 to ~5 µs (`benches/results/profile.md`, first section).
 pub const HALF_COPY_MAX_BYTES: usize = 64 << 20;
 
 /// A row set holding more than `1 / DENSE_RATIO` of its universe is kept as a bitset, else as
