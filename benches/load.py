@@ -37,7 +37,8 @@ def make_bundle(path: Path, items: int, seed: int) -> Path:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     backbone = SASRec(items, dim=64, max_len=200)
-    model = DPR(backbone, DPRSteering(64, attribute_dim=len(GENRES)), values=GENRES).eval()
+    model = DPR(backbone, DPRSteering(64, attribute_dim=len(GENRES)),
+                columns=[("genre", g) for g in GENRES]).eval()
     picks = rng.integers(0, len(GENRES), size=(items, 2))
     catalogue = {"item_ids": list(range(1, items + 1)),
                  "titles": [f"item {i}" for i in range(1, items + 1)],
