@@ -65,6 +65,34 @@ def test_recall_at_10_default_params(data, index):
     assert r >= 0.98
 
 
+def test_calibrate_sets_the_smallest_breadth_reaching_the_target(data, tmp_path):
+    """`calibrate` measures recall on the caller's queries and keeps the first breadth that
+    reaches the target; fresh queries of the same kind get about that recall by default, and
+    a save keeps the breadth."""
+    items, queries = data
+    index = _core.HnswIndex(items)
+    ef, measured = index.calibrate(queries[:100], k=K, target=0.95)
+    assert index.expansion_search == ef and measured >= 0.95
+    assert ef < 1024
+    fresh = queries[100:]
+    truth = [exact(items, q, K) for q in fresh]
+    assert recall([index.search(q, K)[0] for q in fresh], truth) >= 0.93
+    path = tmp_path / "index.hnsw"
+    index.save(str(path))
+    assert _core.HnswIndex.load(str(path), items).expansion_search == ef
+    before = index.expansion_search
+    for bad in [dict(queries=queries[:0]), dict(queries=queries[:5, :4]), dict(k=0),
+                dict(target=0.0), dict(target=1.5), dict(target=float("nan"))]:
+        args = {"queries": queries[:5], "k": K, "target": 0.9, **bad}
+        with pytest.raises(ValueError):
+            index.calibrate(**args)
+    with_nan = queries[:5].copy()
+    with_nan[1, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        index.calibrate(with_nan)
+    assert index.expansion_search == before
+
+
 def test_scores_are_exact_inner_products_sorted(data, index):
     items, queries = data
     for q in queries[:20]:

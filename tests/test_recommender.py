@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import dpr
-from dpr import Recommender
+from dpr import Recommender, _core
 from dpr._core import INDEX_FILE
 
 if TYPE_CHECKING:
@@ -350,6 +350,29 @@ def test_saved_index_is_served_and_can_be_replaced_while_open(tiny: TinyBundle,
     assert viewing.query(history, PROMPTS[0], k=10) == before
     assert Recommender.load(bundle, index="hnsw").query(history, PROMPTS[0], k=10) == before
     assert not list(bundle.glob("*.partial")), "no partial file left behind"
+
+
+def test_calibrate_index_measures_on_user_vectors_and_the_saved_file_keeps_it(
+        tiny: TinyBundle, tmp_path: Path) -> None:
+    """`calibrate_index` measures recall on the steered vectors of the histories and prompts
+    given, against the exact scan; `save_index` keeps the breadth for later loads."""
+    bundle = tiny.copy_to(tmp_path)
+    rec = Recommender.load(bundle, index="hnsw")
+    histories = _tiny_histories(tiny, np.random.default_rng(8), 30)
+    ef, recall = rec.calibrate_index(histories, PROMPTS[0], k=10, target=0.9)
+    assert recall >= 0.9 or ef == 1024
+    path = rec.save_index()
+    items = np.vstack([np.zeros((1, rec.item_vectors().shape[1]), np.float32),
+                       rec.item_vectors()])
+    assert _core.HnswIndex.load(str(path), items).expansion_search == ef
+    per_history = [PROMPTS[i % len(PROMPTS)] for i in range(len(histories))]
+    assert rec.calibrate_index(histories, per_history, k=5, target=0.5)[1] >= 0.5
+    with pytest.raises(ValueError, match="prompts for"):
+        rec.calibrate_index(histories, per_history[:3])
+    with pytest.raises(ValueError, match="at least one history"):
+        rec.calibrate_index([])
+    with pytest.raises(ValueError, match="target"):
+        rec.calibrate_index(histories, target=2.0)
 
 
 def test_a_bundle_with_an_old_usearch_index_is_served_from_a_fresh_graph(

@@ -179,6 +179,10 @@ class Engine:
         """The steered attribute families and their values, in column order."""
     def save_index(self, path: str) -> None:
         """Write the HNSW graph (built if needed) to ``path``."""
+    def calibrate_index(self, queries: npt.ArrayLike, k: int,
+                        target: float | None = None) -> tuple[int, float]:
+        """Set the HNSW graph's default ``ef`` (built if needed) from representative user
+        vectors ``(B, d + A)``: see :meth:`HnswIndex.calibrate`."""
     @property
     def uses_hnsw(self) -> bool: ...
     @property
@@ -365,6 +369,22 @@ class HnswIndex:
 
         Raises:
             ValueError, TypeError: as for :meth:`search`.
+        """
+
+    def calibrate(self, queries: npt.ArrayLike, k: int = 10,
+                  target: float | None = None) -> tuple[int, float]:
+        """Make :attr:`expansion_search` the smallest breadth, of 16, 24, 32, 48, 64, 96, 128,
+        192, 256, 384, 512, 768 and 1024, at which :meth:`search` finds at least ``target``
+        (default 0.95: ``TARGET_RECALL`` in ``rust/src/index/policy.rs``) of the exact top ``k``
+        of ``queries`` (``(B, d)``, representative queries such as user vectors) on average;
+        the broadest if none does. :meth:`save` keeps it.
+
+        Returns:
+            ``(ef, recall)``: the breadth chosen and the recall measured there.
+
+        Raises:
+            ValueError: no queries, a query of another width or holding a NaN or an infinity,
+                ``k < 1``, or ``target`` outside ``(0, 1]``.
         """
 
     def __len__(self) -> int:

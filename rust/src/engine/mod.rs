@@ -455,17 +455,35 @@ impl Model {
         }
     }
 
-    /// Saves the HNSW graph (building it first if needed) to `file`.
-    pub fn save_index(&self, file: &Path) -> Result<(), ModelError> {
-        let index = match self.index.get() {
-            Some(index) => index,
+    /// The HNSW graph, built first if this model answers by the exact scan.
+    fn graph(&self) -> Result<&HnswIndex, ModelError> {
+        match self.index.get() {
+            Some(index) => Ok(index),
             None => {
                 let built = open_index(&self.table, self.width, self.num_items, Path::new(""))?;
-                self.index.get_or_init(|| built)
+                Ok(self.index.get_or_init(|| built))
             }
-        };
-        index
+        }
+    }
+
+    /// Saves the HNSW graph (building it first if needed) to `file`.
+    pub fn save_index(&self, file: &Path) -> Result<(), ModelError> {
+        self.graph()?
             .save(file)
+            .map_err(|e| ModelError::Argument(e.to_string()))
+    }
+
+    /// Sets the HNSW graph's default breadth from representative `queries` (steered user
+    /// vectors, `width` floats each), building the graph first if needed (see
+    /// [`HnswIndex::calibrate`]).
+    pub fn calibrate_index(
+        &self,
+        queries: Matrix<'_>,
+        k: usize,
+        target: f64,
+    ) -> Result<(usize, f64), ModelError> {
+        self.graph()?
+            .calibrate(queries, k, target)
             .map_err(|e| ModelError::Argument(e.to_string()))
     }
 

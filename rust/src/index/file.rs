@@ -3,16 +3,20 @@
 //! another catalogue is refused), and a sha256 of all of it (so that a damaged file is refused
 //! rather than walked).
 //!
-//! Layout, little-endian: the tag `DPRHNSW1`; `u64` dimension, connectivity, expansion_add and
-//! the byte length of the graph block; the graph block ([`FlatGraph::to_bytes`]); `u64` sample
-//! count `s`, then the `s` sampled rows' vectors as `f32`s (row `first + i * rows / s` for `i`
-//! in `0..s`); the sha256 of everything before it (32 bytes).
+//! Layout, little-endian: the tag `DPRHNSW2`; `u64` dimension, connectivity, expansion_add,
+//! expansion_search (the default `ef`) and the byte length of the graph block; the graph block
+//! ([`FlatGraph::to_bytes`]); `u64` sample count `s`, then the `s` sampled rows' vectors as
+//! `f32`s (row `first + i * rows / s` for `i` in `0..s`); the sha256 of everything before it
+//! (32 bytes). Files of the first format (`DPRHNSW1`, no expansion_search field) are still
+//! read.
 
 use sha2::{Digest, Sha256};
 
 use crate::index::graph::FlatGraph;
 
-const MAGIC: &[u8; 8] = b"DPRHNSW1";
+const MAGIC: &[u8; 8] = b"DPRHNSW2";
+/// The first format: the same without the expansion_search field.
+const MAGIC_V1: &[u8; 8] = b"DPRHNSW1";
 
 /// Rows whose vectors the file keeps, to recognise the catalogue it was built for.
 const SAMPLES: usize = 64;
@@ -25,6 +29,8 @@ pub struct Saved {
     pub dim: usize,
     pub connectivity: usize,
     pub expansion_add: usize,
+    /// The default `ef` (`None` in a first-format file).
+    pub expansion_search: Option<usize>,
     /// `(row, vector)` of the sampled rows.
     pub samples: Vec<(usize, Vec<f32>)>,
 }
@@ -42,13 +48,20 @@ pub fn encode<'a>(
     dim: usize,
     connectivity: usize,
     expansion_add: usize,
+    expansion_search: usize,
     vector: impl Fn(usize) -> &'a [f32],
 ) -> Vec<u8> {
     let block = graph.to_bytes(start);
     let rows: Vec<usize> = sample_rows(start, graph.len()).collect();
     let mut out = Vec::with_capacity(block.len() + 64 + rows.len() * dim * 4 + 32);
     out.extend_from_slice(MAGIC);
-    for value in [dim, connectivity, expansion_add, block.len()] {
+    for value in [
+        dim,
+        connectivity,
+        expansion_add,
+        expansion_search,
+        block.len(),
+    ] {
         out.extend_from_slice(&(value as u64).to_le_bytes());
     }
     out.extend_from_slice(&block);
@@ -72,7 +85,13 @@ fn u64_at(bytes: &[u8], at: usize) -> Result<usize, String> {
 
 /// Reads [`encode`]'s output; `Err` says why the bytes are not a sound index file.
 pub fn decode(bytes: &[u8]) -> Result<Saved, String> {
-    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+    let tag = bytes.get(..MAGIC.len());
+    let fields = match tag {
+        Some(t) if t == MAGIC => 5,
+        Some(t) if t == MAGIC_V1 => 4,
+        _ => 0,
+    };
+    if fields == 0 {
         return Err(
             "not a dpr HNSW index file (the index.usearch files of earlier dpr \
                     versions are not read: build the index and save it again)"
@@ -85,9 +104,10 @@ pub fn decode(bytes: &[u8]) -> Result<Saved, String> {
         return Err("checksum mismatch: the file is damaged or truncated".into());
     }
     let field = |i: usize| u64_at(body, MAGIC.len() + 8 * i);
-    let (dim, connectivity, expansion_add, block_len) =
-        (field(0)?, field(1)?, field(2)?, field(3)?);
-    let block_at = MAGIC.len() + 32;
+    let (dim, connectivity, expansion_add) = (field(0)?, field(1)?, field(2)?);
+    let expansion_search = if fields == 5 { Some(field(3)?) } else { None };
+    let block_len = field(fields - 1)?;
+    let block_at = MAGIC.len() + 8 * fields;
     let block_end = block_at
         .checked_add(block_len)
         .filter(|&end| end <= body.len())
@@ -115,6 +135,7 @@ pub fn decode(bytes: &[u8]) -> Result<Saved, String> {
         dim,
         connectivity,
         expansion_add,
+        expansion_search,
         samples,
     })
 }

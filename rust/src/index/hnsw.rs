@@ -31,6 +31,7 @@
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
 use crate::index::build::{self, BuildParams};
@@ -41,6 +42,10 @@ use crate::index::graph::{FlatGraph, Walk};
 use crate::index::policy::{self, Plan};
 use crate::index::rank::{rank_order, Hit};
 use crate::index::rowset::RowSet;
+
+/// The default `ef` of a new index, and of one read from a file of the first format (which did
+/// not keep one).
+const DEFAULT_EXPANSION_SEARCH: usize = 128;
 
 /// The seed of the graph's levels (a fixed seed: one thread builds the same graph every time).
 const SEED: u64 = 0x5EED_D9B0;
@@ -56,7 +61,8 @@ pub struct HnswParams {
     pub connectivity: usize,
     /// `ef_construction`: candidate list length while inserting.
     pub expansion_add: usize,
-    /// Default `ef` for [`HnswIndex::search`] (used when a call passes `ef = 0`).
+    /// Default `ef` for [`HnswIndex::search`] (used when a call passes `ef = 0`; see also
+    /// [`HnswIndex::calibrate`]).
     pub expansion_search: usize,
 }
 
@@ -65,7 +71,7 @@ impl Default for HnswParams {
         Self {
             connectivity: 16,
             expansion_add: 128,
-            expansion_search: 128,
+            expansion_search: DEFAULT_EXPANSION_SEARCH,
         }
     }
 }
@@ -129,7 +135,8 @@ pub struct HnswIndex {
     start: usize,
     len: usize,
     dim: usize,
-    expansion_search: usize,
+    /// The default breadth; [`HnswIndex::calibrate`] may change it while searches run.
+    expansion_search: AtomicUsize,
 }
 
 /// Searches from many threads at once are part of the contract.
@@ -285,8 +292,76 @@ impl HnswIndex {
             start: rows.start,
             len: rows.len(),
             dim,
-            expansion_search: params.expansion_search,
+            expansion_search: AtomicUsize::new(params.expansion_search),
         })
+    }
+
+    /// Makes the default breadth the smallest of [`policy::BREADTHS`] at which searches for
+    /// `queries` (rows of a matrix: representative queries, such as user vectors) find at
+    /// least `target` of their exact top `k` on average (the last breadth if none does), and
+    /// returns it with the recall measured there. Representative queries matter: an indexed
+    /// row's own vector is an easy query, because the graph's edges from that row are close
+    /// to its answer. Queries run in parallel on rayon's pool.
+    pub fn calibrate(
+        &self,
+        queries: Matrix<'_>,
+        k: usize,
+        target: f64,
+    ) -> Result<(usize, f64), HnswError> {
+        use rayon::prelude::*;
+
+        let bad = |name, message: String| Err(HnswError::Param { name, message });
+        if queries.cols() != self.dim {
+            return Err(HnswError::QueryDim {
+                expected: self.dim,
+                got: queries.cols(),
+            });
+        }
+        if queries.rows() == 0 {
+            return bad("queries", "need at least one query".into());
+        }
+        if let Some(bad_row) =
+            (0..queries.rows()).find(|&r| !queries.row(r).iter().all(|v| v.is_finite()))
+        {
+            return bad(
+                "queries",
+                format!("query {bad_row} holds a NaN or an infinity"),
+            );
+        }
+        if k == 0 {
+            return bad("k", "must be >= 1, got 0".into());
+        }
+        if !(target > 0.0 && target <= 1.0) {
+            return bad("target", format!("must lie in (0, 1], got {target}"));
+        }
+        let truths: Vec<Vec<usize>> = (0..queries.rows())
+            .into_par_iter()
+            .map(|q| {
+                self.exact(queries.row(q), k, &[])
+                    .iter()
+                    .map(|h| h.row)
+                    .collect()
+            })
+            .collect();
+        let wanted: usize = truths.iter().map(Vec::len).sum();
+        let mut measured = (policy::BREADTHS[policy::BREADTHS.len() - 1], 1.0);
+        for ef in policy::BREADTHS {
+            let found: usize = (0..queries.rows())
+                .into_par_iter()
+                .map(|q| {
+                    let breadth = ef.max(k).min(self.len);
+                    let hits = self.walk(queries.row(q), k, breadth, None, false);
+                    hits.iter().filter(|h| truths[q].contains(&h.row)).count()
+                })
+                .sum();
+            measured = (ef, found as f64 / wanted.max(1) as f64);
+            if measured.1 >= target || ef >= self.len {
+                break;
+            }
+        }
+        self.expansion_search
+            .store(measured.0, AtomicOrdering::Relaxed);
+        Ok(measured)
     }
 
     /// Number of indexed rows.
@@ -310,7 +385,7 @@ impl HnswIndex {
 
     /// The default `ef` (used when a search passes `ef = 0`).
     pub fn expansion_search(&self) -> usize {
-        self.expansion_search
+        self.expansion_search.load(AtomicOrdering::Relaxed)
     }
 
     /// The indexed rows as a matrix whose row `i` is item row `start + i`.
@@ -361,7 +436,7 @@ impl HnswIndex {
             return Ok(Vec::new());
         }
         // A breadth beyond the row count explores nothing more (and would only allocate).
-        let ef = if ef == 0 { self.expansion_search } else { ef }
+        let ef = if ef == 0 { self.expansion_search() } else { ef }
             .max(k)
             .min(self.len);
         // The graph cannot rank a non-finite query, and cannot beat a scan when every row is
@@ -427,7 +502,7 @@ impl HnswIndex {
             return self.search(query, k, ef, None);
         }
         let keep = |node: u32| excluded.binary_search(&(node as usize)).is_err();
-        let ef = if ef == 0 { self.expansion_search } else { ef }.max(k);
+        let ef = if ef == 0 { self.expansion_search() } else { ef }.max(k);
         let walked = k < self.len - excluded.len()
             && query.len() == self.dim
             && query.iter().all(|v| v.is_finite());
@@ -517,6 +592,7 @@ impl HnswIndex {
             self.dim,
             self.connectivity,
             self.expansion_add,
+            self.expansion_search(),
             |row| self.vector(row),
         );
         let partial = partial_path(path);
@@ -534,7 +610,7 @@ impl HnswIndex {
     /// Opens an index written by [`HnswIndex::save`] for the same `items` (copied). The file
     /// must be intact (its checksum), of the items' dimension, over a range of rows of `items`,
     /// and its sampled vectors must equal those rows of `items` (a catalogue that changed
-    /// since the index was saved is refused). The default `ef` is [`HnswParams::default`]'s.
+    /// since the index was saved is refused). The default `ef` is the one the file keeps.
     pub fn load(path: &Path, items: Matrix<'_>) -> Result<Self, HnswError> {
         if items.cols() == 0 {
             return Err(HnswError::ZeroDim);
@@ -583,7 +659,7 @@ impl HnswIndex {
         let params = HnswParams {
             connectivity: saved.connectivity,
             expansion_add: saved.expansion_add,
-            ..HnswParams::default()
+            expansion_search: saved.expansion_search.unwrap_or(DEFAULT_EXPANSION_SEARCH),
         };
         check_params(&params).map_err(|e| file_err(e.to_string()))?;
         let first = start * dim;
@@ -597,7 +673,7 @@ impl HnswIndex {
             start,
             len,
             dim,
-            expansion_search: params.expansion_search,
+            expansion_search: AtomicUsize::new(params.expansion_search),
         };
         for (row, stored) in &saved.samples {
             if stored.as_slice() != index.vector(*row) {
@@ -616,7 +692,7 @@ impl fmt::Debug for HnswIndex {
         f.debug_struct("HnswIndex")
             .field("rows", &self.rows())
             .field("dim", &self.dim)
-            .field("expansion_search", &self.expansion_search)
+            .field("expansion_search", &self.expansion_search())
             .finish_non_exhaustive()
     }
 }
@@ -678,11 +754,15 @@ mod tests {
     }
 
     #[test]
-    fn recall_at_10_with_default_params_on_20k_items() {
+    fn recall_at_10_at_ef_128_on_20k_items() {
         let (n, d) = (20_000, 32);
         let data = catalogue(n, d, 1);
         let items = Matrix::new(&data, n, d).unwrap();
-        let index = HnswIndex::build(items, 0..n, &HnswParams::default()).unwrap();
+        let params = HnswParams {
+            expansion_search: 128,
+            ..HnswParams::default()
+        };
+        let index = HnswIndex::build(items, 0..n, &params).unwrap();
         assert_eq!((index.len(), index.dim()), (n, d));
         let mut rng = Rng(2);
         let queries: Vec<Vec<f32>> = (0..100).map(|_| rng.gauss_vec(d)).collect();
@@ -695,7 +775,7 @@ mod tests {
             .map(|q| exact::top_k(items, q, 10, &[]).unwrap())
             .collect();
         let r = recall(&found, &truth);
-        println!("recall@10 at default params: {r:.4}");
+        println!("recall@10 at ef 128: {r:.4}");
         assert!(r >= 0.98, "recall@10 = {r}");
         for (f, q) in found.iter().zip(&queries) {
             assert_eq!(f.len(), 10);
@@ -960,6 +1040,98 @@ mod tests {
     }
 
     #[test]
+    fn calibration_picks_the_smallest_breadth_that_reaches_the_target_recall() {
+        let (n, d) = (20_000, 32);
+        let data = catalogue(n, d, 21);
+        let items = Matrix::new(&data, n, d).unwrap();
+        let index = HnswIndex::build(items, 0..n, &HnswParams::default()).unwrap();
+        assert_eq!(index.expansion_search(), DEFAULT_EXPANSION_SEARCH);
+        let mut rng = Rng(23);
+        let sample: Vec<f32> = (0..200).flat_map(|_| rng.gauss_vec(d)).collect();
+        let queries = Matrix::new(&sample, 200, d).unwrap();
+        let (ef, measured) = index.calibrate(queries, 10, 0.95).unwrap();
+        assert_eq!(index.expansion_search(), ef);
+        assert!(measured >= 0.95, "{ef}: {measured}");
+        let at = policy::BREADTHS.iter().position(|&b| b == ef).unwrap();
+        assert!(
+            at > 0,
+            "the smallest breadth already reaches the target: test too easy"
+        );
+        // Fresh queries of the same kind: the default reaches about the target there too,
+        // and the breadth below it falls short of it.
+        let fresh: Vec<Vec<f32>> = (0..300).map(|_| rng.gauss_vec(d)).collect();
+        let measure = |ef: usize| {
+            let found: Vec<Vec<Hit>> = fresh
+                .iter()
+                .map(|q| index.search(q, 10, ef, None).unwrap())
+                .collect();
+            let truth: Vec<Vec<Hit>> = fresh
+                .iter()
+                .map(|q| exact::top_k(items, q, 10, &[]).unwrap())
+                .collect();
+            recall(&found, &truth)
+        };
+        let (default, below) = (measure(0), measure(policy::BREADTHS[at - 1]));
+        println!(
+            "calibrated ef {ef}: recall {default:.4} (calibration {measured:.4}), below {below:.4}"
+        );
+        assert!(default >= 0.93, "{default}");
+        assert!(below < default, "{below} >= {default}");
+        // The calibrated breadth survives a save and a load.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.hnsw");
+        index.save(&path).unwrap();
+        assert_eq!(
+            HnswIndex::load(&path, items).unwrap().expansion_search(),
+            ef
+        );
+        // An unreachable target ends at the broadest breadth.
+        let (last, _) = index.calibrate(queries, 10, 1.0).unwrap();
+        assert!(last >= ef);
+        // Bad calls are errors, and leave the breadth as it was.
+        let before = index.expansion_search();
+        let narrow = Matrix::new(&sample[..200 * 4], 200, 4).unwrap();
+        assert!(matches!(
+            index.calibrate(narrow, 10, 0.9),
+            Err(HnswError::QueryDim { .. })
+        ));
+        assert!(index.calibrate(queries, 0, 0.9).is_err());
+        assert!(index.calibrate(queries, 10, 0.0).is_err());
+        assert!(index.calibrate(queries, 10, f64::NAN).is_err());
+        let none = Matrix::new(&[], 0, d).unwrap();
+        assert!(index.calibrate(none, 10, 0.9).is_err());
+        let mut nan = sample.clone();
+        nan[5] = f32::NAN;
+        let with_nan = Matrix::new(&nan, 200, d).unwrap();
+        assert!(index.calibrate(with_nan, 10, 0.9).is_err());
+        assert_eq!(index.expansion_search(), before);
+    }
+
+    #[test]
+    fn a_file_of_the_first_format_loads_with_its_fixed_breadth() {
+        let (n, d) = (1_000, 8);
+        let data = catalogue(n, d, 22);
+        let items = Matrix::new(&data, n, d).unwrap();
+        let index = HnswIndex::build(items, 0..n, &HnswParams::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.hnsw");
+        index.save(&path).unwrap();
+        // The same file as the first format wrote it: its tag, no expansion_search field.
+        let saved = std::fs::read(&path).unwrap();
+        let body = &saved[..saved.len() - 32];
+        let mut old = b"DPRHNSW1".to_vec();
+        old.extend_from_slice(&body[8..32]);
+        old.extend_from_slice(&body[40..]);
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(&old);
+        old.extend_from_slice(&digest);
+        std::fs::write(&path, &old).unwrap();
+        let back = HnswIndex::load(&path, items).unwrap();
+        assert_eq!(back.expansion_search(), DEFAULT_EXPANSION_SEARCH);
+        assert_eq!(back.graph().to_bytes(0), index.graph().to_bytes(0));
+    }
+
+    #[test]
     fn save_and_load_round_trip() {
         let (n, d) = (2_000, 12);
         let data = catalogue(n, d, 10);
@@ -975,6 +1147,7 @@ mod tests {
         let back = HnswIndex::load(&path, items).unwrap();
         assert_eq!(back.graph().to_bytes(1), index.graph().to_bytes(1));
         assert_eq!((back.rows(), back.dim()), (1..n, d));
+        assert_eq!(back.expansion_search(), index.expansion_search());
         let mut rng = Rng(11);
         for _ in 0..20 {
             let q = rng.gauss_vec(d);

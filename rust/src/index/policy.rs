@@ -33,6 +33,16 @@ impl Retrieval {
     }
 }
 
+/// The recall [`crate::index::hnsw::HnswIndex::calibrate`] aims at unless told otherwise.
+/// The fixed default breadth (`ef` 128) returned 0.81 of the exact top-10 on a graph of 1M
+/// items and 0.90 at 100k (`benches/results/retrieval-1m.md`, `retrieval.md`), so a large
+/// catalogue needs its breadth measured on queries like its own.
+pub const TARGET_RECALL: f64 = 0.95;
+
+/// The breadths calibration tries, in order: the first whose measured recall reaches the
+/// target becomes the index's default, else the last.
+pub const BREADTHS: [usize; 13] = [16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024];
+
 /// The exact scan reads a bfloat16 copy of the item table ([`crate::index::half`]) when the
 /// copy takes at most this many bytes (~400k items of width 82; queries on larger catalogues
 /// use the graph by default). On ML-1M's 3,125 × 82 table the copy took a re-prompt's scan

@@ -17,7 +17,7 @@ use super::detached;
 use super::errors::hnsw_error;
 use crate::index::exact::Matrix;
 use crate::index::hnsw::{self, HnswParams};
-use crate::index::policy::Plan;
+use crate::index::policy::{self, Plan};
 use crate::index::rowset::RowSet;
 
 /// A 1-D boolean mask of length `rows`, C-contiguous.
@@ -213,6 +213,29 @@ impl PyHnswIndex {
         })?
         .map_err(hnsw_error)?;
         hits_2d(py, padded, b, width)
+    }
+
+    /// Makes `expansion_search` the smallest breadth reaching `target` recall@k on `queries`
+    /// (see `_core.pyi`); returns it with the recall measured there.
+    #[pyo3(signature = (queries, k=10, target=None))]
+    fn calibrate(
+        &self,
+        py: Python<'_>,
+        queries: &Bound<'_, PyAny>,
+        k: i64,
+        target: Option<f64>,
+    ) -> PyResult<(usize, f64)> {
+        let target = target.unwrap_or(policy::TARGET_RECALL);
+        let k = positive(k, "k")?;
+        let queries = f32_array::<Ix2>(queries, "queries")?;
+        let (b, d) = (queries.shape()[0], queries.shape()[1]);
+        check_dim(self.index.dim(), d, "queries", "the index has")?;
+        let matrix = Matrix::new(queries.as_slice()?, b, d)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        detached(py, "HnswIndex.calibrate", || {
+            self.index.calibrate(matrix, k, target)
+        })?
+        .map_err(hnsw_error)
     }
 
     fn __len__(&self) -> usize {
