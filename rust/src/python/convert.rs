@@ -18,7 +18,7 @@ use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBool;
 
-use crate::index::exact::Hit;
+use crate::index::exact::{Hit, Matrix};
 
 /// `(ids, scores)` as handed back to Python.
 pub(crate) type Hits<'py, D> = (Bound<'py, PyArray<i64, D>>, Bound<'py, PyArray<f32, D>>);
@@ -42,6 +42,12 @@ pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
     obj.get_type()
         .name()
         .map_or_else(|_| "?".to_owned(), |n| n.to_string())
+}
+
+/// The rows of a 2-D array from [`f32_array`] as a [`Matrix`] (no copy).
+pub(crate) fn matrix_of<'a>(array: &'a PyReadonlyArray<'_, f32, Ix2>) -> PyResult<Matrix<'a>> {
+    let (rows, cols) = (array.shape()[0], array.shape()[1]);
+    Matrix::new(array.as_slice()?, rows, cols).map_err(|e| PyValueError::new_err(e.to_string()))
 }
 
 /// A read-only, C-contiguous float32 view of `obj`, converted per the module's input policy.

@@ -11,17 +11,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use numpy::ndarray::{Array2, ArrayView2, Ix2};
-use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods};
 use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
 
-use super::convert::{f32_array, non_negative, pad, positive, type_name};
+use super::convert::{f32_array, matrix_of, non_negative, pad, positive, type_name};
 use super::detached;
 use super::errors::{model_error, BundleFormatError};
 use crate::bundle::ItemId;
 use crate::engine::{check_strength, Filter, Model, ModelError, QueryOptions, Retrieval};
-use crate::index::exact::{Hit, Matrix};
+use crate::index::exact::Hit;
 
 /// The Python side of [`Engine::query`]'s hits, made once per engine: the class of a hit,
 /// `tuple.__new__` (which fills a tuple subclass without running Python code), and the
@@ -686,9 +686,7 @@ impl Engine {
         let k = positive(k, "k")?;
         let target = target.unwrap_or(crate::index::policy::TARGET_RECALL);
         let queries = f32_array::<Ix2>(queries, "queries")?;
-        let (rows, cols) = (queries.shape()[0], queries.shape()[1]);
-        let matrix = Matrix::new(queries.as_slice()?, rows, cols)
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let matrix = matrix_of(&queries)?;
         let model = &self.model;
         detached(py, "Engine.calibrate_index", || {
             model.calibrate_index(matrix, k, target)

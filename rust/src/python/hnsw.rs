@@ -12,10 +12,11 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use rayon::prelude::*;
 
-use super::convert::{check_dim, f32_array, hits_1d, hits_2d, non_negative, pad, positive, Hits};
+use super::convert::{
+    check_dim, f32_array, hits_1d, hits_2d, matrix_of, non_negative, pad, positive, Hits,
+};
 use super::detached;
 use super::errors::hnsw_error;
-use crate::index::exact::Matrix;
 use crate::index::hnsw::{self, HnswParams};
 use crate::index::policy::{self, Plan};
 use crate::index::rowset::RowSet;
@@ -85,15 +86,14 @@ impl PyHnswIndex {
             expansion_search: positive(expansion_search, "expansion_search")?,
         };
         let items = f32_array::<Ix2>(items, "items")?;
-        let (n, d) = (items.shape()[0], items.shape()[1]);
+        let n = items.shape()[0];
         let start = usize::from(skip_first_row);
         if start > n {
             return Err(PyValueError::new_err(
                 "skip_first_row=True needs at least one item row",
             ));
         }
-        let matrix = Matrix::new(items.as_slice()?, n, d)
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let matrix = matrix_of(&items)?;
         let index = detached(py, "HnswIndex", || {
             hnsw::HnswIndex::build(matrix, start..n, &params)
         })?
@@ -105,9 +105,8 @@ impl PyHnswIndex {
     #[staticmethod]
     fn load(py: Python<'_>, path: PathBuf, items: &Bound<'_, PyAny>) -> PyResult<Self> {
         let items = f32_array::<Ix2>(items, "items")?;
-        let (n, d) = (items.shape()[0], items.shape()[1]);
-        let matrix = Matrix::new(items.as_slice()?, n, d)
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let n = items.shape()[0];
+        let matrix = matrix_of(&items)?;
         let index = detached(py, "HnswIndex.load", || {
             hnsw::HnswIndex::load(&path, matrix)
         })?
@@ -228,10 +227,13 @@ impl PyHnswIndex {
         let target = target.unwrap_or(policy::TARGET_RECALL);
         let k = positive(k, "k")?;
         let queries = f32_array::<Ix2>(queries, "queries")?;
-        let (b, d) = (queries.shape()[0], queries.shape()[1]);
-        check_dim(self.index.dim(), d, "queries", "the index has")?;
-        let matrix = Matrix::new(queries.as_slice()?, b, d)
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        check_dim(
+            self.index.dim(),
+            queries.shape()[1],
+            "queries",
+            "the index has",
+        )?;
+        let matrix = matrix_of(&queries)?;
         detached(py, "HnswIndex.calibrate", || {
             self.index.calibrate(matrix, k, target)
         })?
