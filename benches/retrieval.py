@@ -20,7 +20,7 @@ import numpy as np
 
 from _common import DEFAULT_RESULTS, footer, machine, publish, rss_mib, table
 
-EFS = [10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512]
+EFS = [10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 320, 384, 448, 512]
 FILTER_EFS = [32, 64, 96, 128, 192, 256, 384, 512]
 HNSWLIB_FILTER_EFS = [64, 128, 256, 512]
 SHARES = [0.001, 0.01, 0.10, 0.50]

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::*};
 use std::sync::Mutex;
 
 use crate::index::graph::{prefetch, FlatGraph, Scored, UpperLevel, AHEAD};
+use crate::index::pages;
 use crate::nn::linalg;
 
 /// Highest level a node may get (the chance of reaching it with `M = 2` is 2^-24 per node).
@@ -186,7 +187,7 @@ impl<'a> Graph<'a> {
                 words += level as usize * (1 + m);
             }
         }
-        let atomics = |n: usize| (0..n).map(|_| AtomicU32::new(0)).collect::<Vec<_>>();
+        let atomics = |n: usize| pages::collected((0..n).map(|_| AtomicU32::new(0)));
         Self {
             vectors,
             m,
@@ -678,6 +679,7 @@ impl<'a> Graph<'a> {
         let len = self.levels.len();
         let (entry, top) = self.entry.into_inner().unwrap_or_else(|e| e.into_inner());
         let stride = 1 + 2 * self.m;
+        // Collected in place: the buffer (on huge pages, see `new`) is reused.
         let base: Vec<u32> = self.base.into_iter().map(AtomicU32::into_inner).collect();
         let mut upper = Vec::with_capacity(top);
         for level in 1..=top {

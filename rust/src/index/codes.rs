@@ -1,14 +1,28 @@
-//! The item vectors as int8 codes (one scale per dimension), which the graph walk scores: a
-//! 64-float vector shrinks from four cache lines to one, and a walk waits mostly on those
-//! lines (measured at 10k and 100k items, d = 64: 1.1x and 1.4x the queries/s of walking the
-//! float vectors at equal recall). Scores from codes are approximate; the walk's results are
+//! The item vectors as int8 codes (one scale per dimension), which the graph walk and the
+//! filtered gather-scan score: a 64-float vector shrinks from four cache lines to one, and a
+//! walk waits mostly on those lines (measured at 10k and 100k items, d = 64: 1.1x and 1.4x the
+//! queries/s of walking the float vectors at equal recall). Each row starts on its own line:
+//! packed at 64 bytes from a 16-byte-aligned buffer, every row straddled two lines, and at 1M
+//! items the gather-scan ran at a third of its speed (`benches/results/retrieval-1m.md`). Scores from codes are approximate; the walk's results are
 //! rescored exactly before anyone sees them (see [`crate::index::graph`]).
 
-/// `codes[i * dim + j] * scale[j]` approximates vector `i`'s value `j`.
+use crate::index::pages;
+
+/// One cache line of codes: the table is made of these, so every row starts on a line.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([i8; LINE]);
+
+const LINE: usize = 64;
+
+/// `codes[i * stride + j] * scale[j]` approximates vector `i`'s value `j`. Rows are `stride`
+/// bytes apart, a power of two up to a line and whole lines beyond, so that no row straddles
+/// more cache lines than its size needs (a row that did would cost two memory waits).
 pub struct Codes {
-    codes: Vec<i8>,
+    lines: Vec<Line>,
     scale: Vec<f32>,
     dim: usize,
+    stride: usize,
 }
 
 impl Codes {
@@ -23,15 +37,28 @@ impl Codes {
         for s in &mut scale {
             *s = if *s > 0.0 { *s / 127.0 } else { 1.0 };
         }
-        let codes = vectors
-            .chunks_exact(dim)
-            .flat_map(|row| {
-                row.iter()
-                    .zip(&scale)
-                    .map(|(v, s)| (v / s).round().clamp(-127.0, 127.0) as i8)
-            })
-            .collect();
-        Self { codes, scale, dim }
+        let stride = if dim <= LINE {
+            dim.max(1).next_power_of_two()
+        } else {
+            dim.next_multiple_of(LINE)
+        };
+        let rows = vectors.len() / dim.max(1);
+        let mut lines = pages::filled((rows * stride).div_ceil(LINE), Line([0; LINE]));
+        let bytes = as_bytes_mut(&mut lines);
+        for (out, row) in bytes
+            .chunks_exact_mut(stride)
+            .zip(vectors.chunks_exact(dim))
+        {
+            for ((o, v), s) in out.iter_mut().zip(row).zip(&scale) {
+                *o = (v / s).round().clamp(-127.0, 127.0) as i8;
+            }
+        }
+        Self {
+            lines,
+            scale,
+            dim,
+            stride,
+        }
     }
 
     /// The query with each value multiplied by its dimension's scale, so that
@@ -43,7 +70,7 @@ impl Codes {
     /// Node `node`'s codes.
     #[inline(always)]
     pub fn of(&self, node: u32) -> &[i8] {
-        &self.codes[node as usize * self.dim..][..self.dim]
+        &as_bytes(&self.lines)[node as usize * self.stride..][..self.dim]
     }
 
     /// The approximate score of `codes` against a [`Codes::scaled`] query.
@@ -91,6 +118,16 @@ impl Codes {
     }
 }
 
+fn as_bytes(lines: &[Line]) -> &[i8] {
+    // SAFETY: `Line` is `LINE` plain bytes with no padding (repr(C), size = align = 64).
+    unsafe { std::slice::from_raw_parts(lines.as_ptr().cast(), lines.len() * LINE) }
+}
+
+fn as_bytes_mut(lines: &mut [Line]) -> &mut [i8] {
+    // SAFETY: as in `as_bytes`; every byte pattern is a valid `i8`.
+    unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast(), lines.len() * LINE) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +152,19 @@ mod tests {
                 // SAFETY: checked just above.
                 let simd = unsafe { Codes::score_avx2(&scaled, codes.of(i as u32)) };
                 assert!((simd - approx).abs() <= 1e-4 * approx.abs().max(1.0));
+            }
+        }
+        // Rows start on a line, or share one without crossing its end.
+        for dim in [1, 8, 37, 64, 82, 130] {
+            let codes = Codes::new(&vec![0.5; 9 * dim], dim);
+            for node in 0..9 {
+                let row = codes.of(node);
+                let (at, len) = (row.as_ptr() as usize, row.len());
+                assert_eq!(len, dim);
+                assert!(
+                    at % 64 + len.min(64) <= 64 && (dim < 64 || at % 64 == 0),
+                    "{dim}"
+                );
             }
         }
         // A zero column keeps a usable scale.

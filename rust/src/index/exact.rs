@@ -168,7 +168,7 @@ impl Ord for Ranked {
 use super::graph::prefetch;
 use super::rank::{rank_cmp, rank_key};
 pub use super::rank::{rank_order, Hit};
-use super::rowset::{word_rows, RowSet};
+use super::rowset::{visit_rows, RowSet};
 pub use crate::nn::linalg::dot;
 use crate::nn::linalg::gemv;
 
@@ -427,38 +427,11 @@ pub fn top_k_among(
     if k == 0 {
         return Ok(Vec::new());
     }
-    match rows {
-        RowSet::Sorted(list) => {
-            let lo = list.partition_point(|&r| (r as usize) < first);
-            let hi = list.partition_point(|&r| (r as usize) < end);
-            let list = &list[lo..hi];
-            for (i, &row) in list.iter().enumerate() {
-                // Rows are scattered: start loading the vectors a few rows ahead.
-                if let Some(&ahead) = list.get(i + GATHER_AHEAD) {
-                    prefetch(items.row(ahead as usize - first));
-                }
-                let row = row as usize;
-                let score = dot(items.row(row - first), best.query);
-                best.offer(Hit { row, score }, k);
-            }
-        }
-        RowSet::Bits { words, .. } => {
-            let in_range = |r: &usize| (first..end).contains(r);
-            let last = end.div_ceil(64).min(words.len());
-            for w in first / 64..last {
-                // While this word's rows are scored, the next word's rows load.
-                if let Some(&next) = words.get(w + 1).filter(|_| w + 1 < last) {
-                    for row in word_rows(w + 1, next).filter(in_range) {
-                        prefetch(items.row(row - first));
-                    }
-                }
-                for row in word_rows(w, words[w]).filter(in_range) {
-                    let score = dot(items.row(row - first), best.query);
-                    best.offer(Hit { row, score }, k);
-                }
-            }
-        }
-    }
+    let fetch = |row: usize| prefetch(items.row(row - first));
+    visit_rows(rows, (first, end), GATHER_AHEAD, fetch, |row| {
+        let score = dot(items.row(row - first), best.query);
+        best.offer(Hit { row, score }, k);
+    });
     Ok(best.into_sorted())
 }
 
@@ -508,7 +481,7 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Reference: score everything, sort by the documented order, truncate.
@@ -530,9 +503,9 @@ mod tests {
     }
 
     /// Small deterministic generator (xorshift), so tests need no extra crate.
-    struct Rng(u64);
+    pub(crate) struct Rng(pub(crate) u64);
     impl Rng {
-        fn next(&mut self) -> u64 {
+        pub(crate) fn next(&mut self) -> u64 {
             self.0 ^= self.0 << 13;
             self.0 ^= self.0 >> 7;
             self.0 ^= self.0 << 17;

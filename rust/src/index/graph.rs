@@ -18,6 +18,7 @@ use std::collections::BinaryHeap;
 use rustc_hash::FxHashMap;
 
 use crate::index::codes::Codes;
+use crate::index::pages;
 use crate::nn::linalg;
 
 /// The graph over local nodes `0..len` (node `i` is item row `start + i` of its index).
@@ -116,10 +117,10 @@ impl<'a> Reader<'a> {
 
     fn words(&mut self, n: usize) -> Result<Vec<u32>, String> {
         let raw = self.take(n.checked_mul(4).ok_or("value too large")?)?;
-        Ok(raw
-            .chunks_exact(4)
-            .map(|w| u32::from_le_bytes(w.try_into().expect("4 bytes")))
-            .collect())
+        let words = raw.chunks_exact(4);
+        Ok(pages::collected(words.map(|w| {
+            u32::from_le_bytes(w.try_into().expect("4 bytes"))
+        })))
     }
 }
 

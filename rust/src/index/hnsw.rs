@@ -20,8 +20,8 @@
 //! * **Filters that keep their promise.** The allowed rows come as a [`RowSet`] with its exact
 //!   size; a row outside it is never returned, and `min(k, allowed rows)` hits come back
 //!   whenever that many rows are allowed: [`policy::plan`] sends a filter keeping few rows to
-//!   the exact scan of just those rows, and a graph walk that still comes back short falls
-//!   back to the same scan. (Known bugs in this area: usearch #751 returned fewer than k,
+//!   the exact scan of just those rows (read from the int8 codes first, [`gather`]), and a
+//!   graph walk that still comes back short falls back to the same scan. (Known bugs in this area: usearch #751 returned fewer than k,
 //!   hnsw_rs #27 returned filtered-out items.)
 //! * **Safe concurrency.** The graph is immutable once built; searches keep their state per
 //!   thread.
@@ -38,6 +38,7 @@ use crate::index::build::{self, BuildParams};
 use crate::index::codes::Codes;
 use crate::index::exact::{self, Matrix};
 use crate::index::file;
+use crate::index::gather;
 use crate::index::graph::{FlatGraph, Walk};
 use crate::index::policy::{self, Plan};
 use crate::index::rank::{rank_order, Hit};
@@ -531,6 +532,9 @@ impl HnswIndex {
 
     /// Exact top-k over the indexed rows in `set`, scoring just those.
     fn gather(&self, query: &[f32], k: usize, set: &RowSet) -> Vec<Hit> {
+        if query.iter().all(|v| v.is_finite()) {
+            return gather::top_k_among(self.matrix(), &self.codes, self.start, query, k, set);
+        }
         // The query length was checked against `dim`, the only error `top_k_among` reports.
         exact::top_k_among(self.matrix(), self.start, query, k, set).unwrap_or_default()
     }

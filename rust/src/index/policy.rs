@@ -74,13 +74,14 @@ pub enum Plan {
 const SCAN_MAX_ROWS: usize = 20_000;
 
 /// ... or keeping less than this share of the indexed rows. Measured one thread, d = 64,
-/// M = 16, the walk at the ef reaching recall@10 0.95 (`python benches/retrieval.py --sizes
-/// 10000,100000 --cache DIR` and `--sizes 1000000 --shares 0.001,0.01,0.1,0.2,0.5`, tables in
-/// `benches/results/retrieval.md` and `retrieval-1m.md`): at 1M items and 10% the scan (recall
-/// 1.0, 173 q/s) beats the walk, which never reaches 0.95 (0.949 at ef 512, 159 q/s); at 20%
-/// the walk wins 7× (0.955 at ef 192, 552 q/s; scan 76). At 100k items and 10% the scan wins
-/// 2.9× (5,514 against 1,877 q/s at ef 64), at 50% the walk wins 6.7× (3,501 at ef 128, scan
-/// 519). Below 10% the walk is slower still and loses recall (1M, 1%: 0.864 at ef 512).
+/// M = 16, the walk at the ef reaching recall@10 0.95, the scan on the int8 codes
+/// ([`crate::index::gather`]) (`python benches/retrieval.py --sizes 10000,100000` and `--sizes
+/// 1000000 --shares 0.01,0.1,0.2,0.5`, tables in `benches/results/retrieval.md` and
+/// `retrieval-1m.md`): at 1M items and 10% the scan (recall 1.0, 418 q/s) beats the walk,
+/// which needs ef 512 for 0.954 (231 q/s); at 20% the walk wins 3.6× (0.952 at ef 192, 814
+/// q/s; scan 227). At 100k items and 10% the scan wins 2.8× (7,725 against 2,773 q/s at ef
+/// 64), at 50% the walk wins 2.5× (4,810 at ef 128, scan 1,956). Below 10% the walk is slower
+/// still and loses recall (1M, 1%: 0.939 at ef 512, 34 q/s).
 const WALK_MIN_SHARE: f64 = 0.15;
 
 /// The planner: how a search for the best `k` of `allowed` (an exact count) of a graph's

@@ -118,6 +118,44 @@ impl RowSet {
     }
 }
 
+/// Calls `visit` for each row of `rows` in `first..end`, in increasing order, and `fetch` for
+/// the row about `ahead` rows later (so that a gather-scan's memory loads overlap).
+pub(crate) fn visit_rows(
+    rows: &RowSet,
+    (first, end): (usize, usize),
+    ahead: usize,
+    fetch: impl Fn(usize),
+    mut visit: impl FnMut(usize),
+) {
+    match rows {
+        RowSet::Sorted(list) => {
+            let lo = list.partition_point(|&r| (r as usize) < first);
+            let hi = list.partition_point(|&r| (r as usize) < end);
+            let list = &list[lo..hi];
+            for (i, &row) in list.iter().enumerate() {
+                if let Some(&later) = list.get(i + ahead) {
+                    fetch(later as usize);
+                }
+                visit(row as usize);
+            }
+        }
+        RowSet::Bits { words, count } => {
+            let in_range = |r: &usize| (first..end).contains(r);
+            let last = end.div_ceil(64).min(words.len());
+            // The word holding the rows about `ahead` allowed rows on, at this density.
+            let per_word = (*count as f64 / words.len().max(1) as f64).max(0.5);
+            let words_ahead = (ahead as f64 / per_word).ceil().max(1.0) as usize;
+            for w in first / 64..last {
+                let later = w + words_ahead;
+                if let Some(&bits) = words.get(later).filter(|_| later < last) {
+                    word_rows(later, bits).filter(in_range).for_each(&fetch);
+                }
+                word_rows(w, words[w]).filter(in_range).for_each(&mut visit);
+            }
+        }
+    }
+}
+
 /// The rows of bitset word `index` (bit `b` is row `64 * index + b`), in increasing order.
 pub(crate) fn word_rows(index: usize, word: u64) -> impl Iterator<Item = usize> {
     let mut bits = word;
