@@ -8,8 +8,8 @@ use super::GemmArgs;
 /// broadcast fill 29 of the 32 registers.
 const MR: usize = 6;
 
-/// [`super::gemm`]: columns in blocks of 64 (four vectors), then 16, then a masked rest; rows
-/// in tiles of [`MR`]. Every output is `bias + Σ_i x_i w_i`, one FMA per `i` in order: the
+/// [`super::gemm`]: columns in blocks of 64 (four vectors), then the rest in one tile of one
+/// to four vectors, the last masked; rows in tiles of [`MR`]. Every output is `bias + Σ_i x_i w_i`, one FMA per `i` in order: the
 /// same bits as the AVX2 kernel.
 ///
 /// # Safety
@@ -21,12 +21,19 @@ pub(super) unsafe fn gemm(g: &GemmArgs) {
         rows_of::<4>(g, c, 0xFFFF);
         c += 64;
     }
-    while c + 16 <= g.cols {
-        rows_of::<1>(g, c, 0xFFFF);
-        c += 16;
-    }
-    if c < g.cols {
-        rows_of::<1>(g, c, (1u16 << (g.cols - c)) - 1);
+    // The rest (under 64 columns: attention's key and head widths) in one tile as wide as it
+    // needs, so that each broadcast of `x` feeds as many FMAs as there are vectors.
+    let rest = g.cols - c;
+    let last = match rest % 16 {
+        0 => 0xFFFF,
+        lanes => (1u16 << lanes) - 1,
+    };
+    match rest.div_ceil(16) {
+        4 => rows_of::<4>(g, c, last),
+        3 => rows_of::<3>(g, c, last),
+        2 => rows_of::<2>(g, c, last),
+        1 => rows_of::<1>(g, c, last),
+        _ => {}
     }
 }
 
