@@ -375,6 +375,25 @@ def test_calibrate_index_measures_on_user_vectors_and_the_saved_file_keeps_it(
         rec.calibrate_index(histories, target=2.0)
 
 
+def test_an_exact_recommender_stays_exact_after_saving_or_calibrating_a_graph(
+        tiny: TinyBundle, tmp_path: Path) -> None:
+    """`save_index` and `calibrate_index` on a Recommender answering by the exact scan build a
+    graph for the file only: its own queries keep the exact answers, and a later load with
+    index="hnsw" serves the saved graph at the calibrated breadth."""
+    bundle = tiny.copy_to(tmp_path)
+    rec = Recommender.load(bundle, index="exact")
+    histories = _tiny_histories(tiny, np.random.default_rng(9), 12)
+    before = [rec.query(h, PROMPTS[0], k=10) for h in histories]
+    ef, _ = rec.calibrate_index(histories, PROMPTS[0], k=10, target=0.99)
+    path = rec.save_index()
+    assert not rec.uses_hnsw
+    assert [rec.query(h, PROMPTS[0], k=10) for h in histories] == before
+    items = np.vstack([np.zeros((1, rec.item_vectors().shape[1]), np.float32),
+                       rec.item_vectors()])
+    assert _core.HnswIndex.load(str(path), items).expansion_search == ef
+    assert Recommender.load(bundle, index="hnsw").uses_hnsw
+
+
 def test_a_bundle_with_an_old_usearch_index_is_served_from_a_fresh_graph(
         tiny: TinyBundle, tmp_path: Path) -> None:
     """Bundles saved before dpr built its own graph carry `index.usearch` and `index.flat`:

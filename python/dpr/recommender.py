@@ -122,7 +122,8 @@ class Recommender:
 
     def save_index(self, path: str | os.PathLike[str] | None = None) -> Path:
         """Save the HNSW graph (built if needed) so later loads read it instead of building;
-        default location: the bundle's `index.hnsw`. Returns the file written."""
+        default location: the bundle's `index.hnsw`. Returns the file written. A Recommender
+        answering by the exact scan keeps doing so: the graph it builds is only saved."""
         target = self.path / INDEX_FILE if path is None else Path(path)
         self._engine.save_index(str(target))
         return target
@@ -133,7 +134,8 @@ class Recommender:
         """Make the HNSW graph's default breadth (`ef`) the smallest that finds `target`
         (default 0.95, `HnswIndex.calibrate`) of the exact top `k` on average for these users:
         a sample of real histories and prompts (one prompt for all, or one per history). The
-        graph is built first if needed; `save_index()` then keeps the breadth in the file.
+        graph is built first if needed (and, as for `save_index`, not served by a Recommender
+        answering by the exact scan); `save_index()` then keeps the breadth in the file.
         Returns the breadth and the recall measured there. The built-in default (`ef` 128) may
         fall short of 0.95 on a large catalogue (`benches/results/calibration.md`)."""
         histories = list(histories)

@@ -118,7 +118,12 @@ pub struct Model {
     steered_families: Vec<SteerFamily>,
     /// Rows having each value of each attribute: every filter's allowed rows come from here.
     postings: Postings,
+    /// The graph that answers queries (set at load when the bundle's retrieval uses one).
     index: OnceLock<HnswIndex>,
+    /// A graph built only to be saved or calibrated by a model that answers by the exact
+    /// scan: it never answers this model's queries, so `save_index` does not turn exact
+    /// answers into approximate ones.
+    unserved: OnceLock<HnswIndex>,
     /// The bfloat16 copy the exact scan reads first, when no graph serves queries and the copy
     /// is small enough ([`HALF_COPY_MAX_BYTES`]).
     half: Option<HalfRows>,
@@ -361,6 +366,7 @@ impl Model {
             steered_families: std::mem::take(&mut bundle.steer.families),
             postings,
             index: OnceLock::new(),
+            unserved: OnceLock::new(),
             half: None,
             histories: HistoryCache::new(history_cache),
             takes_prompts,
@@ -455,15 +461,14 @@ impl Model {
         }
     }
 
-    /// The HNSW graph, built first if this model answers by the exact scan.
+    /// The HNSW graph to save or calibrate: the one answering queries, else one built now
+    /// (once) that queries keep ignoring.
     fn graph(&self) -> Result<&HnswIndex, ModelError> {
-        match self.index.get() {
-            Some(index) => Ok(index),
-            None => {
-                let built = open_index(&self.table, self.width, self.num_items, Path::new(""))?;
-                Ok(self.index.get_or_init(|| built))
-            }
+        if let Some(index) = self.index.get().or(self.unserved.get()) {
+            return Ok(index);
         }
+        let built = open_index(&self.table, self.width, self.num_items, Path::new(""))?;
+        Ok(self.unserved.get_or_init(|| built))
     }
 
     /// Saves the HNSW graph (building it first if needed) to `file`.
