@@ -13,13 +13,13 @@ from dpr.evaluate.protocols import BASELINES, ratios
 
 _NOTES = {
     "standard": "Empty prompt (method name alone) and a neutral prompt; should match the backbone.",
-    "positive": "The prompt asks for a genre of the held-out item; genre_share = share of the "
-                "top-k in that genre (higher is better).",
-    "negative": "The prompt forbids a genre the held-out item lacks; genre_share = share of the "
-                "top-k in the forbidden genre (lower is better).",
-    "compound": "The prompt asks for one genre and forbids another; genre_share = share in the "
-                "asked genre (higher is better), avoid_share = share in the forbidden one "
-                "(lower is better).",
+    "positive": "The prompt asks for a {family} value of the held-out item; genre_share = "
+                "share of the top-k with that value (higher is better).",
+    "negative": "The prompt forbids a {family} value the held-out item lacks; genre_share = "
+                "share of the top-k with the forbidden value (lower is better).",
+    "compound": "The prompt asks for one {family} value and forbids another; genre_share = "
+                "share with the asked value (higher is better), avoid_share = share with the "
+                "forbidden one (lower is better).",
     "cross-family": "The prompt asks for a value of each of two families and forbids one of the "
                     "first (evaluate/cross_family.py); genre_share = share in the first asked "
                     "value, also_share = in the second (higher is better), avoid_share = in the "
@@ -63,7 +63,8 @@ def steering_markdown(results: dict[str, Any], title: str) -> str:
              + (f"; seed {results['seed']}" if "seed" in results else "") + ".", ""]
     for protocol, block in results["protocols"].items():
         lines += [f"## {protocol}", "", f"{block['cases']} cases, {block['skipped']} skipped. "
-                  + _NOTES.get(protocol, ""), ""]
+                  + _NOTES.get(protocol, "").format(family=results.get("attribute", "genre")),
+                  ""]
         if block["examples"]:
             lines += ["Example prompts:", ""]
             lines += [f"- {_example_text(e)}" for e in block["examples"]]
