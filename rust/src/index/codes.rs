@@ -3,8 +3,9 @@
 //! walk waits mostly on those lines (measured at 10k and 100k items, d = 64: 1.1x and 1.4x the
 //! queries/s of walking the float vectors at equal recall). Each row starts on its own line:
 //! packed at 64 bytes from a 16-byte-aligned buffer, every row straddled two lines, and at 1M
-//! items the gather-scan ran at a third of its speed (`benches/results/retrieval-1m.md`). Scores from codes are approximate; the walk's results are
-//! rescored exactly before anyone sees them (see [`crate::index::graph`]).
+//! items the gather-scan ran at a third of its speed (`benches/results/retrieval-1m.md`).
+//! Scores from codes are approximate; the walk's results are rescored exactly before anyone
+//! sees them (see [`crate::index::graph`]).
 
 use crate::index::pages;
 

@@ -39,13 +39,13 @@ pub fn top_k_among(
     k: usize,
     rows: &RowSet,
 ) -> Vec<Hit> {
-    let scaled = codes.scaled(query);
-    let Some(bound) = error_bound(&scaled, items.cols()) else {
-        return exact::top_k_among(items, first, query, k, rows).unwrap_or_default();
-    };
     if k == 0 {
         return Vec::new();
     }
+    let scaled = codes.scaled(query);
+    let Some(bound) = error_bound(&scaled) else {
+        return exact::top_k_among(items, first, query, k, rows).unwrap_or_default();
+    };
     let end = first + items.rows();
     let mut kept = Kept::new(k, 2.0 * bound);
     let score = code_scorer();
@@ -59,10 +59,11 @@ pub fn top_k_among(
 }
 
 /// A bound on `|code score − exact score|` for every row, for the [`Codes::scaled`] query
-/// `scaled` of `dim` values: `½ Σ_j |q_j s_j|` for the codes' rounding, with a margin for
-/// float rounding in both scores (each sums `dim` products whose magnitudes add up to at most
+/// `scaled`: `½ Σ_j |q_j s_j|` for the codes' rounding, with a margin for float rounding in
+/// both scores (each sums `dim` products whose magnitudes add up to at most
 /// `127 Σ_j |q_j s_j|`). None when that could overflow.
-pub fn error_bound(scaled: &[f32], dim: usize) -> Option<f32> {
+pub fn error_bound(scaled: &[f32]) -> Option<f32> {
+    let dim = scaled.len();
     let sum: f64 = scaled.iter().map(|v| f64::from(v.abs())).sum();
     // Rounding: 2 · dim · 2⁻²⁴ relative on each score's 127 Σ|q s|, doubled for safety, plus
     // one part in a thousand for the codes' own rounding of x / s.
@@ -87,8 +88,10 @@ fn code_scorer() -> fn(&[f32], &[i8]) -> f32 {
 struct Kept {
     k: usize,
     margin: f32,
-    /// The best `k` code scores so far (rank keys, smallest on top).
-    best: BinaryHeap<Reverse<i32>>,
+    /// The best `k` code scores so far, as (rank key, bits), smallest on top.
+    best: BinaryHeap<Reverse<(i32, u32)>>,
+    /// The `k`-th best code score so far (−∞ until `k` rows were offered).
+    kth: f32,
     /// Rows within `margin` of the running `k`-th best when offered, with their code scores.
     rows: Vec<(u32, f32)>,
 }
@@ -99,49 +102,39 @@ impl Kept {
             k,
             margin,
             best: BinaryHeap::with_capacity(k + 1),
+            kth: f32::NEG_INFINITY,
             rows: Vec::new(),
         }
     }
 
-    /// The running `k`-th best code score (−∞ until `k` rows were offered).
-    fn kth(&self) -> f32 {
-        if self.best.len() < self.k {
-            return f32::NEG_INFINITY;
-        }
-        self.best
-            .peek()
-            .map_or(f32::NEG_INFINITY, |r| from_key(r.0))
-    }
-
     #[inline]
     fn offer(&mut self, row: u32, score: f32) {
-        let floor = self.kth();
-        if score < floor - self.margin {
+        if score < self.kth - self.margin {
             return;
         }
-        if score > floor || self.best.len() < self.k {
-            self.best.push(Reverse(rank_key(score)));
+        if score > self.kth {
+            self.best.push(Reverse((rank_key(score), score.to_bits())));
             if self.best.len() > self.k {
                 self.best.pop();
+            }
+            if self.best.len() == self.k {
+                self.kth = self
+                    .best
+                    .peek()
+                    .map_or(self.kth, |w| f32::from_bits(w.0 .1));
             }
         }
         self.rows.push((row, score));
     }
 
     fn into_rows(self) -> Vec<u32> {
-        let cut = self.kth() - self.margin;
+        let cut = self.kth - self.margin;
         self.rows
             .into_iter()
             .filter(|&(_, score)| score >= cut)
             .map(|(row, _)| row)
             .collect()
     }
-}
-
-/// The finite score whose [`rank_key`] is `key`.
-fn from_key(key: i32) -> f32 {
-    let bits = key ^ (((key >> 31) as u32) >> 1) as i32;
-    f32::from_bits(bits as u32)
 }
 
 #[cfg(test)]
@@ -153,13 +146,6 @@ mod tests {
     impl Rng {
         fn unit(&mut self) -> f32 {
             (self.next() % 1_000_001) as f32 / 500_000.0 - 1.0
-        }
-    }
-
-    #[test]
-    fn rank_keys_map_back_to_their_scores() {
-        for s in [0.0f32, -0.0, 1.5, -1.5, 1e-30, -3e20, f32::MAX, f32::MIN] {
-            assert_eq!(from_key(rank_key(s)), s + 0.0);
         }
     }
 
@@ -214,13 +200,13 @@ mod tests {
         for _ in 0..20 {
             let q: Vec<f32> = (0..dim).map(|_| rng.unit()).collect();
             let scaled = codes.scaled(&q);
-            let bound = error_bound(&scaled, dim).unwrap();
+            let bound = error_bound(&scaled).unwrap();
             for (i, row) in data.chunks_exact(dim).enumerate() {
                 let e = exact::dot(row, &q);
                 let a = code_scorer()(&scaled, codes.of(i as u32));
                 assert!((e - a).abs() <= bound, "{e} {a} {bound}");
             }
         }
-        assert_eq!(error_bound(&[f32::MAX; 4], 4), None);
+        assert_eq!(error_bound(&[f32::MAX; 4]), None);
     }
 }

@@ -15,7 +15,7 @@ const HUGE_PAGE: usize = 2 << 20;
 
 /// An empty vector with room for `capacity` values, whose memory the OS is asked to back
 /// with huge pages (a hint: where it is not honoured this is `Vec::with_capacity`).
-pub fn with_capacity<T>(capacity: usize) -> Vec<T> {
+fn with_capacity<T>(capacity: usize) -> Vec<T> {
     let v = Vec::with_capacity(capacity);
     advise(&v);
     v
