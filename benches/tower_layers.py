@@ -22,7 +22,7 @@ from dpr.evaluate.frames import interpret_report
 from dpr.models.intent import IntentHead
 from dpr.models.tower import PromptTower
 from dpr.prompts import Grammar
-from dpr.train.tower import TowerTrainConfig, train_tower
+from dpr.train.tower import TowerTrainConfig, WeightAverage, train_tower
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -38,6 +38,9 @@ def main() -> None:
     parser.add_argument("--encoder", type=Path, default=None, help="sentence encoder folder")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--name", default="tower-layers")
+    parser.add_argument("--average-from", type=float, nargs="*", default=[],
+                        help="also score, from the same run, the weights averaged over every "
+                             "step after these shares of the run")
     args = parser.parse_args()
 
     grammar = Grammar.load()
@@ -53,8 +56,12 @@ def main() -> None:
             config = TowerTrainConfig(tune_layers=layers, steps=args.steps,
                                       batch_size=args.batch_size, seed=seed, device=args.device,
                                       max_minutes=args.minutes)
+            averages = {start: WeightAverage([p for p in tower.parameters()
+                                               if p.requires_grad], start)
+                        for start in args.average_from}
             started = time.perf_counter()
-            report = train_tower(tower, grammar, config, progress=False)
+            report = train_tower(tower, grammar, config, progress=False,
+                                 averages=list(averages.values()))
             seconds = time.perf_counter() - started
 
             @torch.no_grad()
@@ -65,21 +72,32 @@ def main() -> None:
                     out.append(tower.intent.probabilities(e).float().cpu().numpy())
                 return np.concatenate(out)
 
-            row = {"tune_layers": layers, "seed": seed, "steps": report["steps"],
-                   "seconds": seconds, "final_loss": report["curve"][-1]["loss"]}
-            for split in ("valid", "heldout"):
-                result = interpret_report(readings, grammar, values, split=split, n=3000,
-                                          seed=seed)
-                row[split] = {"accuracy": result["accuracy"], "by_kind": result["by_kind"],
-                              "by_frame": result["by_frame"],
-                              "refused_read_as_asked": result["refused_read_as_asked"],
-                              "asked_read_as_refused": result["asked_read_as_refused"],
-                              "lowest": sorted(result["by_frame"].items(),
-                                               key=lambda kv: kv[1])[:6]}
-            rows.append(row)
-            print(json.dumps({k: row[k] for k in ("tune_layers", "seed", "seconds")}),
-                  "valid", round(row["valid"]["accuracy"], 3), "heldout",
-                  round(row["heldout"]["accuracy"], 3), row["heldout"]["by_kind"], flush=True)
+            for start, average in [(None, None), *averages.items()]:
+                if average is not None:
+                    average.swap()
+                row = {"tune_layers": layers, "seed": seed, "steps": report["steps"],
+                       "weights": "last step" if average is None
+                       else f"mean after {start:.0%} ({average.count} steps)",
+                       "seconds": seconds, "final_loss": report["curve"][-1]["loss"]}
+                for split in ("valid", "heldout"):
+                    result = interpret_report(readings, grammar, values, split=split, n=3000,
+                                              seed=seed)
+                    row[split] = {"accuracy": result["accuracy"], "by_kind": result["by_kind"],
+                                  "by_frame": result["by_frame"],
+                                  "refused_read_as_asked": result["refused_read_as_asked"],
+                                  "asked_read_as_refused": result["asked_read_as_refused"],
+                                  "lowest": sorted(result["by_frame"].items(),
+                                                   key=lambda kv: kv[1])[:6]}
+                if average is not None:
+                    average.swap()
+                rows.append(row)
+                print(json.dumps({k: row[k] for k in ("tune_layers", "seed", "weights",
+                                                      "seconds")}),
+                      "valid", round(row["valid"]["accuracy"], 3), "heldout",
+                      round(row["heldout"]["accuracy"], 3), row["heldout"]["by_kind"],
+                      "refused->asked", round(row["heldout"]["refused_read_as_asked"], 3),
+                      "asked->refused", round(row["heldout"]["asked_read_as_refused"], 3),
+                      flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     device = (torch.cuda.get_device_name() if args.device.startswith("cuda")
               else f"cpu, {torch.get_num_threads()} threads")
@@ -98,18 +116,18 @@ def markdown(rows: list[dict], device: str, args: argparse.Namespace) -> str:
              f"{' '.join(map(str, args.layers))} --steps {args.steps}"
              + (f" --minutes {args.minutes}" if args.minutes else "")
              + f" --device {args.device}`.", "",
-             "| tuned layers | seed | steps | valid | held-out | " + " | ".join(
+             "| tuned layers | seed | steps | weights | valid | held-out | " + " | ".join(
                  f"held-out {k}" for k in kinds) + " | train seconds |",
-             "|---|---|---|---|---|" + "---|" * len(kinds) + "---|"]
+             "|---|---|---|---|---|---|" + "---|" * len(kinds) + "---|"]
     for r in rows:
-        lines.append(f"| {r['tune_layers']} | {r['seed']} | {r['steps']} | "
+        lines.append(f"| {r['tune_layers']} | {r['seed']} | {r['steps']} | {r['weights']} | "
                      f"{r['valid']['accuracy']:.3f} | "
                      f"{r['heldout']['accuracy']:.3f} | " + " | ".join(
                          f"{r['heldout']['by_kind'].get(k, float('nan')):.3f}" for k in kinds)
                      + f" | {r['seconds']:.0f} |")
     lines += ["", "Lowest held-out frames per run:", ""]
     for r in rows:
-        lines.append(f"- {r['tune_layers']} layers, seed {r['seed']}: " + ", ".join(
+        lines.append(f"- {r['tune_layers']} layers, seed {r['seed']}, {r['weights']}: " + ", ".join(
             f"{f} {a:.2f}" for f, a in r["heldout"]["lowest"]))
     return "\n".join(lines) + "\n"
 

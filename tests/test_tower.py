@@ -14,6 +14,7 @@ from dpr.models.tower import PromptTower
 from dpr.prompts import Grammar, Rendering
 from dpr.train.tower import (
     TowerTrainConfig,
+    WeightAverage,
     _lr_factor,
     calibrate,
     intent_loss,
@@ -112,6 +113,21 @@ def test_the_learning_rate_warms_up_holds_and_decays():
     assert 0.1 < _lr_factor(100, 0.85) < 1.0
 
 
+def test_the_weight_average_is_the_mean_of_the_steps_after_its_start():
+    weight = torch.nn.Parameter(torch.zeros(2))
+    average = WeightAverage([weight], start=0.5)
+    for step, value in enumerate([10.0, 20.0, 1.0, 2.0, 6.0]):
+        weight.data.fill_(value)
+        average.update(done=step / 4)  # the last three steps are past the start
+    assert average.count == 3
+    average.swap()
+    torch.testing.assert_close(weight.data, torch.full((2,), 3.0))
+    average.swap()
+    torch.testing.assert_close(weight.data, torch.full((2,), 6.0))
+    with pytest.raises(ValueError, match="start"):
+        WeightAverage([weight], start=1.0)
+
+
 @pytest.fixture(scope="module")
 def tower():
     torch.manual_seed(0)
@@ -146,6 +162,18 @@ def test_training_moves_the_tuned_layer_and_the_saved_folder_serves_it(tower, tm
     assert (cosine > 0.9999).all()
     original = PromptEncoder().encode(prompts[:2])
     assert ((original * served[:2]).sum(1) < 0.99999).any()  # the weights did change
+
+
+def test_an_averaged_run_ends_on_the_mean_of_its_last_steps(tower):
+    trained = [p for p in tower.parameters() if p.requires_grad]
+    watched = WeightAverage(trained, start=0.5)
+    report = train_tower(tower, Grammar.load(),
+                         TowerTrainConfig(tune_layers=1, steps=6, batch_size=4,
+                                          average_from=0.5), progress=False,
+                         averages=[watched])
+    assert report["averaged_steps"] == watched.count == 3
+    for p, mean in zip(trained, watched.mean, strict=True):
+        torch.testing.assert_close(p.detach(), mean)  # the tower kept the same mean
 
 
 def test_a_time_budget_stops_the_tower(tower):

@@ -62,6 +62,10 @@ class TowerTrainConfig:
     pool_share: float = 0.3
     """At most this share of the time budget goes to building the pool (fewer prompts on a
     slow machine)."""
+    average_from: float | None = None
+    """Share of the run (steps or time budget) after which the trained weights are averaged
+    over every later step, and the average is what the tower keeps (stochastic weight
+    averaging, Izmailov et al., 2018). None: the last step's weights."""
     max_minutes: float | None = None
     seed: int = 0
     device: str = "cpu"
@@ -151,8 +155,11 @@ def intent_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def train_tower(tower: PromptTower, grammar: Grammar, config: TowerTrainConfig,
-                progress: bool = True) -> dict[str, Any]:
-    """Fine-tune `tower` in place; returns the curve and timing."""
+                progress: bool = True, averages: Sequence[WeightAverage] = ()
+                ) -> dict[str, Any]:
+    """Fine-tune `tower` in place; returns the curve and timing. With `config.average_from`,
+    the tower ends with the average of its weights over the rest of the run. `averages` are
+    further running averages to update at every step (left as they are, for comparison)."""
     rng = np.random.default_rng([config.seed, 11])
     torch.manual_seed(config.seed)
     started = time.perf_counter()
@@ -165,6 +172,10 @@ def train_tower(tower: PromptTower, grammar: Grammar, config: TowerTrainConfig,
         groups.append({"params": tower.encoder_parameters(), "lr": config.encoder_lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
     base = [group["lr"] for group in optimizer.param_groups]
+    trained = [p for p in tower.parameters() if p.requires_grad]
+    kept = (WeightAverage(trained, config.average_from)
+            if config.average_from is not None else None)
+    tracked = [a for a in (kept, *averages) if a is not None]
     tower.train()
     curve = [] if probe is None else [probe]
     bar = tqdm(total=config.steps, desc="stage 2a: prompt tower", disable=not progress)
@@ -185,6 +196,8 @@ def train_tower(tower: PromptTower, grammar: Grammar, config: TowerTrainConfig,
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        for average in tracked:
+            average.update(done)
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if step % 50 == 0:
@@ -194,10 +207,42 @@ def train_tower(tower: PromptTower, grammar: Grammar, config: TowerTrainConfig,
     if step:
         curve.append({"step": step - 1, "loss": float(loss.item()),
                       "seconds": time.perf_counter() - started})
+    if kept is not None and kept.count:
+        kept.swap()
     tower.eval()
     return {"config": config.to_dict(), "steps": step, "pool_prompts": len(pool),
+            "averaged_steps": 0 if kept is None else kept.count,
             "pool_seconds": pool.seconds, "curve": curve,
             "seconds": time.perf_counter() - started}
+
+
+class WeightAverage:
+    """The running mean of some parameters over the steps taken after a share `start` of the
+    run; `swap` exchanges the parameters with their mean in place (twice: back again)."""
+
+    def __init__(self, params: Sequence[torch.nn.Parameter], start: float) -> None:
+        if not 0.0 <= start < 1.0:
+            raise ValueError(f"an average must start within the run (0 <= start < 1), got {start}")
+        self.params = list(params)
+        self.start = start
+        self.count = 0
+        self.mean = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self, done: float) -> None:
+        """Fold in the current weights if the run is past `start` (`done`: share used)."""
+        if done < self.start:
+            return
+        self.count += 1
+        for mean, p in zip(self.mean, self.params, strict=True):
+            mean.lerp_(p.detach(), 1.0 / self.count)
+
+    @torch.no_grad()
+    def swap(self) -> None:
+        for mean, p in zip(self.mean, self.params, strict=True):
+            held = p.detach().clone()
+            p.copy_(mean)
+            mean.copy_(held)
 
 
 @dataclass
