@@ -14,7 +14,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from dpr.encoder import encoder_dir
@@ -56,21 +55,12 @@ def main() -> None:
             config = TowerTrainConfig(tune_layers=layers, steps=args.steps,
                                       batch_size=args.batch_size, seed=seed, device=args.device,
                                       max_minutes=args.minutes)
-            averages = {start: WeightAverage([p for p in tower.parameters()
-                                               if p.requires_grad], start)
+            averages = {start: WeightAverage(tower.trained_parameters(), start)
                         for start in args.average_from}
             started = time.perf_counter()
             report = train_tower(tower, grammar, config, progress=False,
                                  averages=list(averages.values()))
             seconds = time.perf_counter() - started
-
-            @torch.no_grad()
-            def readings(prompts: list[str], tower: PromptTower = tower) -> np.ndarray:
-                out = []
-                for lo in range(0, len(prompts), 256):
-                    e, _ = tower(prompts[lo:lo + 256])
-                    out.append(tower.intent.probabilities(e).float().cpu().numpy())
-                return np.concatenate(out)
 
             for start, average in [(None, None), *averages.items()]:
                 if average is not None:
@@ -80,7 +70,7 @@ def main() -> None:
                        else f"mean after {start:.0%} ({average.count} steps)",
                        "seconds": seconds, "final_loss": report["curve"][-1]["loss"]}
                 for split in ("valid", "heldout"):
-                    result = interpret_report(readings, grammar, values, split=split, n=3000,
+                    result = interpret_report(tower.readings, grammar, values, split=split, n=3000,
                                               seed=seed)
                     row[split] = {"accuracy": result["accuracy"], "by_kind": result["by_kind"],
                                   "by_frame": result["by_frame"],

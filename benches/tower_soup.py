@@ -15,7 +15,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from dpr.encoder import encoder_dir
@@ -41,18 +40,10 @@ def tuned(tower: PromptTower) -> dict[str, torch.nn.Parameter]:
 
 def score(tower: PromptTower, grammar: Grammar, values: list[tuple[str, str]], name: str
           ) -> dict:
-    @torch.no_grad()
-    def readings(prompts: list[str]) -> np.ndarray:
-        out = []
-        for lo in range(0, len(prompts), 256):
-            e, _ = tower(prompts[lo:lo + 256])
-            out.append(tower.intent.probabilities(e).float().numpy())
-        return np.concatenate(out)
-
     tower.eval()
     row: dict = {"weights": name}
     for split in ("valid", "heldout"):
-        result = interpret_report(readings, grammar, values, split=split, n=3000, seed=0)
+        result = interpret_report(tower.readings, grammar, values, split=split, n=3000, seed=0)
         row[split] = {k: result[k] for k in ("accuracy", "by_kind", "refused_read_as_asked",
                                             "asked_read_as_refused")}
     print(json.dumps({"weights": name, "valid": round(row["valid"]["accuracy"], 3),

@@ -165,7 +165,7 @@ def test_training_moves_the_tuned_layer_and_the_saved_folder_serves_it(tower, tm
 
 
 def test_an_averaged_run_ends_on_the_mean_of_its_last_steps(tower):
-    trained = [p for p in tower.parameters() if p.requires_grad]
+    trained = tower.trained_parameters()
     watched = WeightAverage(trained, start=0.5)
     report = train_tower(tower, Grammar.load(),
                          TowerTrainConfig(tune_layers=1, steps=6, batch_size=4,

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,6 +56,10 @@ class PromptTower(nn.Module):
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.encoder.parameters() if p.requires_grad]
+
+    def trained_parameters(self) -> list[nn.Parameter]:
+        """Every parameter that fine-tuning changes: the tuned layers and the read-out."""
+        return [p for p in self.parameters() if p.requires_grad]
 
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
         """(n, dim) L2-normalised mean-pooled states; blank prompts give zero rows."""
@@ -115,6 +120,15 @@ class PromptTower(nn.Module):
         """Embeddings `e` (n, dim) and intent logits (n, V, 3)."""
         e = self.embed(texts)
         return e, self.intent(e)
+
+    @torch.no_grad()
+    def readings(self, texts: Sequence[str], batch: int = 256) -> np.ndarray:
+        """(n, V, 3) read-out probabilities per value, float32 (zero for blank prompts)."""
+        texts = list(texts)
+        out = [self.intent.probabilities(self(texts[lo:lo + batch])[0]).float().cpu().numpy()
+               for lo in range(0, len(texts), batch)]
+        return np.concatenate(out) if out else np.zeros((0, self.intent.num_values, 3),
+                                                        dtype=np.float32)
 
     def _device(self) -> torch.device:
         return next(self.encoder.parameters()).device

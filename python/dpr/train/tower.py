@@ -172,8 +172,7 @@ def train_tower(tower: PromptTower, grammar: Grammar, config: TowerTrainConfig,
         groups.append({"params": tower.encoder_parameters(), "lr": config.encoder_lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
     base = [group["lr"] for group in optimizer.param_groups]
-    trained = [p for p in tower.parameters() if p.requires_grad]
-    kept = (WeightAverage(trained, config.average_from)
+    kept = (WeightAverage(tower.trained_parameters(), config.average_from)
             if config.average_from is not None else None)
     tracked = [a for a in (kept, *averages) if a is not None]
     tower.train()
