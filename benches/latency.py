@@ -41,11 +41,12 @@ class TorchReference:
         self.torch = torch
         self.model, config = model_from_bundle(bundle)
         _, tensors = load_bundle_tensors(bundle)
-        attribute = config["steer"].get("attribute")
-        attributes = tensors.get(f"items.attributes.{attribute}") if attribute else None
+        # A steered family's bundle matrix has exactly the steered values as columns, so the
+        # steered block is the families' matrices side by side, in the model's order.
+        blocks = [tensors[f"items.attributes.{family}"][1:] for family in self.model.families]
+        attributes = torch.from_numpy(np.concatenate(blocks, axis=1)) if blocks else None
         with torch.inference_mode():
-            self.items = self.model.item_vectors(
-                None if attributes is None else torch.from_numpy(attributes[1:].copy()))
+            self.items = self.model.item_vectors(attributes)
         self.max_len = int(config["backbone"]["max_len"])
 
     def prompt_input(self, embedding: Any) -> Any:

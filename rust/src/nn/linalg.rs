@@ -342,21 +342,18 @@ fn layer_norm_rows(x: &mut [f32], dim: usize, weight: &[f32], bias: &[f32], eps:
     }
 }
 
-/// `Σ f(x_i)` over eight interleaved partial sums, which the compiler keeps in SIMD lanes
-/// (a plain left-to-right float sum cannot be vectorised).
+/// `Σ f(x_i)` over sixteen interleaved partial sums, which the compiler keeps in SIMD lanes
+/// (a plain left-to-right float sum cannot be vectorised, and fewer lanes make a longer chain
+/// of dependent additions), totalled as the softmax's are.
 #[inline(always)]
 fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let chunks = x.chunks_exact(8);
-    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
-    for chunk in chunks {
+    let mut lanes = [0.0f32; SOFTMAX_LANES];
+    for chunk in x.chunks(SOFTMAX_LANES) {
         for (lane, &v) in lanes.iter_mut().zip(chunk) {
             *lane += f(v);
         }
     }
-    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
-        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
-        + tail
+    softmax_lanes_total(lanes)
 }
 
 #[inline]
@@ -417,21 +414,55 @@ fn scaled_softmax_poly(x: &mut [f32], scale: f32) {
         lanes[0] = lanes[0].max(*v);
     }
     let max = lanes.into_iter().fold(f32::NEG_INFINITY, f32::max);
-    for v in x.iter_mut() {
-        *v = exp_poly(*v - max);
+    let mut sums = [0.0f32; SOFTMAX_LANES];
+    for chunk in x.chunks_mut(SOFTMAX_LANES) {
+        for (sum, v) in sums.iter_mut().zip(chunk.iter_mut()) {
+            *v = exp_poly(*v - max);
+            *sum += *v;
+        }
     }
-    let inv = 1.0 / lane_sum(x, |v| v);
+    let inv = 1.0 / softmax_lanes_total(sums);
     for v in x {
         *v *= inv;
     }
 }
 
+/// The softmax's partial sums: value `i` of a row goes to lane `i % SOFTMAX_LANES`, in order
+/// (the AVX-512 kernel keeps them in one register, the other levels in an array).
+pub(super) const SOFTMAX_LANES: usize = 16;
+
+/// The total of the softmax's lanes, halving the width each step (one fixed order, so every
+/// level gives the same bits).
+#[inline(always)]
+pub(super) fn softmax_lanes_total(mut lanes: [f32; SOFTMAX_LANES]) -> f32 {
+    let mut width = SOFTMAX_LANES / 2;
+    while width > 0 {
+        for j in 0..width {
+            lanes[j] += lanes[j + width];
+        }
+        width /= 2;
+    }
+    lanes[0]
+}
+
+/// `ln 2` split in two for `exp_poly`'s argument reduction.
+pub(super) const LN2_HI: f32 = 0.693_359_4;
+pub(super) const LN2_LO: f32 = -2.121_944_4e-4;
+/// `exp_poly`'s polynomial: the leading coefficient, then the rest in Horner order.
+pub(super) const EXP_LEADING: f32 = 1.987_569_1e-4;
+pub(super) const EXP_COEFFICIENTS: [f32; 5] = [
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    0.166_666_65,
+    0.5,
+];
+
 /// `eˣ` for `x ≤ 0` (Cephes' `expf`: `x = n ln 2 + r`, a degree-6 polynomial in `r`), in
-/// operations that vectorise; below −87 it returns about 2⁻¹²⁶ instead of less.
+/// operations that vectorise; below −87 it returns about 2⁻¹²⁶ instead of less. The AVX-512
+/// kernel (`avx512::exp_poly`) runs the same operations on sixteen lanes.
 #[inline(always)]
 fn exp_poly(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
     let x = x.max(-87.0);
     // In [-126, 0] for the x ≤ 0 the callers pass; the clamp keeps the cast below exact (and
     // vectorisable: `as` would add a saturating, NaN-checking conversion per lane).
@@ -439,14 +470,8 @@ fn exp_poly(x: f32) -> f32 {
         .floor()
         .clamp(-126.0, 127.0);
     let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
-    let mut p = 1.987_569_1e-4f32;
-    for c in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        0.166_666_65,
-        0.5,
-    ] {
+    let mut p = EXP_LEADING;
+    for c in EXP_COEFFICIENTS {
         p = p.mul_add(r, c);
     }
     let y = p.mul_add(r * r, r) + 1.0;

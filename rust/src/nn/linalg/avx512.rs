@@ -96,13 +96,83 @@ unsafe fn tile<const R: usize, const NV: usize>(
     }
 }
 
-/// [`super::scaled_softmax`] compiled for AVX-512.
+/// [`super::scaled_softmax`] on whole registers, the last one masked: attention rows are
+/// short (one to a few dozen scores), so the compiled generic body spent most of its time in
+/// scalar tails. The same operations in the same order as that body: the same bits.
 ///
 /// # Safety
 /// The CPU must support AVX-512F, AVX2 and FMA.
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub(super) unsafe fn scaled_softmax(x: &mut [f32], scale: f32) {
-    super::scaled_softmax_poly(x, scale);
+    let n = x.len();
+    let p = x.as_mut_ptr();
+    let mask = |i: usize| -> __mmask16 {
+        if n - i >= 16 {
+            0xFFFF
+        } else {
+            (1u16 << (n - i)) - 1
+        }
+    };
+    let scale = _mm512_set1_ps(scale);
+    let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut i = 0;
+    while i < n {
+        let m = mask(i);
+        let v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, p.add(i)), scale);
+        _mm512_mask_storeu_ps(p.add(i), m, v);
+        max = _mm512_mask_max_ps(max, m, max, v);
+        i += 16;
+    }
+    let max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
+    let mut sum = _mm512_setzero_ps();
+    let mut i = 0;
+    while i < n {
+        let m = mask(i);
+        let e = exp_poly(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, p.add(i)), max));
+        _mm512_mask_storeu_ps(p.add(i), m, e);
+        sum = _mm512_mask_add_ps(sum, m, sum, e);
+        i += 16;
+    }
+    let mut lanes = [0.0f32; super::SOFTMAX_LANES];
+    _mm512_storeu_ps(lanes.as_mut_ptr(), sum);
+    let inv = _mm512_set1_ps(1.0 / super::softmax_lanes_total(lanes));
+    let mut i = 0;
+    while i < n {
+        let m = mask(i);
+        let v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, p.add(i)), inv);
+        _mm512_mask_storeu_ps(p.add(i), m, v);
+        i += 16;
+    }
+}
+
+/// `super::exp_poly` on sixteen lanes, operation for operation.
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn exp_poly(x: __m512) -> __m512 {
+    // `max` returns its second operand for a NaN, as `f32::max` returns the non-NaN one.
+    let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
+    let n = _mm512_add_ps(
+        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        _mm512_set1_ps(0.5),
+    );
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(n);
+    let n = _mm512_min_ps(
+        _mm512_max_ps(n, _mm512_set1_ps(-126.0)),
+        _mm512_set1_ps(127.0),
+    );
+    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-super::LN2_HI), x);
+    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-super::LN2_LO), r);
+    let mut p = _mm512_set1_ps(super::EXP_LEADING);
+    for c in super::EXP_COEFFICIENTS {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    let y = _mm512_add_ps(
+        _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r),
+        _mm512_set1_ps(1.0),
+    );
+    // `n` is a whole number in [-126, 127]: the conversion is exact.
+    let exponent = _mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127));
+    _mm512_mul_ps(y, _mm512_castsi512_ps(_mm512_slli_epi32::<23>(exponent)))
 }
 
 /// [`super::layer_norm`] compiled for this level.
