@@ -64,7 +64,8 @@ def to_markdown(r: dict[str, Any], command: str) -> str:
     return ("# Batch throughput: `query_batch`, queries/s (median of 5)\n\n"
             + table(["queries per call"] + [f"{t} thread(s)" for t in threads]
                     + [f"{threads[-1]} vs {threads[0]}"], rows)
-            + f"\nHistories of {r['history']} items, ten prompts (cached), k = 10, soft mode.\n\n"
+            + f"\nHistories of {r['history']} items, ten prompts (cached), k = 10, mode \"auto\" "
+            "(the default: steering, and each prompt's refused values excluded).\n\n"
             + footer(r, command))
 
 
