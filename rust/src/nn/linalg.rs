@@ -342,18 +342,18 @@ fn layer_norm_rows(x: &mut [f32], dim: usize, weight: &[f32], bias: &[f32], eps:
     }
 }
 
-/// `Σ f(x_i)` over sixteen interleaved partial sums, which the compiler keeps in SIMD lanes
-/// (a plain left-to-right float sum cannot be vectorised, and fewer lanes make a longer chain
-/// of dependent additions), totalled as the softmax's are.
+/// `Σ f(x_i)` over [`SUM_LANES`] interleaved partial sums, which the compiler keeps in SIMD
+/// lanes (a plain left-to-right float sum cannot be vectorised, and fewer lanes make a longer
+/// chain of dependent additions), totalled by [`lanes_total`].
 #[inline(always)]
 fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    let mut lanes = [0.0f32; SOFTMAX_LANES];
-    for chunk in x.chunks(SOFTMAX_LANES) {
+    let mut lanes = [0.0f32; SUM_LANES];
+    for chunk in x.chunks(SUM_LANES) {
         for (lane, &v) in lanes.iter_mut().zip(chunk) {
             *lane += f(v);
         }
     }
-    softmax_lanes_total(lanes)
+    lanes_total(lanes)
 }
 
 #[inline]
@@ -414,28 +414,24 @@ fn scaled_softmax_poly(x: &mut [f32], scale: f32) {
         lanes[0] = lanes[0].max(*v);
     }
     let max = lanes.into_iter().fold(f32::NEG_INFINITY, f32::max);
-    let mut sums = [0.0f32; SOFTMAX_LANES];
-    for chunk in x.chunks_mut(SOFTMAX_LANES) {
-        for (sum, v) in sums.iter_mut().zip(chunk.iter_mut()) {
-            *v = exp_poly(*v - max);
-            *sum += *v;
-        }
+    for v in x.iter_mut() {
+        *v = exp_poly(*v - max);
     }
-    let inv = 1.0 / softmax_lanes_total(sums);
+    let inv = 1.0 / lane_sum(x, |v| v);
     for v in x {
         *v *= inv;
     }
 }
 
-/// The softmax's partial sums: value `i` of a row goes to lane `i % SOFTMAX_LANES`, in order
-/// (the AVX-512 kernel keeps them in one register, the other levels in an array).
-pub(super) const SOFTMAX_LANES: usize = 16;
+/// [`lane_sum`]'s partial sums: value `i` goes to lane `i % SUM_LANES`, in order (the AVX-512
+/// softmax keeps them in one register, the other kernels in an array).
+pub(super) const SUM_LANES: usize = 16;
 
-/// The total of the softmax's lanes, halving the width each step (one fixed order, so every
-/// level gives the same bits).
+/// The total of [`lane_sum`]'s lanes, halving the width each step (one fixed order, so every
+/// kernel level gives the same bits).
 #[inline(always)]
-pub(super) fn softmax_lanes_total(mut lanes: [f32; SOFTMAX_LANES]) -> f32 {
-    let mut width = SOFTMAX_LANES / 2;
+pub(super) fn lanes_total(mut lanes: [f32; SUM_LANES]) -> f32 {
+    let mut width = SUM_LANES / 2;
     while width > 0 {
         for j in 0..width {
             lanes[j] += lanes[j + width];

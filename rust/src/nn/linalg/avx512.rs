@@ -98,7 +98,8 @@ unsafe fn tile<const R: usize, const NV: usize>(
 
 /// [`super::scaled_softmax`] on whole registers, the last one masked: attention rows are
 /// short (one to a few dozen scores), so the compiled generic body spent most of its time in
-/// scalar tails. The same operations in the same order as that body: the same bits.
+/// scalar tails. The same operations in the same order as that body (its sum is
+/// `lane_sum`'s, lane for lane): the same bits.
 ///
 /// # Safety
 /// The CPU must support AVX-512F, AVX2 and FMA.
@@ -133,9 +134,9 @@ pub(super) unsafe fn scaled_softmax(x: &mut [f32], scale: f32) {
         sum = _mm512_mask_add_ps(sum, m, sum, e);
         i += 16;
     }
-    let mut lanes = [0.0f32; super::SOFTMAX_LANES];
+    let mut lanes = [0.0f32; super::SUM_LANES];
     _mm512_storeu_ps(lanes.as_mut_ptr(), sum);
-    let inv = _mm512_set1_ps(1.0 / super::softmax_lanes_total(lanes));
+    let inv = _mm512_set1_ps(1.0 / super::lanes_total(lanes));
     let mut i = 0;
     while i < n {
         let m = mask(i);
