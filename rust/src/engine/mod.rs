@@ -16,11 +16,11 @@ use std::sync::{Arc, OnceLock};
 use rayon::prelude::*;
 
 use crate::bundle::{Attribute, Bundle, BundleError, IdRows, ItemId, SteerFamily};
+use crate::index::compact::{self, CompactRows};
 use crate::index::exact::{self, Hit, Matrix};
-use crate::index::half::{self, HalfRows};
 use crate::index::hnsw::{HnswIndex, HnswParams, SharedItems};
 pub use crate::index::policy::{Filter, Retrieval};
-use crate::index::policy::{HALF_COPY_MAX_BYTES, INDEX_FILE};
+use crate::index::policy::{COMPACT_COPY_MAX_BYTES, INDEX_FILE};
 use crate::index::rowset::{Postings, RowSet};
 use crate::nn::backbone::{Backbone, Rows};
 use crate::nn::encoder::{PromptEncoder, PromptError};
@@ -124,9 +124,9 @@ pub struct Model {
     /// scan: it never answers this model's queries, so `save_index` does not turn exact
     /// answers into approximate ones.
     unserved: OnceLock<HnswIndex>,
-    /// The bfloat16 copy the exact scan reads first, when no graph serves queries and the copy
-    /// is small enough ([`HALF_COPY_MAX_BYTES`]).
-    half: Option<HalfRows>,
+    /// The compact copy (int8 or bfloat16) the exact scan reads first, when no graph serves
+    /// queries and the copy is small enough ([`COMPACT_COPY_MAX_BYTES`]).
+    compact: Option<CompactRows>,
     histories: HistoryCache,
     /// `dpr.json` `steer.prompts`: false for a filter-only bundle, which refuses every
     /// non-blank prompt ([`prompts::NO_PROMPT`]).
@@ -367,7 +367,7 @@ impl Model {
             postings,
             index: OnceLock::new(),
             unserved: OnceLock::new(),
-            half: None,
+            compact: None,
             histories: HistoryCache::new(history_cache),
             takes_prompts,
         };
@@ -375,7 +375,7 @@ impl Model {
             Some(index) => {
                 let _ = model.index.set(index);
             }
-            None => model.half = model.half_copy(),
+            None => model.compact = model.compact_copy(),
         }
         Ok(model)
     }
@@ -435,17 +435,18 @@ impl Model {
             .map_err(|e| ModelError::Argument(e.to_string()))
     }
 
-    /// The bfloat16 copy of the item table for the exact scan, unless it would exceed
-    /// [`HALF_COPY_MAX_BYTES`] or the table holds values too large for it.
-    fn half_copy(&self) -> Option<HalfRows> {
+    /// The compact copy of the item table for the exact scan, unless it could exceed
+    /// [`COMPACT_COPY_MAX_BYTES`] (at 2 bytes a value, the larger kind) or the table holds
+    /// values too large for it.
+    fn compact_copy(&self) -> Option<CompactRows> {
         let values = (self.num_items + 1) * self.width;
-        if values.saturating_mul(2) > HALF_COPY_MAX_BYTES {
+        if values.saturating_mul(2) > COMPACT_COPY_MAX_BYTES {
             return None;
         }
-        HalfRows::new(self.matrix().ok()?)
+        CompactRows::new(self.matrix().ok()?)
     }
 
-    /// The exact top-k among rows passing `keep`: from the bfloat16 copy when there is one.
+    /// The exact top-k among rows passing `keep`: from the compact copy when there is one.
     fn scan(
         &self,
         items: Matrix<'_>,
@@ -455,8 +456,8 @@ impl Model {
         keep: exact::Keep<'_>,
         parallel: bool,
     ) -> Result<Vec<Hit>, exact::RetrieveError> {
-        match &self.half {
-            Some(half) => half::top_k_where(items, half, vector, k, exclude, keep),
+        match &self.compact {
+            Some(copy) => compact::top_k_where(items, copy, vector, k, exclude, keep),
             None => exact::top_k_where(items, vector, k, exclude, keep, parallel),
         }
     }

@@ -4,12 +4,13 @@
 
 mod build;
 mod codes;
+pub mod compact;
 pub mod exact;
 mod file;
 mod gather;
 mod graph;
-pub mod half;
 pub mod hnsw;
+mod int8;
 pub(crate) mod pages;
 pub mod policy;
 pub mod rank;

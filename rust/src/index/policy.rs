@@ -43,11 +43,11 @@ pub const TARGET_RECALL: f64 = 0.95;
 /// target becomes the index's default, else the last.
 pub const BREADTHS: [usize; 13] = [16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024];
 
-/// The exact scan reads a bfloat16 copy of the item table ([`crate::index::half`]) when the
-/// copy takes at most this many bytes (~400k items of width 82; queries on larger catalogues
-/// use the graph by default). On ML-1M's 3,125 × 82 table the copy took a re-prompt's scan
-/// from ~17 to ~5 µs (`benches/results/profile.md`, first section).
-pub const HALF_COPY_MAX_BYTES: usize = 64 << 20;
+/// The exact scan reads a compact copy of the item table ([`crate::index::compact`]) when the
+/// copy takes at most this many bytes at 2 bytes a value (~400k items of width 82; queries on
+/// larger catalogues use the graph by default). On ML-1M's 3,125 × 82 table the bfloat16 copy
+/// took a re-prompt's scan from ~17 to ~5 µs (`benches/results/profile.md`).
+pub const COMPACT_COPY_MAX_BYTES: usize = 64 << 20;
 
 /// A row set holding more than `1 / DENSE_RATIO` of its universe is kept as a bitset, else as
 /// a sorted `u32` list: this is where the list (32 bits a row) outgrows the bitset (1 bit a

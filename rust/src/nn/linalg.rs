@@ -147,6 +147,38 @@ impl Linear {
         self.apply(x, 1, out);
     }
 
+    /// [`Linear::apply_row`] for an `x` of mostly zeros (a ReLU's output): the same values,
+    /// reading only the weight rows of its non-zero entries. Each output is still
+    /// `b + Σ_i x_i w_i` in order (an FMA at the SIMD levels, a product and a sum at the
+    /// portable one, as [`gemm`]), and a zero `x_i` would add nothing to it (finite weights).
+    pub fn apply_row_sparse(&self, x: &[f32], out: &mut [f32]) {
+        self.apply_row_sparse_at(level(), x, out);
+    }
+
+    fn apply_row_sparse_at(&self, level: Level, x: &[f32], out: &mut [f32]) {
+        let (inputs, outputs) = (self.in_dim, self.out_dim);
+        let out = &mut out[..outputs];
+        out.copy_from_slice(&self.bias);
+        let rows = x[..inputs]
+            .iter()
+            .enumerate()
+            .filter(|&(_, &v)| v != 0.0)
+            .map(|(i, &v)| (v, &self.transposed[i * outputs..(i + 1) * outputs]));
+        #[cfg(target_arch = "x86_64")]
+        if level.min(detected()) >= Level::Avx2 {
+            for (v, w) in rows {
+                // SAFETY: the CPU has AVX2 and FMA.
+                unsafe { x86::fma_into(v, w, out) };
+            }
+            return;
+        }
+        for (v, w) in rows {
+            for (o, &w) in out.iter_mut().zip(w) {
+                *o += v * w;
+            }
+        }
+    }
+
     /// `out (rows × out_dim) = x (rows × in_dim) Wᵀ + b`.
     pub fn apply(&self, x: &[f32], rows: usize, out: &mut [f32]) {
         self.apply_columns(x, self.in_dim, rows, 0..self.out_dim, out, self.out_dim);

@@ -90,6 +90,45 @@ fn gemm_at_every_level_matches_portable_on_every_tail() {
 }
 
 #[test]
+fn the_sparse_row_is_the_dense_row_at_every_level() {
+    for (out_dim, in_dim) in [(1, 1), (92, 256), (7, 33), (130, 64)] {
+        let weight = wave(out_dim * in_dim, 0.37);
+        let layer = Linear::new(weight, wave(out_dim, 0.1), out_dim, in_dim).unwrap();
+        // A ReLU's output: mostly zeros, some of them negative zeros.
+        for keep in [0, 1, 5, 2 * in_dim] {
+            let x: Vec<f32> = wave(in_dim, 0.71)
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| match i % 7 < keep {
+                    true => v.max(0.0),
+                    false => -0.0 * v.abs(),
+                })
+                .collect();
+            for level in levels() {
+                let mut dense = vec![f32::NAN; out_dim];
+                let product = Product {
+                    x: Operand::new(&x, in_dim),
+                    w: Operand::new(&layer.transposed, out_dim),
+                    bias: Some(&layer.bias),
+                    shape: Shape {
+                        rows: 1,
+                        depth: in_dim,
+                        cols: out_dim,
+                    },
+                };
+                gemm_at(level, &product, &mut dense, out_dim);
+                let mut sparse = vec![f32::NAN; out_dim];
+                layer.apply_row_sparse_at(level, &x, &mut sparse);
+                // Equal values: a zero sum may differ only in its sign.
+                assert_eq!(sparse, dense, "{out_dim}×{in_dim} keep {keep} {level:?}");
+                let bits = |v: &[f32]| v.iter().map(|x| (x + 0.0).to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&sparse), bits(&dense));
+            }
+        }
+    }
+}
+
+#[test]
 fn linear_one_row_equals_many_rows_bit_for_bit() {
     for (out_dim, in_dim, rows) in [(5, 7, 3), (128, 64, 50), (83, 64, 4), (200, 33, 2)] {
         let layer = Linear::new(

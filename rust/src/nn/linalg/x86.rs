@@ -254,6 +254,17 @@ pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// `out_j = fma(a, w_j, out_j)` for every `j`: one step of [`super::gemm`]'s in-order sum.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn fma_into(a: f32, w: &[f32], out: &mut [f32]) {
+    for (o, &w) in out.iter_mut().zip(w) {
+        *o = a.mul_add(w, *o);
+    }
+}
+
 /// [`super::layer_norm`] compiled for this level.
 ///
 /// # Safety

@@ -1,34 +1,40 @@
-//! The exact scan from a bfloat16 copy of the item table: approximate scores from half the
-//! bytes, then float32 rescoring of every row that could still be in the top `k`. The result
-//! is the float32 scan's, hit for hit and bit for bit ([`crate::index::exact::top_k_where`]).
+//! The exact scan from a compact copy of the item table: approximate scores from a fraction of
+//! the bytes, then float32 rescoring of every row that could still be in the top `k`. The
+//! result is the float32 scan's, hit for hit and bit for bit ([`crate::index::exact::top_k_where`]).
 //!
-//! Why: a few thousand items of width ~80 make a float32 table of about 1 MB, which does not
+//! Why: a few thousand items of width ~90 make a float32 table of about 1 MB, which does not
 //! stay in a core's L2 beside the steering weights, so every query streamed it from L3. The
-//! bfloat16 copy is half the size and laid out for the kernels: blocks of [`BLOCK`] rows, and
-//! inside a block the columns in pairs, each row's two values side by side. One 64-byte line
-//! then holds a column pair of 16 rows: AVX-512 BF16's `vdpbf16ps` multiplies it by the
-//! query's pair and adds both products into 16 row scores in one instruction; without it, a
-//! shift and a mask widen the line into two float32 registers. No horizontal sums either way.
+//! copy is one of two kinds, chosen for the CPU when the bundle loads ([`kernel`]):
+//!
+//! - **int8 codes** ([`crate::index::int8`]) where the CPU has AVX-512 VNNI: a quarter of the
+//!   bytes, integer dot products, and its own error bound.
+//! - **bfloat16** elsewhere: half the bytes, in blocks of [`BLOCK`] rows, and inside a block
+//!   the columns in pairs, each row's two values side by side. One 64-byte line then holds a
+//!   column pair of 16 rows: AVX-512 BF16's `vdpbf16ps` multiplies it by the query's pair and
+//!   adds both products into 16 row scores in one instruction; without it, a shift and a mask
+//!   widen the line into two float32 registers. No horizontal sums either way.
 //!
 //! Why the result is exact. Let `e_r` be a row's float32 score (as `dot` computes it) and `a_r`
-//! its bfloat16 score; [`HalfRows::error_bound`] gives `B ≥ |a_r − e_r|` for every row
-//! (bfloat16 rounding of the table and of the query is at most 2⁻⁹ relative each, and both
-//! sums' float32 rounding at most `n·2⁻²⁴` of `Σ|x_i t_i|`, which Cauchy–Schwarz bounds with
-//! the largest row norm). Let `τ` be the `k`-th best approximate score among eligible rows.
-//! The `k` rows scoring at least `τ` approximately score at least `τ − B` exactly, so the
-//! `k`-th best exact score is at least `τ − B`, and every row of the exact top `k` (ties
-//! included) has `a_r ≥ τ − 2B`. Those rows are rescored in float32 and ranked by
-//! [`rank_order`]. On ML-1M's table `2B` leaves 10–13 rows to rescore for `k = 10`.
+//! its approximate score; the copy gives `B ≥ |a_r − e_r|` for every row (for bfloat16,
+//! [`CompactRows::bf16_error_bound`]: rounding of the table and of the query is at most 2⁻⁹
+//! relative each, and both sums' float32 rounding at most `n·2⁻²⁴` of `Σ|x_i t_i|`, which
+//! Cauchy–Schwarz bounds with the largest row norm). Let `τ` be the `k`-th best approximate
+//! score among eligible rows. The `k` rows scoring at least `τ` approximately score at least
+//! `τ − B` exactly, so the `k`-th best exact score is at least `τ − B`, and every row of the
+//! exact top `k` (ties included) has `a_r ≥ τ − 2B`. Those rows are rescored in float32 and
+//! ranked by [`rank_order`]. On ML-1M's table `2B` leaves 10–13 rows to rescore for `k = 10`
+//! from bfloat16, and 15–30 from int8 codes.
 
 use std::cell::RefCell;
 
 use half::bf16;
 
 use super::exact::{self, sorted_exclusions, Keep, Matrix, RetrieveError};
+use super::int8::{Int8Query, Int8Rows};
 use super::rank::{rank_order, Hit};
 use crate::nn::linalg::{self, Level};
 
-/// Rows per block of the bfloat16 layout (one AVX-512 register of scores).
+/// Rows per block of the compact layouts (one AVX-512 register of scores).
 pub const BLOCK: usize = 16;
 
 /// Above this share of the rows, `k` makes nearly every row a candidate: the float32 scan is
@@ -39,43 +45,83 @@ const MAX_K_SHARE: usize = 8;
 /// (bfloat16 would overflow near `f32::MAX`, and scores must stay finite).
 const MAX_MAGNITUDE: f32 = 1e30;
 
-/// The bfloat16 copy of an item matrix (layout in the module docs).
-pub struct HalfRows {
-    /// Bits of block `b`, column pair `q`, lane `l` (row `b · BLOCK + l`), column `2q + j` at
-    /// `((b · pairs + q) · BLOCK + l) · 2 + j`; rows and the column past the end are zeros.
-    data: Vec<u16>,
+/// The compact copy of an item matrix (layouts in the module docs).
+pub struct CompactRows {
     rows: usize,
     cols: usize,
-    /// Largest Euclidean norm of a float32 row.
-    max_norm: f64,
+    table: Table,
+}
+
+enum Table {
+    Bfloat16 {
+        /// Bits of block `b`, column pair `q`, lane `l` (row `b · BLOCK + l`), column `2q + j`
+        /// at `((b · pairs + q) · BLOCK + l) · 2 + j`; rows and the column past the end are
+        /// zeros.
+        data: Vec<u16>,
+        /// Largest Euclidean norm of a float32 row.
+        max_norm: f64,
+    },
+    Int8(Int8Rows),
 }
 
 /// Which kernel computes the approximate scores.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kernel {
     Portable,
     Avx2,
     Avx512,
     /// AVX-512 with BF16 dot products (the query rounded to bfloat16 as well).
     Avx512Bf16,
+    /// AVX-512 with VNNI integer dot products, on the int8 copy.
+    Avx512Vnni,
 }
 
-/// The kernel for this process: [`linalg::level`] (so `DPR_KERNELS` caps it), plus BF16 where
-/// the CPU has it and the level is AVX-512.
-fn kernel() -> Kernel {
-    match linalg::level() {
-        Level::Portable => Kernel::Portable,
-        Level::Avx2 => Kernel::Avx2,
-        #[cfg(target_arch = "x86_64")]
-        Level::Avx512 if std::arch::is_x86_feature_detected!("avx512bf16") => Kernel::Avx512Bf16,
-        Level::Avx512 => Kernel::Avx512,
+impl Kernel {
+    /// Whether this process may run `self`: [`linalg::level`] allows its level (so
+    /// `DPR_KERNELS` caps it) and the CPU has its extension.
+    fn runs(self) -> bool {
+        let level = linalg::level();
+        match self {
+            Kernel::Portable => true,
+            Kernel::Avx2 => level >= Level::Avx2,
+            Kernel::Avx512 => level >= Level::Avx512,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Bf16 => {
+                level >= Level::Avx512 && std::arch::is_x86_feature_detected!("avx512bf16")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => {
+                level >= Level::Avx512 && std::arch::is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
     }
 }
 
-impl HalfRows {
-    /// The bfloat16 copy of `items`, or `None` when a value is not finite or beyond
-    /// [`MAX_MAGNITUDE`] (the exact scan then reads the float32 table alone).
+/// The kernel for this process: the first this CPU runs of VNNI (int8 codes), BF16, AVX-512,
+/// AVX2 and portable.
+fn kernel() -> Kernel {
+    [
+        Kernel::Avx512Vnni,
+        Kernel::Avx512Bf16,
+        Kernel::Avx512,
+        Kernel::Avx2,
+    ]
+    .into_iter()
+    .find(|k| k.runs())
+    .unwrap_or(Kernel::Portable)
+}
+
+impl CompactRows {
+    /// The compact copy of `items` for this CPU's [`kernel`], or `None` when a value is not
+    /// finite or beyond [`MAX_MAGNITUDE`] (the exact scan then reads the float32 table alone).
     pub fn new(items: Matrix<'_>) -> Option<Self> {
+        Self::for_kernel(items, kernel())
+    }
+
+    /// The copy `kernel` reads: int8 codes for VNNI, bfloat16 otherwise.
+    fn for_kernel(items: Matrix<'_>, kernel: Kernel) -> Option<Self> {
         let (rows, cols) = (items.rows(), items.cols());
         if rows == 0 || cols == 0 {
             return None;
@@ -87,34 +133,17 @@ impl HalfRows {
         {
             return None;
         }
-        let pairs = cols.div_ceil(2);
-        let mut data = vec![0u16; rows.div_ceil(BLOCK) * pairs * BLOCK * 2];
-        let mut max_norm = 0.0f64;
-        for (r, row) in values.chunks_exact(cols).enumerate() {
-            let (b, lane) = (r / BLOCK, r % BLOCK);
-            for (c, &v) in row.iter().enumerate() {
-                data[((b * pairs + c / 2) * BLOCK + lane) * 2 + c % 2] =
-                    bf16::from_f32(v).to_bits();
-            }
-            let norm = row
-                .iter()
-                .map(|&v| f64::from(v).powi(2))
-                .sum::<f64>()
-                .sqrt();
-            max_norm = max_norm.max(norm);
-        }
-        Some(Self {
-            data,
-            rows,
-            cols,
-            max_norm,
-        })
+        let table = match kernel {
+            Kernel::Avx512Vnni => Table::Int8(Int8Rows::new(items)?),
+            _ => bf16_table(values, rows, cols),
+        };
+        Some(Self { rows, cols, table })
     }
 
-    /// `B`: the largest possible gap between a row's bfloat16 and float32 scores for `query`
+    /// `B`, the largest possible gap between a row's bfloat16 and float32 scores for `query`
     /// (module docs); `None` when a query value is not finite or too large, where only the
     /// float32 scan is exact.
-    fn error_bound(&self, query: &[f32]) -> Option<f64> {
+    fn bf16_error_bound(&self, max_norm: f64, query: &[f32]) -> Option<f64> {
         let (mut l1, mut l2) = (0.0f64, 0.0f64);
         for &v in query {
             if !v.is_finite() || v.abs() > MAX_MAGNITUDE {
@@ -124,7 +153,7 @@ impl HalfRows {
             l1 += v.abs();
             l2 += v * v;
         }
-        let largest = l2.sqrt() * self.max_norm;
+        let largest = l2.sqrt() * max_norm;
         if largest > f64::from(MAX_MAGNITUDE) {
             return None;
         }
@@ -134,11 +163,21 @@ impl HalfRows {
         Some(1.01 * (relative * largest + unit * l1))
     }
 
-    /// The query in the form `kernel` reads.
-    fn prepare(&self, kernel: Kernel, query: &[f32]) -> Prepared {
+    /// The query in the form `kernel` reads on this copy, and the error bound `B` of its
+    /// approximate scores; `None` where only the float32 scan is exact.
+    fn prepare(&self, kernel: Kernel, query: &[f32]) -> Option<(Prepared, f64)> {
+        let max_norm = match &self.table {
+            Table::Int8(codes) => {
+                let prepared = codes.prepare(query, MAX_MAGNITUDE)?;
+                let bound = prepared.bound;
+                return Some((Prepared::Int8(prepared), bound));
+            }
+            Table::Bfloat16 { max_norm, .. } => *max_norm,
+        };
+        let bound = self.bf16_error_bound(max_norm, query)?;
         let pairs = self.cols.div_ceil(2);
         let value = |c: usize| query.get(c).copied().unwrap_or(0.0);
-        match kernel {
+        let prepared = match kernel {
             Kernel::Avx512Bf16 => Prepared::Bf16Pairs(
                 (0..pairs)
                     .map(|q| {
@@ -149,33 +188,32 @@ impl HalfRows {
                     .collect(),
             ),
             _ => Prepared::Padded((0..2 * pairs).map(value).collect()),
-        }
+        };
+        Some((prepared, bound))
     }
 
-    /// Approximate scores of rows `first_block · BLOCK ..` into `out` (a whole number of
-    /// blocks) and each block's largest score into `maxima`, with `kernel` (one this CPU
-    /// runs) on `query` as [`HalfRows::prepare`] made it.
-    fn scores(
-        &self,
-        kernel: Kernel,
-        first_block: usize,
-        query: &Prepared,
-        out: &mut [f32],
-        maxima: &mut [f32],
-    ) {
-        let line = self.cols.div_ceil(2) * BLOCK * 2;
-        let blocks = out.len() / BLOCK;
-        let data = &self.data[first_block * line..(first_block + blocks) * line];
+    /// Approximate scores of every row into `out` (whole blocks) and each block's largest
+    /// score into `maxima`, with `kernel` (one this CPU runs) on `query` as
+    /// [`CompactRows::prepare`] made it for the same kernel.
+    fn scores(&self, kernel: Kernel, query: &Prepared, out: &mut [f32], maxima: &mut [f32]) {
+        let data = match (&self.table, query) {
+            (Table::Int8(codes), Prepared::Int8(query)) => {
+                codes.scores(query, kernel == Kernel::Avx512Vnni, out, maxima);
+                return;
+            }
+            (Table::Bfloat16 { data, .. }, _) => data,
+            (Table::Int8(_), _) => unreachable!("an int8 copy prepares int8 queries"),
+        };
         match (kernel, query) {
-            // SAFETY (all three): the kernel was detected on this CPU; `data` holds `blocks`
-            // whole blocks of the query's column pairs, `out` `blocks · BLOCK` scores and
-            // `maxima` `blocks` floats.
+            // SAFETY (all three): the kernel was detected on this CPU; `data` holds whole
+            // blocks of the query's column pairs, `out` `BLOCK` scores and `maxima` one float
+            // per block.
             #[cfg(target_arch = "x86_64")]
             (Kernel::Avx512Bf16, Prepared::Bf16Pairs(x)) => unsafe {
                 simd::scores_bf16(data, x, out, maxima)
             },
             #[cfg(target_arch = "x86_64")]
-            (Kernel::Avx512, Prepared::Padded(x)) => unsafe {
+            (Kernel::Avx512 | Kernel::Avx512Vnni, Prepared::Padded(x)) => unsafe {
                 simd::scores_avx512(data, x, out, maxima)
             },
             #[cfg(target_arch = "x86_64")]
@@ -183,9 +221,29 @@ impl HalfRows {
                 simd::scores_avx2(data, x, out, maxima)
             },
             (_, Prepared::Padded(x)) => scores_portable(data, x, out, maxima),
-            (_, Prepared::Bf16Pairs(_)) => unreachable!("bfloat16 pairs are made for Avx512Bf16"),
+            _ => unreachable!("bfloat16 pairs are made for Avx512Bf16"),
         }
     }
+}
+
+/// The bfloat16 table of `values` (`rows × cols`, finite and within [`MAX_MAGNITUDE`]).
+fn bf16_table(values: &[f32], rows: usize, cols: usize) -> Table {
+    let pairs = cols.div_ceil(2);
+    let mut data = vec![0u16; rows.div_ceil(BLOCK) * pairs * BLOCK * 2];
+    let mut max_norm = 0.0f64;
+    for (r, row) in values.chunks_exact(cols).enumerate() {
+        let (b, lane) = (r / BLOCK, r % BLOCK);
+        for (c, &v) in row.iter().enumerate() {
+            data[((b * pairs + c / 2) * BLOCK + lane) * 2 + c % 2] = bf16::from_f32(v).to_bits();
+        }
+        let norm = row
+            .iter()
+            .map(|&v| f64::from(v).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        max_norm = max_norm.max(norm);
+    }
+    Table::Bfloat16 { data, max_norm }
 }
 
 /// A query as a kernel reads it.
@@ -194,6 +252,8 @@ enum Prepared {
     Bf16Pairs(Vec<u32>),
     /// Float32, padded with a zero to an even length.
     Padded(Vec<f32>),
+    /// Two int8 levels for the int8 copy.
+    Int8(Int8Query),
 }
 
 fn scores_portable(data: &[u16], x: &[f32], out: &mut [f32], maxima: &mut [f32]) {
@@ -325,24 +385,24 @@ fn below(value: f64) -> f32 {
     }
 }
 
-/// [`exact::top_k_where`] on one thread, reading `half` (the bfloat16 copy of `items`) first:
+/// [`exact::top_k_where`] on one thread, reading `copy` (the compact copy of `items`) first:
 /// the same hits and scores. Falls back to the float32 scan where the copy cannot be exact
 /// (a query that is not finite or could overflow) or would not pay (`k` near the row count).
 pub fn top_k_where(
     items: Matrix<'_>,
-    half: &HalfRows,
+    copy: &CompactRows,
     query: &[f32],
     k: usize,
     exclude: &[usize],
     keep: Keep<'_>,
 ) -> Result<Vec<Hit>, RetrieveError> {
-    top_k_at(kernel(), items, half, query, k, exclude, keep)
+    top_k_at(kernel(), items, copy, query, k, exclude, keep)
 }
 
 fn top_k_at(
     kernel: Kernel,
     items: Matrix<'_>,
-    half: &HalfRows,
+    copy: &CompactRows,
     query: &[f32],
     k: usize,
     exclude: &[usize],
@@ -350,13 +410,13 @@ fn top_k_at(
 ) -> Result<Vec<Hit>, RetrieveError> {
     let rows = items.rows();
     let fallback = || exact::top_k_where(items, query, k, exclude, keep, false);
-    if half.rows != rows || half.cols != items.cols() || query.len() != items.cols() {
+    if copy.rows != rows || copy.cols != items.cols() || query.len() != items.cols() {
         return fallback();
     }
     if k.saturating_mul(MAX_K_SHARE) > rows {
         return fallback();
     }
-    let Some(bound) = half.error_bound(query) else {
+    let Some((prepared, bound)) = copy.prepare(kernel, query) else {
         return fallback();
     };
     let excluded = sorted_exclusions(exclude, rows, None)?;
@@ -375,7 +435,7 @@ fn top_k_at(
         let blocks = rows.div_ceil(BLOCK);
         scores.resize(blocks * BLOCK, 0.0);
         maxima.resize(blocks, 0.0);
-        half.scores(kernel, 0, &half.prepare(kernel, query), scores, maxima);
+        copy.scores(kernel, &prepared, scores, maxima);
         let eligible = |row: usize| {
             row < rows && excluded.binary_search(&row).is_err() && keep.is_none_or(|keep| keep(row))
         };
@@ -463,12 +523,13 @@ struct Scratch {
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
+
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    /// Deterministic pseudo-random floats in `[-1, 1)`.
-    fn wave(n: usize, seed: u64) -> Vec<f32> {
+    /// Deterministic pseudo-random floats in `[-1, 1)` (the int8 copy's tests use them too).
+    pub(in crate::index) fn wave(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         (0..n)
             .map(|_| {
@@ -494,30 +555,52 @@ mod tests {
         exclude: &[usize],
     ) {
         let items = Matrix::new(data, rows, cols).unwrap();
-        let half = HalfRows::new(items).unwrap();
         let keep = |row: usize| row % 3 != 1;
-        for keep in [None, Some(&keep as &(dyn Fn(usize) -> bool + Sync))] {
-            let want = exact::top_k_where(items, query, k, exclude, keep, false).unwrap();
-            for level in ALL_KERNELS.into_iter().filter(|&l| l <= kernel()) {
-                let got = top_k_at(level, items, &half, query, k, exclude, keep).unwrap();
-                assert_eq!(got.len(), want.len(), "{rows}×{cols} k {k} {level:?}");
-                for (g, w) in got.iter().zip(&want) {
-                    assert_eq!(g.row, w.row, "{rows}×{cols} k {k} {level:?}");
-                    assert_eq!(g.score.to_bits(), w.score.to_bits());
+        for (copy_for, kernels) in copies_and_kernels() {
+            let Some(copy) = CompactRows::for_kernel(items, copy_for) else {
+                // Only int8 codes of very wide rows are refused; these tests use narrow ones.
+                panic!("no {copy_for:?} copy of {rows}×{cols}");
+            };
+            for keep in [None, Some(&keep as &(dyn Fn(usize) -> bool + Sync))] {
+                let want = exact::top_k_where(items, query, k, exclude, keep, false).unwrap();
+                for &kernel in &kernels {
+                    let got = top_k_at(kernel, items, &copy, query, k, exclude, keep).unwrap();
+                    let at = format!("{rows}×{cols} k {k} copy {copy_for:?} kernel {kernel:?}");
+                    assert_eq!(got.len(), want.len(), "{at}");
+                    for (g, w) in got.iter().zip(&want) {
+                        assert_eq!(g.row, w.row, "{at}");
+                        assert_eq!(g.score.to_bits(), w.score.to_bits(), "{at}");
+                    }
                 }
             }
         }
     }
 
-    const ALL_KERNELS: [Kernel; 4] = [
-        Kernel::Portable,
-        Kernel::Avx2,
-        Kernel::Avx512,
-        Kernel::Avx512Bf16,
-    ];
+    /// Each kind of copy (named by the kernel it is made for) with every kernel this CPU runs
+    /// on it: the bfloat16 copy at four levels, the int8 copy portable and with VNNI.
+    fn copies_and_kernels() -> Vec<(Kernel, Vec<Kernel>)> {
+        let runs = |kernels: &[Kernel]| -> Vec<Kernel> {
+            kernels.iter().copied().filter(|k| k.runs()).collect()
+        };
+        vec![
+            (
+                Kernel::Portable,
+                runs(&[
+                    Kernel::Portable,
+                    Kernel::Avx2,
+                    Kernel::Avx512,
+                    Kernel::Avx512Bf16,
+                ]),
+            ),
+            (
+                Kernel::Avx512Vnni,
+                runs(&[Kernel::Portable, Kernel::Avx512Vnni]),
+            ),
+        ]
+    }
 
     #[test]
-    fn the_bfloat16_scan_returns_the_float32_hits_bit_for_bit() {
+    fn every_copy_returns_the_float32_hits_bit_for_bit() {
         for (rows, cols) in [(1, 1), (15, 7), (16, 16), (17, 82), (1000, 82), (3125, 64)] {
             for k in [1, 2, 10] {
                 check_matches_float32(rows, cols, k, &[], rows as u64 + cols as u64);
@@ -575,21 +658,25 @@ mod tests {
         let base = wave(40, 3);
         let data: Vec<f32> = (0..300).flat_map(|_| base.iter().copied()).collect();
         let items = Matrix::new(&data, 300, 40).unwrap();
-        let half = HalfRows::new(items).unwrap();
         let query = wave(40, 4);
-        let got = top_k_where(items, &half, &query, 10, &[0, 3], None).unwrap();
-        let rows: Vec<usize> = got.iter().map(|h| h.row).collect();
-        assert_eq!(rows, vec![1, 2, 4, 5, 6, 7, 8, 9, 10, 11]);
+        for (copy_for, kernels) in copies_and_kernels() {
+            let copy = CompactRows::for_kernel(items, copy_for).unwrap();
+            for kernel in kernels {
+                let got = top_k_at(kernel, items, &copy, &query, 10, &[0, 3], None).unwrap();
+                let rows: Vec<usize> = got.iter().map(|h| h.row).collect();
+                assert_eq!(rows, vec![1, 2, 4, 5, 6, 7, 8, 9, 10, 11], "{kernel:?}");
+            }
+        }
     }
 
     #[test]
     fn values_too_large_leave_no_copy_and_odd_queries_fall_back() {
         let mut data = wave(64 * 8, 5);
         data[3] = 1e31;
-        assert!(HalfRows::new(Matrix::new(&data, 64, 8).unwrap()).is_none());
+        assert!(CompactRows::new(Matrix::new(&data, 64, 8).unwrap()).is_none());
         data[3] = 0.5;
         let items = Matrix::new(&data, 64, 8).unwrap();
-        let half = HalfRows::new(items).unwrap();
+        let half = CompactRows::new(items).unwrap();
         let mut query = wave(8, 6);
         query[2] = f32::NAN;
         let want = exact::top_k_where(items, &query, 5, &[], None, false).unwrap();
