@@ -551,10 +551,17 @@ pub fn gemv(rows: &[f32], stride: usize, x: &[f32], out: &mut [f32]) {
             "gemv: matrix too short"
         );
     }
+    gemv_at(level(), rows, stride, x, out);
+}
+
+/// [`gemv`] at `level` (capped at what the CPU runs); AVX2 and AVX-512 give the same bits.
+fn gemv_at(level: Level, rows: &[f32], stride: usize, x: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if x86::has_avx2_fma() {
-        // SAFETY: AVX2 and FMA are present; the bound is checked above.
-        return unsafe { x86::gemv(rows, stride, x, out) };
+    match level.min(detected()) {
+        // SAFETY: the CPU has the level's features; the caller checked the bound.
+        Level::Avx512 => return unsafe { avx512::gemv(rows, stride, x, out) },
+        Level::Avx2 => return unsafe { x86::gemv(rows, stride, x, out) },
+        Level::Portable => {}
     }
     for (r, o) in out.iter_mut().enumerate() {
         *o = dot_portable(&rows[r * stride..r * stride + x.len()], x);

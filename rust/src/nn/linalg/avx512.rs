@@ -2,7 +2,7 @@
 
 use std::arch::x86_64::*;
 
-use super::GemmArgs;
+use super::{x86, GemmArgs};
 
 /// Rows per register tile: 6 rows × 4 vectors = 24 accumulators, 4 weight vectors and a
 /// broadcast fill 29 of the 32 registers.
@@ -93,6 +93,49 @@ unsafe fn tile<const R: usize, const NV: usize>(
         for (v, a) in row.iter().enumerate() {
             _mm512_mask_storeu_ps(o.add(16 * v), mask(v), *a);
         }
+    }
+}
+
+/// [`super::gemv`] on whole registers, the same bits as the AVX2 kernel: lanes 0–7 of a row's
+/// register do the AVX2 kernel's first accumulator's FMAs, lanes 8–15 its second's, in the same
+/// order, and the two halves then take the AVX2 kernel's reduction ([`x86::finish4`]).
+///
+/// # Safety
+/// The CPU must support AVX-512F, AVX2 and FMA; `rows` holds `out.len()` rows of `x.len()`
+/// floats at `stride`.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(super) unsafe fn gemv(rows: &[f32], stride: usize, x: &[f32], out: &mut [f32]) {
+    let (n, px) = (x.len(), x.as_ptr());
+    let blocked = out.len() / 4 * 4;
+    const LOW: __mmask16 = 0x00FF;
+    for r in (0..blocked).step_by(4) {
+        let first = rows.as_ptr().add(r * stride);
+        let p = [0, 1, 2, 3].map(|k| first.add(k * stride));
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 16 <= n {
+            let xv = _mm512_loadu_ps(px.add(i));
+            for (a, row) in acc.iter_mut().zip(p) {
+                *a = _mm512_fmadd_ps(_mm512_loadu_ps(row.add(i)), xv, *a);
+            }
+            i += 16;
+        }
+        if i + 8 <= n {
+            let xv = _mm512_maskz_loadu_ps(LOW, px.add(i));
+            for (a, row) in acc.iter_mut().zip(p) {
+                *a = _mm512_mask3_fmadd_ps(_mm512_maskz_loadu_ps(LOW, row.add(i)), xv, *a, LOW);
+            }
+            i += 8;
+        }
+        let halves = acc.map(|a| {
+            let high = _mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a));
+            _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(high))
+        });
+        let four = x86::finish4(halves, p, px, i, n);
+        out.get_unchecked_mut(r..r + 4).copy_from_slice(&four);
+    }
+    for r in blocked..out.len() {
+        *out.get_unchecked_mut(r) = x86::dot(rows.get_unchecked(r * stride..r * stride + n), x);
     }
 }
 

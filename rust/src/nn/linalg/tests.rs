@@ -228,7 +228,7 @@ fn gemv_and_its_transpose_match_naive_on_strided_rows() {
 #[test]
 fn gemv_equals_dot_bit_for_bit() {
     // The exact scan (gemv) and HNSW rescoring (dot) must give identical scores.
-    for width in [1, 7, 8, 15, 16, 24, 32, 37, 64, 80, 83] {
+    for width in [1, 7, 8, 15, 16, 24, 32, 37, 64, 80, 83, 128] {
         for rows in [1, 3, 4, 5, 8, 13] {
             let stride = width + 3;
             let data: Vec<f32> = wave(rows * stride, 0.173).iter().map(|v| v * 3.0).collect();
@@ -238,6 +238,13 @@ fn gemv_equals_dot_bit_for_bit() {
             for (r, &o) in out.iter().enumerate() {
                 let single = dot(&data[r * stride..r * stride + width], &x);
                 assert_eq!(o.to_bits(), single.to_bits(), "width {width} row {r}");
+            }
+            // Every SIMD level (the AVX-512 kernel reorganises the AVX2 one's sums).
+            for &level in &levels()[1..] {
+                let mut at_level = vec![0.0; rows];
+                gemv_at(level, &data, stride, &x, &mut at_level);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&at_level), bits(&out), "width {width} {level:?}");
             }
         }
     }

@@ -167,11 +167,26 @@ unsafe fn dot4(rows: *const f32, stride: usize, x: &[f32]) -> [f32; 4] {
         }
         i += 8;
     }
-    let mut quads = [_mm_setzero_ps(); 4];
-    for k in 0..4 {
-        let acc = _mm256_add_ps(acc0[k], acc1[k]);
-        quads[k] = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    }
+    let sums = [0, 1, 2, 3].map(|k| _mm256_add_ps(acc0[k], acc1[k]));
+    finish4(sums, p, px, i, n)
+}
+
+/// The end of [`dot4`] from each row's `acc0 + acc1` (`sums`), the products of `from..n`
+/// still to add: what [`dot`] does after its vector loop, for four rows at once.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `rows[k]` and `x` are readable up to `n`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn finish4(
+    sums: [__m256; 4],
+    rows: [*const f32; 4],
+    x: *const f32,
+    from: usize,
+    n: usize,
+) -> [f32; 4] {
+    let quads =
+        sums.map(|acc| _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1)));
     // Transpose: lane j of `cols[j]` holds lane j of every row's quad.
     let t0 = _mm_unpacklo_ps(quads[0], quads[1]);
     let t1 = _mm_unpackhi_ps(quads[0], quads[1]);
@@ -184,14 +199,12 @@ unsafe fn dot4(rows: *const f32, stride: usize, x: &[f32]) -> [f32; 4] {
         _mm_movehl_ps(t3, t1),
     ];
     // `dot` adds (q0 + q2) + (q1 + q3).
-    let sums = _mm_add_ps(_mm_add_ps(cols[0], cols[2]), _mm_add_ps(cols[1], cols[3]));
+    let total = _mm_add_ps(_mm_add_ps(cols[0], cols[2]), _mm_add_ps(cols[1], cols[3]));
     let mut out = [0.0f32; 4];
-    _mm_storeu_ps(out.as_mut_ptr(), sums);
-    if i < n {
-        for (k, o) in out.iter_mut().enumerate() {
-            for j in i..n {
-                *o += *p[k].add(j) * *px.add(j);
-            }
+    _mm_storeu_ps(out.as_mut_ptr(), total);
+    for (k, o) in out.iter_mut().enumerate() {
+        for j in from..n {
+            *o += *rows[k].add(j) * *x.add(j);
         }
     }
     out
