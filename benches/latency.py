@@ -71,10 +71,10 @@ class TorchReference:
 
 
 def query_flops(config: dict[str, Any], history: int) -> dict[str, int]:
-    """Floating-point operations of one query as dpr runs it (prompt prepared and cached):
-    backbone forward, the steering's per-query part, and scoring every item. The experts'
-    output layers are left out: dpr reads only the weight rows of their non-zero (post-ReLU)
-    inputs, ~5% of them on ML-1M."""
+    """Floating-point operations of one query's model arithmetic, counted dense (prompt
+    prepared and cached): backbone forward, the steering's per-query part, and scoring every
+    item. dpr skips the products of zero inputs in the layers a ReLU feeds (SASRec's FFN
+    output, the experts' output layers), so it executes fewer."""
     b, s = config["backbone"], config["steer"]
     d, n = int(config["dim"]), min(history, int(b["max_len"]))
     width = d + int(s["attribute_dim"])
@@ -91,7 +91,8 @@ def query_flops(config: dict[str, Any], history: int) -> dict[str, int]:
         backbone = int(b.get("num_layers", 1)) * n * 3 * 2 * d * d * 2
     experts = int(s["positive_experts"]) + int(s["negative_experts"])
     hidden = int(s["expert_hidden"])
-    steering = int(s["router_hidden"]) * (d + experts) * 2 + experts * hidden * 2 * d * 2
+    steering = (int(s["router_hidden"]) * (d + experts) * 2
+                + experts * (hidden * 2 * d * 2 + width * hidden * 2))
     scoring = int(config["num_items"]) * width * 2
     return {"backbone": backbone, "steering": steering, "scoring": scoring,
             "total": backbone + steering + scoring}
@@ -230,10 +231,11 @@ def to_markdown(r: dict[str, Any], command: str) -> str:
           f"history the history cache holds, the conversational case (history-cache hits: "
           f"{min(e['reprompt_cache_hits'] for e in r['lengths'].values()):.0%} of re-prompts "
           f"at least).\n"
-          f"MFLOP/query counts what dpr executes: backbone, the per-query part of the steering "
-          f"(the prompt-only part is computed once per prompt; the experts' output layers, of "
-          f"which dpr reads only the rows of non-zero inputs, are left out), and scoring every "
-          f"item (as float products, which dpr runs on int8 codes where the CPU has VNNI).\n"
+          f"MFLOP/query counts the model's arithmetic, dense: backbone, the per-query part of "
+          f"the steering (the prompt-only part is computed once per prompt), and scoring every "
+          f"item. dpr executes less: it skips the products of zero inputs in the layers a ReLU "
+          f"feeds (SASRec's FFN output, the experts' output layers) and scores items on int8 "
+          f"codes where the CPU has VNNI, so GFLOP/s here is the model's arithmetic per second.\n"
           f"\"Same top-10\" compares the two paths end to end, each with its own prompt encoder "
           f"(the bundle stores its copy in float16, so near-ties may swap).\n\n"
         + footer(r, command))

@@ -18,10 +18,9 @@ def test_query_flops_matches_a_hand_count() -> None:
     # FFN 2·3·4·4·2 = 192. Last block, from the last row only: q, W_kᵀq, W_v(Σ w_j x_j) and
     # the output layer, four d×d products 4·16·2 = 128; scores and weighted sum over the 3
     # rows, one head, 2·3·4·2 = 48; FFN one row 2·4·4·2 = 64.
-    # Steering: router 5·(4+2)·2 = 60, the experts' first layers 2·8·8·2 = 256 (their output
-    # layers are not counted). Scoring 7·6·2 = 84.
+    # Steering: router 5·(4+2)·2 = 60, experts 2·(8·8·2 + 6·8·2) = 448. Scoring 7·6·2 = 84.
     flops = query_flops(config, history=3)
-    assert flops == {"backbone": 672 + 240, "steering": 316, "scoring": 84, "total": 1312}
+    assert flops == {"backbone": 672 + 240, "steering": 508, "scoring": 84, "total": 1504}
     assert query_flops(config, history=50)["backbone"] == query_flops(config, 10)["backbone"]
 
 

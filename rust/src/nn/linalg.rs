@@ -147,41 +147,31 @@ impl Linear {
         self.apply(x, 1, out);
     }
 
-    /// [`Linear::apply_row`] for an `x` of mostly zeros (a ReLU's output): the same values,
-    /// reading only the weight rows of its non-zero entries. Each output is still
-    /// `b + Σ_i x_i w_i` in order (an FMA at the SIMD levels, a product and a sum at the
-    /// portable one, as [`gemm`]), and a zero `x_i` would add nothing to it (finite weights).
-    pub fn apply_row_sparse(&self, x: &[f32], out: &mut [f32]) {
-        self.apply_row_sparse_at(level(), x, out);
-    }
-
-    fn apply_row_sparse_at(&self, level: Level, x: &[f32], out: &mut [f32]) {
-        let (inputs, outputs) = (self.in_dim, self.out_dim);
-        let out = &mut out[..outputs];
-        out.copy_from_slice(&self.bias);
-        let rows = x[..inputs]
-            .iter()
-            .enumerate()
-            .filter(|&(_, &v)| v != 0.0)
-            .map(|(i, &v)| (v, &self.transposed[i * outputs..(i + 1) * outputs]));
-        #[cfg(target_arch = "x86_64")]
-        if level.min(detected()) >= Level::Avx2 {
-            for (v, w) in rows {
-                // SAFETY: the CPU has AVX2 and FMA.
-                unsafe { x86::fma_into(v, w, out) };
-            }
-            return;
-        }
-        for (v, w) in rows {
-            for (o, &w) in out.iter_mut().zip(w) {
-                *o += v * w;
-            }
-        }
-    }
-
     /// `out (rows × out_dim) = x (rows × in_dim) Wᵀ + b`.
     pub fn apply(&self, x: &[f32], rows: usize, out: &mut [f32]) {
         self.apply_columns(x, self.in_dim, rows, 0..self.out_dim, out, self.out_dim);
+    }
+
+    /// [`Linear::apply`] for an `x` of mostly zeros (a ReLU's output): the same values, without
+    /// the products of inputs that are zero in every row of a register tile
+    /// ([`Product::skip_zeros`]).
+    pub fn apply_sparse(&self, x: &[f32], rows: usize, out: &mut [f32]) {
+        self.apply_sparse_at(level(), x, rows, out);
+    }
+
+    fn apply_sparse_at(&self, level: Level, x: &[f32], rows: usize, out: &mut [f32]) {
+        let product = Product {
+            x: Operand::new(x, self.in_dim),
+            w: Operand::new(&self.transposed, self.out_dim),
+            bias: Some(&self.bias),
+            shape: Shape {
+                rows,
+                depth: self.in_dim,
+                cols: self.out_dim,
+            },
+            skip_zeros: true,
+        };
+        checked_gemm_at(level, &product, out, self.out_dim);
     }
 
     /// Output columns `columns` only, for `rows` input rows `x_stride` floats apart, into rows
@@ -246,6 +236,8 @@ pub(crate) struct GemmArgs {
     rows: usize,
     depth: usize,
     cols: usize,
+    /// [`Product::skip_zeros`].
+    skip_zeros: bool,
 }
 
 /// `out[r·out_stride + c] = bias[c] + Σ_i x[r][i] · w[i][c]` for `r < rows`, `c < cols`,
@@ -261,6 +253,21 @@ pub fn gemm(
     out: &mut [f32],
     out_stride: usize,
 ) {
+    let product = Product {
+        x,
+        w,
+        bias,
+        shape,
+        skip_zeros: false,
+    };
+    checked_gemm_at(level(), &product, out, out_stride);
+}
+
+/// [`gemm_at`] after checking that every operand holds what `p.shape` reads.
+fn checked_gemm_at(level: Level, p: &Product<'_>, out: &mut [f32], out_stride: usize) {
+    let Product {
+        x, w, bias, shape, ..
+    } = *p;
     let Shape { rows, depth, cols } = shape;
     if rows == 0 || cols == 0 {
         return;
@@ -281,8 +288,7 @@ pub fn gemm(
         "gemm: out too short"
     );
     assert!(bias.is_none_or(|b| b.len() >= cols), "gemm: bias too short");
-    let product = Product { x, w, bias, shape };
-    gemm_at(level(), &product, out, out_stride);
+    gemm_at(level, p, out, out_stride);
 }
 
 /// The operands of one [`gemm`] call.
@@ -292,12 +298,24 @@ struct Product<'a> {
     w: Operand<'a>,
     bias: Option<&'a [f32]>,
     shape: Shape,
+    /// Leave out the products of an input `i` that is zero (±0) in every row the kernel
+    /// computes together (a register tile; one row at the portable level). Each output is
+    /// still `bias + Σ x_i w_i` in order, and a zero `x_i` adds nothing to it for finite
+    /// weights (at most a zero's sign changes), so the values are the dense product's: worth it
+    /// for a ReLU's output, mostly zeros.
+    skip_zeros: bool,
 }
 
 /// [`gemm`] at `level` (capped at what the CPU runs), its operands checked by the caller.
 fn gemm_at(level: Level, p: &Product<'_>, out: &mut [f32], out_stride: usize) {
     let level = level.min(detected());
-    let Product { x, w, bias, shape } = *p;
+    let Product {
+        x,
+        w,
+        bias,
+        shape,
+        skip_zeros,
+    } = *p;
     let Shape { rows, depth, cols } = shape;
     #[cfg(target_arch = "x86_64")]
     if level >= Level::Avx2 {
@@ -312,6 +330,7 @@ fn gemm_at(level: Level, p: &Product<'_>, out: &mut [f32], out_stride: usize) {
             rows,
             depth,
             cols,
+            skip_zeros,
         };
         // SAFETY: the CPU has the level's features; the caller's asserts bound every operand
         // for `shape`, which is all the kernels read or write.
@@ -326,8 +345,38 @@ fn gemm_at(level: Level, p: &Product<'_>, out: &mut [f32], out_stride: usize) {
     gemm_portable(p, out, out_stride);
 }
 
+/// A SIMD tile's walk over the inputs `0..depth`: `step(i)` for each in order, or, when
+/// `live` is given, only for the inputs it marks, `width` at a time (`live(from)` has bit `l`
+/// set when input `from + l` is non-zero in some row of the tile).
+#[inline(always)]
+#[cfg(target_arch = "x86_64")]
+fn walk_inputs(
+    depth: usize,
+    width: usize,
+    live: Option<impl FnMut(usize) -> u32>,
+    mut step: impl FnMut(usize),
+) {
+    let Some(mut live) = live else {
+        (0..depth).for_each(step);
+        return;
+    };
+    for from in (0..depth).step_by(width) {
+        let mut bits = live(from);
+        while bits != 0 {
+            step(from + bits.trailing_zeros() as usize);
+            bits &= bits - 1;
+        }
+    }
+}
+
 fn gemm_portable(p: &Product<'_>, out: &mut [f32], out_stride: usize) {
-    let Product { x, w, bias, shape } = *p;
+    let Product {
+        x,
+        w,
+        bias,
+        shape,
+        skip_zeros,
+    } = *p;
     let Shape { rows, depth, cols } = shape;
     for r in 0..rows {
         let o = &mut out[r * out_stride..r * out_stride + cols];
@@ -337,6 +386,9 @@ fn gemm_portable(p: &Product<'_>, out: &mut [f32], out_stride: usize) {
         }
         let xr = &x.data[r * x.stride..r * x.stride + depth];
         for (i, &xv) in xr.iter().enumerate() {
+            if skip_zeros && xv == 0.0 {
+                continue;
+            }
             let wr = &w.data[i * w.stride..i * w.stride + cols];
             for (ov, wv) in o.iter_mut().zip(wr) {
                 *ov += xv * wv;

@@ -313,7 +313,7 @@ impl Steering {
                 .zip(hidden.chunks_exact(width.max(1)))
                 .zip(gates.iter())
             {
-                expert.output.apply_row_sparse(part, delta);
+                expert.output.apply_sparse(part, 1, delta);
                 axpy(strength * g, delta, out);
             }
         });

@@ -192,7 +192,7 @@ impl SasRec {
         let hidden = &mut s.hidden[..rows * ffn_dim];
         block.ffn_in.apply(normed_rows, rows, hidden);
         relu(hidden);
-        block.ffn_out.apply(hidden, rows, projected);
+        block.ffn_out.apply_sparse(hidden, rows, projected);
         for (xv, pv) in xs.iter_mut().zip(projected.iter()) {
             *xv += pv;
         }

@@ -75,7 +75,7 @@ unsafe fn tile<const R: usize, const NV: usize>(
             }
         }
     }
-    for i in 0..g.depth {
+    let step = |i: usize| {
         let wrow = g.w.add(i * g.ws + c);
         let mut wv = [_mm512_setzero_ps(); NV];
         for (v, w) in wv.iter_mut().enumerate() {
@@ -87,7 +87,22 @@ unsafe fn tile<const R: usize, const NV: usize>(
                 *a = _mm512_fmadd_ps(xb, *w, *a);
             }
         }
-    }
+    };
+    // Sixteen inputs at a time: a bit for each input non-zero (or NaN) in some row of the tile.
+    let live = g.skip_zeros.then_some(|from: usize| {
+        let lanes = (g.depth - from).min(16);
+        let tail: __mmask16 = if lanes == 16 {
+            0xFFFF
+        } else {
+            (1 << lanes) - 1
+        };
+        (0..R).fold(0u32, |live, r| {
+            let x = _mm512_maskz_loadu_ps(tail, g.x.add((r0 + r) * g.xs + from));
+            let nonzero = _mm512_mask_cmp_ps_mask::<_CMP_NEQ_UQ>(tail, x, _mm512_setzero_ps());
+            live | u32::from(nonzero)
+        })
+    });
+    super::walk_inputs(g.depth, 16, live, step);
     for (r, row) in acc.iter().enumerate() {
         let o = g.out.add((r0 + r) * g.os + c);
         for (v, a) in row.iter().enumerate() {

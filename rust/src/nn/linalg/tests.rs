@@ -6,6 +6,17 @@ fn wave(n: usize, step: f32) -> Vec<f32> {
     (0..n).map(|i| (i as f32 * step).sin()).collect()
 }
 
+/// A layer with wave weights and bias.
+fn wave_layer(out_dim: usize, in_dim: usize) -> Linear {
+    Linear::new(
+        wave(out_dim * in_dim, 0.37),
+        wave(out_dim, 0.1),
+        out_dim,
+        in_dim,
+    )
+    .unwrap()
+}
+
 /// The levels this CPU runs (the others would be capped to these anyway).
 fn levels() -> Vec<Level> {
     Level::ALL
@@ -55,6 +66,7 @@ fn gemm_at_every_level_matches_portable_on_every_tail() {
                             w: Operand::new(&w, ws),
                             bias: b,
                             shape,
+                            skip_zeros: false,
                         };
                         gemm_at(level, &product, &mut out, os);
                         out
@@ -90,39 +102,50 @@ fn gemm_at_every_level_matches_portable_on_every_tail() {
 }
 
 #[test]
-fn the_sparse_row_is_the_dense_row_at_every_level() {
-    for (out_dim, in_dim) in [(1, 1), (92, 256), (7, 33), (130, 64)] {
-        let weight = wave(out_dim * in_dim, 0.37);
-        let layer = Linear::new(weight, wave(out_dim, 0.1), out_dim, in_dim).unwrap();
-        // A ReLU's output: mostly zeros, some of them negative zeros.
-        for keep in [0, 1, 5, 2 * in_dim] {
-            let x: Vec<f32> = wave(in_dim, 0.71)
-                .iter()
-                .enumerate()
-                .map(|(i, &v)| match i % 7 < keep {
-                    true => v.max(0.0),
-                    false => -0.0 * v.abs(),
-                })
-                .collect();
-            for level in levels() {
-                let mut dense = vec![f32::NAN; out_dim];
-                let product = Product {
-                    x: Operand::new(&x, in_dim),
-                    w: Operand::new(&layer.transposed, out_dim),
-                    bias: Some(&layer.bias),
-                    shape: Shape {
-                        rows: 1,
-                        depth: in_dim,
-                        cols: out_dim,
-                    },
-                };
-                gemm_at(level, &product, &mut dense, out_dim);
-                let mut sparse = vec![f32::NAN; out_dim];
-                layer.apply_row_sparse_at(level, &x, &mut sparse);
-                // Equal values: a zero sum may differ only in its sign.
-                assert_eq!(sparse, dense, "{out_dim}×{in_dim} keep {keep} {level:?}");
-                let bits = |v: &[f32]| v.iter().map(|x| (x + 0.0).to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&sparse), bits(&dense));
+fn skipping_zero_inputs_gives_the_dense_values_at_every_level() {
+    // Inputs shaped like a ReLU's output: mostly zeros (some negative), inputs zero in whole
+    // row tiles or in all rows, and a NaN that must still reach its outputs.
+    for (out_dim, in_dim) in [(1, 1), (64, 256), (92, 256), (7, 33), (130, 17), (16, 16)] {
+        let layer = wave_layer(out_dim, in_dim);
+        for rows in [1, 2, 5, 6, 7, 13, 50] {
+            for keep in [0, 1, 3, 7] {
+                let mut x: Vec<f32> = wave(rows * in_dim, 0.71)
+                    .iter()
+                    .enumerate()
+                    .map(|(at, &v)| {
+                        let (r, i) = (at / in_dim, at % in_dim);
+                        if (i * 5 + r / 6) % 7 < keep {
+                            v.max(0.0)
+                        } else {
+                            -0.0 * v.abs()
+                        }
+                    })
+                    .collect();
+                if keep == 3 && rows > 4 {
+                    x[4 * in_dim + in_dim / 2] = f32::NAN;
+                }
+                for level in levels() {
+                    let mut dense = vec![0.0; rows * out_dim];
+                    let product = Product {
+                        x: Operand::new(&x, in_dim),
+                        w: Operand::new(&layer.transposed, out_dim),
+                        bias: Some(&layer.bias),
+                        shape: Shape {
+                            rows,
+                            depth: in_dim,
+                            cols: out_dim,
+                        },
+                        skip_zeros: false,
+                    };
+                    gemm_at(level, &product, &mut dense, out_dim);
+                    let mut sparse = vec![0.0; rows * out_dim];
+                    layer.apply_sparse_at(level, &x, rows, &mut sparse);
+                    // The same values: only a zero's sign may differ.
+                    let bits =
+                        |v: &[f32]| v.iter().map(|x| (x + 0.0).to_bits()).collect::<Vec<_>>();
+                    let at = format!("{out_dim}×{in_dim} rows {rows} keep {keep} {level:?}");
+                    assert_eq!(bits(&sparse), bits(&dense), "{at}");
+                }
             }
         }
     }
@@ -131,13 +154,7 @@ fn the_sparse_row_is_the_dense_row_at_every_level() {
 #[test]
 fn linear_one_row_equals_many_rows_bit_for_bit() {
     for (out_dim, in_dim, rows) in [(5, 7, 3), (128, 64, 50), (83, 64, 4), (200, 33, 2)] {
-        let layer = Linear::new(
-            wave(out_dim * in_dim, 0.37),
-            wave(out_dim, 0.1),
-            out_dim,
-            in_dim,
-        )
-        .unwrap();
+        let layer = wave_layer(out_dim, in_dim);
         let x = wave(rows * in_dim, 0.11);
         let mut out = vec![0.0; rows * out_dim];
         layer.apply(&x, rows, &mut out);

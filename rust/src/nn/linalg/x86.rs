@@ -82,7 +82,7 @@ unsafe fn tile<const R: usize, const NV: usize, const MASKED: bool>(
             }
         }
     }
-    for i in 0..g.depth {
+    let step = |i: usize| {
         let wrow = g.w.add(i * g.ws + c);
         let mut wv = [_mm256_setzero_ps(); NV];
         for (v, w) in wv.iter_mut().enumerate() {
@@ -94,7 +94,16 @@ unsafe fn tile<const R: usize, const NV: usize, const MASKED: bool>(
                 *a = _mm256_fmadd_ps(xb, *w, *a);
             }
         }
-    }
+    };
+    // Eight inputs at a time: a bit for each input non-zero (or NaN) in some row of the tile.
+    let live = g.skip_zeros.then_some(|from: usize| {
+        let lanes = (g.depth - from).min(8);
+        (0..R).fold(0u32, |live, r| {
+            let x = g.x.add((r0 + r) * g.xs + from);
+            (0..lanes).fold(live, |live, l| live | u32::from(*x.add(l) != 0.0) << l)
+        })
+    });
+    super::walk_inputs(g.depth, 8, live, step);
     for (r, row) in acc.iter().enumerate() {
         let o = g.out.add((r0 + r) * g.os + c);
         for (v, a) in row.iter().enumerate() {
@@ -264,17 +273,6 @@ pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     while i < n {
         y[i] += a * x[i];
         i += 1;
-    }
-}
-
-/// `out_j = fma(a, w_j, out_j)` for every `j`: one step of [`super::gemm`]'s in-order sum.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn fma_into(a: f32, w: &[f32], out: &mut [f32]) {
-    for (o, &w) in out.iter_mut().zip(w) {
-        *o = a.mul_add(w, *o);
     }
 }
 
