@@ -146,17 +146,16 @@ impl Int8Rows {
             return None;
         }
         // y_j = q_j s_j, exact in f64 (two 24-bit significands).
-        let y: Vec<f64> = query
+        let mut rest: Vec<f64> = query
             .iter()
             .zip(&self.step)
             .map(|(&q, &s)| f64::from(q) * f64::from(s))
             .collect();
-        let (sigma_high, high) = level(&y);
-        let rest: Vec<f64> = y
-            .iter()
-            .zip(&high)
-            .map(|(&v, &h)| v - f64::from(sigma_high) * f64::from(h))
-            .collect();
+        let (sigma_high, high) = level(&rest);
+        // What the high level leaves of y: y_j − σ_hi h_j.
+        for (v, &h) in rest.iter_mut().zip(&high) {
+            *v -= f64::from(sigma_high) * f64::from(h);
+        }
         let (sigma_low, low) = level(&rest);
         let (mut rounding, mut rest_largest) = (0.0f64, 0.0f64);
         for (&r, &l) in rest.iter().zip(&low) {
@@ -171,8 +170,6 @@ impl Int8Rows {
                         .enumerate()
                         .fold(0u32, |word, (j, &c)| word | u32::from(c as u8) << (8 * j))
                 })
-                .chain(std::iter::repeat(0))
-                .take(self.cols.div_ceil(QUAD))
                 .collect();
             let sum: i32 = codes.iter().map(|&c| i32::from(c)).sum();
             (quads, i32::from(ZERO) * sum)
