@@ -18,13 +18,12 @@
 //! that node's spin lock. Levels come from a hash of the seed and the node, so one thread and
 //! one seed always build the same graph.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::*};
 use std::sync::Mutex;
 
-use crate::index::graph::{prefetch, FlatGraph, Scored, UpperLevel, AHEAD};
+use crate::index::graph::{prefetch, score_ahead, FlatGraph, Scored, UpperLevel};
 use crate::index::pages;
+use crate::index::pool::{self, Pool};
 use crate::nn::linalg;
 
 /// Highest level a node may get (the chance of reaching it with `M = 2` is 2^-24 per node).
@@ -108,8 +107,8 @@ struct Graph<'a> {
 struct Scratch {
     visited: Vec<u32>,
     epoch: u32,
-    candidates: BinaryHeap<Scored>,
-    results: BinaryHeap<Reverse<Scored>>,
+    /// The walk's candidates and results in one.
+    walk: Pool,
     fresh: Vec<u32>,
     found: Vec<Scored>,
     selected: Vec<Scored>,
@@ -123,8 +122,7 @@ impl Scratch {
         Self {
             visited: vec![0; len],
             epoch: 0,
-            candidates: BinaryHeap::new(),
-            results: BinaryHeap::new(),
+            walk: Pool::default(),
             fresh: Vec::new(),
             found: Vec::new(),
             selected: Vec::new(),
@@ -164,7 +162,7 @@ fn level_of(seed: u64, node: usize, m: usize) -> usize {
 /// If `data` holds fewer than `len * dim` floats, `m < 2` or `ef_construction == 0`.
 pub fn build(data: &[f32], dim: usize, len: usize, params: BuildParams) -> FlatGraph {
     assert!(data.len() >= len * dim && params.m >= 2 && params.ef_construction > 0);
-    assert!(len <= u32::MAX as usize, "node ids are 32-bit");
+    assert!(len <= pool::MAX_NODES, "at most pool::MAX_NODES nodes");
     let graph = Graph::new(Vectors { data, dim }, len, params);
     if len > 0 {
         graph.insert_all();
@@ -342,24 +340,17 @@ impl<'a> Graph<'a> {
         let epoch = scratch.next_epoch();
         let Scratch {
             visited,
-            candidates,
-            results,
+            walk,
             fresh,
             found,
             ..
         } = scratch;
-        candidates.clear();
-        results.clear();
         visited[node as usize] = epoch;
         visited[start.node as usize] = epoch;
-        candidates.push(start);
-        results.push(Reverse(start));
-        while let Some(current) = candidates.pop() {
-            let worst = results.peek().expect("non-empty").0;
-            if results.len() >= ef && current < worst {
-                break;
-            }
-            if let Some(next) = candidates.peek() {
+        walk.reset(ef);
+        walk.insert(start);
+        while let Some(current) = walk.expand_next() {
+            if let Some(next) = walk.peek_next() {
                 prefetch(self.list(next.node, level));
             }
             let list = self.list(current.node, level);
@@ -373,29 +364,15 @@ impl<'a> Graph<'a> {
                     fresh.push(next);
                 }
             }
-            for &next in fresh.iter().take(AHEAD) {
-                prefetch(self.vectors.of(next));
-            }
-            for (i, &next) in fresh.iter().enumerate() {
-                if let Some(&later) = fresh.get(i + AHEAD) {
-                    prefetch(self.vectors.of(later));
-                }
-                let candidate = Scored {
-                    score: dot(query, self.vectors.of(next)),
-                    node: next,
-                };
-                if results.len() < ef || candidate > results.peek().expect("non-empty").0 {
-                    candidates.push(candidate);
-                    results.push(Reverse(candidate));
-                    if results.len() > ef {
-                        results.pop();
-                    }
-                }
-            }
+            score_ahead(
+                fresh,
+                |next| dot(query, self.vectors.of(next)),
+                |next| prefetch(self.vectors.of(next)),
+                |found| walk.insert(found),
+            );
         }
         found.clear();
-        found.extend(results.drain().map(|r| r.0));
-        found.sort_unstable_by(|a, b| b.cmp(a));
+        found.extend(walk.found());
     }
 
     /// hnswlib's neighbour-selection heuristic: from `candidates` (best first, scored against
@@ -839,6 +816,43 @@ mod tests {
             }
             let recall = hit as f64 / total as f64;
             assert!(recall >= 0.97, "{threads} threads: recall@10 {recall}");
+        }
+    }
+
+    #[test]
+    fn the_pool_walk_finds_what_the_two_heap_walk_finds() {
+        // Unfiltered walks run on one sorted pool; a filter that keeps everything takes the
+        // two-heap walk (hnswlib's). Both expand the same nodes, so they return the same
+        // nodes with the same scores, ties and duplicate vectors included.
+        let (n, d) = (3_000, 8);
+        let mut data = catalogue(n, d, 5);
+        data.copy_within(0..100 * d, 1_000 * d);
+        let graph = build(&data, d, n, params(6));
+        let codes = crate::index::codes::Codes::new(&data, d);
+        let keep_all = |_: u32| true;
+        for (i, q) in catalogue(60, d, 6).chunks_exact(d).enumerate() {
+            for ef in [1, 10, 37, 200] {
+                let walk = crate::index::graph::Walk {
+                    vectors: &data,
+                    dim: d,
+                    query: q,
+                    ef,
+                    allowed: None,
+                    two_hop: false,
+                    codes: (i % 2 == 0).then_some(&codes),
+                    rescore: 0,
+                };
+                let pool = graph.search(&walk);
+                let heaps = graph.search(&crate::index::graph::Walk {
+                    allowed: Some(&keep_all),
+                    ..walk
+                });
+                let bits = |v: &[Scored]| -> Vec<(u32, u32)> {
+                    v.iter().map(|s| (s.node, s.score.to_bits())).collect()
+                };
+                assert_eq!(bits(&pool), bits(&heaps), "query {i}, ef {ef}");
+                assert_eq!(pool.len(), ef.min(n));
+            }
         }
     }
 

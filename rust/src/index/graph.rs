@@ -3,7 +3,9 @@
 //! produces and [`crate::index::file`] saves.
 //!
 //! The base level is one fixed-stride table (a node's neighbour count, then its neighbours);
-//! visits are epoch-stamped in a per-thread array; the next candidate's list is prefetched
+//! visits are epoch-stamped in a per-thread array; an unfiltered walk keeps its candidates and
+//! results in one sorted [`crate::index::pool`], a filtered one in hnswlib's two heaps (its
+//! candidates may be nodes its results cannot hold); the next candidate's list is prefetched
 //! while the current one is expanded, and each neighbour's vector a few neighbours before it
 //! is scored; the walk scores int8 codes of the vectors ([`crate::index::codes`], a quarter of
 //! the memory traffic) and the results are rescored with [`linalg::dot`] (AVX2+FMA where the
@@ -19,6 +21,7 @@ use rustc_hash::FxHashMap;
 
 use crate::index::codes::Codes;
 use crate::index::pages;
+use crate::index::pool::{self, Pool};
 use crate::nn::linalg;
 
 /// The graph over local nodes `0..len` (node `i` is item row `start + i` of its index).
@@ -150,6 +153,8 @@ struct Scratch {
     epoch: u16,
     candidates: BinaryHeap<Scored>,
     results: BinaryHeap<Reverse<Scored>>,
+    /// The unfiltered walk's candidates and results in one.
+    pool: Pool,
     /// The current node's neighbours not visited before.
     fresh: Vec<u32>,
 }
@@ -195,7 +200,30 @@ pub(crate) fn prefetch<T>(data: &[T]) {
 }
 
 /// How many neighbours ahead of the one being scored the walk prefetches.
-pub(crate) const AHEAD: usize = 8;
+const AHEAD: usize = 8;
+
+/// Scores each of `nodes` in order and hands it to `each`, with the data of the node
+/// [`AHEAD`] places later already requested (`fetch`), so that cache misses overlap.
+#[inline(always)]
+pub(crate) fn score_ahead(
+    nodes: &[u32],
+    score: impl Fn(u32) -> f32,
+    fetch: impl Fn(u32),
+    mut each: impl FnMut(Scored),
+) {
+    for &node in nodes.iter().take(AHEAD) {
+        fetch(node);
+    }
+    for (i, &node) in nodes.iter().enumerate() {
+        if let Some(&later) = nodes.get(i + AHEAD) {
+            fetch(later);
+        }
+        each(Scored {
+            score: score(node),
+            node,
+        });
+    }
+}
 
 impl FlatGraph {
     /// The graph from its parts: `base` holds `stride` words per node (its neighbour count,
@@ -500,12 +528,16 @@ impl FlatGraph {
 
         // Best-first search of the base level with breadth `ef`.
         scratch.start(self.len);
+        if allowed.is_none() && self.len <= pool::MAX_NODES {
+            return self.walk_pool(best, ef, scratch, score, fetch);
+        }
         let Scratch {
             visited,
             epoch,
             candidates,
             results,
             fresh,
+            ..
         } = scratch;
         let epoch = *epoch;
         visited[best.node as usize] = epoch;
@@ -547,30 +579,58 @@ impl FlatGraph {
                     }
                 }
             }
-            let ahead = AHEAD;
-            for &node in fresh.iter().take(ahead) {
-                fetch(node);
-            }
-            for (i, &node) in fresh.iter().enumerate() {
-                if let Some(&later) = fresh.get(i + ahead) {
-                    fetch(later);
-                }
-                let candidate = Scored {
-                    score: score(node),
-                    node,
-                };
+            score_ahead(fresh, &score, &fetch, |candidate| {
                 let worst = results.peek().map(|r| r.0);
                 if results.len() < ef || worst.is_none_or(|w| candidate > w) {
                     candidates.push(candidate);
-                    if keeps(node) {
+                    if keeps(candidate.node) {
                         results.push(Reverse(candidate));
                         if results.len() > ef {
                             results.pop();
                         }
                     }
                 }
-            }
+            });
         }
         results.drain().map(|r| r.0).collect()
+    }
+
+    /// The unfiltered base-level walk from `start`: [`Self::walk_with`]'s loop on one
+    /// [`Pool`] instead of two heaps (the same nodes expanded, best first).
+    #[inline(always)]
+    fn walk_pool(
+        &self,
+        start: Scored,
+        ef: usize,
+        scratch: &mut Scratch,
+        score: impl Fn(u32) -> f32,
+        fetch: impl Fn(u32),
+    ) -> Vec<Scored> {
+        let Scratch {
+            visited,
+            epoch,
+            pool,
+            fresh,
+            ..
+        } = scratch;
+        let epoch = *epoch;
+        visited[start.node as usize] = epoch;
+        pool.reset(ef);
+        pool.insert(start);
+        while let Some(current) = pool.expand_next() {
+            if let Some(next) = pool.peek_next() {
+                prefetch(&self.base[next.node as usize * self.stride..][..self.stride]);
+            }
+            fresh.clear();
+            for &node in self.base_neighbours(current.node) {
+                let seen = &mut visited[node as usize];
+                if *seen != epoch {
+                    *seen = epoch;
+                    fresh.push(node);
+                }
+            }
+            score_ahead(fresh, &score, &fetch, |found| pool.insert(found));
+        }
+        pool.found().collect()
     }
 }

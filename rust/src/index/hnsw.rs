@@ -41,6 +41,7 @@ use crate::index::file;
 use crate::index::gather;
 use crate::index::graph::{FlatGraph, Walk};
 use crate::index::policy::{self, Plan};
+use crate::index::pool::MAX_NODES;
 use crate::index::rank::{rank_order, Hit};
 use crate::index::rowset::RowSet;
 
@@ -270,6 +271,12 @@ impl HnswIndex {
         params: &HnswParams,
     ) -> Result<Self, HnswError> {
         check_params(params)?;
+        if rows.len() > MAX_NODES {
+            return Err(HnswError::Param {
+                name: "rows",
+                message: format!("an index holds at most {MAX_NODES} items"),
+            });
+        }
         let dim = items.cols;
         let first = (rows.start - base) * dim;
         let vectors = &items.data[first..first + rows.len() * dim];

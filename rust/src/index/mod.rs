@@ -13,5 +13,6 @@ pub mod hnsw;
 mod int8;
 pub(crate) mod pages;
 pub mod policy;
+mod pool;
 pub mod rank;
 pub mod rowset;
