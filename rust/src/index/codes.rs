@@ -119,6 +119,62 @@ impl Codes {
     }
 }
 
+/// A query for [`Codes::score_vnni`]: the [`Codes::scaled`] query rounded to multiples of
+/// `step` (`max |value| / 127`), each stored as `multiple + 128`, padded with 128 (a zero) to
+/// whole 64-byte blocks.
+pub struct QueryBytes {
+    bytes: Vec<u8>,
+    step: f32,
+}
+
+impl Codes {
+    /// The [`QueryBytes`] of a [`Codes::scaled`] query.
+    pub fn query_bytes(&self, scaled: &[f32]) -> QueryBytes {
+        let largest = scaled.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let step = if largest > 0.0 && largest.is_finite() {
+            largest / 127.0
+        } else {
+            1.0
+        };
+        let mut bytes = vec![128u8; self.dim.next_multiple_of(LINE)];
+        for (b, v) in bytes.iter_mut().zip(scaled) {
+            *b = ((v / step).round().clamp(-127.0, 127.0) as i32 + 128) as u8;
+        }
+        QueryBytes { bytes, step }
+    }
+
+    /// Node `node`'s approximate score against `query`, from VNNI byte dot products:
+    /// `sum (q + 128) c - 128 sum c` is `sum q c` exactly in integers, so bytes read past the
+    /// row's end (where `q` is zero) add nothing, and masked loads never read past the table.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW and VNNI.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn score_vnni(&self, query: &QueryBytes, node: u32) -> f32 {
+        use std::arch::x86_64::*;
+        let row = self.of(node).as_ptr();
+        let ones = _mm512_set1_epi8(1);
+        let (mut products, mut sums) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        for (block, q) in query.bytes.chunks_exact(LINE).enumerate() {
+            let left = self.dim - block * LINE;
+            let mask = if left >= LINE {
+                u64::MAX
+            } else {
+                (1u64 << left) - 1
+            };
+            // SAFETY: the mask keeps the load inside the row's `dim` codes; `q` is 64 bytes.
+            let codes = _mm512_maskz_loadu_epi8(mask, row.add(block * LINE));
+            let q = _mm512_loadu_si512(q.as_ptr().cast());
+            products = _mm512_dpbusd_epi32(products, q, codes);
+            sums = _mm512_dpbusd_epi32(sums, ones, codes);
+        }
+        let total = _mm512_reduce_add_epi32(_mm512_sub_epi32(products, _mm512_slli_epi32(sums, 7)));
+        total as f32 * query.step
+    }
+}
+
 fn as_bytes(lines: &[Line]) -> &[i8] {
     // SAFETY: `Line` is `LINE` plain bytes with no padding (repr(C), size = align = 64).
     unsafe { std::slice::from_raw_parts(lines.as_ptr().cast(), lines.len() * LINE) }
@@ -171,5 +227,41 @@ mod tests {
         // A zero column keeps a usable scale.
         let zeros = Codes::new(&[0.0; 8], 4);
         assert_eq!(Codes::score(&zeros.scaled(&[1.0; 4]), zeros.of(1)), 0.0);
+    }
+
+    #[test]
+    fn vnni_scores_are_the_codes_scores_up_to_the_query_rounding() {
+        #[cfg(target_arch = "x86_64")]
+        if linalg::x86::has_avx512_vnni() {
+            for dim in [1, 8, 37, 64, 82, 130] {
+                let n = 23;
+                let vectors: Vec<f32> = (0..n * dim)
+                    .map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0)
+                    .collect();
+                let codes = Codes::new(&vectors, dim);
+                for seed in 0..3 {
+                    let query: Vec<f32> = (0..dim)
+                        .map(|i| ((i + 11 * seed) as f32 * 0.37).sin() * 10f32.powi(seed as i32))
+                        .collect();
+                    let scaled = codes.scaled(&query);
+                    let bytes = codes.query_bytes(&scaled);
+                    let largest = scaled.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                    for node in 0..n as u32 {
+                        let want = Codes::score(&scaled, codes.of(node));
+                        let units: f32 = codes.of(node).iter().map(|&c| f32::from(c).abs()).sum();
+                        // Half a step of rounding per code unit, and float rounding.
+                        let bound = 0.5 * largest / 127.0 * units + 1e-4 * want.abs().max(1.0);
+                        // SAFETY: checked just above.
+                        let got = unsafe { codes.score_vnni(&bytes, node) };
+                        assert!((got - want).abs() <= bound, "d {dim}: {got} vs {want}");
+                    }
+                }
+            }
+            // A zero query scores zero.
+            let codes = Codes::new(&[0.5, -1.0, 0.25, 1.0], 2);
+            let bytes = codes.query_bytes(&[0.0, 0.0]);
+            // SAFETY: checked above.
+            assert_eq!(unsafe { codes.score_vnni(&bytes, 1) }, 0.0);
+        }
     }
 }

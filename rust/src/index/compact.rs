@@ -90,9 +90,7 @@ impl Kernel {
                 level >= Level::Avx512 && std::arch::is_x86_feature_detected!("avx512bf16")
             }
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni => {
-                level >= Level::Avx512 && std::arch::is_x86_feature_detected!("avx512vnni")
-            }
+            Kernel::Avx512Vnni => linalg::x86::has_avx512_vnni(),
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }

@@ -8,7 +8,8 @@
 //! candidates may be nodes its results cannot hold); the next candidate's list is prefetched
 //! while the current one is expanded, and each neighbour's vector a few neighbours before it
 //! is scored; the walk scores int8 codes of the vectors ([`crate::index::codes`], a quarter of
-//! the memory traffic) and the results are rescored with [`linalg::dot`] (AVX2+FMA where the
+//! the memory traffic; with VNNI byte dot products against an int8 copy of the query where the
+//! CPU has AVX-512 VNNI, a third of the instructions) and the results are rescored with [`linalg::dot`] (AVX2+FMA where the
 //! CPU has it), the exact scan's dot product. (Searching through usearch, which built the
 //! graph before, measured 3-4x slower than hnswlib: a hash set of visited nodes, no prefetch,
 //! two indirect calls per distance.)
@@ -19,7 +20,7 @@ use std::collections::BinaryHeap;
 
 use rustc_hash::FxHashMap;
 
-use crate::index::codes::Codes;
+use crate::index::codes::{Codes, QueryBytes};
 use crate::index::pages;
 use crate::index::pool::{self, Pool};
 use crate::nn::linalg;
@@ -421,7 +422,11 @@ impl FlatGraph {
             Some(codes) => {
                 let scaled = codes.scaled(query);
                 #[cfg(target_arch = "x86_64")]
-                let mut found = if linalg::x86::has_avx2_fma() {
+                let mut found = if linalg::x86::has_avx512_vnni() {
+                    let bytes = codes.query_bytes(&scaled);
+                    // SAFETY: the CPU supports AVX-512 F, BW and VNNI (checked at run time).
+                    unsafe { self.walk_codes_vnni(walk, &mut scratch, codes, &bytes) }
+                } else if linalg::x86::has_avx2_fma() {
                     // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
                     unsafe { self.walk_codes_avx2(walk, &mut scratch, codes, &scaled) }
                 } else {
@@ -483,6 +488,21 @@ impl FlatGraph {
     ) -> Vec<Scored> {
         // SAFETY: this function only runs where AVX2 and FMA are present.
         let score = |node: u32| unsafe { Codes::score_avx2(scaled, codes.of(node)) };
+        self.walk_with(walk, scratch, score, |node| prefetch(codes.of(node)))
+    }
+
+    /// [`Self::walk_with`] on the codes' VNNI scores ([`Codes::score_vnni`]).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vnni")]
+    unsafe fn walk_codes_vnni(
+        &self,
+        walk: &Walk<'_>,
+        scratch: &mut Scratch,
+        codes: &Codes,
+        query: &QueryBytes,
+    ) -> Vec<Scored> {
+        // SAFETY: this function only runs where AVX-512 F, BW and VNNI are present.
+        let score = |node: u32| unsafe { codes.score_vnni(query, node) };
         self.walk_with(walk, scratch, score, |node| prefetch(codes.of(node)))
     }
 

@@ -9,6 +9,17 @@ pub fn has_avx2_fma() -> bool {
     super::level() >= Level::Avx2
 }
 
+/// Whether this process runs AVX-512 kernels ([`super::level`], which `DPR_KERNELS` caps) and
+/// the CPU has VNNI's byte dot products.
+pub fn has_avx512_vnni() -> bool {
+    static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *VNNI.get_or_init(|| {
+        super::level() >= Level::Avx512
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    })
+}
+
 /// Rows per register tile: 6 rows × 2 vectors = 12 accumulators, 2 weight vectors and a
 /// broadcast fill 15 of the 16 registers.
 const MR: usize = 6;
