@@ -26,6 +26,14 @@ pub struct Codes {
     stride: usize,
 }
 
+/// A query for [`Codes::score_vnni`]: the [`Codes::scaled`] query rounded to multiples of
+/// `step` (`max |value| / 127`), each stored as `multiple + 128`, padded with 128 (a zero) to
+/// whole 64-byte blocks.
+pub struct QueryBytes {
+    bytes: Vec<u8>,
+    step: f32,
+}
+
 impl Codes {
     /// Codes of the `vectors.len() / dim` rows of `vectors` (finite values).
     pub fn new(vectors: &[f32], dim: usize) -> Self {
@@ -117,17 +125,7 @@ impl Codes {
         }
         sum
     }
-}
 
-/// A query for [`Codes::score_vnni`]: the [`Codes::scaled`] query rounded to multiples of
-/// `step` (`max |value| / 127`), each stored as `multiple + 128`, padded with 128 (a zero) to
-/// whole 64-byte blocks.
-pub struct QueryBytes {
-    bytes: Vec<u8>,
-    step: f32,
-}
-
-impl Codes {
     /// The [`QueryBytes`] of a [`Codes::scaled`] query.
     pub fn query_bytes(&self, scaled: &[f32]) -> QueryBytes {
         let largest = scaled.iter().fold(0.0f32, |m, v| m.max(v.abs()));

@@ -9,8 +9,8 @@
 //! while the current one is expanded, and each neighbour's vector a few neighbours before it
 //! is scored; the walk scores int8 codes of the vectors ([`crate::index::codes`], a quarter of
 //! the memory traffic; with VNNI byte dot products against an int8 copy of the query where the
-//! CPU has AVX-512 VNNI, a third of the instructions) and the results are rescored with [`linalg::dot`] (AVX2+FMA where the
-//! CPU has it), the exact scan's dot product. (Searching through usearch, which built the
+//! CPU has AVX-512 VNNI, a third of the instructions) and the results are rescored with
+//! [`linalg::dot`] (AVX2+FMA where the CPU has it), the exact scan's dot product. (Searching through usearch, which built the
 //! graph before, measured 3-4x slower than hnswlib: a hash set of visited nodes, no prefetch,
 //! two indirect calls per distance.)
 
