@@ -341,3 +341,49 @@ def test_save_and_load(tmp_path, data):
     with pytest.raises(OSError, match="junk"):
         _core.HnswIndex.load(junk, items)
 
+
+
+def test_a_value_graph_answers_filters_inside_it(data, tmp_path):
+    """Rows of one attribute value get their own graph; a filter inside it (the value minus
+    a user's history, or a narrower one) is walked there: allowed rows only, exact scores,
+    recall against the exact filtered top-10; the graph survives save and load."""
+    items, queries = data
+    index = _core.HnswIndex(items, expansion_search=64)
+    value = np.flatnonzero(np.arange(N) % 3 == 0)
+    assert index.add_subgraph(value[::-1]) == 1
+    assert [len(rows) for rows in index.subgraphs] == [len(value)]
+    assert index.subgraphs[0] == value.tolist()
+    minus_history = np.zeros(N, dtype=bool)
+    minus_history[value] = True
+    minus_history[value[[3, 50, 700]]] = False
+    narrower = minus_history & (np.arange(N) % 2 == 0)
+    for mask in (minus_history, narrower):
+        found = [index.search(q, K, allowed=mask) for q in queries[:100]]
+        for (ids, scores), q in zip(found, queries[:100], strict=True):
+            assert len(ids) == K and mask[ids].all()
+            np.testing.assert_allclose(scores, items[ids] @ q, rtol=1e-5, atol=1e-5)
+        truth = [exact(items, q, K, mask) for q in queries[:100]]
+        assert recall([ids for ids, _ in found], truth) >= 0.95
+    path = tmp_path / "index.hnsw"
+    index.save(path)
+    back = _core.HnswIndex.load(path, items)
+    assert back.subgraphs == index.subgraphs
+    for q in queries[:20]:
+        a, b = back.search(q, K, allowed=narrower), index.search(q, K, allowed=narrower)
+        np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_value_graph_bad_rows(data):
+    items, _ = data
+    index = _core.HnswIndex(items[:500])
+    with pytest.raises(ValueError, match="not one of the indexed rows"):
+        index.add_subgraph([1, 2, 500])
+    with pytest.raises(ValueError, match="not an item row"):
+        index.add_subgraph([-1, 2])
+    with pytest.raises(ValueError, match="at least one row"):
+        index.add_subgraph([])
+    with pytest.raises(TypeError, match="integer item rows"):
+        index.add_subgraph([1.5, 2.0])
+    with pytest.raises(TypeError, match="integer item rows"):
+        index.add_subgraph(np.ones(500, dtype=bool))
+    assert index.subgraphs == []

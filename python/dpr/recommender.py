@@ -96,7 +96,7 @@ class Recommender:
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, *, verify: bool = True,
              prompt_cache: int = 4096, index: Literal["auto", "exact", "hnsw"] = "auto",
-             history_cache: int = 4096) -> Recommender:
+             history_cache: int = 4096, value_graphs: bool = True) -> Recommender:
         """Load the bundle directory at `path` (no argument: the demo bundle, if the wheel has one).
 
         `verify` checks every file against the sha256 sums in `dpr.json`; `prompt_cache` is how
@@ -109,6 +109,12 @@ class Recommender:
         (read from the bundle's `index.hnsw` if saved with `save_index`, else built now; an
         `index.usearch` of an earlier dpr is not read);
         "exact" or "hnsw" force one. Selective filters are always answered exactly.
+        `value_graphs`: with an HNSW graph, also one graph per attribute value held by more
+        than 5,000 items and at most half of them, which `include` filters on that value walk
+        (on 1M items, 1.0-1.8x the speed of an unfiltered query where the main graph ran
+        0.2-0.4x: `benches/results/retrieval-1m.md`); each costs about what the main graph
+        costs per item (memory, and build time when the graph is built rather than read from
+        a saved `index.hnsw`, which keeps them). False builds none and ignores saved ones.
 
         Raises FileNotFoundError (missing directory or file) or `BundleFormatError` (a
         `ValueError`: damaged file or a field that disagrees; the message names both).
@@ -118,7 +124,8 @@ class Recommender:
                 f"{DEMO_BUNDLE}: this install has no demo bundle (a wheel built after "
                 "`dpr build-demo` has one); pass a bundle path, or run `dpr build-demo`")
         root = DEMO_BUNDLE if path is None else Path(path)
-        return cls(Engine(str(root), verify, prompt_cache, index, history_cache, Hit), root)
+        return cls(Engine(str(root), verify, prompt_cache, index, history_cache, Hit,
+                          value_graphs), root)
 
     def save_index(self, path: str | os.PathLike[str] | None = None) -> Path:
         """Save the HNSW graph (built if needed) so later loads read it instead of building;

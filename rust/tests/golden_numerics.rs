@@ -98,7 +98,7 @@ fn assert_close(got: &[f32], want: &[f32], all: &Value, what: &str) {
 
 fn load(kind: &str) -> Model {
     let path = fixtures().join(format!("tiny_{kind}"));
-    Model::load(&path, true, 64, 64, Retrieval::Exact)
+    Model::load(&path, true, 64, 64, Retrieval::Exact, true)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -359,7 +359,7 @@ fn a_version_4_restatement_of_the_fixtures_scores_identically() {
         let at = dir.path().join(kind);
         let family = |values: &[String]| serde_json::json!([{"name": "genre", "values": values}]);
         version_4_copy(kind, &at, family(&genre));
-        let new = Model::load(&at, true, 64, 64, Retrieval::Exact).unwrap();
+        let new = Model::load(&at, true, 64, 64, Retrieval::Exact, true).unwrap();
         assert_eq!(new.item_vectors(), old.item_vectors(), "{kind}: item table");
         let steered: Vec<(&str, &[String])> = new
             .steered_families()
@@ -393,7 +393,7 @@ fn a_version_4_restatement_of_the_fixtures_scores_identically() {
         let reversed: Vec<String> = genre.iter().rev().cloned().collect();
         let at = dir.path().join(format!("{kind}-reversed"));
         version_4_copy(kind, &at, family(&reversed));
-        let model = Model::load(&at, true, 64, 64, Retrieval::Exact).unwrap();
+        let model = Model::load(&at, true, 64, 64, Retrieval::Exact, true).unwrap();
         let (d, width) = (old.dim, old.vector_dim());
         let mut moved = 0;
         for (row, (got, want)) in model

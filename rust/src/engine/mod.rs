@@ -19,8 +19,8 @@ use crate::bundle::{Attribute, Bundle, BundleError, IdRows, ItemId, SteerFamily}
 use crate::index::compact::{self, CompactRows};
 use crate::index::exact::{self, Hit, Matrix};
 use crate::index::hnsw::{HnswIndex, HnswParams, SharedItems};
+use crate::index::policy::{self, COMPACT_COPY_MAX_BYTES, INDEX_FILE};
 pub use crate::index::policy::{Filter, Retrieval};
-use crate::index::policy::{COMPACT_COPY_MAX_BYTES, INDEX_FILE};
 use crate::index::rowset::{Postings, RowSet};
 use crate::nn::backbone::{Backbone, Rows};
 use crate::nn::encoder::{PromptEncoder, PromptError};
@@ -131,6 +131,9 @@ pub struct Model {
     /// `dpr.json` `steer.prompts`: false for a filter-only bundle, which refuses every
     /// non-blank prompt ([`prompts::NO_PROMPT`]).
     takes_prompts: bool,
+    /// Whether the HNSW index builds (or keeps from its file) value graphs
+    /// ([`crate::index::subgraph`]).
+    value_graphs: bool,
 }
 
 const _: () = {
@@ -138,13 +141,16 @@ const _: () = {
     shared::<Model>();
 };
 
-/// The saved graph at `file` if there is one, else a new one over rows 1..=N of `table`
-/// (`(N+1) × width`); either way the index rescores from `table` itself.
+/// The saved graph at `file` if there is one (with the value graphs saved in it), else a new
+/// one over rows 1..=N of `table` (`(N+1) × width`) with a value graph for each attribute
+/// value [`policy::wants_value_graph`] picks; either way the index rescores from `table`.
+/// Without `value_graphs`, the index holds none.
 fn open_index(
     table: &Arc<Vec<f32>>,
-    width: usize,
-    num_items: usize,
+    (width, num_items): (usize, usize),
     file: &Path,
+    attributes: &[Attribute],
+    value_graphs: bool,
 ) -> Result<HnswIndex, ModelError> {
     let index_error = |e: crate::index::hnsw::HnswError| {
         ModelError::Bundle(BundleError::Index {
@@ -162,9 +168,26 @@ fn open_index(
                 message: "the saved index does not cover this bundle's items".into(),
             }));
         }
+        if !value_graphs {
+            index.clear_subgraphs();
+        }
         return Ok(index);
     }
-    HnswIndex::build_shared(shared, 1..num_items + 1, &HnswParams::default()).map_err(index_error)
+    let index = HnswIndex::build_shared(shared, 1..num_items + 1, &HnswParams::default())
+        .map_err(index_error)?;
+    let attributes = if value_graphs { attributes } else { &[] };
+    for attribute in attributes {
+        let mut rows: Vec<Vec<usize>> = vec![Vec::new(); attribute.width()];
+        for row in 1..=num_items {
+            attribute.values_of(row).for_each(|v| rows[v].push(row));
+        }
+        for rows in rows {
+            if policy::wants_value_graph(rows.len(), num_items) {
+                index.add_subgraph(&rows).map_err(index_error)?;
+            }
+        }
+    }
+    Ok(index)
 }
 
 /// `(attribute index, value index)` of each of the intent head's `(family, value)` among
@@ -302,6 +325,7 @@ impl Model {
         cache_capacity: usize,
         history_cache: usize,
         retrieval: Retrieval,
+        value_graphs: bool,
     ) -> Result<Model, ModelError> {
         let mut bundle = Bundle::open(path, verify_checksums)?;
         let takes_prompts = bundle.steer.prompts;
@@ -311,7 +335,8 @@ impl Model {
         let (encoder, (backbone, steering, intent, table, index)) = std::thread::scope(|scope| {
             let encoder =
                 scope.spawn(|| PromptEncoder::load(&encoder_dir, max_tokens, cache_capacity));
-            let rest = Self::load_items(path, &mut bundle, cache_capacity, retrieval);
+            let graphs = (retrieval, value_graphs);
+            let rest = Self::load_items(path, &mut bundle, cache_capacity, graphs);
             let encoder = encoder
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -370,6 +395,7 @@ impl Model {
             compact: None,
             histories: HistoryCache::new(history_cache),
             takes_prompts,
+            value_graphs,
         };
         match index {
             Some(index) => {
@@ -387,7 +413,7 @@ impl Model {
         path: &Path,
         bundle: &mut Bundle,
         cache_capacity: usize,
-        retrieval: Retrieval,
+        (retrieval, value_graphs): (Retrieval, bool),
     ) -> Result<
         (
             Backbone,
@@ -423,7 +449,15 @@ impl Model {
         );
         let table = Arc::new(table);
         let index = if retrieval.uses_graph(n) {
-            Some(open_index(&table, width, n, &path.join(INDEX_FILE))?)
+            let file = path.join(INDEX_FILE);
+            let attributes = &bundle.attributes;
+            Some(open_index(
+                &table,
+                (width, n),
+                &file,
+                attributes,
+                value_graphs,
+            )?)
         } else {
             None
         };
@@ -468,7 +502,14 @@ impl Model {
         if let Some(index) = self.index.get().or(self.unserved.get()) {
             return Ok(index);
         }
-        let built = open_index(&self.table, self.width, self.num_items, Path::new(""))?;
+        let shape = (self.width, self.num_items);
+        let built = open_index(
+            &self.table,
+            shape,
+            Path::new(""),
+            &self.attributes,
+            self.value_graphs,
+        )?;
         Ok(self.unserved.get_or_init(|| built))
     }
 

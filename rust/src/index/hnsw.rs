@@ -32,7 +32,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use crate::index::build::{self, BuildParams};
 use crate::index::codes::Codes;
@@ -44,6 +44,7 @@ use crate::index::policy::{self, Plan};
 use crate::index::pool::MAX_NODES;
 use crate::index::rank::{rank_order, Hit};
 use crate::index::rowset::RowSet;
+use crate::index::subgraph::Subgraph;
 
 /// The default `ef` of a new index, and of one read from a file of the first format (which did
 /// not keep one).
@@ -139,6 +140,9 @@ pub struct HnswIndex {
     dim: usize,
     /// The default breadth; [`HnswIndex::calibrate`] may change it while searches run.
     expansion_search: AtomicUsize,
+    /// Graphs over subsets of the rows (attribute values), smallest first
+    /// ([`crate::index::subgraph`]); added while searches may run.
+    subgraphs: RwLock<Vec<Arc<Subgraph>>>,
 }
 
 /// Searches from many threads at once are part of the contract.
@@ -301,7 +305,102 @@ impl HnswIndex {
             len: rows.len(),
             dim,
             expansion_search: AtomicUsize::new(params.expansion_search),
+            subgraphs: RwLock::default(),
         })
+    }
+
+    /// An index over all rows of `data` (`dim` floats a row) walking `flat`, a graph built
+    /// for them before.
+    pub(crate) fn from_graph(
+        flat: FlatGraph,
+        data: Vec<f32>,
+        dim: usize,
+        params: &HnswParams,
+    ) -> Self {
+        let len = flat.len();
+        Self {
+            codes: Codes::new(&data, dim),
+            flat,
+            connectivity: params.connectivity,
+            expansion_add: params.expansion_add,
+            vectors: Arc::new(data),
+            base: 0,
+            start: 0,
+            len,
+            dim,
+            expansion_search: AtomicUsize::new(params.expansion_search),
+            subgraphs: RwLock::default(),
+        }
+    }
+
+    /// The build settings (and default breadth) of this index.
+    fn params(&self) -> HnswParams {
+        HnswParams {
+            connectivity: self.connectivity,
+            expansion_add: self.expansion_add,
+            expansion_search: self.expansion_search(),
+        }
+    }
+
+    /// Adds a graph over `rows` (indexed rows, any order, repeats ignored; typically the items
+    /// holding one attribute value), built with this index's settings, which filtered
+    /// searches whose allowed rows all lie in `rows` may walk instead of the whole graph (see
+    /// [`policy::plan`]). Returns the number of such graphs. Inserts run on rayon's pool.
+    pub fn add_subgraph(&self, rows: &[usize]) -> Result<usize, HnswError> {
+        let range = self.rows();
+        if let Some(&bad) = rows.iter().find(|r| !range.contains(r)) {
+            return Err(HnswError::Param {
+                name: "rows",
+                message: format!(
+                    "row {bad} is not one of the indexed rows {}..{}",
+                    range.start, range.end
+                ),
+            });
+        }
+        let mut rows: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        rows.sort_unstable();
+        rows.dedup();
+        if rows.is_empty() {
+            return Err(HnswError::Param {
+                name: "rows",
+                message: "a value graph needs at least one row".into(),
+            });
+        }
+        let graph = Subgraph::build((&self.vectors, self.base, self.dim), rows, &self.params())?;
+        Ok(self.insert_subgraph(graph))
+    }
+
+    fn insert_subgraph(&self, graph: Subgraph) -> usize {
+        let mut graphs = self.subgraphs.write().unwrap_or_else(|e| e.into_inner());
+        let at = graphs.partition_point(|g| g.len() <= graph.len());
+        graphs.insert(at, Arc::new(graph));
+        graphs.len()
+    }
+
+    /// Drops every value graph.
+    pub fn clear_subgraphs(&self) {
+        self.subgraphs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// The rows of each graph over a subset of the rows, smallest first.
+    pub fn subgraph_rows(&self) -> Vec<Vec<u32>> {
+        self.subgraphs().iter().map(|g| g.rows().to_vec()).collect()
+    }
+
+    fn subgraphs(&self) -> Vec<Arc<Subgraph>> {
+        self.subgraphs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The smallest subgraph holding every row of `set`.
+    fn covering(&self, set: &RowSet) -> Option<Arc<Subgraph>> {
+        let graphs = self.subgraphs.read().unwrap_or_else(|e| e.into_inner());
+        graphs.iter().find(|g| g.covers(set)).cloned()
     }
 
     /// Makes the default breadth the smallest of [`policy::BREADTHS`] at which searches for
@@ -309,7 +408,8 @@ impl HnswIndex {
     /// least `target` of their exact top `k` on average (the last breadth if none does), and
     /// returns it with the recall measured there. Representative queries matter: an indexed
     /// row's own vector is an easy query, because the graph's edges from that row are close
-    /// to its answer. Queries run in parallel on rayon's pool.
+    /// to its answer. Each value graph ([`HnswIndex::add_subgraph`]) gets its own breadth,
+    /// measured the same way on its rows. Queries run in parallel on rayon's pool.
     pub fn calibrate(
         &self,
         queries: Matrix<'_>,
@@ -369,6 +469,10 @@ impl HnswIndex {
         }
         self.expansion_search
             .store(measured.0, AtomicOrdering::Relaxed);
+        // Each value graph is a catalogue of its own: its breadth is measured on its rows.
+        for graph in self.subgraphs() {
+            graph.index().calibrate(queries, k, target)?;
+        }
         Ok(measured)
     }
 
@@ -443,6 +547,8 @@ impl HnswIndex {
         if k == 0 || self.len == 0 {
             return Ok(Vec::new());
         }
+        // A value graph walks with its own default breadth unless one is asked for.
+        let asked_ef = ef;
         // A breadth beyond the row count explores nothing more (and would only allocate).
         let ef = if ef == 0 { self.expansion_search() } else { ef }
             .max(k)
@@ -458,9 +564,20 @@ impl HnswIndex {
         let Some(set) = allowed else {
             return Ok(self.walk(query, k, ef, None, false));
         };
-        let plan = plan.unwrap_or_else(|| policy::plan(set.len(), self.len, k, ef));
-        let Plan::Walk { ef, two_hop } = plan else {
-            return Ok(self.gather(query, k, set));
+        let covering = match plan {
+            None | Some(Plan::Subgraph) => self.covering(set),
+            Some(_) => None,
+        };
+        let within = covering.as_ref().map(|g| g.len());
+        let plan = plan.unwrap_or_else(|| policy::plan(set.len(), self.len, k, ef, within));
+        let (ef, two_hop) = match plan {
+            Plan::Scan => return Ok(self.gather(query, k, set)),
+            Plan::Subgraph => {
+                let found = covering.and_then(|g| g.search(query, k, asked_ef, set));
+                // Short (or no graph covers the set): the scan is right in every case.
+                return Ok(found.unwrap_or_else(|| self.gather(query, k, set)));
+            }
+            Plan::Walk { ef, two_hop } => (ef, two_hop),
         };
         let bits = match set {
             RowSet::Bits { words, .. } => std::borrow::Cow::Borrowed(words),
@@ -510,12 +627,12 @@ impl HnswIndex {
             return self.search(query, k, ef, None);
         }
         let keep = |node: u32| excluded.binary_search(&(node as usize)).is_err();
-        let ef = if ef == 0 { self.expansion_search() } else { ef }.max(k);
+        let ef = if ef == 0 { self.expansion_search() } else { ef };
         let walked = k < self.len - excluded.len()
             && query.len() == self.dim
             && query.iter().all(|v| v.is_finite());
         if walked {
-            let hits = self.walk(query, k, ef.min(self.len), Some(&keep), false);
+            let hits = self.walk_dropping(query, k, ef, &keep, excluded.len());
             if hits.len() == k {
                 return Ok(hits);
             }
@@ -546,8 +663,31 @@ impl HnswIndex {
         exact::top_k_among(self.matrix(), self.start, query, k, set).unwrap_or_default()
     }
 
+    /// The best `k` nodes `keep` allows by a walk of breadth `ef` (raised to `k`), where `keep`
+    /// refuses `dropped` of the indexed rows: when they are few (a user's history), an
+    /// unfiltered walk for `k + dropped` hits with those dropped afterwards (the unfiltered walk
+    /// keeps one sorted pool, the filtered one two heaps; see
+    /// [`policy::DROPPED_AFTER_WALK_MAX`]), else the filtered walk.
+    pub(crate) fn walk_dropping(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        keep: &dyn Fn(u32) -> bool,
+        dropped: usize,
+    ) -> Vec<Hit> {
+        if dropped > policy::DROPPED_AFTER_WALK_MAX {
+            return self.walk(query, k, ef.max(k).min(self.len), Some(keep), false);
+        }
+        let wanted = k + dropped;
+        let mut hits = self.walk(query, wanted, ef.max(wanted).min(self.len), None, false);
+        hits.retain(|h| keep((h.row - self.start) as u32));
+        hits.truncate(k);
+        hits
+    }
+
     /// Walks the graph with breadth `ef` and keeps the best `k` rows `keep` allows.
-    fn walk(
+    pub(crate) fn walk(
         &self,
         query: &[f32],
         k: usize,
@@ -582,8 +722,7 @@ impl HnswIndex {
         hits
     }
 
-    /// The graph (for tests of its shape).
-    #[cfg(test)]
+    /// The graph it walks.
     pub(crate) fn graph(&self) -> &FlatGraph {
         &self.flat
     }
@@ -597,6 +736,11 @@ impl HnswIndex {
             path: path.to_owned(),
             message,
         };
+        let graphs = self.subgraphs();
+        let parts: Vec<(&[u32], &FlatGraph, usize)> = graphs
+            .iter()
+            .map(|g| (g.rows(), g.index().graph(), g.index().expansion_search()))
+            .collect();
         let bytes = file::encode(
             &self.flat,
             self.start,
@@ -605,6 +749,7 @@ impl HnswIndex {
             self.expansion_add,
             self.expansion_search(),
             |row| self.vector(row),
+            &parts,
         );
         let partial = partial_path(path);
         let written = std::fs::write(&partial, bytes)
@@ -685,6 +830,7 @@ impl HnswIndex {
             len,
             dim,
             expansion_search: AtomicUsize::new(params.expansion_search),
+            subgraphs: RwLock::default(),
         };
         for (row, stored) in &saved.samples {
             if stored.as_slice() != index.vector(*row) {
@@ -693,6 +839,30 @@ impl HnswIndex {
                      for another catalogue"
                 )));
             }
+        }
+        for saved in saved.subgraphs {
+            if saved
+                .rows
+                .iter()
+                .any(|&r| !index.rows().contains(&(r as usize)))
+            {
+                return Err(file_err(
+                    "a value graph holds rows outside the index".into(),
+                ));
+            }
+            let params = HnswParams {
+                expansion_search: saved.expansion_search,
+                ..params.clone()
+            };
+            check_params(&params).map_err(|e| file_err(e.to_string()))?;
+            let graph = Subgraph::from_saved(
+                (&index.vectors, index.base, dim),
+                saved.rows,
+                saved.graph,
+                &params,
+            )
+            .map_err(file_err)?;
+            index.insert_subgraph(graph);
         }
         Ok(index)
     }
@@ -1129,7 +1299,8 @@ mod tests {
         index.save(&path).unwrap();
         // The same file as the first format wrote it: its tag, no expansion_search field.
         let saved = std::fs::read(&path).unwrap();
-        let body = &saved[..saved.len() - 32];
+        // Without the digest and the (empty) value graph section's count.
+        let body = &saved[..saved.len() - 32 - 8];
         let mut old = b"DPRHNSW1".to_vec();
         old.extend_from_slice(&body[8..32]);
         old.extend_from_slice(&body[40..]);
@@ -1140,6 +1311,97 @@ mod tests {
         let back = HnswIndex::load(&path, items).unwrap();
         assert_eq!(back.expansion_search(), DEFAULT_EXPANSION_SEARCH);
         assert_eq!(back.graph().to_bytes(0), index.graph().to_bytes(0));
+    }
+
+    /// A 3,000-row catalogue indexed from row 1 with value graphs over rows `r % 5 == 0`
+    /// (600 rows) and `r % 2 == 0` (1,500 rows).
+    fn with_value_graphs() -> (Vec<f32>, usize, HnswIndex) {
+        let (n, d) = (3_000, 16);
+        let data = catalogue(n, d, 31);
+        let items = Matrix::new(&data, n, d).unwrap();
+        let index = HnswIndex::build(items, 1..n, &HnswParams::default()).unwrap();
+        let fifth: Vec<usize> = (1..n).filter(|r| r % 5 == 0).collect();
+        let even: Vec<usize> = (1..n).rev().filter(|r| r % 2 == 0).collect();
+        assert_eq!(index.add_subgraph(&even).unwrap(), 1);
+        assert_eq!(index.add_subgraph(&fifth).unwrap(), 2);
+        (data, d, index)
+    }
+
+    #[test]
+    fn a_value_graph_answers_filters_inside_it_with_allowed_rows_only() {
+        let (data, d, index) = with_value_graphs();
+        let n = data.len() / d;
+        let items = Matrix::new(&data, n, d).unwrap();
+        let sizes: Vec<usize> = index.subgraph_rows().iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![599, 1_499]);
+        let mut rng = Rng(32);
+        // Even rows but a few (a user's history), then even rows but every third: both lie
+        // inside the even graph and not inside the fifths'.
+        let history = [2usize, 40, 600, 2_998];
+        let sets = [
+            RowSet::from_fn(n, |r| r >= 1 && r % 2 == 0 && !history.contains(&r)),
+            RowSet::from_fn(n, |r| r >= 1 && r % 2 == 0 && r % 3 != 0),
+        ];
+        for set in &sets {
+            assert!(!index.subgraphs()[0].covers(set) && index.subgraphs()[1].covers(set));
+            let (mut found, mut truth) = (Vec::new(), Vec::new());
+            for _ in 0..40 {
+                let q = rng.gauss_vec(d);
+                let hits = index
+                    .search_as(&q, 10, 64, Some(set), Some(Plan::Subgraph))
+                    .unwrap();
+                assert_eq!(hits.len(), 10);
+                assert!(hits.iter().all(|h| set.contains(h.row)));
+                // Scores are the exact scan's, bit for bit.
+                for h in &hits {
+                    assert_eq!(h.score, exact::dot(&q, items.row(h.row)));
+                }
+                truth.push(exact::top_k_among(items, 0, &q, 10, set).unwrap());
+                found.push(hits);
+            }
+            let r = recall(&found, &truth);
+            assert!(r >= 0.95, "value graph recall {r}");
+        }
+        // A set reaching outside every value graph is answered by the main planner, and a
+        // forced value-graph plan falls back to the exact scan.
+        let odd = RowSet::from_fn(n, |r| r % 2 == 1);
+        let q = rng.gauss_vec(d);
+        let forced = index
+            .search_as(&q, 10, 64, Some(&odd), Some(Plan::Subgraph))
+            .unwrap();
+        assert_eq!(forced, exact::top_k_among(items, 0, &q, 10, &odd).unwrap());
+        // Fewer allowed rows than k: all of them.
+        let three = RowSet::Sorted(vec![10, 20, 30]);
+        let hits = index.search(&q, 10, 0, Some(&three)).unwrap();
+        assert_eq!(rows_of(&hits).len(), 3);
+    }
+
+    #[test]
+    fn value_graphs_refuse_rows_outside_the_index_and_survive_save_and_load() {
+        let (data, d, index) = with_value_graphs();
+        let n = data.len() / d;
+        let items = Matrix::new(&data, n, d).unwrap();
+        for bad in [vec![0usize], vec![n], vec![]] {
+            let err = index.add_subgraph(&bad).unwrap_err();
+            assert!(
+                matches!(err, HnswError::Param { name: "rows", .. }),
+                "{err}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.hnsw");
+        index.save(&path).unwrap();
+        let back = HnswIndex::load(&path, items).unwrap();
+        assert_eq!(back.subgraph_rows(), index.subgraph_rows());
+        let set = RowSet::from_fn(n, |r| r >= 1 && r % 2 == 0 && r != 8);
+        let mut rng = Rng(33);
+        for _ in 0..10 {
+            let q = rng.gauss_vec(d);
+            assert_eq!(
+                back.search(&q, 10, 0, Some(&set)).unwrap(),
+                index.search(&q, 10, 0, Some(&set)).unwrap()
+            );
+        }
     }
 
     #[test]

@@ -16,3 +16,4 @@ pub mod policy;
 mod pool;
 pub mod rank;
 pub mod rowset;
+pub mod subgraph;

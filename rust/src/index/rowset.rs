@@ -16,54 +16,19 @@ pub enum RowSet {
 
 impl RowSet {
     /// The rows whose `mask` flag is set (row `r` is `mask[r]`): a list when at most
-    /// [`policy::DENSE_SHARE`] of them are set, else a bitset.
+    /// a share [`policy::is_dense`] calls sparse are set, else a bitset.
     pub fn from_mask(mask: &[bool]) -> Self {
-        let bytes = as_bytes(mask);
-        // One pass for the (common) selective mask: rows are listed until they are too many
-        // for a list, and only then is the mask read again as a bitset.
-        let mut rows = Vec::new();
-        let mut eights = bytes.chunks_exact(8);
-        for (block, eight) in (&mut eights).enumerate() {
-            let mut flags = as_word(eight);
-            if flags == 0 {
-                continue;
-            }
-            while flags != 0 {
-                rows.push((block * 8 + flags.trailing_zeros() as usize / 8) as u32);
-                flags &= flags - 1;
-            }
-            if policy::is_dense(rows.len(), mask.len()) {
-                return Self::bits_of(bytes);
-            }
+        // One pass packs the flags into words (16 at a time), the words' popcount decides.
+        let words = pack_flags(as_bytes(mask));
+        let count = words.iter().map(|w| w.count_ones() as usize).sum();
+        if policy::is_dense(count, mask.len()) {
+            return Self::Bits { words, count };
         }
-        let done = mask.len() - eights.remainder().len();
-        let tail = eights
-            .remainder()
-            .iter()
-            .enumerate()
-            .filter(|(_, &f)| f != 0);
-        rows.extend(tail.map(|(i, _)| (done + i) as u32));
-        if policy::is_dense(rows.len(), mask.len()) {
-            return Self::bits_of(bytes);
+        let mut rows = Vec::with_capacity(count);
+        for (i, &w) in words.iter().enumerate() {
+            rows.extend(word_rows(i, w).map(|r| r as u32));
         }
         Self::Sorted(rows)
-    }
-
-    /// The rows whose flag byte is 1, as a bitset.
-    fn bits_of(bytes: &[u8]) -> Self {
-        let mut words = vec![0u64; bytes.len().div_ceil(64)];
-        for (word, flags) in words.iter_mut().zip(bytes.chunks(64)) {
-            let mut eights = flags.chunks_exact(8);
-            for (i, eight) in (&mut eights).enumerate() {
-                *word |= pack8(eight) << (8 * i);
-            }
-            let done = flags.len() - eights.remainder().len();
-            for (bit, &f) in eights.remainder().iter().enumerate() {
-                *word |= u64::from(f) << (done + bit);
-            }
-        }
-        let count = words.iter().map(|w| w.count_ones() as usize).sum();
-        Self::Bits { words, count }
     }
 
     /// Rows `0..universe` for which `keep` holds (tests and small inputs).
@@ -176,13 +141,63 @@ fn as_bytes(mask: &[bool]) -> &[u8] {
 }
 
 /// Eight flags (as bytes) as one word, flag `i` in byte `i`.
+#[cfg(not(target_arch = "x86_64"))]
 #[inline]
 fn as_word(eight: &[u8]) -> u64 {
     u64::from_le_bytes(eight.try_into().expect("eight bytes"))
 }
 
+/// Flags (bytes, each 0 or 1) as bits, flag `r` in bit `r % 64` of word `r / 64`.
+fn pack_flags(bytes: &[u8]) -> Vec<u64> {
+    let mut words = vec![0u64; bytes.len().div_ceil(64)];
+    let mut chunks = bytes.chunks_exact(64);
+    for (word, flags) in words.iter_mut().zip(&mut chunks) {
+        *word = pack64(flags);
+    }
+    let tail = chunks.remainder();
+    if !tail.is_empty() {
+        let last = words.len() - 1;
+        for (bit, &f) in tail.iter().enumerate() {
+            words[last] |= u64::from(f) << bit;
+        }
+    }
+    words
+}
+
+/// 64 flags as 64 bits: SSE2 (part of x86-64's baseline) compares 16 bytes at a time with
+/// zero and gathers the results' high bits.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn pack64(flags: &[u8]) -> u64 {
+    use std::arch::x86_64::{
+        _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_setzero_si128,
+    };
+    assert_eq!(flags.len(), 64);
+    let mut zeros = 0u64;
+    for (i, sixteen) in flags.chunks_exact(16).enumerate() {
+        // SAFETY: SSE2 is always present on x86-64; the load reads the 16 bytes of `sixteen`
+        // (unaligned loads allowed).
+        let m = unsafe {
+            let v = _mm_loadu_si128(sixteen.as_ptr().cast());
+            _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_setzero_si128()))
+        };
+        zeros |= u64::from(m as u16) << (16 * i);
+    }
+    !zeros
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+fn pack64(flags: &[u8]) -> u64 {
+    flags
+        .chunks_exact(8)
+        .enumerate()
+        .fold(0, |word, (i, eight)| word | pack8(eight) << (8 * i))
+}
+
 /// Eight flags as eight bits, flag `i` in bit `i`: the multiply moves byte `i`'s low bit to
 /// bit `56 + i` (no two partial products share a bit, so nothing carries).
+#[cfg(not(target_arch = "x86_64"))]
 #[inline]
 fn pack8(eight: &[u8]) -> u64 {
     as_word(eight).wrapping_mul(0x0102_0408_1020_4080) >> 56

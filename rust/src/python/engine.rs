@@ -199,7 +199,10 @@ impl Engine {
     /// `index.hnsw` or built at load.
     #[new]
     /// `hit`: the tuple subclass `query` returns its hits as (default: plain tuples).
-    #[pyo3(signature = (path, verify_checksums=true, cache_capacity=4096, index="auto", history_cache=4096, hit=None))]
+    /// `value_graphs`: whether the HNSW index has a graph per attribute value (see
+    /// `Recommender.load`).
+    #[pyo3(signature = (path, verify_checksums=true, cache_capacity=4096, index="auto", history_cache=4096, hit=None, value_graphs=true))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         path: PathBuf,
@@ -208,6 +211,7 @@ impl Engine {
         index: &str,
         history_cache: i64,
         hit: Option<Bound<'_, PyType>>,
+        value_graphs: bool,
     ) -> PyResult<Self> {
         let cache_capacity = non_negative(cache_capacity, "cache_capacity")?;
         let history_cache = non_negative(history_cache, "history_cache")?;
@@ -228,6 +232,7 @@ impl Engine {
                 cache_capacity,
                 history_cache,
                 retrieval,
+                value_graphs,
             )
         })?
         .map_err(model_error)?;

@@ -54,6 +54,33 @@ fn bool_mask<'py>(
     Ok(ready.try_readonly()?)
 }
 
+/// A 1-D sequence of integer item rows (any order) as `usize`s.
+fn int_rows(obj: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
+    let numpy = obj.py().import("numpy")?;
+    let arr = numpy
+        .call_method1("asarray", (obj,))?
+        .cast_into::<PyUntypedArray>()?;
+    let kind = arr.dtype().kind();
+    if arr.ndim() != 1 || !(kind == b'i' || kind == b'u' || arr.len() == 0) {
+        return Err(PyTypeError::new_err(format!(
+            "rows must be a 1-D sequence of integer item rows, got dtype {} and shape {:?}",
+            arr.dtype().str()?,
+            arr.shape()
+        )));
+    }
+    let rows = numpy
+        .call_method1("ascontiguousarray", (arr, "int64"))?
+        .cast_into::<PyArray<i64, Ix1>>()?;
+    let rows = rows.try_readonly()?;
+    rows.as_slice()?
+        .iter()
+        .map(|&r| {
+            usize::try_from(r)
+                .map_err(|_| PyValueError::new_err(format!("rows holds {r}, not an item row")))
+        })
+        .collect()
+}
+
 /// `ef=None` is the index default (0 for [`hnsw::HnswIndex::search`]).
 fn ef_arg(ef: Option<i64>) -> PyResult<usize> {
     ef.map_or(Ok(0), |ef| positive(ef, "ef"))
@@ -145,8 +172,8 @@ impl PyHnswIndex {
         Ok(hits_1d(py, &hits))
     }
 
-    /// `search` with the planner overridden (benchmarks only): `how` is "scan", "walk" or
-    /// "two_hop"; `ef` is the walk's breadth.
+    /// `search` with the planner overridden (benchmarks only): `how` is "scan", "walk",
+    /// "two_hop" or "value_graph"; `ef` is the walk's breadth.
     #[pyo3(signature = (query, k, allowed, how, ef))]
     fn _search_as<'py>(
         &self,
@@ -161,13 +188,14 @@ impl PyHnswIndex {
         let ef = positive(ef, "ef")?;
         let plan = match how {
             "scan" => Plan::Scan,
+            "value_graph" => Plan::Subgraph,
             "walk" | "two_hop" => Plan::Walk {
                 ef,
                 two_hop: how == "two_hop",
             },
             other => {
                 return Err(PyValueError::new_err(format!(
-                    "how must be 'scan', 'walk' or 'two_hop', got {other:?}"
+                    "how must be 'scan', 'walk', 'two_hop' or 'value_graph', got {other:?}"
                 )))
             }
         };
@@ -238,6 +266,21 @@ impl PyHnswIndex {
             self.index.calibrate(matrix, k, target)
         })?
         .map_err(hnsw_error)
+    }
+
+    /// Adds a value graph over `rows` (see `_core.pyi`); returns how many the index holds.
+    fn add_subgraph(&self, py: Python<'_>, rows: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let rows = int_rows(rows)?;
+        detached(py, "HnswIndex.add_subgraph", || {
+            self.index.add_subgraph(&rows)
+        })?
+        .map_err(hnsw_error)
+    }
+
+    /// The rows of each value graph, smallest graph first.
+    #[getter]
+    fn subgraphs(&self) -> Vec<Vec<u32>> {
+        self.index.subgraph_rows()
     }
 
     fn __len__(&self) -> usize {
