@@ -287,7 +287,8 @@ def _filtered_row(r: dict[str, Any], f: dict[str, Any]) -> list[Any]:
     def cell(p: dict[str, Any] | None) -> str:
         if p is None:
             return "not reached"
-        ef = p["method"].rsplit(" ", 1)[-1]
+        method = p["method"]
+        ef = method.rsplit(" ", 1)[-1] if " ef " in f" {method} " else "default"
         return f"{p['qps']:,.0f} (ef {ef}, {p['recall']:.3f})"
 
     def ratio(p: dict[str, Any] | None) -> str:
