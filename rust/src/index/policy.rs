@@ -108,19 +108,20 @@ const SCAN_MAX_ROWS: usize = 20_000;
 /// M = 16, the walk at the ef reaching recall@10 0.95, the scan on the int8 codes
 /// ([`crate::index::gather`]) (`python benches/retrieval.py --sizes 10000,100000` and `--sizes
 /// 1000000 --shares 0.01,0.1,0.2,0.5`, tables in `benches/results/retrieval.md` and
-/// `retrieval-1m.md`, Emerald Rapids): at 1M items and 10% the scan (recall 1.0, 586 q/s)
-/// beats the walk, which needs ef 512 for 0.957 (292 q/s); at 20% the walk wins 2.4× (0.950
-/// at ef 192, 943 q/s; scan 393). At 100k items and 10% the scan wins 2.0× (6,309 against
-/// 3,084 q/s at ef 64), at 50% the walk wins 3.1× (5,817 at ef 128, scan 1,869). Below 10% the
-/// walk is slower still and loses recall (1M, 1%: 0.940 at ef 512, 53 q/s).
+/// `retrieval-1m.md`, Emerald Rapids, eighth session): at 1M items and 10% the scan (recall
+/// 1.0, 777 q/s) beats the walk, which needs ef 512 for 0.954 (322 q/s); at 20% the walk wins
+/// 2.7× (0.950 at ef 192, 1,209 q/s; scan 440). At 100k items and 10% the scan wins 2.2×
+/// (7,460 against 3,460 q/s at ef 64), at 50% the walk wins 3.3× (6,535 at ef 128, scan
+/// 1,963). Below 10% the walk is slower still and loses recall (1M, 1%: 0.941 at ef 512, 50
+/// q/s). A value graph holding the rows beats both ([`SUBGRAPH_MIN_ROWS`]).
 const WALK_MIN_SHARE: f64 = 0.15;
 
 /// The planner: how a search for the best `k` of `allowed` (an exact count) of a graph's
 /// `len` rows runs, given the breadth `ef` an unfiltered search would use. The walk is
 /// hnswlib's filtered walk at that `ef`. Against the two-hop walk (ACORN-1), at recall 0.95
-/// (same tables): two-hop loses at 10% on 100k (2,608 q/s at ef 128 against 3,084 at ef 64),
-/// at 20% on 1M (0.954 only at ef 512, 496 q/s, against 943) and at 50% on 1M (745 q/s at
-/// 0.966 against 1,069 at 0.970), so one walk serves every share.
+/// (same tables): two-hop loses at 10% on 100k (2,867 q/s at ef 128 against 3,460 at ef 64),
+/// at 20% on 1M (0.951 only at ef 384, 594 q/s, against 1,209) and at 50% on 1M (765 q/s at
+/// 0.969 against 1,423 at 0.970), so one walk serves every share.
 ///
 /// `within` is the size of the smallest value graph holding every allowed row, if any: the
 /// filter then keeps `allowed / within` of that graph, and when that share is one a walk
