@@ -162,14 +162,11 @@ fn open_index(
         cols: width,
     };
     if file.is_file() {
-        let index = HnswIndex::load_shared(file, shared).map_err(index_error)?;
+        let index = HnswIndex::load_shared(file, shared, value_graphs).map_err(index_error)?;
         if index.rows() != (1..num_items + 1) || index.dim() != width {
             return Err(ModelError::Bundle(BundleError::Index {
                 message: "the saved index does not cover this bundle's items".into(),
             }));
-        }
-        if !value_graphs {
-            index.clear_subgraphs();
         }
         return Ok(index);
     }

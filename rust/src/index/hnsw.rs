@@ -377,14 +377,6 @@ impl HnswIndex {
         graphs.len()
     }
 
-    /// Drops every value graph.
-    pub fn clear_subgraphs(&self) {
-        self.subgraphs
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-    }
-
     /// The rows of each graph over a subset of the rows, smallest first.
     pub fn subgraph_rows(&self) -> Vec<Vec<u32>> {
         self.subgraphs().iter().map(|g| g.rows().to_vec()).collect()
@@ -775,18 +767,23 @@ impl HnswIndex {
             data: Arc::new(items.as_slice().to_vec()),
             cols: items.cols(),
         };
-        Self::load_with(path, copy)
+        Self::load_with(path, copy, true)
     }
 
     /// Like [`HnswIndex::load`], keeping a reference to `items` instead of a copy.
-    pub fn load_shared(path: &Path, items: SharedItems) -> Result<Self, HnswError> {
+    /// Without `value_graphs`, the value graphs the file holds are skipped (not built).
+    pub fn load_shared(
+        path: &Path,
+        items: SharedItems,
+        value_graphs: bool,
+    ) -> Result<Self, HnswError> {
         if items.cols == 0 {
             return Err(HnswError::ZeroDim);
         }
-        Self::load_with(path, items)
+        Self::load_with(path, items, value_graphs)
     }
 
-    fn load_with(path: &Path, items: SharedItems) -> Result<Self, HnswError> {
+    fn load_with(path: &Path, items: SharedItems, value_graphs: bool) -> Result<Self, HnswError> {
         let file_err = |message: String| HnswError::File {
             path: path.to_owned(),
             message,
@@ -840,7 +837,12 @@ impl HnswIndex {
                 )));
             }
         }
-        for saved in saved.subgraphs {
+        let subgraphs = if value_graphs {
+            saved.subgraphs
+        } else {
+            Vec::new()
+        };
+        for saved in subgraphs {
             if saved
                 .rows
                 .iter()
