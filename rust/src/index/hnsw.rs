@@ -1080,6 +1080,32 @@ mod tests {
     }
 
     #[test]
+    fn a_history_excluded_keeps_the_recall_of_a_plain_search() {
+        // 50 excluded rows, half of them among the query's best: the walk for k + 50 hits,
+        // the excluded dropped, against the exact top-10 of the rest.
+        let (n, d) = (20_000, 16);
+        let data = catalogue(n, d, 40);
+        let items = Matrix::new(&data, n, d).unwrap();
+        let index = HnswIndex::build(items, 0..n, &HnswParams::default()).unwrap();
+        let mut rng = Rng(41);
+        let (mut found, mut truth) = (Vec::new(), Vec::new());
+        for _ in 0..100 {
+            let q = rng.gauss_vec(d);
+            let best = index.exact(&q, 25, &[]);
+            let mut history: Vec<usize> = best.iter().map(|h| h.row).collect();
+            history.extend((0..25).map(|_| (rng.next() % n as u64) as usize));
+            let hits = index.search_excluding(&q, 10, 0, &history).unwrap();
+            assert!(hits.len() == 10 && hits.iter().all(|h| !history.contains(&h.row)));
+            history.sort_unstable();
+            history.dedup();
+            truth.push(index.exact(&q, 10, &history));
+            found.push(hits);
+        }
+        let r = recall(&found, &truth);
+        assert!(r >= 0.95, "recall with a history excluded: {r}");
+    }
+
+    #[test]
     fn exclusions_are_skipped_and_never_shorten_the_answer() {
         let (n, d) = (3_000, 8);
         let data = catalogue(n, d, 12);
