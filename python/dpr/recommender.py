@@ -112,9 +112,9 @@ class Recommender:
         `value_graphs`: with an HNSW graph, also one graph per attribute value held by more
         than 5,000 items and at most half of them, which `include` filters on that value walk
         (on 1M items, 1.0-1.8x the speed of an unfiltered query where the main graph ran
-        0.2-0.4x: `benches/results/retrieval-1m.md`); each costs about what the main graph
-        costs per item (memory, and build time when the graph is built rather than read from
-        a saved `index.hnsw`, which keeps them). False builds none and ignores saved ones.
+        0.2-0.4x: `benches/results/retrieval-1m.md`); each costs its items' links and int8
+        codes (~130 bytes an item) and build time when the graph is built rather than read
+        from a saved `index.hnsw`, which keeps them. False builds none and ignores saved ones.
 
         Raises FileNotFoundError (missing directory or file) or `BundleFormatError` (a
         `ValueError`: damaged file or a field that disagrees; the message names both).

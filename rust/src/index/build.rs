@@ -802,6 +802,7 @@ mod tests {
                 let truth = exact::top_k(items, q, 10, &[]).unwrap();
                 let found = graph.search(&crate::index::graph::Walk {
                     vectors: &data,
+                    rows: None,
                     dim: d,
                     query: q,
                     ef: 128,
@@ -834,6 +835,7 @@ mod tests {
             for ef in [1, 10, 37, 200] {
                 let walk = crate::index::graph::Walk {
                     vectors: &data,
+                    rows: None,
                     dim: d,
                     query: q,
                     ef,

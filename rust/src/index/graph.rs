@@ -131,8 +131,10 @@ impl<'a> Reader<'a> {
 /// One search's inputs (see [`FlatGraph::search`]).
 #[derive(Clone, Copy)]
 pub struct Walk<'a> {
-    /// Node `i`'s vector is `vectors[i * dim..(i + 1) * dim]`.
+    /// Node `i`'s vector is `vectors[i * dim..(i + 1) * dim]`, or with `rows = Some((rows,
+    /// base))`, `vectors[(rows[i] - base) * dim..]` (a graph over some rows of a table).
     pub vectors: &'a [f32],
+    pub rows: Option<(&'a [u32], usize)>,
     pub dim: usize,
     pub query: &'a [f32],
     /// The breadth.
@@ -145,6 +147,18 @@ pub struct Walk<'a> {
     /// With `codes`: how many of the best results by the codes' scores are rescored and
     /// returned (0: all of them).
     pub rescore: usize,
+}
+
+impl<'a> Walk<'a> {
+    /// Node `node`'s vector.
+    #[inline(always)]
+    fn vector(&self, node: u32) -> &'a [f32] {
+        let at = match self.rows {
+            None => node as usize,
+            Some((rows, base)) => rows[node as usize] as usize - base,
+        };
+        &self.vectors[at * self.dim..][..self.dim]
+    }
 }
 
 /// Per-thread search state, reused across searches (and across indexes).
@@ -383,11 +397,15 @@ impl FlatGraph {
     /// and only allowed ones enter the results (hnswlib's filtered search).
     ///
     /// # Panics
-    /// If `vectors` holds fewer than `len` rows of `dim` floats, `codes` fewer than `len`
-    /// rows, or `query` is not `dim` long.
+    /// If `vectors` holds fewer than `len` rows of `dim` floats (or lacks a row `rows`
+    /// names), `codes` fewer than `len` rows, or `query` is not `dim` long.
     pub fn search(&self, walk: &Walk<'_>) -> Vec<Scored> {
         let (vectors, dim, query) = (walk.vectors, walk.dim, walk.query);
-        assert!(vectors.len() >= self.len * dim && query.len() == dim);
+        assert!(query.len() == dim);
+        match walk.rows {
+            None => assert!(vectors.len() >= self.len * dim),
+            Some((rows, _)) => assert!(rows.len() >= self.len),
+        }
         if self.len == 0 || walk.ef == 0 {
             return Vec::new();
         }
@@ -396,7 +414,7 @@ impl FlatGraph {
             ..*walk
         };
         let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
-        let vector = |node: u32| &vectors[node as usize * dim..][..dim];
+        let vector = |node: u32| walk.vector(node);
         let mut found = match walk.codes {
             None => {
                 #[cfg(target_arch = "x86_64")]
@@ -457,8 +475,8 @@ impl FlatGraph {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn walk_avx2(&self, walk: &Walk<'_>, scratch: &mut Scratch) -> Vec<Scored> {
-        let (vectors, dim, query) = (walk.vectors, walk.dim, walk.query);
-        let vector = |node: u32| &vectors[node as usize * dim..][..dim];
+        let query = walk.query;
+        let vector = |node: u32| walk.vector(node);
         // SAFETY: this function only runs where AVX2 and FMA are present.
         let score = |node: u32| unsafe { linalg::x86::dot(query, vector(node)) };
         self.walk_with(walk, scratch, score, |node| prefetch(vector(node)))

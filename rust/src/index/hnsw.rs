@@ -51,7 +51,7 @@ use crate::index::subgraph::Subgraph;
 const DEFAULT_EXPANSION_SEARCH: usize = 128;
 
 /// The seed of the graph's levels (a fixed seed: one thread builds the same graph every time).
-const SEED: u64 = 0x5EED_D9B0;
+pub(crate) const SEED: u64 = 0x5EED_D9B0;
 
 /// Largest accepted `connectivity` (hnswlib's documentation recommends 2..100; the graph's
 /// base level keeps `2 * connectivity` neighbours a node).
@@ -186,8 +186,72 @@ fn check_params(params: &HnswParams) -> Result<(), HnswError> {
 /// How many of a walk's best results by the int8 codes are rescored exactly when `k` are
 /// wanted: a margin for the codes' error (each score is off by at most half a step per
 /// dimension), which only a near-tie at the `k`-th place can exceed.
-fn rescored(k: usize) -> usize {
+pub(crate) fn rescored(k: usize) -> usize {
     2 * k + 16
+}
+
+/// The first of [`policy::BREADTHS`] at which `walk(query, ef)` finds at least `target` of
+/// `exact(query)` (the best `k`) over `queries` on average, with the recall measured there
+/// (the last breadth if none does, or the first reaching `len` rows). Queries run in parallel.
+fn smallest_breadth(
+    queries: Matrix<'_>,
+    (k, target, len): (usize, f64, usize),
+    exact: impl Fn(&[f32]) -> Vec<Hit> + Sync,
+    walk: impl Fn(&[f32], usize) -> Vec<Hit> + Sync,
+) -> (usize, f64) {
+    use rayon::prelude::*;
+
+    let truths: Vec<Vec<usize>> = (0..queries.rows())
+        .into_par_iter()
+        .map(|q| exact(queries.row(q)).iter().map(|h| h.row).collect())
+        .collect();
+    let wanted: usize = truths.iter().map(Vec::len).sum();
+    let mut measured = (policy::BREADTHS[policy::BREADTHS.len() - 1], 1.0);
+    for ef in policy::BREADTHS {
+        let found: usize = (0..queries.rows())
+            .into_par_iter()
+            .map(|q| {
+                let hits = walk(queries.row(q), ef.max(k).min(len));
+                hits.iter().filter(|h| truths[q].contains(&h.row)).count()
+            })
+            .sum();
+        measured = (ef, found as f64 / wanted.max(1) as f64);
+        if measured.1 >= target || ef >= len {
+            break;
+        }
+    }
+    measured
+}
+
+/// The best `k` of a walk whose filter refuses `dropped` of its graph's nodes: when they are
+/// few (a user's history), `walk(k + dropped, breadth, None)` unfiltered with the refused hits
+/// dropped afterwards by `keep_row` (the unfiltered walk keeps one sorted pool, the filtered
+/// one two heaps; see [`policy::DROPPED_AFTER_WALK_MAX`]), else `walk(k, breadth,
+/// Some(keep_node))`. The breadth is `ef`, raised to the hits wanted, at most `len`.
+pub(crate) fn walk_dropping(
+    walk: impl Fn(usize, usize, Option<&dyn Fn(u32) -> bool>) -> Vec<Hit>,
+    (k, ef, len): (usize, usize, usize),
+    keep_node: &dyn Fn(u32) -> bool,
+    keep_row: impl Fn(usize) -> bool,
+    dropped: usize,
+) -> Vec<Hit> {
+    if dropped > policy::DROPPED_AFTER_WALK_MAX {
+        return walk(k, ef.max(k).min(len), Some(keep_node));
+    }
+    let wanted = k + dropped;
+    let mut hits = walk(wanted, ef.max(wanted).min(len), None);
+    hits.retain(|h| keep_row(h.row));
+    hits.truncate(k);
+    hits
+}
+
+/// An item table as a value graph reads it: item row `r` is
+/// `vectors[(r - base) * dim..][..dim]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Table<'a> {
+    pub vectors: &'a [f32],
+    pub base: usize,
+    pub dim: usize,
 }
 
 /// Checks that `range` lies inside `rows` rows and that those rows of `data` are finite.
@@ -309,30 +373,6 @@ impl HnswIndex {
         })
     }
 
-    /// An index over all rows of `data` (`dim` floats a row) walking `flat`, a graph built
-    /// for them before.
-    pub(crate) fn from_graph(
-        flat: FlatGraph,
-        data: Vec<f32>,
-        dim: usize,
-        params: &HnswParams,
-    ) -> Self {
-        let len = flat.len();
-        Self {
-            codes: Codes::new(&data, dim),
-            flat,
-            connectivity: params.connectivity,
-            expansion_add: params.expansion_add,
-            vectors: Arc::new(data),
-            base: 0,
-            start: 0,
-            len,
-            dim,
-            expansion_search: AtomicUsize::new(params.expansion_search),
-            subgraphs: RwLock::default(),
-        }
-    }
-
     /// The build settings (and default breadth) of this index.
     fn params(&self) -> HnswParams {
         HnswParams {
@@ -366,7 +406,7 @@ impl HnswIndex {
                 message: "a value graph needs at least one row".into(),
             });
         }
-        let graph = Subgraph::build((&self.vectors, self.base, self.dim), rows, &self.params())?;
+        let graph = Subgraph::build(self.table(), rows, &self.params());
         Ok(self.insert_subgraph(graph))
     }
 
@@ -408,8 +448,6 @@ impl HnswIndex {
         k: usize,
         target: f64,
     ) -> Result<(usize, f64), HnswError> {
-        use rayon::prelude::*;
-
         let bad = |name, message: String| Err(HnswError::Param { name, message });
         if queries.cols() != self.dim {
             return Err(HnswError::QueryDim {
@@ -434,38 +472,35 @@ impl HnswIndex {
         if !(target > 0.0 && target <= 1.0) {
             return bad("target", format!("must lie in (0, 1], got {target}"));
         }
-        let truths: Vec<Vec<usize>> = (0..queries.rows())
-            .into_par_iter()
-            .map(|q| {
-                self.exact(queries.row(q), k, &[])
-                    .iter()
-                    .map(|h| h.row)
-                    .collect()
-            })
-            .collect();
-        let wanted: usize = truths.iter().map(Vec::len).sum();
-        let mut measured = (policy::BREADTHS[policy::BREADTHS.len() - 1], 1.0);
-        for ef in policy::BREADTHS {
-            let found: usize = (0..queries.rows())
-                .into_par_iter()
-                .map(|q| {
-                    let breadth = ef.max(k).min(self.len);
-                    let hits = self.walk(queries.row(q), k, breadth, None, false);
-                    hits.iter().filter(|h| truths[q].contains(&h.row)).count()
-                })
-                .sum();
-            measured = (ef, found as f64 / wanted.max(1) as f64);
-            if measured.1 >= target || ef >= self.len {
-                break;
-            }
-        }
+        let measured = smallest_breadth(
+            queries,
+            (k, target, self.len),
+            |q| self.exact(q, k, &[]),
+            |q, ef| self.walk(q, k, ef, None, false),
+        );
         self.expansion_search
             .store(measured.0, AtomicOrdering::Relaxed);
         // Each value graph is a catalogue of its own: its breadth is measured on its rows.
         for graph in self.subgraphs() {
-            graph.index().calibrate(queries, k, target)?;
+            let rows = RowSet::Sorted(graph.rows().to_vec());
+            let (ef, _) = smallest_breadth(
+                queries,
+                (k, target, graph.len()),
+                |q| exact::top_k_among(self.matrix(), self.start, q, k, &rows).unwrap_or_default(),
+                |q, ef| graph.walk(self.table(), q, k, ef, None),
+            );
+            graph.set_expansion_search(ef);
         }
         Ok(measured)
+    }
+
+    /// The item vectors this index scores, as a value graph's walk reads them.
+    pub(crate) fn table(&self) -> Table<'_> {
+        Table {
+            vectors: &self.vectors,
+            base: self.base,
+            dim: self.dim,
+        }
     }
 
     /// Number of indexed rows.
@@ -565,7 +600,7 @@ impl HnswIndex {
         let (ef, two_hop) = match plan {
             Plan::Scan => return Ok(self.gather(query, k, set)),
             Plan::Subgraph => {
-                let found = covering.and_then(|g| g.search(query, k, asked_ef, set));
+                let found = covering.and_then(|g| g.search(self.table(), query, k, asked_ef, set));
                 // Short (or no graph covers the set): the scan is right in every case.
                 return Ok(found.unwrap_or_else(|| self.gather(query, k, set)));
             }
@@ -624,7 +659,14 @@ impl HnswIndex {
             && query.len() == self.dim
             && query.iter().all(|v| v.is_finite());
         if walked {
-            let hits = self.walk_dropping(query, k, ef, &keep, excluded.len());
+            let start = self.start;
+            let hits = walk_dropping(
+                |k, ef, keep| self.walk(query, k, ef, keep, false),
+                (k, ef, self.len),
+                &keep,
+                |row| keep((row - start) as u32),
+                excluded.len(),
+            );
             if hits.len() == k {
                 return Ok(hits);
             }
@@ -655,29 +697,6 @@ impl HnswIndex {
         exact::top_k_among(self.matrix(), self.start, query, k, set).unwrap_or_default()
     }
 
-    /// The best `k` nodes `keep` allows by a walk of breadth `ef` (raised to `k`), where `keep`
-    /// refuses `dropped` of the indexed rows: when they are few (a user's history), an
-    /// unfiltered walk for `k + dropped` hits with those dropped afterwards (the unfiltered walk
-    /// keeps one sorted pool, the filtered one two heaps; see
-    /// [`policy::DROPPED_AFTER_WALK_MAX`]), else the filtered walk.
-    pub(crate) fn walk_dropping(
-        &self,
-        query: &[f32],
-        k: usize,
-        ef: usize,
-        keep: &dyn Fn(u32) -> bool,
-        dropped: usize,
-    ) -> Vec<Hit> {
-        if dropped > policy::DROPPED_AFTER_WALK_MAX {
-            return self.walk(query, k, ef.max(k).min(self.len), Some(keep), false);
-        }
-        let wanted = k + dropped;
-        let mut hits = self.walk(query, wanted, ef.max(wanted).min(self.len), None, false);
-        hits.retain(|h| keep((h.row - self.start) as u32));
-        hits.truncate(k);
-        hits
-    }
-
     /// Walks the graph with breadth `ef` and keeps the best `k` rows `keep` allows.
     pub(crate) fn walk(
         &self,
@@ -693,6 +712,7 @@ impl HnswIndex {
             .flat
             .search(&Walk {
                 vectors,
+                rows: None,
                 dim: self.dim,
                 query,
                 ef,
@@ -714,7 +734,8 @@ impl HnswIndex {
         hits
     }
 
-    /// The graph it walks.
+    /// The graph (for tests of its shape).
+    #[cfg(test)]
     pub(crate) fn graph(&self) -> &FlatGraph {
         &self.flat
     }
@@ -731,7 +752,7 @@ impl HnswIndex {
         let graphs = self.subgraphs();
         let parts: Vec<(&[u32], &FlatGraph, usize)> = graphs
             .iter()
-            .map(|g| (g.rows(), g.index().graph(), g.index().expansion_search()))
+            .map(|g| (g.rows(), g.graph(), g.expansion_search()))
             .collect();
         let bytes = file::encode(
             &self.flat,
@@ -852,16 +873,16 @@ impl HnswIndex {
                     "a value graph holds rows outside the index".into(),
                 ));
             }
-            let params = HnswParams {
+            let breadth = HnswParams {
                 expansion_search: saved.expansion_search,
                 ..params.clone()
             };
-            check_params(&params).map_err(|e| file_err(e.to_string()))?;
+            check_params(&breadth).map_err(|e| file_err(e.to_string()))?;
             let graph = Subgraph::from_saved(
-                (&index.vectors, index.base, dim),
+                index.table(),
                 saved.rows,
                 saved.graph,
-                &params,
+                saved.expansion_search,
             )
             .map_err(file_err)?;
             index.insert_subgraph(graph);
@@ -1390,6 +1411,15 @@ mod tests {
             let r = recall(&found, &truth);
             assert!(r >= 0.95, "value graph recall {r}");
         }
+        // Calibration measures each value graph's own breadth on its rows.
+        let queries: Vec<f32> = (0..50).flat_map(|_| rng.gauss_vec(d)).collect();
+        let queries = Matrix::new(&queries, 50, d).unwrap();
+        index.calibrate(queries, 10, 0.99).unwrap();
+        for graph in index.subgraphs() {
+            assert!(policy::BREADTHS.contains(&graph.expansion_search()));
+        }
+        let small = index.subgraphs()[0].expansion_search();
+        assert!(small <= index.expansion_search(), "{small}");
         // A set reaching outside every value graph is answered by the main planner, and a
         // forced value-graph plan falls back to the exact scan.
         let odd = RowSet::from_fn(n, |r| r % 2 == 1);

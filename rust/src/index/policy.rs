@@ -74,17 +74,17 @@ pub enum Plan {
 
 /// A value graph answers a filter keeping more than this many rows (fewer are scanned
 /// exactly, see [`SCAN_MAX_ROWS`]): on 1M items (d = 64, one thread, through the Python API,
-/// `benches/results/retrieval-1m.md`) the walk of a 10k-row value graph ran 5,627 q/s at
-/// recall@10 0.979 where the gather-scan of the same rows ran 3,293; at 5,000 rows the scan
-/// costs about 50 µs and is exact. On 100k-row and 500k-row value graphs, 1.76x and 1.02x
+/// `benches/results/retrieval-1m.md`) the walk of a 10k-row value graph ran 5,405 q/s at
+/// recall@10 0.979 where the gather-scan of the same rows ran 4,181; at 5,000 rows the scan
+/// costs about 50 µs and is exact. On 100k-row and 500k-row value graphs, 1.74x and 1.01x
 /// an unfiltered walk of the 1M-item graph at recall 0.95 (the main graph's plans: 0.23x
-/// and 0.40x).
+/// and 0.43x).
 pub const SUBGRAPH_MIN_ROWS: usize = 5_000;
 
 /// The engine builds a value graph for each attribute value held by at least
 /// [`SUBGRAPH_MIN_ROWS`] items and at most this share of them, when its catalogue is searched
-/// by a graph: a value graph costs about what the main graph costs per row (its own copy of
-/// the vectors, codes and links), so values held by most items, where the main graph's
+/// by a graph: a value graph costs its rows' links and int8 codes (~130 bytes a row at width
+/// 82, `benches/results/load-1m.md`), so values held by most items, where the main graph's
 /// filtered walk keeps most of its nodes anyway, get none.
 pub const SUBGRAPH_MAX_SHARE: f64 = 0.5;
 
@@ -111,19 +111,19 @@ const SCAN_MAX_ROWS: usize = 20_000;
 /// ([`crate::index::gather`]) (`python benches/retrieval.py --sizes 10000,100000` and `--sizes
 /// 1000000 --shares 0.01,0.1,0.2,0.5`, tables in `benches/results/retrieval.md` and
 /// `retrieval-1m.md`, Emerald Rapids, eighth session): at 1M items and 10% the scan (recall
-/// 1.0, 777 q/s) beats the walk, which needs ef 512 for 0.954 (322 q/s); at 20% the walk wins
-/// 2.7× (0.950 at ef 192, 1,209 q/s; scan 440). At 100k items and 10% the scan wins 2.2×
-/// (7,460 against 3,460 q/s at ef 64), at 50% the walk wins 3.3× (6,535 at ef 128, scan
-/// 1,963). Below 10% the walk is slower still and loses recall (1M, 1%: 0.941 at ef 512, 50
+/// 1.0, 723 q/s) beats the walk, which needs ef 512 for 0.954 (329 q/s); at 20% the walk wins
+/// 2.9× (0.950 at ef 192, 1,317 q/s; scan 452). At 100k items and 10% the scan wins 2.1×
+/// (7,378 against 3,446 q/s at ef 64), at 50% the walk wins 3.3× (6,433 at ef 128, scan
+/// 1,954). Below 10% the walk is slower still and loses recall (1M, 1%: 0.941 at ef 512, 54
 /// q/s). A value graph holding the rows beats both ([`SUBGRAPH_MIN_ROWS`]).
 const WALK_MIN_SHARE: f64 = 0.15;
 
 /// The planner: how a search for the best `k` of `allowed` (an exact count) of a graph's
 /// `len` rows runs, given the breadth `ef` an unfiltered search would use. The walk is
 /// hnswlib's filtered walk at that `ef`. Against the two-hop walk (ACORN-1), at recall 0.95
-/// (same tables): two-hop loses at 10% on 100k (2,867 q/s at ef 128 against 3,460 at ef 64),
-/// at 20% on 1M (0.951 only at ef 384, 594 q/s, against 1,209) and at 50% on 1M (765 q/s at
-/// 0.969 against 1,423 at 0.970), so one walk serves every share.
+/// (same tables): two-hop loses at 10% on 100k (2,878 q/s at ef 128 against 3,446 at ef 64),
+/// at 20% on 1M (0.951 only at ef 384, 725 q/s, against 1,317) and at 50% on 1M (894 q/s
+/// at 0.969 against 1,424 at 0.970), so one walk serves every share.
 ///
 /// `within` is the size of the smallest value graph holding every allowed row, if any: the
 /// filter then keeps `allowed / within` of that graph, and when that share is one a walk

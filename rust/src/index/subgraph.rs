@@ -5,23 +5,30 @@
 //! about the speed of an unfiltered 100k-node walk rather than a filtered 1M-node one
 //! (`benches/results/retrieval-1m.md`). [`crate::index::policy::plan`] decides when.
 //!
-//! A value graph is an [`HnswIndex`] over a gathered copy of its rows (node `i` is item row
-//! `rows[i]`, rows ascending), so its walk, codes and exact rescoring are the parent's, and its
-//! scores equal the exact scan's bit for bit; ascending rows keep the tie order.
+//! A value graph keeps its links and the int8 codes of its rows (node `i` is item row
+//! `rows[i]`, rows ascending); its walk is the main graph's walk, and it rescores from the
+//! parent index's own item table, so its scores equal the exact scan's bit for bit and
+//! ascending rows keep the tie order. It holds no copy of the float vectors.
 
-use crate::index::exact::Matrix;
-use crate::index::graph::FlatGraph;
-use crate::index::hnsw::{HnswError, HnswIndex, HnswParams};
-use crate::index::rank::Hit;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::index::build::{self, BuildParams};
+use crate::index::codes::Codes;
+use crate::index::graph::{FlatGraph, Walk};
+use crate::index::hnsw::{self, HnswParams, Table};
+use crate::index::rank::{rank_order, Hit};
 use crate::index::rowset::RowSet;
 
 /// A graph over a set of the parent index's rows.
 pub struct Subgraph {
-    /// The item rows, ascending and unique: node `i` of `index` is row `rows[i]`.
+    /// The item rows, ascending and unique: node `i` is row `rows[i]`.
     rows: Vec<u32>,
     /// `rows` as a bitset over rows `0..=max row`.
     member: Vec<u64>,
-    index: HnswIndex,
+    flat: FlatGraph,
+    codes: Codes,
+    /// The default breadth (the parent's until calibrated).
+    expansion_search: AtomicUsize,
 }
 
 /// `rows` as a bitset long enough to hold the largest of them.
@@ -34,56 +41,59 @@ fn bitset(rows: &[u32]) -> Vec<u64> {
     words
 }
 
-/// Item rows `rows` of `items` (`dim` floats a row, from item row `base` on), copied into
-/// one block.
-fn gathered(items: &[f32], base: usize, dim: usize, rows: &[u32]) -> Vec<f32> {
-    let mut out = Vec::with_capacity(rows.len() * dim);
+/// Item rows `rows` of `table`, copied into one block (only while building).
+fn gathered(table: Table<'_>, rows: &[u32]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows.len() * table.dim);
     for &r in rows {
-        out.extend_from_slice(&items[(r as usize - base) * dim..][..dim]);
+        out.extend_from_slice(&table.vectors[(r as usize - table.base) * table.dim..][..table.dim]);
     }
     out
 }
 
 impl Subgraph {
-    /// Builds the graph over item rows `rows` (ascending, unique) of `items` (`dim` floats a
-    /// row, from item row `base` on) with `params`.
-    pub(crate) fn build(
-        (items, base, dim): (&[f32], usize, usize),
-        rows: Vec<u32>,
-        params: &HnswParams,
-    ) -> Result<Self, HnswError> {
-        let data = gathered(items, base, dim, &rows);
-        let matrix = Matrix::new(&data, rows.len(), dim).map_err(|e| HnswError::Param {
-            name: "rows",
-            message: e.to_string(),
-        })?;
-        let index = HnswIndex::build(matrix, 0..rows.len(), params)?;
-        Ok(Self {
+    /// Builds the graph over item rows `rows` (ascending, unique, finite rows of `table`) with
+    /// `params`, in parallel on rayon's pool.
+    pub(crate) fn build(table: Table<'_>, rows: Vec<u32>, params: &HnswParams) -> Self {
+        let data = gathered(table, &rows);
+        let flat = build::build(
+            &data,
+            table.dim,
+            rows.len(),
+            BuildParams {
+                m: params.connectivity,
+                ef_construction: params.expansion_add,
+                seed: hnsw::SEED,
+            },
+        );
+        Self {
+            codes: Codes::new(&data, table.dim),
             member: bitset(&rows),
             rows,
-            index,
-        })
+            flat,
+            expansion_search: AtomicUsize::new(params.expansion_search),
+        }
     }
 
-    /// A saved graph over `rows` of `items` (see [`crate::index::file`]).
+    /// A saved graph over `rows` of `table` (see [`crate::index::file`]).
     pub(crate) fn from_saved(
-        (items, base, dim): (&[f32], usize, usize),
+        table: Table<'_>,
         rows: Vec<u32>,
-        graph: FlatGraph,
-        params: &HnswParams,
+        flat: FlatGraph,
+        expansion_search: usize,
     ) -> Result<Self, String> {
-        if graph.len() != rows.len() {
+        if flat.len() != rows.len() {
             return Err(format!(
                 "a value graph holds {} nodes for {} rows",
-                graph.len(),
+                flat.len(),
                 rows.len()
             ));
         }
-        let data = gathered(items, base, dim, &rows);
         Ok(Self {
+            codes: Codes::new(&gathered(table, &rows), table.dim),
             member: bitset(&rows),
-            index: HnswIndex::from_graph(graph, data, dim, params),
             rows,
+            flat,
+            expansion_search: AtomicUsize::new(expansion_search),
         })
     }
 
@@ -101,9 +111,18 @@ impl Subgraph {
         &self.rows
     }
 
-    /// The graph over the gathered rows (node `i` is row `rows()[i]`).
-    pub(crate) fn index(&self) -> &HnswIndex {
-        &self.index
+    /// The graph (node `i` is row `rows()[i]`).
+    pub(crate) fn graph(&self) -> &FlatGraph {
+        &self.flat
+    }
+
+    /// The default breadth.
+    pub fn expansion_search(&self) -> usize {
+        self.expansion_search.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_expansion_search(&self, ef: usize) {
+        self.expansion_search.store(ef, Ordering::Relaxed);
     }
 
     fn has(&self, row: usize) -> bool {
@@ -126,31 +145,62 @@ impl Subgraph {
         }
     }
 
+    /// The best `k` nodes `keep` allows by a walk of breadth `ef`, as item rows with exact
+    /// scores (rescored from `table`), best first.
+    pub(crate) fn walk(
+        &self,
+        table: Table<'_>,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        keep: Option<&dyn Fn(u32) -> bool>,
+    ) -> Vec<Hit> {
+        let mut hits: Vec<Hit> = self
+            .flat
+            .search(&Walk {
+                vectors: table.vectors,
+                rows: Some((&self.rows, table.base)),
+                dim: table.dim,
+                query,
+                ef,
+                allowed: keep,
+                two_hop: false,
+                codes: Some(&self.codes),
+                rescore: hnsw::rescored(k),
+            })
+            .into_iter()
+            .map(|s| Hit {
+                row: self.rows[s.node as usize] as usize,
+                score: s.score,
+            })
+            .collect();
+        hits.sort_unstable_by(rank_order);
+        hits.truncate(k);
+        hits
+    }
+
     /// The best `k` rows of `set` (which this graph [`covers`](Self::covers)) by a walk of
     /// breadth `ef` (0: this graph's default), as item rows with exact scores, best first;
     /// `None` when the walk found fewer than `k` (the caller scans instead).
     pub(crate) fn search(
         &self,
+        table: Table<'_>,
         query: &[f32],
         k: usize,
         ef: usize,
         set: &RowSet,
     ) -> Option<Vec<Hit>> {
-        let ef = if ef == 0 {
-            self.index.expansion_search()
-        } else {
-            ef
-        };
+        let ef = if ef == 0 { self.expansion_search() } else { ef };
         // Rows of this graph the filter leaves out (for a value filter, the user's history).
         let missing = self.rows.len() - set.len();
         let keep = |node: u32| set.contains(self.rows[node as usize] as usize);
-        let mut hits = self.index.walk_dropping(query, k, ef, &keep, missing);
-        if hits.len() < k {
-            return None;
-        }
-        for hit in &mut hits {
-            hit.row = self.rows[hit.row] as usize;
-        }
-        Some(hits)
+        let hits = hnsw::walk_dropping(
+            |k, ef, keep| self.walk(table, query, k, ef, keep),
+            (k, ef, self.len()),
+            &keep,
+            |row| set.contains(row),
+            missing,
+        );
+        (hits.len() >= k).then_some(hits)
     }
 }
