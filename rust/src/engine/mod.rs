@@ -143,13 +143,13 @@ const _: () = {
 
 /// The saved graph at `file` if there is one (with the value graphs saved in it), else a new
 /// one over rows 1..=N of `table` (`(N+1) × width`) with a value graph for each attribute
-/// value [`policy::wants_value_graph`] picks; either way the index rescores from `table`.
-/// Without `value_graphs`, the index holds none.
+/// value [`policy::wants_value_graph`] picks among `postings`; either way the index rescores
+/// from `table`. Without `value_graphs`, the index holds none.
 fn open_index(
     table: &Arc<Vec<f32>>,
     (width, num_items): (usize, usize),
     file: &Path,
-    attributes: &[Attribute],
+    postings: &Postings,
     value_graphs: bool,
 ) -> Result<HnswIndex, ModelError> {
     let index_error = |e: crate::index::hnsw::HnswError| {
@@ -172,14 +172,10 @@ fn open_index(
     }
     let index = HnswIndex::build_shared(shared, 1..num_items + 1, &HnswParams::default())
         .map_err(index_error)?;
-    let attributes = if value_graphs { attributes } else { &[] };
-    for attribute in attributes {
-        let mut rows: Vec<Vec<usize>> = vec![Vec::new(); attribute.width()];
-        for row in 1..=num_items {
-            attribute.values_of(row).for_each(|v| rows[v].push(row));
-        }
-        for rows in rows {
+    if value_graphs {
+        for rows in postings.value_rows() {
             if policy::wants_value_graph(rows.len(), num_items) {
+                let rows: Vec<usize> = rows.iter().map(|&r| r as usize).collect();
                 index.add_subgraph(&rows).map_err(index_error)?;
             }
         }
@@ -329,16 +325,17 @@ impl Model {
         let encoder_dir = bundle.encoder_dir();
         let max_tokens = bundle.encoder.max_tokens;
         // The encoder (float16 → float32 weights) loads beside the item table and the index.
-        let (encoder, (backbone, steering, intent, table, index)) = std::thread::scope(|scope| {
-            let encoder =
-                scope.spawn(|| PromptEncoder::load(&encoder_dir, max_tokens, cache_capacity));
-            let graphs = (retrieval, value_graphs);
-            let rest = Self::load_items(path, &mut bundle, cache_capacity, graphs);
-            let encoder = encoder
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            Ok::<_, ModelError>((encoder?, rest?))
-        })?;
+        let (encoder, (backbone, steering, intent, table, index, postings)) =
+            std::thread::scope(|scope| {
+                let encoder =
+                    scope.spawn(|| PromptEncoder::load(&encoder_dir, max_tokens, cache_capacity));
+                let graphs = (retrieval, value_graphs);
+                let rest = Self::load_items(path, &mut bundle, cache_capacity, graphs);
+                let encoder = encoder
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                Ok::<_, ModelError>((encoder?, rest?))
+            })?;
         let features = intent.as_ref().map_or(0, |h| h.feature_dim());
         if encoder.dim() + features != steering.prompt_dim() {
             let plus = if features > 0 {
@@ -370,7 +367,6 @@ impl Model {
         };
         let attributes = std::mem::take(&mut bundle.attributes);
         let n = bundle.num_items;
-        let postings = Postings::build(&attributes, n);
         let mut model = Model {
             dim: bundle.dim,
             num_items: n,
@@ -418,6 +414,7 @@ impl Model {
             Option<IntentHead>,
             Arc<Vec<f32>>,
             Option<HnswIndex>,
+            Postings,
         ),
         ModelError,
     > {
@@ -445,20 +442,20 @@ impl Model {
             &bundle.attributes,
         );
         let table = Arc::new(table);
+        let postings = Postings::build(&bundle.attributes, n);
         let index = if retrieval.uses_graph(n) {
             let file = path.join(INDEX_FILE);
-            let attributes = &bundle.attributes;
             Some(open_index(
                 &table,
                 (width, n),
                 &file,
-                attributes,
+                &postings,
                 value_graphs,
             )?)
         } else {
             None
         };
-        Ok((backbone, steering, intent, table, index))
+        Ok((backbone, steering, intent, table, index, postings))
     }
 
     fn matrix(&self) -> Result<Matrix<'_>, ModelError> {
@@ -504,7 +501,7 @@ impl Model {
             &self.table,
             shape,
             Path::new(""),
-            &self.attributes,
+            &self.postings,
             self.value_graphs,
         )?;
         Ok(self.unserved.get_or_init(|| built))

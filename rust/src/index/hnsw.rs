@@ -39,7 +39,7 @@ use crate::index::codes::Codes;
 use crate::index::exact::{self, Matrix};
 use crate::index::file;
 use crate::index::gather;
-use crate::index::graph::{FlatGraph, Walk};
+use crate::index::graph::{FlatGraph, Scored, Walk};
 use crate::index::policy::{self, Plan};
 use crate::index::pool::MAX_NODES;
 use crate::index::rank::{rank_order, Hit};
@@ -241,6 +241,22 @@ pub(crate) fn walk_dropping(
     let wanted = k + dropped;
     let mut hits = walk(wanted, ef.max(wanted).min(len), None);
     hits.retain(|h| keep_row(h.row));
+    hits.truncate(k);
+    hits
+}
+
+/// The best `k` of a walk's `found` nodes as hits on item rows (`row_of(node)`, increasing
+/// with the node), ranked: the walk scores with the same dot product as the exact scan, the
+/// sort applies its tie and NaN rules.
+pub(crate) fn best_hits(found: Vec<Scored>, k: usize, row_of: impl Fn(u32) -> usize) -> Vec<Hit> {
+    let mut hits: Vec<Hit> = found
+        .into_iter()
+        .map(|s| Hit {
+            row: row_of(s.node),
+            score: s.score,
+        })
+        .collect();
+    hits.sort_unstable_by(rank_order);
     hits.truncate(k);
     hits
 }
@@ -698,7 +714,7 @@ impl HnswIndex {
     }
 
     /// Walks the graph with breadth `ef` and keeps the best `k` rows `keep` allows.
-    pub(crate) fn walk(
+    fn walk(
         &self,
         query: &[f32],
         k: usize,
@@ -708,30 +724,18 @@ impl HnswIndex {
     ) -> Vec<Hit> {
         let start = self.start;
         let vectors = self.indexed_vectors();
-        let mut hits: Vec<Hit> = self
-            .flat
-            .search(&Walk {
-                vectors,
-                rows: None,
-                dim: self.dim,
-                query,
-                ef,
-                allowed: keep,
-                two_hop,
-                codes: Some(&self.codes),
-                rescore: rescored(k),
-            })
-            .into_iter()
-            .map(|s| Hit {
-                row: start + s.node as usize,
-                score: s.score,
-            })
-            .collect();
-        // The walk scores with the same dot product as the exact scan; the sort applies its
-        // tie and NaN rules.
-        hits.sort_unstable_by(rank_order);
-        hits.truncate(k);
-        hits
+        let found = self.flat.search(&Walk {
+            vectors,
+            rows: None,
+            dim: self.dim,
+            query,
+            ef,
+            allowed: keep,
+            two_hop,
+            codes: Some(&self.codes),
+            rescore: rescored(k),
+        });
+        best_hits(found, k, |node| start + node as usize)
     }
 
     /// The graph (for tests of its shape).

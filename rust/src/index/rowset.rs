@@ -257,6 +257,11 @@ impl Postings {
         Self { lists, num_items }
     }
 
+    /// The rows of every value of every attribute (ascending within each value).
+    pub fn value_rows(&self) -> impl Iterator<Item = &[u32]> {
+        self.lists.iter().flatten().map(|p| p.rows.as_slice())
+    }
+
     /// Items having value `value` of attribute `attribute`.
     pub fn count(&self, attribute: usize, value: usize) -> usize {
         self.lists[attribute][value].rows.len()

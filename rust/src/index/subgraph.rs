@@ -16,7 +16,7 @@ use crate::index::build::{self, BuildParams};
 use crate::index::codes::Codes;
 use crate::index::graph::{FlatGraph, Walk};
 use crate::index::hnsw::{self, HnswParams, Table};
-use crate::index::rank::{rank_order, Hit};
+use crate::index::rank::Hit;
 use crate::index::rowset::RowSet;
 
 /// A graph over a set of the parent index's rows.
@@ -155,28 +155,18 @@ impl Subgraph {
         ef: usize,
         keep: Option<&dyn Fn(u32) -> bool>,
     ) -> Vec<Hit> {
-        let mut hits: Vec<Hit> = self
-            .flat
-            .search(&Walk {
-                vectors: table.vectors,
-                rows: Some((&self.rows, table.base)),
-                dim: table.dim,
-                query,
-                ef,
-                allowed: keep,
-                two_hop: false,
-                codes: Some(&self.codes),
-                rescore: hnsw::rescored(k),
-            })
-            .into_iter()
-            .map(|s| Hit {
-                row: self.rows[s.node as usize] as usize,
-                score: s.score,
-            })
-            .collect();
-        hits.sort_unstable_by(rank_order);
-        hits.truncate(k);
-        hits
+        let found = self.flat.search(&Walk {
+            vectors: table.vectors,
+            rows: Some((&self.rows, table.base)),
+            dim: table.dim,
+            query,
+            ef,
+            allowed: keep,
+            two_hop: false,
+            codes: Some(&self.codes),
+            rescore: hnsw::rescored(k),
+        });
+        hnsw::best_hits(found, k, |node| self.rows[node as usize] as usize)
     }
 
     /// The best `k` rows of `set` (which this graph [`covers`](Self::covers)) by a walk of
