@@ -630,8 +630,50 @@ def test_query_explain_prints_the_reading_before_the_hits(
     assert hits[0].lstrip().startswith("#") and len(hits) == 5
     assert main([*argv, "--mode", "auto"]) == 0
     assert capsys.readouterr().out.strip().splitlines() == lines
+    assert not any("contradict" in line for line in lines)
+    # Excluding every value read, one of them asked for: the exclusions overrule the reading.
+    assert any(r.polarity == "asked" for r in readings)
+    every = [arg for r in readings for arg in ("--exclude", f"{r.attribute}={r.value}")]
+    assert main([*argv, *every]) == 0
+    overruled = capsys.readouterr().out.strip().splitlines()
+    assert "ranked by the unsteered backbone" in overruled[1 + len(readings)]
     assert main(["query", str(bundle), "--prompt", "", "--explain", "-k", "2"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "reading of '': no values detected"
     assert main(["query", str(plain_bundles["v2"]), "--prompt", "x", "--explain", "-k", "2"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert "no intent read-out" in out[0] and len(out) == 4
+
+
+def test_the_evaluation_overrules_the_readings_the_engine_overrules(
+        rec: Recommender, reference: DPR, torch_inputs: dict[str, np.ndarray]) -> None:
+    from dpr.train.pipeline import dpr_overrules
+
+    overrules = dpr_overrules(reference,
+                              lambda prompts: np.stack([torch_inputs[p] for p in prompts]))
+    catalogue = _catalogue()
+    history = [catalogue["item_ids"][r - 1] for r in _histories(np.random.default_rng(5), 12)[5]]
+    backbone = rec.user_vector(history, "")
+    outcomes = set()
+    for prompt in PROMPTS:
+        if not prompt.strip():
+            continue
+        vector = torch_inputs[prompt]
+        if np.any(np.abs(np.maximum(_asked(vector), _refused(vector)) - DETECT) < BORDER):
+            continue
+        # Exclude every value the read-out finds but the first (never overruled), then all
+        # (when it finds any).
+        read = [(r.attribute, r.value) for r in rec.interpret(prompt)]
+        for excluded in (read[1:], read):
+            filters: dict[str, list[str]] = {}
+            order = {f: reference.values_of(f) or [v for g, v in INTENT_VALUES if g == f]
+                     for f, _ in INTENT_VALUES}
+            masks = {f: np.zeros((1, len(values)), dtype=bool) for f, values in order.items()}
+            for family, value in excluded:
+                filters.setdefault(family, []).append(value)
+                masks[family][0, order[family].index(value)] = True
+            python_rule = bool(overrules([prompt], masks)[0])
+            served = rec.user_vector(history, prompt, exclude=filters or None,
+                                     mode="hybrid" if filters else "soft")
+            assert python_rule == np.array_equal(served, backbone), (prompt, excluded)
+            outcomes.add(python_rule)
+    assert outcomes == {True, False}

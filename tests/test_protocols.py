@@ -363,3 +363,37 @@ def test_evaluation_filter_is_the_served_filter(tiny, tiny_rec):
         assert served == set((np.flatnonzero(mask[1:]) + 1).tolist()), filters
     assert all(0 < mask[1:].sum() < n for (i, e), mask in zip(pairs, allowed, strict=True)
                if i != e), "every non-contradictory filter keeps some items and drops some"
+
+
+def test_overruled_readings_rank_by_the_backbone_in_hybrid():
+    def misreader(h: np.ndarray, prompts: list[str]) -> np.ndarray:
+        """Reads every refusal as a request: steers into the refused genre, reordering it."""
+        out = h.copy()
+        for row, prompt in enumerate(prompts):
+            polarity, genre, _ = prompt.split("|")
+            if polarity == "negative":
+                out[row, 1 + GENRES.index(genre)] += 100.0
+                out[row, 0] = -1.0  # and reverses the backbone's order of the rest
+        return out
+
+    def read_value(prompts: list[str], excluded: dict[str, np.ndarray]) -> np.ndarray:
+        """Settled: the one value the prompt names is among the exclusions."""
+        return np.array([excluded["genre"][row, GENRES.index(p.split("|")[1])]
+                         for row, p in enumerate(prompts)])
+
+    def refuse_nothing(prompts: list[str]) -> np.ndarray:
+        return np.zeros((len(prompts), len(GENRES)), dtype=bool)
+
+    cases = make_cases([[1], [7], [3]], [5, 3, 1])
+    plain = run(cases, {"s": misreader}, auto={"s": refuse_nothing}, protocols=("negative",))
+    ruled = run(cases, {"s": misreader}, auto={"s": refuse_nothing}, overrules={"s": read_value},
+                protocols=("negative",))
+    before = plain["protocols"]["negative"]["methods"]
+    after = ruled["protocols"]["negative"]["methods"]
+    # The explicit exclusion covers the (misread) value: hybrid is the hard filter exactly.
+    assert after["s hybrid"] == after["hard filter"]
+    assert before["s hybrid"]["ndcg@3"] < before["hard filter"]["ndcg@3"]
+    # Auto excluded nothing, so nothing overrules it: it stays the misread soft ranking.
+    assert after["s auto"] == before["s auto"] == after["s soft"]
+    with pytest.raises(ValueError, match="unknown steerers"):
+        run(cases, {"s": misreader}, overrules={"t": read_value})

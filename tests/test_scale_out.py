@@ -2,7 +2,8 @@
 docs/scale-out.md) and the cache of backbone vectors per history.
 
 faiss's exact inner-product index over `item_vectors()` must return `query`'s top-k for
-prompted queries, with `auto_exclusions` and the seen items passed as faiss's own ID filter.
+prompted queries in soft, auto and hybrid mode, with `auto_exclusions`, the caller's exclusions
+and the seen items passed as faiss's own ID filter.
 """
 
 from __future__ import annotations
@@ -65,14 +66,15 @@ def test_faiss_over_item_vectors_returns_the_query_top_k(tiny: TinyBundle, tmp_p
     index.add(vectors)
     fired = False
     for history in _histories(tiny):
-        for mode in ("soft", "auto"):
-            hits = rec.query(history, prompt, k=5, mode=mode)
-            user = rec.user_vector(history, prompt)
+        for mode, exclude in (("soft", None), ("auto", None), ("hybrid", {"genre": ["Horror"]})):
+            hits = rec.query(history, prompt, k=5, mode=mode, exclude=exclude)
+            user = rec.user_vector(history, prompt, mode=mode, exclude=exclude)
             refused = rec.auto_exclusions(prompt) if mode == "auto" else {}
             assert set(refused) <= {"genre"}, refused
             fired |= bool(refused)
             banned = np.concatenate([rec.item_rows(history)]
-                                    + [rec.rows_with(a, v) for a, v in refused.items()])
+                                    + [rec.rows_with(a, v) for a, v in refused.items()]
+                                    + [rec.rows_with(a, v) for a, v in (exclude or {}).items()])
             selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(banned.astype(np.int64)))
             scores, rows = index.search(user[None], 5, params=faiss.SearchParameters(sel=selector))
             found = [rec.item_ids[r] for r in rows[0] if r >= 0]

@@ -146,8 +146,13 @@ class Engine:
         Raises ValueError when a hit's score is not finite (steering overflowed float32).
         """
     def user_vector(self, rows: Sequence[int], prompt: str = "", strength: float = 1.0,
-                    steer: bool = True) -> npt.NDArray[np.float32]:
-        """The steered user vector (``vector_dim`` floats)."""
+                    steer: bool = True,
+                    include: Sequence[tuple[str, Sequence[str]]] = (),
+                    exclude: Sequence[tuple[str, Sequence[str]]] = (),
+                    auto_exclude: bool = False) -> npt.NDArray[np.float32]:
+        """The steered user vector (``vector_dim`` floats) that :meth:`query` ranks by with the
+        same ``steer``, filters and ``auto_exclude`` (the unsteered backbone's where the exclusions
+        overrule the prompt's reading)."""
     def user_vector_for(self, rows: Sequence[int], embedding: npt.ArrayLike,
                         strength: float = 1.0) -> npt.NDArray[np.float32]:
         """The steered user vector for an explicit prompt input (``prompt_dim`` floats, as

@@ -201,6 +201,14 @@ def _query(args: argparse.Namespace) -> int:
                             and r.confidence >= threshold and args.strength != 0)
                 note = f"  (excluded: refused >= {threshold:g})" if excluded else ""
                 print(f"  {r.attribute}={r.value:<20} {r.polarity:<8} {r.confidence:.3f}{note}")
+            if readings and mode in ("auto", "hybrid") and args.strength != 0:
+                history = _history_ids(args.history)
+                ignore = "ignore" if args.ignore_unknown else "error"
+                served = rec.user_vector(history, args.prompt, unknown=ignore, mode=mode,
+                                         include=include, exclude=exclude)
+                if (served == rec.user_vector(history, "", unknown=ignore)).all():
+                    print("  the exclusions contradict this reading (every value read is "
+                          "excluded, one read as asked for): ranked by the unsteered backbone")
     print(f"{'#':>3}  {'item':>8}  {'score':>8}  {'title':<44} attributes")
     for rank, hit in enumerate(hits, 1):
         attributes = "; ".join(f"{k}: {'|'.join(v)}" for k, v in hit.attributes.items())

@@ -65,6 +65,18 @@ class CacheStats(NamedTuple):
 _INT_TYPES = (int, np.integer)
 
 
+def _resolve_mode(mode: Mode | None, has_filters: bool) -> Mode:
+    """`mode` checked against the filters; None is "hybrid" with filters, else "auto"."""
+    if mode is None:
+        return "hybrid" if has_filters else "auto"
+    if mode not in _MODES:
+        raise ValueError(f"mode must be 'auto', 'soft', 'hard' or 'hybrid', got {mode!r}")
+    if mode == "soft" and has_filters:
+        raise ValueError("mode='soft' applies no filters; use mode='hybrid' or 'auto' (steer "
+                         "and filter) or mode='hard' (filter only) with include/exclude")
+    return mode
+
+
 def _filter_pairs(filters: Filters | None, name: str) -> list[tuple[str, list[str]]]:
     """`{"genre": ["Comedy"]}` (or `{"genre": "Comedy"}`) → `[("genre", ["Comedy"])]`."""
     if filters is None:
@@ -284,14 +296,7 @@ class Recommender:
         """
         include_pairs = _filter_pairs(include, "include")
         exclude_pairs = _filter_pairs(exclude, "exclude")
-        has_filters = bool(include_pairs or exclude_pairs)
-        if mode is None:
-            mode = "hybrid" if has_filters else "auto"
-        if mode not in _MODES:
-            raise ValueError(f"mode must be 'auto', 'soft', 'hard' or 'hybrid', got {mode!r}")
-        if mode == "soft" and has_filters:
-            raise ValueError("mode='soft' applies no filters; use mode='hybrid' or 'auto' (steer "
-                             "and filter) or mode='hard' (filter only) with include/exclude")
+        mode = _resolve_mode(mode, bool(include_pairs or exclude_pairs))
         _check_prompt(prompt)
         if not isinstance(exclude_seen, bool | np.bool_):
             raise TypeError(f"exclude_seen must be a bool, got {type(exclude_seen).__name__}")
@@ -337,15 +342,23 @@ class Recommender:
 
     def user_vector(self, history: Sequence[ItemId] | npt.ArrayLike, prompt: str = "",
                     strength: float | None = None,
-                    unknown: Literal["error", "ignore"] = "error") -> npt.NDArray[np.float32]:
+                    unknown: Literal["error", "ignore"] = "error", *,
+                    mode: Mode = "soft", include: Filters | None = None,
+                    exclude: Filters | None = None) -> npt.NDArray[np.float32]:
         """The steered user vector `h'` (`d + A` floats): items score `[E_i, A_i] · h'`, i.e.
-        `item_vectors() @ user_vector(...)` are the scores `query` ranks by (`strength=0` gives
-        the unsteered backbone's, as `mode="hard"` uses). For `mode="auto"`, also exclude
-        `auto_exclusions(prompt)`; see docs/scale-out.md."""
+        `item_vectors() @ user_vector(...)` are the scores `query` ranks by with the same
+        `mode` and filters (`mode` and `include`/`exclude` as in `query`; default "soft", the
+        prompt alone). The filters themselves are the caller's to apply, plus
+        `auto_exclusions(prompt)` for `mode="auto"`; see docs/scale-out.md. `strength=0` or
+        `mode="hard"` gives the unsteered backbone's vector."""
+        include_pairs = _filter_pairs(include, "include")
+        exclude_pairs = _filter_pairs(exclude, "exclude")
+        mode = _resolve_mode(mode, bool(include_pairs or exclude_pairs))
         _check_prompt(prompt)
         strength = self._strength(strength)
         rows, _ = self._engine.rows(history, unknown)
-        vector = self._engine.user_vector(rows, prompt, strength)
+        vector = self._engine.user_vector(rows, prompt, strength, mode != "hard", include_pairs,
+                                          exclude_pairs, mode == "auto")
         _check_finite(vector, strength)
         return vector
 

@@ -19,7 +19,6 @@ rank is a miss), and the top-k shares of each asked value and of the refused one
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -27,6 +26,7 @@ import numpy as np
 from dpr.evaluate.protocols import (
     NO_GENRE,
     AutoExclude,
+    Overrules,
     Render,
     Steerer,
     SteeringCases,
@@ -37,6 +37,7 @@ from dpr.evaluate.protocols import (
     choose_avoided_genres,
     choose_positive_genres,
     history_shares,
+    overruled,
     top_mask,
 )
 from dpr.prompts import Intent
@@ -46,9 +47,12 @@ PROTOCOL = "cross-family"
 
 def evaluate_cross_family(cases: SteeringCases, second: str, steerers: dict[str, Steerer], *,
                           render: Render, auto: dict[str, dict[str, AutoExclude]] | None = None,
-                          k: int = 10, seed: int = 0, batch_size: int = 1024) -> dict[str, Any]:
+                          overrules: dict[str, Overrules] | None = None, k: int = 10,
+                          seed: int = 0, batch_size: int = 1024) -> dict[str, Any]:
     """Run the protocol (module docstring) with `cases.attribute` as the first family and
-    `second` as the other; `auto[S][family]` gives steerer S's auto exclusions per family.
+    `second` as the other; `auto[S][family]` gives steerer S's auto exclusions per family;
+    `overrules[S]` ranks S's hybrid and auto rows whose reading their exclusions overrule by the
+    backbone, as the engine does.
 
     Returns results shaped as `evaluate_steering`'s (so `write_steering_report` reports them),
     with one protocol, "cross-family": {"cases", "skipped", "examples", "families", "methods":
@@ -105,12 +109,18 @@ def evaluate_cross_family(cases: SteeringCases, second: str, steerers: dict[str,
                    & ~first_matrix.T[avoid[batch]])
         record("backbone", base, batch)
         record("filter", np.where(allowed, base, -np.inf), batch)
+        avoided = {first: np.eye(first_matrix.shape[1], dtype=bool)[avoid[batch]]}
         for name, steer in steerers.items():
+            overrule = (overrules or {}).get(name)
             steered = scorer(np.asarray(steer(h, prompts)), scorer.history_mask(batch))
             record(f"{name} soft", steered, batch)
-            record(f"{name} hybrid", np.where(allowed, steered, -np.inf), batch)
+            hybrid = overruled(steered, base, overrule, prompts, avoided)
+            record(f"{name} hybrid", np.where(allowed, hybrid, -np.inf), batch)
             if name in auto:
-                record(f"{name} auto", _excluded(steered, auto[name], matrices, prompts), batch)
+                refused = {family: np.asarray(exclude(prompts), dtype=bool)
+                           for family, exclude in auto[name].items()}
+                scores = overruled(steered, base, overrule, prompts, refused)
+                record(f"{name} auto", _excluded(scores, refused, matrices), batch)
     block = {"cases": len(rows), "skipped": n - len(rows), "families": [first, second],
              "examples": [{"prompt": t, "polarity": "compound",
                            "value": f"{i.value} + {i.also[1] if i.also else ''}",
@@ -121,11 +131,11 @@ def evaluate_cross_family(cases: SteeringCases, second: str, steerers: dict[str,
             "post_filter_depth": 0, "attribute": f"{first} + {second}", "seed": seed}
 
 
-def _excluded(scores: np.ndarray, exclusions: dict[str, AutoExclude],
-              matrices: dict[str, np.ndarray], prompts: Sequence[str]) -> np.ndarray:
-    """Scores with the items of every value the reading refuses (in any family) removed."""
+def _excluded(scores: np.ndarray, refused: dict[str, np.ndarray],
+              matrices: dict[str, np.ndarray]) -> np.ndarray:
+    """Scores with the items of every value the reading refuses (in any family) removed;
+    `refused[family]` is the (B, V) bool of that family's refused values."""
     dropped = np.zeros(scores.shape, dtype=bool)
-    for family, exclude in exclusions.items():
-        refused = np.asarray(exclude(prompts), dtype=np.float32)
-        dropped |= (refused @ matrices[family].astype(np.float32)) > 0
+    for family, values in refused.items():
+        dropped |= (values.astype(np.float32) @ matrices[family].astype(np.float32)) > 0
     return np.where(dropped, -np.inf, scores)

@@ -21,6 +21,7 @@ import numpy as np
 
 from dpr.evaluate.protocols import (
     AutoExclude,
+    Overrules,
     Steerer,
     SteeringCases,
     _rng,
@@ -28,6 +29,7 @@ from dpr.evaluate.protocols import (
     choose_positive_genres,
     evaluate_steering,
     history_shares,
+    overruled,
     top_mask,
 )
 from dpr.models.intent import ASKED, NONE, REFUSED
@@ -59,7 +61,8 @@ def frame_plan(grammar: Grammar, split: str, family: str | None = None
 
 
 def evaluate_frames(cases: SteeringCases, steerers: dict[str, Steerer], grammar: Grammar, *,
-                    auto: dict[str, AutoExclude] | None = None, split: str = "heldout",
+                    auto: dict[str, AutoExclude] | None = None,
+                    overrules: dict[str, Overrules] | None = None, split: str = "heldout",
                     seed: int = 0, k: int = 10, progress: bool = True) -> dict[str, Any]:
     """Every protocol's metrics per frame of `split` ({frame: {"kind", "protocol", ...
     evaluate_steering's block}}). Cases whose value has no free description are skipped in
@@ -84,13 +87,14 @@ def evaluate_frames(cases: SteeringCases, steerers: dict[str, Steerer], grammar:
                                   style=style if usable else "name").text
 
         result = evaluate_steering(cases, steerers, render=render, seed=seed, k=k,
-                                   protocols=(protocol,), auto=auto)
+                                   protocols=(protocol,), auto=auto, overrules=overrules)
         out[frame_id] = {"kind": kind, "protocol": protocol, **result["protocols"][protocol]}
     return out
 
 
 def polarity_flips(cases: SteeringCases, steerers: dict[str, Steerer], grammar: Grammar, *,
-                   auto: dict[str, AutoExclude] | None = None, split: str = "heldout",
+                   auto: dict[str, AutoExclude] | None = None,
+                   overrules: dict[str, Overrules] | None = None, split: str = "heldout",
                    seed: int = 0, k: int = 10, max_cases: int = 2000) -> dict[str, Any]:
     """For parallel request/refusal frames of `split` (the i-th of each), the share of cases
     whose asked and refused top-k lists differ in the value's share by >= FLIP_MARGIN."""
@@ -124,7 +128,10 @@ def polarity_flips(cases: SteeringCases, steerers: dict[str, Steerer], grammar: 
                 for polarity, prompts in texts.items():
                     scores = scorer(np.asarray(steer(h, prompts)), mask)
                     if exclude is not None:
-                        dropped = (np.asarray(exclude(prompts), np.float32)
+                        refused = np.asarray(exclude(prompts), dtype=bool)
+                        scores = overruled(scores, scorer(h, mask), (overrules or {}).get(name),
+                                         prompts, {cases.attribute: refused})
+                        dropped = (refused.astype(np.float32)
                                    @ by_value.astype(np.float32)) > 0
                         scores = np.where(dropped, -np.inf, scores)
                     top = top_mask(scores, k)

@@ -49,6 +49,12 @@ Render = Callable[[Intent, np.random.Generator], str]
 AutoExclude = Callable[[Sequence[str]], np.ndarray]
 """n prompts -> (n, V) bool: the attribute values `mode="auto"` hard-excludes for each."""
 
+Overrules = Callable[[Sequence[str], dict[str, np.ndarray]], np.ndarray]
+"""n prompts and, per attribute family, the (n, V) bool values a method hard-excludes -> (n,)
+bool: the prompts whose reading those exclusions overrule (they cover every value the read-out
+finds and it reads one of them as asked for), which the engine ranks by the unsteered backbone
+(`Model::filters_overrule`)."""
+
 PROTOCOLS = ("standard", "positive", "negative", "compound")
 BASELINES = ("backbone", "pre-filter", "post-filter", "hard filter", "filter")
 """Method names that are not steerers; a steerer may not take one of them."""
@@ -244,7 +250,8 @@ def _select(cases: SteeringCases, scorer: _Scorer, attributes: np.ndarray, k: in
 def evaluate_steering(cases: SteeringCases, steerers: dict[str, Steerer], *, render: Render,
                       k: int = 10, seed: int = 0, post_filter_depth: int = 100,
                       mask_history: bool = True, protocols: Sequence[str] = PROTOCOLS,
-                      auto: dict[str, AutoExclude] | None = None, batch_size: int = 1024
+                      auto: dict[str, AutoExclude] | None = None,
+                      overrules: dict[str, Overrules] | None = None, batch_size: int = 1024
                       ) -> dict[str, Any]:
     """Run the steering protocols over `cases` for the baselines and every steerer S.
 
@@ -260,6 +267,8 @@ def evaluate_steering(cases: SteeringCases, steerers: dict[str, Steerer], *, ren
       "S hybrid" (steered under the same filter);
     - with `auto[S]` (the values `mode="auto"` refuses for each prompt): "S auto" (steered,
       those values' items removed; in standard, for the neutral prompt: "S auto neutral").
+    - with `overrules[S]`, S's hybrid and auto rows whose reading their exclusions overrule
+      rank by the backbone, as the engine does.
     Metrics: "ndcg@k", "recall@k"; outside standard also "genre_share@k" (share of the top-k
     in the asked genre — for negative, the forbidden one, lower is better) and for compound
     "avoid_share@k" (share in the avoided genre). Top-k lists hold finite scores only; items
@@ -272,10 +281,10 @@ def evaluate_steering(cases: SteeringCases, steerers: dict[str, Steerer], *, ren
     `render` once per case per protocol from an rng seeded by `seed`, and the same prompts go to
     every steerer, each called once per batch of `batch_size` cases per prompt kind.
     """
-    auto = auto or {}
-    unknown_auto = sorted(set(auto) - set(steerers))
+    auto, overrules = auto or {}, overrules or {}
+    unknown_auto = sorted((set(auto) | set(overrules)) - set(steerers))
     if unknown_auto:
-        raise ValueError(f"auto exclusions for unknown steerers {unknown_auto}")
+        raise ValueError(f"auto exclusions or overrules for unknown steerers {unknown_auto}")
     num_items = cases.catalogue.num_items
     if not 1 <= k <= num_items:
         raise ValueError(f"k must be in 1..{num_items} (the catalogue size), got {k}")
@@ -301,7 +310,8 @@ def evaluate_steering(cases: SteeringCases, steerers: dict[str, Steerer], *, ren
         rng = _rng(seed, f"render {protocol}")
         texts = [render(intent, rng) for intent in intents]
         methods = _run_protocol(protocol, rows, texts, include, exclude, cases, scorer,
-                                attributes, steerers, auto, k, post_filter_depth, batch_size)
+                                attributes, steerers, auto, overrules, k, post_filter_depth,
+                                batch_size)
         results[protocol] = {
             "cases": len(rows),
             "skipped": len(cases) - len(rows),
@@ -357,8 +367,8 @@ def _example(intent: Intent, prompt: str) -> dict[str, str | None]:
 def _run_protocol(protocol: str, rows: np.ndarray, texts: list[str], include: np.ndarray,
                   exclude: np.ndarray, cases: SteeringCases, scorer: _Scorer,
                   attributes: np.ndarray, steerers: dict[str, Steerer],
-                  auto: dict[str, AutoExclude], k: int, depth: int, batch_size: int
-                  ) -> dict[str, dict[str, float]]:
+                  auto: dict[str, AutoExclude], overrules: dict[str, Overrules], k: int, depth: int,
+                  batch_size: int) -> dict[str, dict[str, float]]:
     """Every method's metrics on one protocol's cases, in batches."""
     shares = {"positive": {f"genre_share@{k}": include},
               "negative": {f"genre_share@{k}": exclude},
@@ -366,6 +376,7 @@ def _run_protocol(protocol: str, rows: np.ndarray, texts: list[str], include: np
               }.get(protocol, {})
     tallies: dict[str, _Tally] = {}
     by_value = attributes.T
+    family = cases.attribute
 
     def record(method: str, scores: np.ndarray, batch: np.ndarray) -> None:
         tally = tallies.setdefault(method, _Tally())
@@ -383,36 +394,62 @@ def _run_protocol(protocol: str, rows: np.ndarray, texts: list[str], include: np
         mask = scorer.history_mask(batch)
         base = scorer(h, mask)
         allowed = _allowed(by_value, include[batch], exclude[batch])
+        excluded = _one_hot(exclude[batch], by_value.shape[0])
         record("backbone", base, batch)
         if protocol != "standard":
             record(_FILTER_NAME[protocol], np.where(allowed, base, -np.inf), batch)
         if protocol == "positive":
             record("post-filter", _post_filter(base, allowed, depth), batch)
         for name, steer in steerers.items():
+            overrule = overrules.get(name)
             if protocol == "standard":
                 record(name, scorer(_steer(name, steer, h, [""] * len(batch)), mask), batch)
                 steered = scorer(_steer(name, steer, h, batch_prompts), mask)
                 record(f"{name} neutral", steered, batch)
                 if name in auto:
-                    record(f"{name} auto neutral", _auto(steered, auto[name], batch_prompts,
-                                                         by_value), batch)
+                    record(f"{name} auto neutral",
+                           _auto(steered, base, auto[name], overrule, batch_prompts, by_value,
+                                 family), batch)
             else:
                 steered = scorer(_steer(name, steer, h, batch_prompts), mask)
                 record(f"{name} soft", steered, batch)
-                record(f"{name} hybrid", np.where(allowed, steered, -np.inf), batch)
+                hybrid = overruled(steered, base, overrule, batch_prompts, {family: excluded})
+                record(f"{name} hybrid", np.where(allowed, hybrid, -np.inf), batch)
                 if name in auto:
-                    record(f"{name} auto", _auto(steered, auto[name], batch_prompts, by_value),
-                           batch)
+                    record(f"{name} auto", _auto(steered, base, auto[name], overrule,
+                                                 batch_prompts, by_value, family), batch)
     return {method: _summarise(tally, k) for method, tally in tallies.items()}
 
 
-def _auto(scores: np.ndarray, exclude: AutoExclude, prompts: list[str], by_value: np.ndarray
-          ) -> np.ndarray:
-    """Scores with the items of every value the prompt's reading refuses removed."""
+def overruled(steered: np.ndarray, base: np.ndarray, overrule: Overrules | None,
+            prompts: Sequence[str], excluded: dict[str, np.ndarray]) -> np.ndarray:
+    """`steered` scores, with the rows whose reading `excluded` overrules (`Overrules`) taken from
+    `base` (the backbone's scores under the same mask)."""
+    if overrule is None or not any(e.any() for e in excluded.values()):
+        return steered
+    rows = np.asarray(overrule(prompts, excluded), dtype=bool)
+    if rows.shape != (len(prompts),):
+        raise ValueError(f"overrules gave shape {rows.shape}, expected ({len(prompts)},)")
+    return np.where(rows[:, None], base, steered)
+
+
+def _one_hot(values: np.ndarray, count: int) -> np.ndarray:
+    """(B, count) bool: True at each row's value (none for NO_GENRE)."""
+    out = np.zeros((len(values), count), dtype=bool)
+    has = values != NO_GENRE
+    out[np.flatnonzero(has), values[has]] = True
+    return out
+
+
+def _auto(steered: np.ndarray, base: np.ndarray, exclude: AutoExclude, overrule: Overrules | None,
+          prompts: list[str], by_value: np.ndarray, family: str) -> np.ndarray:
+    """Auto mode's scores: the items of every value the prompt's reading refuses removed, and
+    the rows whose reading those exclusions overrule ranked by `base`."""
     refused = np.asarray(exclude(prompts), dtype=bool)  # (B, V)
     if refused.shape != (len(prompts), by_value.shape[0]):
         raise ValueError(f"auto exclusions have shape {refused.shape}, expected "
                          f"({len(prompts)}, {by_value.shape[0]})")
+    scores = overruled(steered, base, overrule, prompts, {family: refused})
     dropped = (refused.astype(np.float32) @ by_value.astype(np.float32)) > 0
     return np.where(dropped, -np.inf, scores)
 

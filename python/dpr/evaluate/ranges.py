@@ -29,6 +29,7 @@ import numpy as np
 from dpr.evaluate.protocols import (
     NO_GENRE,
     AutoExclude,
+    Overrules,
     Steerer,
     SteeringCases,
     _pick,
@@ -37,6 +38,7 @@ from dpr.evaluate.protocols import (
     _summarise,
     _Tally,
     history_shares,
+    overruled,
     top_mask,
 )
 from dpr.prompts import Grammar, Intent
@@ -48,12 +50,15 @@ Readings = Callable[[Sequence[str]], np.ndarray]
 
 def evaluate_ranges(cases: SteeringCases, steerers: dict[str, Steerer], grammar: Grammar, *,
                     split: str, auto: dict[str, AutoExclude] | None = None,
+                    overrules: dict[str, Overrules] | None = None,
                     read: Readings | None = None, columns: Sequence[tuple[str, str]] = (),
                     k: int = 10, seed: int = 0, batch_size: int = 1024) -> dict[str, Any]:
     """Run both range protocols (module docstring) on `cases.attribute`, rendering prompts from
     `split` of `grammar` (which must know the catalogue's values: `Grammar.with_values`).
     `read` with `columns` (the read-out's (family, value) order) adds, per protocol, "interpret"
     (exact accuracy) and "interpret_overlap" (mean Jaccard of the read and labelled sets).
+    `overrules[S]` ranks S's hybrid and auto rows whose reading their exclusions overrule by the
+    backbone, as the engine does.
 
     Returns results shaped as `evaluate_steering`'s, with protocols "range positive" and
     "range negative".
@@ -98,8 +103,8 @@ def evaluate_ranges(cases: SteeringCases, steerers: dict[str, Steerer], grammar:
         texts = [r.text for r in renderings]
         # (rows, N+1): the items in each case's range
         item_in = (matrix.astype(np.float32) @ in_span.astype(np.float32))[:, chosen[rows]].T > 0
-        methods = _run(cases, scorer, rows, texts, item_in, polarity, steerers, auto, matrix,
-                       k, batch_size)
+        methods = _run(cases, scorer, rows, texts, item_in, polarity, steerers, auto,
+                       overrules or {}, matrix, in_span[:, chosen[rows]].T, k, batch_size)
         block: dict[str, Any] = {
             "cases": len(rows), "skipped": n - len(rows),
             "examples": [{"prompt": t, "polarity": kind, "value": " / ".join(i.values),
@@ -115,8 +120,9 @@ def evaluate_ranges(cases: SteeringCases, steerers: dict[str, Steerer], grammar:
 
 def _run(cases: SteeringCases, scorer: _Scorer, rows: np.ndarray, texts: list[str],
          item_in: np.ndarray, polarity: str, steerers: dict[str, Steerer],
-         auto: dict[str, AutoExclude], matrix: np.ndarray, k: int, batch_size: int
-         ) -> dict[str, dict[str, float]]:
+         auto: dict[str, AutoExclude], overrules: dict[str, Overrules], matrix: np.ndarray,
+         spans: np.ndarray, k: int, batch_size: int) -> dict[str, dict[str, float]]:
+    """Every method's metrics; `spans` is (rows, V) bool: each case's range of values."""
     tallies: dict[str, _Tally] = {}
     metric = f"genre_share@{k}"
 
@@ -136,13 +142,19 @@ def _run(cases: SteeringCases, scorer: _Scorer, rows: np.ndarray, texts: list[st
         base = scorer(h, mask)
         record("backbone", base, batch)
         record(baseline, np.where(allowed, base, -np.inf), batch)
+        family = cases.attribute
+        excluded = spans[batch] if polarity == "refused" else np.zeros_like(spans[batch])
         for name, steer in steerers.items():
+            overrule = overrules.get(name)
             steered = scorer(np.asarray(steer(h, prompts)), mask)
             record(f"{name} soft", steered, batch)
-            record(f"{name} hybrid", np.where(allowed, steered, -np.inf), batch)
+            hybrid = overruled(steered, base, overrule, prompts, {family: excluded})
+            record(f"{name} hybrid", np.where(allowed, hybrid, -np.inf), batch)
             if name in auto:
-                dropped = (np.asarray(auto[name](prompts), dtype=np.float32) @ by_value) > 0
-                record(f"{name} auto", np.where(dropped, -np.inf, steered), batch)
+                refused = np.asarray(auto[name](prompts), dtype=bool)
+                scores = overruled(steered, base, overrule, prompts, {family: refused})
+                dropped = (refused.astype(np.float32) @ by_value) > 0
+                record(f"{name} auto", np.where(dropped, -np.inf, scores), batch)
     return {m: _summarise(t, k) for m, t in tallies.items()}
 
 

@@ -15,7 +15,14 @@ import torch
 from dpr.atomic import write_json_atomic
 from dpr.catalogue import Catalogue
 from dpr.data.dataset import SequenceDataset
-from dpr.evaluate.protocols import AutoExclude, Render, Steerer, SteeringCases, evaluate_steering
+from dpr.evaluate.protocols import (
+    AutoExclude,
+    Overrules,
+    Render,
+    Steerer,
+    SteeringCases,
+    evaluate_steering,
+)
 from dpr.models.backbone import Backbone
 from dpr.models.dpr import DPR
 from dpr.models.intent import IntentHead
@@ -212,6 +219,34 @@ def dpr_auto(model: DPR, encode: Encode, family: str = "genre") -> AutoExclude:
     return exclude
 
 
+def dpr_overrules(model: DPR, encode: Encode) -> Overrules:
+    """The engine's rule (`Model::filters_overrule`) over the model's read-out: exclusions
+    overrule a prompt's reading when they cover every value it reads (asked or refused
+    probability, from the prompt input's last 2V floats, at or above the bundle's detect
+    threshold) and it reads one of them as asked for. `excluded[family]` is in the model's
+    order of that family's values (the read-out's order for a family it does not steer)."""
+    from dpr.export import DETECT_THRESHOLD
+
+    if model.intent is None:
+        raise ValueError("this model has no intent read-out to overrule")
+    count = model.intent.num_values
+    position = {pair: j for j, pair in enumerate(model.intent.values)}
+
+    def overrules(prompts: Sequence[str], excluded: dict[str, np.ndarray]) -> np.ndarray:
+        features = np.asarray(encode(list(prompts)))[:, -2 * count:]
+        asked, refused = features[:, :count], features[:, count:]
+        detected = np.maximum(asked, refused) >= DETECT_THRESHOLD
+        covered = np.zeros_like(detected)
+        for family, values in excluded.items():
+            names = model.values_of(family) or [v for f, v in model.intent.values if f == family]
+            columns = [position[(family, v)] for v in names]
+            covered[:, columns] |= np.asarray(values, dtype=bool)
+        contradicted = (detected & (asked > refused) & covered).any(axis=1)
+        return contradicted & ~(detected & ~covered).any(axis=1)
+
+    return overrules
+
+
 def evaluate_dpr(models: dict[str, tuple[DPR, Encode]], dataset: SequenceDataset, *,
                  render: Render, seed: int = 0, stage: str = "test", family: str | None = None,
                  protocols: Sequence[str] = ("standard", "positive", "negative", "compound")
@@ -225,8 +260,10 @@ def evaluate_dpr(models: dict[str, tuple[DPR, Encode]], dataset: SequenceDataset
     steerers = {name: dpr_steerer(model, encode) for name, (model, encode) in models.items()}
     auto = {name: dpr_auto(model, encode, family) for name, (model, encode) in models.items()
             if model.intent is not None}
+    overrules = {name: dpr_overrules(model, encode) for name, (model, encode) in models.items()
+               if model.intent is not None}
     return evaluate_steering(cases, steerers, render=render, seed=seed, protocols=protocols,
-                             auto=auto)
+                             auto=auto, overrules=overrules)
 
 
 def evaluate_cross(model: DPR, encode: Encode, dataset: SequenceDataset, *, render: Render,
@@ -241,8 +278,9 @@ def evaluate_cross(model: DPR, encode: Encode, dataset: SequenceDataset, *, rend
     cases = steering_cases(model, dataset, first, stage)
     auto = ({"dpr": {f: dpr_auto(model, encode, f) for f in model.families}}
             if model.intent is not None else {})
+    overrules = {"dpr": dpr_overrules(model, encode)} if model.intent is not None else {}
     return evaluate_cross_family(cases, second, {"dpr": dpr_steerer(model, encode)},
-                                 render=render, auto=auto, seed=seed)
+                                 render=render, auto=auto, overrules=overrules, seed=seed)
 
 
 def evaluate_ranges(model: DPR, inputs: PromptInputs, dataset: SequenceDataset,
@@ -253,7 +291,9 @@ def evaluate_ranges(model: DPR, inputs: PromptInputs, dataset: SequenceDataset,
 
     cases = steering_cases(model, dataset, family, stage)
     auto = {"dpr": dpr_auto(model, inputs, family)} if model.intent is not None else {}
+    overrules = {"dpr": dpr_overrules(model, inputs)} if model.intent is not None else {}
     return run(cases, {"dpr": dpr_steerer(model, inputs)}, grammar, split=split, auto=auto,
+               overrules=overrules,
                read=inputs.readings if model.intent is not None else None,
                columns=list(model.columns), seed=seed)
 
@@ -270,10 +310,12 @@ def evaluate_by_frame(model: DPR, inputs: PromptInputs, dataset: SequenceDataset
     cases = steering_cases(model, dataset, family)
     steerers = {"dpr": dpr_steerer(model, inputs)}
     auto = {"dpr": dpr_auto(model, inputs, family)}
+    overrules = {"dpr": dpr_overrules(model, inputs)}
     values = list(model.columns)
-    return {"by_frame": evaluate_frames(cases, steerers, grammar, auto=auto, split=split,
-                                        seed=seed, progress=progress),
-            "flips": polarity_flips(cases, steerers, grammar, auto=auto, split=split, seed=seed),
+    return {"by_frame": evaluate_frames(cases, steerers, grammar, auto=auto, overrules=overrules,
+                                        split=split, seed=seed, progress=progress),
+            "flips": polarity_flips(cases, steerers, grammar, auto=auto, overrules=overrules,
+                                    split=split, seed=seed),
             "interpret": interpret_report(inputs.readings, grammar, values, split=split,
                                           seed=seed)}
 

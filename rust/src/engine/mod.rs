@@ -24,7 +24,7 @@ pub use crate::index::policy::{Filter, Retrieval};
 use crate::index::rowset::{Postings, RowSet};
 use crate::nn::backbone::{Backbone, Rows};
 use crate::nn::encoder::{PromptEncoder, PromptError};
-use crate::nn::intent::{IntentHead, Reading};
+use crate::nn::intent::{IntentHead, Polarity, Reading};
 use crate::nn::steer::Steering;
 
 pub use history_cache::CacheStats;
@@ -639,6 +639,46 @@ impl Model {
         Some(excluding(&options.filter, &refused))
     }
 
+    /// Whether `filter` overrules what the intent head reads in `prompt` (a prompt input): it
+    /// excludes every value the head reads, and at least one of them is read as asked for. The
+    /// filter then contradicts the reading (a refusal the head misread, e.g. "hold the horror"
+    /// with Horror excluded) and says everything else the prompt says, so the query ranks the
+    /// items it allows by the unsteered backbone, as the filter alone would (the rule and its
+    /// measurement: docs/prompts.md, "A filter overrules a contradicting reading").
+    fn filters_overrule(&self, prompt: &[f32], filter: &Filter) -> bool {
+        let Some(head) = self.intent() else {
+            return false;
+        };
+        if filter.exclude.is_empty() {
+            return false;
+        }
+        let mut contradicted = false;
+        for (j, polarity) in head.detected(prompt) {
+            let (attribute, value) = self.intent_targets[j];
+            if !filter.excludes(attribute, value) {
+                return false;
+            }
+            contradicted |= polarity == Polarity::Asked;
+        }
+        contradicted
+    }
+
+    /// The steered user vector a query ranks by and, in auto mode, the filter with its
+    /// exclusions added (`None`: `options.filter` as given).
+    pub fn query_vector(
+        &self,
+        history: &[u32],
+        prompt: &[f32],
+        options: &QueryOptions,
+    ) -> Result<(Vec<f32>, Option<Filter>), ModelError> {
+        let auto = self.auto_filter(prompt, options);
+        let overruled = options.steer
+            && self.filters_overrule(prompt, auto.as_ref().unwrap_or(&options.filter));
+        let strength = if overruled { 0.0 } else { options.strength };
+        let vector = self.user_vector(history, prompt, strength, options.steer)?;
+        Ok((vector, auto))
+    }
+
     fn check_history(&self, history: &[u32]) -> Result<(), ModelError> {
         match history
             .iter()
@@ -788,8 +828,8 @@ impl Model {
         options: &QueryOptions,
         parallel: bool,
     ) -> Result<Vec<Hit>, ModelError> {
-        let vector = self.user_vector(history, prompt, options.strength, options.steer)?;
-        match self.auto_filter(prompt, options) {
+        let (vector, auto) = self.query_vector(history, prompt, options)?;
+        match auto {
             None => self.search(&vector, history, options, parallel),
             Some(filter) => {
                 let options = QueryOptions {

@@ -160,6 +160,13 @@ impl Filter {
         self.include.is_empty() && self.exclude.is_empty()
     }
 
+    /// Whether the filter excludes every item having value `value` of attribute `attribute`.
+    pub fn excludes(&self, attribute: usize, value: usize) -> bool {
+        self.exclude
+            .iter()
+            .any(|(a, values)| *a == attribute && values.contains(&value))
+    }
+
     /// The filter rule: whether item `row` passes, given the bundle's `attributes`.
     pub fn passes(&self, attributes: &[Attribute], row: usize) -> bool {
         let has_any =
@@ -171,6 +178,18 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_filter_excludes_only_the_values_it_lists_under_their_attribute() {
+        let filter = Filter {
+            include: vec![(0, vec![1])],
+            exclude: vec![(0, vec![2, 4]), (1, vec![0])],
+        };
+        assert!(filter.excludes(0, 2) && filter.excludes(0, 4) && filter.excludes(1, 0));
+        assert!(!filter.excludes(0, 1), "an included value is not excluded");
+        assert!(!filter.excludes(1, 2) && !filter.excludes(2, 0));
+        assert!(!Filter::default().excludes(0, 0));
+    }
 
     #[test]
     fn the_planner_scans_small_and_selective_filters_and_walks_broad_ones() {

@@ -197,6 +197,30 @@ impl IntentHead {
         readings
     }
 
+    /// The values `read` would report (asked or refused with probability ≥
+    /// `detect_threshold`), in value order, each with its polarity, without allocating.
+    pub fn detected<'a>(
+        &'a self,
+        prompt_input: &'a [f32],
+    ) -> impl Iterator<Item = (usize, Polarity)> + 'a {
+        let (asked, refused) = self.split(prompt_input);
+        asked
+            .iter()
+            .zip(refused)
+            .enumerate()
+            .filter(|(_, (&a, &r))| f64::from(a.max(r)) >= self.detect_threshold)
+            .map(|(j, (&a, &r))| {
+                (
+                    j,
+                    if r >= a {
+                        Polarity::Refused
+                    } else {
+                        Polarity::Asked
+                    },
+                )
+            })
+    }
+
     /// Indices of the values a prompt input refuses with probability ≥ `refuse_threshold`
     /// (what `mode="auto"` hard-excludes), in value order.
     pub fn refused(&self, prompt_input: &[f32]) -> Vec<usize> {
@@ -286,6 +310,34 @@ mod tests {
         assert_eq!(input.len(), 6);
         assert_eq!(&input[..2], &e);
         assert_eq!(&input[2..], &features);
+    }
+
+    #[test]
+    fn detected_lists_what_read_lists_with_its_polarity() {
+        let head = head();
+        // Tails [p_asked(v0), p_asked(v1), p_refused(v0), p_refused(v1)] after E = 2 floats.
+        type Expected = Vec<(usize, Polarity)>;
+        let cases: [([f32; 4], Expected); 4] = [
+            (
+                [0.7, 0.1, 0.2, 0.8],
+                vec![(0, Polarity::Asked), (1, Polarity::Refused)],
+            ),
+            ([0.4, 0.3, 0.1, 0.4], vec![]),
+            ([0.25, 0.1, 0.5, 0.2], vec![(0, Polarity::Refused)]),
+            ([0.1, 0.5, 0.1, 0.5], vec![(1, Polarity::Refused)]), // a tie reads as refused
+        ];
+        for (tail, want) in cases {
+            let input = [0.0, 0.0, tail[0], tail[1], tail[2], tail[3]];
+            let got: Vec<_> = head.detected(&input).collect();
+            assert_eq!(got, want, "{tail:?}");
+            let mut read: Vec<_> = head
+                .read(&input)
+                .iter()
+                .map(|r| (r.value, r.polarity))
+                .collect();
+            read.sort_by_key(|&(j, _)| j);
+            assert_eq!(read, want, "read and detected agree");
+        }
     }
 
     #[test]

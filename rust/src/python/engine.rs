@@ -469,8 +469,11 @@ impl Engine {
         Ok((ids, shaped(b, width, scores)?.into_pyarray(py)))
     }
 
-    /// The (steered) user vector, `d + A` floats.
-    #[pyo3(signature = (rows, prompt="", strength=1.0, steer=true))]
+    /// The (steered) user vector, `d + A` floats: the vector `query` ranks by for the same
+    /// `steer`, filters and `auto_exclude` (exclusions that overrule the prompt's reading give
+    /// the unsteered backbone's, as in `query`).
+    #[pyo3(signature = (rows, prompt="", strength=1.0, steer=true, include=Vec::new(), exclude=Vec::new(), auto_exclude=false))]
+    #[allow(clippy::too_many_arguments)]
     fn user_vector<'py>(
         &self,
         py: Python<'py>,
@@ -478,15 +481,28 @@ impl Engine {
         prompt: &str,
         strength: f64,
         steer: bool,
+        include: Vec<(String, Vec<String>)>,
+        exclude: Vec<(String, Vec<String>)>,
+        auto_exclude: bool,
     ) -> PyResult<Bound<'py, PyArray1<f32>>> {
-        let strength = finite_strength(strength)?;
+        let options = QueryOptions {
+            k: 0,
+            strength: finite_strength(strength)?,
+            steer,
+            auto_exclude,
+            exclude_seen: false,
+            filter: Filter {
+                include: resolve_filter(&self.model, include)?,
+                exclude: resolve_filter(&self.model, exclude)?,
+            },
+        };
         let model = &self.model;
         let vector = detached(
             py,
             "Engine.user_vector",
             || -> Result<Vec<f32>, ModelError> {
-                let embedding = model.encode_prompt(prompt)?;
-                model.user_vector(&rows, &embedding, strength, steer)
+                let embedding = model.query_prompt(prompt, steer)?;
+                Ok(model.query_vector(&rows, &embedding, &options)?.0)
             },
         )?
         .map_err(model_error)?;
