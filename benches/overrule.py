@@ -62,6 +62,8 @@ def to_markdown(results: dict[str, Any], command: str) -> str:
         for family, protocols in families.items():
             for protocol, block in protocols.items():
                 m = block["methods"]
+                if FILTERS[protocol] not in m:  # no case (e.g. a compound within one decade)
+                    continue
                 base = m[FILTERS[protocol]]["ndcg@10"]
                 cells = [f"{m[f'{way} {mode}']['ndcg@10'] / base:.3f}"
                          for mode in ("hybrid", "auto") for way in ("before", "rule")]

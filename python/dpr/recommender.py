@@ -285,6 +285,9 @@ class Recommender:
           for "no horror please"; `include`/`exclude` add to that); "soft" steers only (no
           filters allowed); "hard" ranks with the unsteered backbone and applies the filters
           (the prompt is ignored); "hybrid" steers and applies the given filters only.
+          Exclusions that cover every value the read-out finds, one of them read as asked for
+          (a misread refusal), overrule the reading: the allowed items rank by the unsteered
+          backbone (docs/prompts.md, "A filter overrules a contradicting reading").
           Default: "hybrid" when filters are given, else "auto". Without an intent read-out,
           "auto" is "soft" (with filters: "hybrid").
         - Items already in `history` are left out unless `exclude_seen=False`.
