@@ -38,6 +38,7 @@ from dpr.bundle_schema import (
 from dpr.catalogue import Catalogue
 from dpr.models.backbone import Backbone
 from dpr.models.dpr import DPR
+from dpr.models.intent import DETECT_THRESHOLD
 
 __all__ = ["ENCODER_FILES", "export_bundle", "export_filter_only", "export_from_checkpoint",
            "filter_only_model", "model_from_bundle"]
@@ -142,10 +143,6 @@ def _intent_config(model: DPR, items: dict[str, Any]) -> dict[str, Any]:
     return {**intent.hyper_parameters(), "features": "embedding, p_asked, p_refused",
             "activation": "relu", "refuse_threshold": model.refuse_threshold,
             "detect_threshold": DETECT_THRESHOLD}
-
-
-DETECT_THRESHOLD = 0.5
-"""`interpret` lists a value when its asked or refused probability reaches this."""
 
 
 def _encoder_bytes(encoder_dir: Path, dtype: str) -> bytes:

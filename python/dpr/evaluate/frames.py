@@ -32,7 +32,7 @@ from dpr.evaluate.protocols import (
     overruled,
     top_mask,
 )
-from dpr.models.intent import ASKED, NONE, REFUSED
+from dpr.models.intent import ASKED, DETECT_THRESHOLD, NONE, REFUSED
 from dpr.prompts import Grammar, Intent
 
 FLIP_MARGIN = 0.5
@@ -148,7 +148,7 @@ def polarity_flips(cases: SteeringCases, steerers: dict[str, Steerer], grammar: 
 
 def interpret_report(readings: Readings, grammar: Grammar, values: Sequence[tuple[str, str]],
                      *, split: str = "heldout", n: int = 3000, seed: int = 0,
-                     detect: float = 0.5) -> dict[str, Any]:
+                     detect: float = DETECT_THRESHOLD) -> dict[str, Any]:
     """Accuracy of the read-out (value and polarity) on `n` generated prompts of `split`,
     overall, per intent kind and per frame."""
     from dpr.train.tower import label_matrix, render_batch

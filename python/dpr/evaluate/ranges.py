@@ -162,13 +162,13 @@ def _interpret(read: Readings, columns: Sequence[tuple[str, str]], renderings: l
                ) -> tuple[float, float]:
     """Exact accuracy (the detected value-and-polarity set equals the range's labels) and the
     mean Jaccard overlap of the two sets (partial credit for a range read in part)."""
-    from dpr.models.intent import ASKED, NONE, REFUSED
+    from dpr.models.intent import ASKED, DETECT_THRESHOLD, NONE, REFUSED
     from dpr.train.tower import interpret_accuracy, label_matrix
 
     probs = np.asarray(read([r.text for r in renderings]))
     labels = label_matrix(renderings, list(columns)).numpy()
-    predicted = np.where(probs[..., ASKED] >= 0.5, ASKED,
-                         np.where(probs[..., REFUSED] >= 0.5, REFUSED, NONE))
+    predicted = np.where(probs[..., ASKED] >= DETECT_THRESHOLD, ASKED,
+                         np.where(probs[..., REFUSED] >= DETECT_THRESHOLD, REFUSED, NONE))
     both = ((predicted == labels) & (labels != NONE)).sum(axis=1)
     either = ((predicted != NONE) | (labels != NONE)).sum(axis=1)
     return (interpret_accuracy(probs, labels),

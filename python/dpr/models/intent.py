@@ -20,6 +20,9 @@ from torch import nn
 
 NONE, ASKED, REFUSED = 0, 1, 2
 """Class indices of the per-value softmax."""
+DETECT_THRESHOLD = 0.5
+"""A value is read (by `interpret`, the evaluation's accuracy and the overrule rule) when its
+asked or refused probability reaches this; export writes it to dpr.json."""
 POLARITY_NAMES = ("none", "asked", "refused")
 
 

@@ -225,7 +225,7 @@ def dpr_overrules(model: DPR, encode: Encode) -> Overrules:
     probability, from the prompt input's last 2V floats, at or above the bundle's detect
     threshold) and it reads one of them as asked for. `excluded[family]` is in the model's
     order of that family's values (the read-out's order for a family it does not steer)."""
-    from dpr.export import DETECT_THRESHOLD
+    from dpr.models.intent import DETECT_THRESHOLD
 
     if model.intent is None:
         raise ValueError("this model has no intent read-out to overrule")

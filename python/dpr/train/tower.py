@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from dpr.encoder import PromptEncoder
-from dpr.models.intent import ASKED, NONE, REFUSED, IntentHead
+from dpr.models.intent import ASKED, DETECT_THRESHOLD, NONE, REFUSED, IntentHead
 from dpr.models.tower import PromptTower
 from dpr.prompts import Grammar, Intent, Rendering
 
@@ -370,7 +370,8 @@ def calibrate(inputs: PromptInputs, grammar: Grammar, values: Sequence[tuple[str
             "valid_accuracy": interpret_accuracy(probs, labels)}
 
 
-def interpret_accuracy(probs: np.ndarray, labels: np.ndarray, detect: float = 0.5) -> float:
+def interpret_accuracy(probs: np.ndarray, labels: np.ndarray,
+                       detect: float = DETECT_THRESHOLD) -> float:
     """Share of prompts whose detected (value, polarity) set equals the labelled one."""
     predicted = np.where(probs[..., ASKED] >= detect, ASKED,
                          np.where(probs[..., REFUSED] >= detect, REFUSED, NONE))
