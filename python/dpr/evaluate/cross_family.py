@@ -28,16 +28,16 @@ from dpr.evaluate.protocols import (
     AutoExclude,
     Overrules,
     Render,
+    Scorer,
     Steerer,
     SteeringCases,
-    _rng,
-    _Scorer,
-    _summarise,
-    _Tally,
+    Tally,
     choose_avoided_genres,
     choose_positive_genres,
     history_shares,
     overruled,
+    purpose_rng,
+    summarise,
     top_mask,
 )
 from dpr.prompts import Intent
@@ -66,11 +66,11 @@ def evaluate_cross_family(cases: SteeringCases, second: str, steerers: dict[str,
     auto = auto or {}
     first_matrix, first_names = cases.catalogue.attribute_matrix(first)
     second_matrix, second_names = cases.catalogue.attribute_matrix(second)
-    scorer = _Scorer(cases, mask_history=True)
+    scorer = Scorer(cases, mask_history=True)
     asked = choose_positive_genres(history_shares(cases.histories, first_matrix),
-                                   first_matrix[cases.targets], _rng(seed, "cross first"))
+                                   first_matrix[cases.targets], purpose_rng(seed, "cross first"))
     also = choose_positive_genres(history_shares(cases.histories, second_matrix),
-                                  second_matrix[cases.targets], _rng(seed, "cross second"))
+                                  second_matrix[cases.targets], purpose_rng(seed, "cross second"))
     n = len(cases)
     counts = np.zeros((n, first_matrix.shape[1]), dtype=np.float32)
     usable = np.flatnonzero((asked != NO_GENRE) & (also != NO_GENRE))
@@ -80,20 +80,21 @@ def evaluate_cross_family(cases: SteeringCases, second: str, steerers: dict[str,
         both = first_matrix.T[asked[rows]] & second_matrix.T[also[rows]]
         counts[rows] = top_mask(np.where(both, base, -np.inf), k) @ first_matrix.astype(
             np.float32)
-    avoid = choose_avoided_genres(counts, first_matrix[cases.targets], _rng(seed, "cross avoid"))
+    avoid = choose_avoided_genres(counts, first_matrix[cases.targets],
+                                  purpose_rng(seed, "cross avoid"))
     rows = usable[avoid[usable] != NO_GENRE]
     intents = [Intent("compound", first_names[asked[r]], first_names[avoid[r]], family=first,
                       also=(second, second_names[also[r]])) for r in rows]
-    prompt_rng = _rng(seed, "render cross-family")
+    prompt_rng = purpose_rng(seed, "render cross-family")
     texts = [render(intent, prompt_rng) for intent in intents]
 
     shares = {f"genre_share@{k}": (first_matrix.T, asked),
               f"also_share@{k}": (second_matrix.T, also),
               f"avoid_share@{k}": (first_matrix.T, avoid)}
-    tallies: dict[str, _Tally] = {}
+    tallies: dict[str, Tally] = {}
 
     def record(method: str, scores: np.ndarray, batch: np.ndarray) -> None:
-        tally = tallies.setdefault(method, _Tally())
+        tally = tallies.setdefault(method, Tally())
         tally.add_ranks(scores, cases.targets[batch], cases.catalogue.num_items)
         top = top_mask(scores, k)
         for metric, (by_value, values) in shares.items():
@@ -126,7 +127,7 @@ def evaluate_cross_family(cases: SteeringCases, second: str, steerers: dict[str,
                            "value": f"{i.value} + {i.also[1] if i.also else ''}",
                            "avoid": i.avoid}
                           for i, t in zip(intents[:3], texts[:3], strict=True)],
-             "methods": {m: _summarise(t, k) for m, t in tallies.items()}}
+             "methods": {m: summarise(t, k) for m, t in tallies.items()}}
     return {"protocols": {PROTOCOL: block}, "k": k, "history_masked": True,
             "post_filter_depth": 0, "attribute": f"{first} + {second}", "seed": seed}
 

@@ -22,14 +22,14 @@ import numpy as np
 from dpr.evaluate.protocols import (
     AutoExclude,
     Overrules,
+    Scorer,
     Steerer,
     SteeringCases,
-    _rng,
-    _Scorer,
     choose_positive_genres,
     evaluate_steering,
     history_shares,
     overruled,
+    purpose_rng,
     top_mask,
 )
 from dpr.models.intent import ASKED, DETECT_THRESHOLD, NONE, REFUSED
@@ -100,10 +100,11 @@ def polarity_flips(cases: SteeringCases, steerers: dict[str, Steerer], grammar: 
     whose asked and refused top-k lists differ in the value's share by >= FLIP_MARGIN."""
     attributes, names = cases.catalogue.attribute_matrix(cases.attribute)
     shares = history_shares(cases.histories, attributes)
-    value = choose_positive_genres(shares, attributes[cases.targets], _rng(seed, "select positive"))
+    value = choose_positive_genres(shares, attributes[cases.targets],
+                                   purpose_rng(seed, "select positive"))
     rows = np.flatnonzero(value >= 0)
     rows = rows[np.random.default_rng([seed, 17]).permutation(len(rows))[:max_cases]]
-    scorer = _Scorer(cases, mask_history=True)
+    scorer = Scorer(cases, mask_history=True)
     h, mask = cases.user_vectors[rows], scorer.history_mask(rows)
     by_value = attributes.T
     asks = grammar.frames_of(split, "asked", family=cases.attribute)
@@ -114,7 +115,7 @@ def polarity_flips(cases: SteeringCases, steerers: dict[str, Steerer], grammar: 
     for ask, refuse in pairs:
         texts = {}
         for frame, polarity in ((ask, "positive"), (refuse, "negative")):
-            rng = _rng(seed, f"flip {frame.id}")
+            rng = purpose_rng(seed, f"flip {frame.id}")
             texts[polarity] = [grammar.render(Intent(polarity, names[v], family=cases.attribute),
                                               rng, split=split, frame=frame.id).text
                                for v in value[rows]]

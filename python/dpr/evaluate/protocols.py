@@ -107,7 +107,7 @@ class _Selection:
 
 
 @dataclass
-class _Tally:
+class Tally:
     """Accumulates one method's target ranks and per-row top-k shares."""
 
     ranks: list[np.ndarray] = field(default_factory=list)
@@ -131,7 +131,7 @@ class _Tally:
         self.share_rows[metric] = self.share_rows.get(metric, 0) + int(kept.sum())
 
 
-def _rng(seed: int, purpose: str) -> np.random.Generator:
+def purpose_rng(seed: int, purpose: str) -> np.random.Generator:
     """An rng per purpose, so one protocol's draws don't depend on which others run."""
     return np.random.default_rng([seed, zlib.crc32(purpose.encode())])
 
@@ -150,7 +150,7 @@ def history_shares(histories: Sequence[np.ndarray], attributes: np.ndarray) -> n
     return shares / np.maximum(lengths, 1)[:, None]
 
 
-def _pick(candidates: np.ndarray, key: np.ndarray, rng: np.random.Generator, *, lowest: bool
+def pick_by_key(candidates: np.ndarray, key: np.ndarray, rng: np.random.Generator, *, lowest: bool
           ) -> np.ndarray:
     """Per row, the candidate column with the lowest (or highest) key; rng breaks ties."""
     if candidates.shape[1] == 0:  # an attribute with no values at all
@@ -169,7 +169,7 @@ def _pick(candidates: np.ndarray, key: np.ndarray, rng: np.random.Generator, *, 
 def choose_positive_genres(shares: np.ndarray, target_attributes: np.ndarray,
                            rng: np.random.Generator) -> np.ndarray:
     """Per case, the target's genre that the history under-represents most (NO_GENRE if none)."""
-    return _pick(target_attributes, shares, rng, lowest=True)
+    return pick_by_key(target_attributes, shares, rng, lowest=True)
 
 
 def choose_avoided_genres(top_counts: np.ndarray, target_attributes: np.ndarray,
@@ -179,7 +179,7 @@ def choose_avoided_genres(top_counts: np.ndarray, target_attributes: np.ndarray,
     `top_counts` (n, V) counts the top-k items having each genre.
     """
     candidates = ~target_attributes & (top_counts > 0)
-    return _pick(candidates, top_counts.astype(np.float64), rng, lowest=False)
+    return pick_by_key(candidates, top_counts.astype(np.float64), rng, lowest=False)
 
 
 def top_mask(scores: np.ndarray, k: int) -> np.ndarray:
@@ -193,7 +193,7 @@ def top_mask(scores: np.ndarray, k: int) -> np.ndarray:
     return (scores >= kth[:, None]) & (scores > -np.inf)
 
 
-class _Scorer:
+class Scorer:
     """Scores user vectors against the catalogue with padding and history masked."""
 
     def __init__(self, cases: SteeringCases, mask_history: bool) -> None:
@@ -220,12 +220,12 @@ class _Scorer:
         return scores
 
 
-def _select(cases: SteeringCases, scorer: _Scorer, attributes: np.ndarray, k: int, seed: int,
+def _select(cases: SteeringCases, scorer: Scorer, attributes: np.ndarray, k: int, seed: int,
             batch_size: int, need_avoid: bool) -> _Selection:
     """Choose each case's positive, negative and compound-avoid genres (see module docstring)."""
     target_attrs = attributes[cases.targets]
     shares = history_shares(cases.histories, attributes)
-    positive = choose_positive_genres(shares, target_attrs, _rng(seed, "select positive"))
+    positive = choose_positive_genres(shares, target_attrs, purpose_rng(seed, "select positive"))
     n = len(cases)
     if not need_avoid:
         none = np.full(n, NO_GENRE)
@@ -241,8 +241,9 @@ def _select(cases: SteeringCases, scorer: _Scorer, attributes: np.ndarray, k: in
         plain_counts[rows] = top_mask(base, k) @ as_float
         allowed = _allowed(by_value, positive[rows], none[rows])
         genre_counts[rows] = top_mask(np.where(allowed, base, -np.inf), k) @ as_float
-    negative = choose_avoided_genres(plain_counts, target_attrs, _rng(seed, "select negative"))
-    avoid = choose_avoided_genres(genre_counts, target_attrs, _rng(seed, "select compound"))
+    negative = choose_avoided_genres(plain_counts, target_attrs,
+                                     purpose_rng(seed, "select negative"))
+    avoid = choose_avoided_genres(genre_counts, target_attrs, purpose_rng(seed, "select compound"))
     avoid[positive == NO_GENRE] = NO_GENRE
     return _Selection(positive, negative, avoid)
 
@@ -298,7 +299,7 @@ def evaluate_steering(cases: SteeringCases, steerers: dict[str, Steerer], *, ren
             raise ValueError(f"steerer name {name!r} is empty or clashes with a baseline")
 
     attributes, names = cases.catalogue.attribute_matrix(cases.attribute)
-    scorer = _Scorer(cases, mask_history)
+    scorer = Scorer(cases, mask_history)
     need_avoid = "negative" in protocols or "compound" in protocols
     selection = _select(cases, scorer, attributes, k, seed, batch_size, need_avoid)
     results: dict[str, Any] = {}
@@ -307,7 +308,7 @@ def evaluate_steering(cases: SteeringCases, steerers: dict[str, Steerer], *, ren
         rows = np.flatnonzero(_active(protocol, selection, len(cases)))
         intents = [_intent(protocol, include[r], exclude[r], names, cases.attribute)
                    for r in rows]
-        rng = _rng(seed, f"render {protocol}")
+        rng = purpose_rng(seed, f"render {protocol}")
         texts = [render(intent, rng) for intent in intents]
         methods = _run_protocol(protocol, rows, texts, include, exclude, cases, scorer,
                                 attributes, steerers, auto, overrules, k, post_filter_depth,
@@ -365,7 +366,7 @@ def _example(intent: Intent, prompt: str) -> dict[str, str | None]:
 
 
 def _run_protocol(protocol: str, rows: np.ndarray, texts: list[str], include: np.ndarray,
-                  exclude: np.ndarray, cases: SteeringCases, scorer: _Scorer,
+                  exclude: np.ndarray, cases: SteeringCases, scorer: Scorer,
                   attributes: np.ndarray, steerers: dict[str, Steerer],
                   auto: dict[str, AutoExclude], overrules: dict[str, Overrules], k: int, depth: int,
                   batch_size: int) -> dict[str, dict[str, float]]:
@@ -374,12 +375,12 @@ def _run_protocol(protocol: str, rows: np.ndarray, texts: list[str], include: np
               "negative": {f"genre_share@{k}": exclude},
               "compound": {f"genre_share@{k}": include, f"avoid_share@{k}": exclude},
               }.get(protocol, {})
-    tallies: dict[str, _Tally] = {}
+    tallies: dict[str, Tally] = {}
     by_value = attributes.T
     family = cases.attribute
 
     def record(method: str, scores: np.ndarray, batch: np.ndarray) -> None:
-        tally = tallies.setdefault(method, _Tally())
+        tally = tallies.setdefault(method, Tally())
         tally.add_ranks(scores, cases.targets[batch], cases.catalogue.num_items)
         if not shares:
             return
@@ -418,7 +419,7 @@ def _run_protocol(protocol: str, rows: np.ndarray, texts: list[str], include: np
                 if name in auto:
                     record(f"{name} auto", _auto(steered, base, auto[name], overrule,
                                                  batch_prompts, by_value, family), batch)
-    return {method: _summarise(tally, k) for method, tally in tallies.items()}
+    return {method: summarise(tally, k) for method, tally in tallies.items()}
 
 
 def overruled(steered: np.ndarray, base: np.ndarray, overrule: Overrules | None,
@@ -477,7 +478,7 @@ def _steer(name: str, steer: Steerer, h: np.ndarray, prompts: list[str]) -> np.n
     return steered
 
 
-def _summarise(tally: _Tally, k: int) -> dict[str, float]:
+def summarise(tally: Tally, k: int) -> dict[str, float]:
     """Mean NDCG@k, Recall@k and top-k shares (over rows with a non-empty list)."""
     metrics = ranking_metrics(np.concatenate(tally.ranks), k)
     out = {f"ndcg@{k}": metrics[f"ndcg@{k}"], f"recall@{k}": metrics[f"recall@{k}"]}

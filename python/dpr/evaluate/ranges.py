@@ -30,15 +30,15 @@ from dpr.evaluate.protocols import (
     NO_GENRE,
     AutoExclude,
     Overrules,
+    Scorer,
     Steerer,
     SteeringCases,
-    _pick,
-    _rng,
-    _Scorer,
-    _summarise,
-    _Tally,
+    Tally,
     history_shares,
     overruled,
+    pick_by_key,
+    purpose_rng,
+    summarise,
     top_mask,
 )
 from dpr.prompts import Grammar, Intent
@@ -67,7 +67,7 @@ def evaluate_ranges(cases: SteeringCases, steerers: dict[str, Steerer], grammar:
     auto = auto or {}
     matrix, names = cases.catalogue.attribute_matrix(family)
     position = {v: j for j, v in enumerate(names)}
-    scorer = _Scorer(cases, mask_history=True)
+    scorer = Scorer(cases, mask_history=True)
     n = len(cases)
     target_has = matrix[cases.targets]
     results: dict[str, Any] = {}
@@ -83,7 +83,7 @@ def evaluate_ranges(cases: SteeringCases, steerers: dict[str, Steerer], grammar:
         touches = (target_has.astype(np.int32) @ in_span.astype(np.int32)) > 0
         if polarity == "asked":
             key = history_shares(cases.histories, matrix) @ in_span.astype(np.float64)
-            chosen = _pick(touches, key, _rng(seed, f"select {protocol}"), lowest=True)
+            chosen = pick_by_key(touches, key, purpose_rng(seed, f"select {protocol}"), lowest=True)
         else:
             counts = np.zeros((n, len(spans)), dtype=np.float32)
             for start in range(0, n, batch_size):
@@ -91,14 +91,14 @@ def evaluate_ranges(cases: SteeringCases, steerers: dict[str, Steerer], grammar:
                 base = scorer(cases.user_vectors[rows], scorer.history_mask(rows))
                 counts[rows] = top_mask(base, k) @ (matrix.astype(np.float32)
                                                     @ in_span.astype(np.float32))
-            chosen = _pick(~touches & (counts > 0), counts.astype(np.float64),
-                           _rng(seed, f"select {protocol}"), lowest=False)
+            chosen = pick_by_key(~touches & (counts > 0), counts.astype(np.float64),
+                           purpose_rng(seed, f"select {protocol}"), lowest=False)
         chosen[~target_has.any(axis=1)] = NO_GENRE
         rows = np.flatnonzero(chosen != NO_GENRE)
         kind = "positive" if polarity == "asked" else "negative"
         intents = [Intent(kind, spans[chosen[r]][0], family=family, values=spans[chosen[r]])
                    for r in rows]
-        prompt_rng = _rng(seed, f"render {protocol}")
+        prompt_rng = purpose_rng(seed, f"render {protocol}")
         renderings = [grammar.render(intent, prompt_rng, split=split) for intent in intents]
         texts = [r.text for r in renderings]
         # (rows, N+1): the items in each case's range
@@ -118,16 +118,16 @@ def evaluate_ranges(cases: SteeringCases, steerers: dict[str, Steerer], grammar:
             "attribute": f"{family} ranges", "seed": seed, "split": split}
 
 
-def _run(cases: SteeringCases, scorer: _Scorer, rows: np.ndarray, texts: list[str],
+def _run(cases: SteeringCases, scorer: Scorer, rows: np.ndarray, texts: list[str],
          item_in: np.ndarray, polarity: str, steerers: dict[str, Steerer],
          auto: dict[str, AutoExclude], overrules: dict[str, Overrules], matrix: np.ndarray,
          spans: np.ndarray, k: int, batch_size: int) -> dict[str, dict[str, float]]:
     """Every method's metrics; `spans` is (rows, V) bool: each case's range of values."""
-    tallies: dict[str, _Tally] = {}
+    tallies: dict[str, Tally] = {}
     metric = f"genre_share@{k}"
 
     def record(method: str, scores: np.ndarray, batch: slice) -> None:
-        tally = tallies.setdefault(method, _Tally())
+        tally = tallies.setdefault(method, Tally())
         tally.add_ranks(scores, cases.targets[rows[batch]], cases.catalogue.num_items)
         tally.add_share(metric, top_mask(scores, k), item_in[batch])
 
@@ -155,7 +155,7 @@ def _run(cases: SteeringCases, scorer: _Scorer, rows: np.ndarray, texts: list[st
                 scores = overruled(steered, base, overrule, prompts, {family: refused})
                 dropped = (refused.astype(np.float32) @ by_value) > 0
                 record(f"{name} auto", np.where(dropped, -np.inf, scores), batch)
-    return {m: _summarise(t, k) for m, t in tallies.items()}
+    return {m: summarise(t, k) for m, t in tallies.items()}
 
 
 def _interpret(read: Readings, columns: Sequence[tuple[str, str]], renderings: list
