@@ -22,12 +22,23 @@ PROTOCOLS = ("negative", "compound")
 FILTERS = {"negative": "hard filter", "compound": "filter"}
 
 
-def measure(run: Path, data: Path, fmt: str) -> dict[str, Any]:
-    """{family: {protocol: {method: {metric: value}}}} for one run, both ways."""
+def load_run(run: Path, data: Path, fmt: str) -> tuple[Any, Any, Any, Any]:
+    """A trained run's model, its dataset, the grammar over its values and its prompt inputs."""
     from dpr.data import load_dataset
-    from dpr.evaluate.protocols import evaluate_steering
     from dpr.models import load_dpr
     from dpr.prompts import Grammar
+    from dpr.train.steering import grammar_for
+    from dpr.train.tower import PromptInputs
+
+    model, extra = load_dpr(run / "dpr.pt")
+    dataset = load_dataset(data, fmt)
+    grammar = grammar_for(Grammar.load(), dataset.items, model.families)
+    return model, dataset, grammar, PromptInputs(run / extra["prompt_encoder"], model.intent)
+
+
+def measure(run: Path, data: Path, fmt: str) -> dict[str, Any]:
+    """{family: {protocol: {method: {metric: value}}}} for one run, both ways."""
+    from dpr.evaluate.protocols import evaluate_steering
     from dpr.train.pipeline import (
         dpr_auto,
         dpr_overrules,
@@ -35,13 +46,8 @@ def measure(run: Path, data: Path, fmt: str) -> dict[str, Any]:
         grammar_renderer,
         steering_cases,
     )
-    from dpr.train.steering import grammar_for
-    from dpr.train.tower import PromptInputs
 
-    model, extra = load_dpr(run / "dpr.pt")
-    dataset = load_dataset(data, fmt)
-    grammar = grammar_for(Grammar.load(), dataset.items, model.families)
-    inputs = PromptInputs(run / extra["prompt_encoder"], model.intent)
+    model, dataset, grammar, inputs = load_run(run, data, fmt)
     steer = dpr_steerer(model, inputs)
     out: dict[str, Any] = {}
     for family in model.families:

@@ -25,11 +25,8 @@ VARIANTS = ("none", "covered", "contradicted")
 
 def measure(run: Path, data: Path, fmt: str) -> dict[str, Any]:
     """{family: {"cases", "hybrid": {variant: ratio}, "auto": {variant: ratio}}}."""
-    from dpr.data import load_dataset
     from dpr.evaluate.protocols import evaluate_steering
-    from dpr.models import load_dpr
     from dpr.models.intent import DETECT_THRESHOLD
-    from dpr.prompts import Grammar
     from dpr.train.pipeline import (
         dpr_auto,
         dpr_overrules,
@@ -37,13 +34,9 @@ def measure(run: Path, data: Path, fmt: str) -> dict[str, Any]:
         grammar_renderer,
         steering_cases,
     )
-    from dpr.train.steering import grammar_for
-    from dpr.train.tower import PromptInputs
+    from overrule import load_run
 
-    model, extra = load_dpr(run / "dpr.pt")
-    dataset = load_dataset(data, fmt)
-    grammar = grammar_for(Grammar.load(), dataset.items, model.families)
-    inputs = PromptInputs(run / extra["prompt_encoder"], model.intent)
+    model, dataset, grammar, inputs = load_run(run, data, fmt)
     count = model.intent.num_values
     position = {pair: j for j, pair in enumerate(model.intent.values)}
 
